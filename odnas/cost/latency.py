@@ -1,0 +1,162 @@
+"""Latency of an ONNX file under a profile, measured with ONNX Runtime.
+
+A measurement is an immutable ``LatencyResult``: the summary of the timed runs
+(median, p90, mean, standard error), the warm-up count kept apart, and the
+environment it was taken in. Records from different hosts refuse to be compared.
+Backends are a tiny protocol: ``measure(onnx_path, profile) -> LatencyResult``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from odnas.profiles import HardwareProfile
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """One latency measurement. Times are milliseconds per batch of ``batch_size``."""
+
+    latency_ms: float  # the profile's statistic (median by default)
+    latency_ms_p90: float
+    latency_ms_mean: float
+    latency_ms_sem: float  # standard error of ``latency_ms``
+    runs: int
+    warmup_runs: int
+    measure_s: float  # wall time of the whole protocol, warm-ups included
+    statistic: str
+    batch_size: int
+    provider: str
+    intra_op_threads: int
+    inter_op_threads: int
+    graph_optimization: str
+    ort_version: str
+    cpu_model: str
+    host: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def same_host(self, other: "LatencyResult") -> bool:
+        return (self.host, self.cpu_model) == (other.host, other.cpu_model)
+
+    def ratio_to(self, other: "LatencyResult") -> float:
+        """``self / other``; refuses records taken on different hosts or settings."""
+        keys = ("host", "cpu_model", "provider", "intra_op_threads", "batch_size", "ort_version")
+        diff = [k for k in keys if getattr(self, k) != getattr(other, k)]
+        if diff:
+            raise ValueError(f"latency records differ in {', '.join(diff)}; they cannot be compared")
+        return self.latency_ms / other.latency_ms
+
+
+class LatencyBackend(Protocol):
+    def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult: ...
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def session_options(profile: HardwareProfile):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = profile.runtime.intra_op_threads
+    so.inter_op_num_threads = profile.runtime.inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[profile.runtime.graph_optimization]
+    so.log_severity_level = 3
+    if profile.runtime.intra_op_threads == 1:
+        # A single-threaded target should not spin a thread pool it does not use.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def make_session(onnx_path: str | Path, profile: HardwareProfile):
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if profile.runtime.provider not in available:
+        raise RuntimeError(
+            f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
+            f"does not have (available: {', '.join(available)})"
+        )
+    return ort.InferenceSession(str(onnx_path), sess_options=session_options(profile),
+                                providers=[profile.runtime.provider])
+
+
+def summarize(samples_ms: np.ndarray, statistic: str) -> tuple[float, float, float, float]:
+    """(statistic, p90, mean, standard error of the statistic) of timed runs."""
+    s = np.asarray(samples_ms, dtype=np.float64)
+    med, p90, mean = float(np.median(s)), float(np.percentile(s, 90)), float(s.mean())
+    n = len(s)
+    if statistic == "median":
+        # Asymptotic SE of the median, with a robust spread so one hiccup does not dominate.
+        spread = 1.4826 * float(np.median(np.abs(s - med)))
+        sem = 1.2533 * spread / math.sqrt(n)
+        return med, p90, mean, sem
+    return mean, p90, mean, float(s.std(ddof=1) / math.sqrt(n))
+
+
+class OrtLatencyBackend:
+    """Times ``session.run`` on random inputs of the profile's batch size."""
+
+    def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
+        import onnxruntime as ort
+
+        t_start = time.perf_counter()
+        sess = make_session(onnx_path, profile)
+        inp = sess.get_inputs()[0]
+        shape = [profile.batch_size] + [int(d) for d in inp.shape[1:]]
+        feed = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        p = profile.protocol
+        for _ in range(p.warmup_runs):
+            sess.run(None, feed)
+        samples: list[float] = []
+        t0 = time.perf_counter()
+        while True:
+            a = time.perf_counter_ns()
+            sess.run(None, feed)
+            samples.append((time.perf_counter_ns() - a) / 1e6)
+            elapsed = time.perf_counter() - t0
+            if (len(samples) >= p.min_runs and elapsed >= p.min_time_s) or (
+                elapsed >= p.max_time_s and len(samples) >= 3
+            ):
+                break
+        stat, p90, mean, sem = summarize(np.array(samples), p.statistic)
+        return LatencyResult(
+            latency_ms=stat, latency_ms_p90=p90, latency_ms_mean=mean, latency_ms_sem=sem,
+            runs=len(samples), warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
+            statistic=p.statistic, batch_size=profile.batch_size, provider=profile.runtime.provider,
+            intra_op_threads=profile.runtime.intra_op_threads or (os.cpu_count() or 1),
+            inter_op_threads=profile.runtime.inter_op_threads,
+            graph_optimization=profile.runtime.graph_optimization, ort_version=ort.__version__,
+            cpu_model=cpu_model(), host=socket.gethostname(),
+        )
+
+
+def measure_latency(onnx_path: str | Path, profile: HardwareProfile,
+                    backend: LatencyBackend | None = None) -> LatencyResult:
+    return (backend or OrtLatencyBackend()).measure(onnx_path, profile)

@@ -1,0 +1,283 @@
+"""Hardware profiles: a named deployment target loaded from ``profiles/NAME.yaml``.
+
+A profile says how a candidate is measured (ONNX Runtime settings, batch size, the
+measurement protocol), what the search optimises (an Ax objective string plus
+objective thresholds) and what may never be shipped (hard budgets). Loading
+validates everything and names the file, the key and the bad value.
+This module imports only the standard library and PyYAML so ``odnas --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+#: Metrics odnas produces. Units live in the names (see docs).
+ACCURACY_METRICS = ("val_acc",)
+COST_METRICS = ("num_params", "flops", "model_bytes", "latency_ms", "latency_ms_p90")
+KNOWN_METRICS = ACCURACY_METRICS + COST_METRICS
+#: Direction of every metric: +1 maximise, -1 minimise.
+METRIC_SIGN = {"val_acc": 1, **{m: -1 for m in COST_METRICS}}
+
+PROVIDERS = (
+    "CPUExecutionProvider",
+    "XnnpackExecutionProvider",
+    "CoreMLExecutionProvider",
+    "NnapiExecutionProvider",
+    "QNNExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+)
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+STATISTICS = ("median", "mean")
+PRECISIONS = ("fp32", "int8")
+
+_BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used; the message names file, key and value."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """ONNX Runtime session settings. ``intra_op_threads: 0`` lets ORT use all cores."""
+
+    provider: str = "CPUExecutionProvider"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How latency is measured: warm-ups are run and discarded, then runs repeat
+    until both ``min_runs`` and ``min_time_s`` are met (or ``max_time_s`` passes)."""
+
+    warmup_runs: int = 10
+    min_runs: int = 50
+    min_time_s: float = 0.2
+    max_time_s: float = 5.0
+    statistic: str = "median"
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A deployment target. Frozen: a loaded profile never changes under a search."""
+
+    name: str
+    description: str = ""
+    runtime: Runtime = field(default_factory=Runtime)
+    batch_size: int = 1
+    protocol: Protocol = field(default_factory=Protocol)
+    objective: str = "val_acc, -latency_ms"
+    thresholds: tuple[str, ...] = ()
+    budgets: Mapping[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    source: str = ""
+
+    @property
+    def objective_metrics(self) -> tuple[str, ...]:
+        return tuple(t.strip().lstrip("-+").strip() for t in self.objective.split(","))
+
+    def budget_constraints(self) -> list[str]:
+        """Budgets as Ax constraint strings, e.g. ``["latency_ms <= 0.2"]``."""
+        return [f"{m} <= {_fmt(v)}" for m, v in self.budgets.items()]
+
+    def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
+        """Names of the budgets that ``metrics`` break (missing metrics break nothing)."""
+        return [
+            m for m, limit in self.budgets.items()
+            if m in metrics and metrics[m] is not None and float(metrics[m]) > limit
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        d["budgets"] = dict(self.budgets)
+        return d
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else repr(float(v))
+
+
+def profiles_dir() -> Path:
+    return Path(__file__).resolve().parent / "_profiles"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """Load a shipped profile by name (``cpu-mobile``) or a user's YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file() or "/" in text):
+        path = profiles_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise ProfileError(
+                f"{text}: no such profile; shipped profiles are {', '.join(list_profiles())}"
+                " (or pass a path to a YAML file)"
+            )
+    if not path.is_file():
+        raise ProfileError(f"{path}: profile file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProfileError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raise ProfileError(f"{path}: file is empty")
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    return profile_from_dict(raw, source=str(path), default_name=path.stem)
+
+
+def profile_from_dict(
+    raw: Mapping[str, Any], source: str = "<dict>", default_name: str = "custom"
+) -> HardwareProfile:
+    v = _Validator(source)
+    top = v.keys(raw, "", {
+        "name", "description", "runtime", "batch_size", "protocol",
+        "objective", "thresholds", "budgets", "precision",
+    })
+    name = v.typed(top, "name", str, default_name)
+    runtime_raw = v.keys(top.get("runtime") or {}, "runtime.", {f.name for f in dataclasses.fields(Runtime)})
+    runtime = Runtime(
+        provider=v.choice(runtime_raw, "runtime.provider", PROVIDERS, Runtime.provider),
+        intra_op_threads=v.integer(runtime_raw, "runtime.intra_op_threads", Runtime.intra_op_threads, lo=0),
+        inter_op_threads=v.integer(runtime_raw, "runtime.inter_op_threads", Runtime.inter_op_threads, lo=0),
+        graph_optimization=v.choice(
+            runtime_raw, "runtime.graph_optimization", GRAPH_OPTIMIZATION_LEVELS, Runtime.graph_optimization
+        ),
+    )
+    proto_raw = v.keys(top.get("protocol") or {}, "protocol.", {f.name for f in dataclasses.fields(Protocol)})
+    protocol = Protocol(
+        warmup_runs=v.integer(proto_raw, "protocol.warmup_runs", Protocol.warmup_runs, lo=0),
+        min_runs=v.integer(proto_raw, "protocol.min_runs", Protocol.min_runs, lo=3),
+        min_time_s=v.number(proto_raw, "protocol.min_time_s", Protocol.min_time_s, lo=0.0),
+        max_time_s=v.number(proto_raw, "protocol.max_time_s", Protocol.max_time_s, lo=0.0, strict=True),
+        statistic=v.choice(proto_raw, "protocol.statistic", STATISTICS, Protocol.statistic),
+    )
+    if protocol.max_time_s < protocol.min_time_s:
+        v.fail("protocol.max_time_s", protocol.max_time_s, f"must be >= protocol.min_time_s ({protocol.min_time_s})")
+    objective = v.typed(top, "objective", str, HardwareProfile.objective)
+    _check_objective(v, objective)
+    thresholds = top.get("thresholds") or []
+    if not isinstance(thresholds, list):
+        v.fail("thresholds", thresholds, "must be a list of Ax constraint strings such as 'val_acc >= 0.9'")
+    for i, t in enumerate(thresholds):
+        _check_bound(v, f"thresholds[{i}]", t)
+    budgets_raw = top.get("budgets") or {}
+    if not isinstance(budgets_raw, dict):
+        v.fail("budgets", budgets_raw, "must be a mapping such as {latency_ms: 2}")
+    budgets: dict[str, float] = {}
+    for m, val in budgets_raw.items():
+        if m not in COST_METRICS:
+            v.fail(f"budgets.{m}", val, f"unknown budget metric; use one of {', '.join(COST_METRICS)}")
+        budgets[m] = v.number(budgets_raw, f"budgets.{m}", None, lo=0.0, strict=True, raw_key=m)
+    return HardwareProfile(
+        name=name,
+        description=v.typed(top, "description", str, ""),
+        runtime=runtime,
+        batch_size=v.integer(top, "batch_size", 1, lo=1),
+        protocol=protocol,
+        objective=objective,
+        thresholds=tuple(str(t).strip() for t in thresholds),
+        budgets=budgets,
+        precision=v.choice(top, "precision", PRECISIONS, "fp32"),
+        source=source,
+    )
+
+
+def parse_bound(text: str) -> tuple[str, str, float]:
+    """``"latency_ms <= 2"`` -> ``("latency_ms", "<=", 2.0)``; raises ValueError."""
+    m = _BOUND.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not of the form 'metric <= number' or 'metric >= number'")
+    return m.group(1), m.group(2), float(m.group(3))
+
+
+def check_objective(objective: str) -> None:
+    """Validate an Ax objective string over odnas metrics; raises ProfileError."""
+    _check_objective(_Validator("--objective"), objective)
+
+
+def _check_objective(v: "_Validator", objective: str) -> None:
+    terms = [t.strip() for t in objective.split(",")]
+    if not terms or any(not t for t in terms):
+        v.fail("objective", objective, "must be a comma-separated Ax objective such as 'val_acc, -latency_ms'")
+    for t in terms:
+        sign = -1 if t.startswith("-") else 1
+        metric = t.lstrip("-+").strip()
+        if metric not in KNOWN_METRICS:
+            v.fail("objective", objective, f"unknown metric {metric!r}; use {', '.join(KNOWN_METRICS)}")
+        if sign != METRIC_SIGN[metric]:
+            want = metric if METRIC_SIGN[metric] > 0 else f"-{metric}"
+            v.fail("objective", objective, f"{t!r} optimises the wrong way; write {want!r}")
+
+
+def _check_bound(v: "_Validator", key: str, text: Any) -> None:
+    try:
+        metric, _, _ = parse_bound(text)
+    except ValueError as e:
+        v.fail(key, text, str(e))
+    if metric not in KNOWN_METRICS:
+        v.fail(key, text, f"unknown metric {metric!r}; use {', '.join(KNOWN_METRICS)}")
+
+
+class _Validator:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, value: Any, why: str) -> None:
+        raise ProfileError(f"{self.source}: key '{key}' = {value!r}: {why}")
+
+    def keys(self, raw: Any, prefix: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(raw, dict):
+            self.fail(prefix.rstrip(".") or "<top>", raw, "must be a mapping")
+        for k in raw:
+            if k not in allowed:
+                self.fail(f"{prefix}{k}", raw[k], f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        return raw
+
+    def typed(self, raw: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
+        val = raw.get(key.split(".")[-1], default)
+        if not isinstance(val, typ):
+            self.fail(key, val, f"must be a {typ.__name__}")
+        return val
+
+    def choice(self, raw: Mapping[str, Any], key: str, options: tuple[str, ...], default: str) -> str:
+        val = raw.get(key.split(".")[-1], default)
+        if val not in options:
+            self.fail(key, val, f"must be one of {', '.join(options)}")
+        return val
+
+    def integer(self, raw: Mapping[str, Any], key: str, default: int, lo: int) -> int:
+        val = raw.get(key.split(".")[-1], default)
+        if isinstance(val, bool) or not isinstance(val, int):
+            self.fail(key, val, "must be a whole number")
+        if val < lo:
+            self.fail(key, val, f"must be >= {lo}")
+        return val
+
+    def number(
+        self, raw: Mapping[str, Any], key: str, default: float | None, lo: float,
+        strict: bool = False, raw_key: str | None = None,
+    ) -> float:
+        val = raw.get(raw_key or key.split(".")[-1], default)
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            self.fail(key, val, "must be a finite number")
+        if val < lo or (strict and val <= lo):
+            self.fail(key, val, f"must be {'>' if strict else '>='} {lo:g}")
+        return float(val)
