@@ -149,7 +149,7 @@ def profile_from_dict(
     v = _Validator(source)
     top = v.keys(raw, "", {
         "name", "description", "runtime", "batch_size", "protocol",
-        "objective", "thresholds", "budgets", "precision",
+        "objective", "thresholds", "budgets", "precision", "source",
     })
     name = v.typed(top, "name", str, default_name)
     runtime_raw = v.keys(top.get("runtime") or {}, "runtime.", {f.name for f in dataclasses.fields(Runtime)})

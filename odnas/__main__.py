@@ -1,0 +1,5 @@
+import sys
+
+from odnas.cli import main
+
+sys.exit(main())

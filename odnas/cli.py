@@ -1,0 +1,349 @@
+"""The ``odnas`` command: one subcommand per verb, each a thin call into the library.
+
+Heavy imports happen inside the subcommands so ``odnas --help`` answers at once.
+Errors a user can cause print one line and exit 2; our own bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from odnas.data import DataError
+    from odnas.profiles import ProfileError
+
+    errs: list[type[BaseException]] = [ProfileError, DataError]
+    if "odnas.search" in sys.modules:
+        errs.append(sys.modules["odnas.search"].SearchError)
+    if "odnas.export" in sys.modules:
+        errs.append(sys.modules["odnas.export"].ParityError)
+    return tuple(errs)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=float))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ verbs
+
+
+def cmd_profiles(a: argparse.Namespace) -> int:
+    from odnas.profiles import list_profiles, load_profile
+
+    if a.action == "list":
+        profs = [load_profile(n) for n in list_profiles()]
+        if a.json:
+            _print_json([p.to_dict() for p in profs])
+        else:
+            print(table([{"name": p.name, "objective": p.objective,
+                          "budgets": ", ".join(p.budget_constraints()), "description": p.description}
+                         for p in profs], ["name", "objective", "budgets", "description"]))
+        return 0
+    if not a.name:
+        raise SystemExit("odnas: error: `odnas profiles show` needs a profile name or path")
+    p = load_profile(a.name)
+    if a.json:
+        _print_json(p.to_dict())
+    else:
+        import yaml
+
+        print(yaml.safe_dump(p.to_dict(), sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_spaces(a: argparse.Namespace) -> int:
+    from odnas.spaces import get_space, list_spaces
+
+    rows = [{"name": n, "parameters": len(get_space(n).specs), "description": get_space(n).description}
+            for n in list_spaces()]
+    _print_json(rows) if a.json else print(table(rows, ["name", "parameters", "description"]))
+    return 0
+
+
+def cmd_measure(a: argparse.Namespace) -> int:
+    import random
+
+    from odnas.cost.lane import measure_candidate
+    from odnas.data import load_data
+    from odnas.profiles import load_profile
+    from odnas.spaces import get_space
+
+    profile = load_profile(a.profile)
+    space = get_space(a.space)
+    data = load_data(a.data, a.data_dir)
+    rng = random.Random(a.seed)
+    records = []
+    for _ in range(a.random):
+        params = space.sample(rng)
+        rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
+        rec["params"] = params
+        records.append(rec)
+        if a.json:
+            print(json.dumps(rec, default=float), flush=True)
+    if not a.json:
+        print(table([{"arch_id": r["arch_id"], **r["metrics"], "latency_ms_sem": r["sem"]["latency_ms"]}
+                     for r in records],
+                    ["arch_id", "num_params", "flops", "model_bytes", "latency_ms", "latency_ms_p90",
+                     "latency_ms_sem"]))
+        if len(records) >= 3:
+            from scipy.stats import spearmanr
+
+            lat = [r["metrics"]["latency_ms"] for r in records]
+            for proxy in ("flops", "num_params"):
+                rho = spearmanr([r["metrics"][proxy] for r in records], lat).statistic
+                print(f"Spearman({proxy}, latency_ms) = {rho:.3f} over {len(records)} candidates")
+    return 0
+
+
+def _progress_printer(quiet: bool):
+    if quiet:
+        return None
+    tty = sys.stdout.isatty()
+    last = {"line": ""}
+
+    def show(state) -> None:
+        line = state.line()
+        if tty:
+            print("\r" + line.ljust(len(last["line"])), end="\n" if state.final else "", flush=True)
+        elif line != last["line"]:
+            print(line, flush=True)
+        last["line"] = line
+
+    return show
+
+
+def _print_outcome(run_dir, quiet: bool) -> None:
+    from odnas.search import LOG_NAME
+
+    rc_rows = _front_rows(run_dir, [])
+    if not quiet:
+        print()
+    print(f"Feasible Pareto front ({len(rc_rows)} model{'s' if len(rc_rows) != 1 else ''}):")
+    print(_front_table(rc_rows) if rc_rows else "  (none yet: no trained model meets every budget and threshold)")
+    print(f"\nRun dir: {run_dir}  (experiment.sqlite, trials/, costs/, {LOG_NAME})")
+    print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
+
+
+def _front_rows(run_dir, extra):
+    from odnas.profiles import profile_from_dict
+    from odnas.search import load_client, read_settings
+    from odnas.select import front, trial_table
+
+    profile = profile_from_dict(read_settings(run_dir)["profile"])
+    client, _ = load_client(run_dir)
+    rows = trial_table(client._experiment)
+    return front(rows, profile, extra)
+
+
+def _front_table(rows) -> str:
+    return table([{"trial": r["trial"], **{k: r["metrics"].get(k) for k in
+                   ("val_acc", "latency_ms", "num_params", "flops", "model_bytes")}, "arch_id": r["arch_id"]}
+                  for r in rows], ["trial", "val_acc", "latency_ms", "num_params", "flops", "model_bytes", "arch_id"])
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from odnas.launch import parse_kv
+    from odnas.search import SearchConfig, SearchError, search
+
+    try:
+        scfg = parse_kv(a.scheduler_cfg)
+    except ValueError as e:
+        raise SearchError(f"--scheduler-cfg: {e}") from None
+    cfg = SearchConfig(
+        profile=a.profile, space=a.space, data=a.data, data_dir=a.data_dir, trials=a.trials,
+        parallel=a.parallel, objective=a.objective, constraints=tuple(a.constraint or ()),
+        run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
+        scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
+        tolerated_failure_rate=a.max_failure_rate,
+    )
+    if not a.quiet:
+        print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
+              f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
+              flush=True)
+    run_dir = search(cfg, progress=_progress_printer(a.quiet))
+    _print_outcome(run_dir, a.quiet)
+    return 0
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from odnas.search import resume
+
+    run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet), trials=a.trials)
+    _print_outcome(run_dir, a.quiet)
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from odnas.profiles import profile_from_dict
+    from odnas.search import load_client, read_settings
+    from odnas.select import front, trial_table
+
+    settings = read_settings(a.run_dir)
+    profile = profile_from_dict(settings["profile"])
+    client, _ = load_client(a.run_dir)
+    rows = trial_table(client._experiment)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    fr = front(rows, profile)
+    if a.json:
+        _print_json({"run_dir": a.run_dir, "trials_planned": settings["trials"], "counts": counts,
+                     "trials": rows, "front": [r["trial"] for r in fr], "profile": profile.name,
+                     "space": settings["space"]})
+        return 0
+    print(f"{a.run_dir}: {len(rows)}/{settings['trials']} trials · "
+          + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
+    print(f"space {settings['space']} · profile {profile.name} · objective {profile.objective} · "
+          f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
+    print(table([{"trial": r["trial"], "state": r["state"], "val_acc": r["metrics"].get("val_acc", ""),
+                  "latency_ms": r["metrics"].get("latency_ms", ""), "num_params": r["metrics"].get("num_params", ""),
+                  "arch_id": r["arch_id"] or "",
+                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")}
+                 for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
+    print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
+    return 0
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    from odnas.select import select_bounds
+
+    fr = _front_rows(a.run_dir, select_bounds(a.max_latency_ms, a.min_acc))
+    pick = fr[0] if fr else None
+    if a.json:
+        _print_json({"front": fr, "pick": pick})
+        return 0 if pick else 1
+    if not fr:
+        print("No trained model meets every budget and bound.")
+        return 1
+    print(_front_table(fr))
+    print(f"\nPick: trial {pick['trial']} ({pick['arch_id']}), val_acc {pick['metrics']['val_acc']:.4f}"
+          + (f", {pick['metrics']['latency_ms']:.4f} ms" if "latency_ms" in pick["metrics"] else ""))
+    print(f"Export it: odnas export {a.run_dir} --trial {pick['trial']} -o {pick['arch_id']}.onnx")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from odnas.export import export_trial
+
+    card = export_trial(a.run_dir, a.output, trial=a.trial)
+    out = a.output if a.output.endswith(".onnx") else a.output + ".onnx"
+    print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']})")
+    p = card["parity"]
+    print(f"Parity with PyTorch on {p['n']} validation inputs: max abs diff {p['max_abs_diff']:.2e}, "
+          f"top-1 agreement {p['top1_agreement']:.4f}; ONNX val_acc {card['metrics']['val_acc_onnx']:.4f}")
+    for m, b in card["budgets"].items():
+        print(f"  budget {m} <= {b['limit']:g}: {b['value']:.4g} ({'met' if b['met'] else 'NOT met'})")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="odnas", description="On-device, deployment-aware neural architecture search")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("profiles", help="list or show hardware profiles")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profiles)
+
+    p = sub.add_parser("spaces", help="list search spaces")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_spaces)
+
+    p = sub.add_parser("measure", help="measure the costs of random candidates of a space")
+    p.add_argument("--space", default="mobile-cnn")
+    p.add_argument("--profile", default="cpu-mobile")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--random", type=int, default=10, help="how many random candidates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON record per line")
+    p.set_defaults(fn=cmd_measure)
+
+    p = sub.add_parser("search", help="run a multi-objective architecture search")
+    p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")
+    p.add_argument("--space", default="mobile-cnn")
+    p.add_argument("--data", default="digits", help="digits (bundled), mnist (IDX folder), mnist-tv, fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--objective", help="Ax objective string, e.g. 'val_acc, -latency_ms'")
+    p.add_argument("--constraint", action="append", help="Ax bound, e.g. 'latency_ms <= 2' (repeatable)")
+    p.add_argument("--run-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="bo", choices=["bo", "sobol", "random", "saasbo"])
+    p.add_argument("--init-trials", type=int, help="quasi-random trials before Bayesian optimisation")
+    p.add_argument("--scheduler", default="local_cwd", help="TorchX scheduler (local_cwd, kubernetes, slurm, ray)")
+    p.add_argument("--scheduler-cfg", help="TorchX scheduler config, key=value[,key=value]")
+    p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")
+    p.add_argument("--image", help="container image for remote schedulers")
+    p.add_argument("--max-failure-rate", type=float, default=0.5, help="tolerated share of failed trials")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("resume", help="continue a stopped or killed search")
+    p.add_argument("run_dir")
+    p.add_argument("--trials", type=int, help="new total number of trials")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("status", help="progress, trial states and the current front of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("select", help="the feasible Pareto front and the pick")
+    p.add_argument("run_dir")
+    p.add_argument("--max-latency-ms", type=float)
+    p.add_argument("--min-acc", type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_select)
+
+    p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
+    p.add_argument("run_dir")
+    p.add_argument("--trial", type=int, help="trial index (default: the pick)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.set_defaults(fn=cmd_export)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        print("odnas: interrupted; the run dir keeps every completed trial (odnas resume RUN_DIR)", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, _user_errors()) or (isinstance(e, ValueError) and type(e) is ValueError):
+            print(f"odnas: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

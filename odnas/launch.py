@@ -1,0 +1,316 @@
+"""Trials as TorchX jobs, and the Ax runner and metrics that drive and read them.
+
+``trial_app`` is a TorchX component: the same ``AppDef`` runs on ``local_cwd``,
+Kubernetes, Slurm or Ray by switching the scheduler. ``TrialRunner`` is an Ax
+``IRunner``: before launching it passes the candidate through the cost lane, and a
+candidate over a hard budget is completed at once with its costs only. Everything
+the runner returns is JSON (an app handle and a trial dir), never a live object,
+so the experiment can be stored and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from odnas._ax import import_ax
+
+import_ax()
+
+from ax.api.protocols.metric import IMetric  # noqa: E402
+from ax.api.protocols.runner import IRunner  # noqa: E402
+from ax.core.base_trial import BaseTrial, TrialStatus  # noqa: E402
+from ax.core.data import Data  # noqa: E402
+from ax.utils.common.result import Ok  # noqa: E402
+
+LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
+DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
+
+
+def parse_kv(text: str | None) -> dict[str, str]:
+    """``"queue=default,namespace=ml"`` -> dict (TorchX's ``-cfg`` syntax)."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            if "=" not in part:
+                raise ValueError(f"{part!r} is not key=value")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def make_resource(resources: str | None, threads: int):
+    """A TorchX named resource (``gpu.small``) or ``cpu=4,memMB=8192,gpu=0``."""
+    from torchx import specs
+
+    if not resources:
+        return specs.Resource(cpu=threads, gpu=0, memMB=2048)
+    if resources in specs.named_resources:
+        return specs.resource(h=resources)
+    kv = parse_kv(resources)
+    unknown = set(kv) - {"cpu", "gpu", "memMB"}
+    if unknown:
+        raise ValueError(f"--resources: unknown keys {sorted(unknown)}; use cpu, gpu, memMB or a named resource")
+    return specs.Resource(cpu=int(kv.get("cpu", threads)), gpu=int(kv.get("gpu", 0)),
+                          memMB=int(kv.get("memMB", 2048)))
+
+
+def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str = "digits",
+              data_dir: str | None = None, data_seed: int = 0, seed: int = 0, threads: int = 1,
+              scheduler: str = "local_cwd", image: str | None = None, resources: str | None = None,
+              env: Mapping[str, str] | None = None, name: str = "odnas-trial"):
+    """TorchX component for one training job (``python -m odnas.trial``)."""
+    from torchx import specs
+
+    local = scheduler in LOCAL_SCHEDULERS
+    args = ["-m", "odnas.trial", "--out", str(trial_dir), "--space", space,
+            "--params", json.dumps(dict(params), sort_keys=True), "--data", data,
+            "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+    role = specs.Role(
+        name="trainer",
+        image=os.getcwd() if scheduler == "local_cwd" else (image or DEFAULT_IMAGE),
+        entrypoint=sys.executable if local else "python",
+        args=args,
+        env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})},
+        resource=make_resource(resources, threads),
+    )
+    return specs.AppDef(name=name, roles=[role])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class TrialRunner(IRunner):
+    """Ax runner: cost lane in the driver, then a TorchX job per trial.
+
+    ``settings`` is JSON (space, data, profile, scheduler, ...), so Ax stores and
+    rebuilds the runner with the experiment. The cost lane and the TorchX client
+    are made on first use; tests may replace ``cost_lane`` with a fake.
+    """
+
+    def __init__(self, run_dir: str, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.run_dir = str(run_dir)
+        self.settings = dict(settings)
+        self._torchx = None
+        self._cost_lane = None
+
+    @property
+    def cost_lane(self):
+        if self._cost_lane is None:
+            from odnas.search import CostLane
+
+            self._cost_lane = CostLane.from_settings(self.run_dir, self.settings)
+        return self._cost_lane
+
+    @cost_lane.setter
+    def cost_lane(self, lane) -> None:
+        self._cost_lane = lane
+
+    @property
+    def torchx(self):
+        if self._torchx is None:
+            from torchx.runner import get_runner
+
+            self._torchx = get_runner("odnas")
+        return self._torchx
+
+    def trial_dir(self, trial_index: int) -> Path:
+        return Path(self.run_dir) / "trials" / f"{trial_index:04d}"
+
+    def app_for(self, trial_index: int, parameterization: Mapping[str, Any]):
+        s = self.settings
+        return trial_app(
+            str(self.trial_dir(trial_index).resolve()), s["space"], parameterization, data=s["data"],
+            data_dir=s.get("data_dir"), data_seed=s.get("data_seed", 0), seed=s.get("seed", 0) + trial_index,
+            threads=s.get("threads", 1), scheduler=s.get("scheduler", "local_cwd"), image=s.get("image"),
+            resources=s.get("resources"), name=f"odnas-trial-{trial_index}",
+        )
+
+    def scheduler_cfg(self, trial_index: int) -> dict[str, Any]:
+        cfg = dict(self.settings.get("scheduler_cfg") or {})
+        if self.settings.get("scheduler", "local_cwd") in LOCAL_SCHEDULERS:
+            cfg.setdefault("log_dir", str((self.trial_dir(trial_index) / "torchx").resolve()))
+        return cfg
+
+    def run_trial(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
+        tdir = self.trial_dir(trial_index)
+        tdir.mkdir(parents=True, exist_ok=True)
+        record = self.cost_lane.costs(parameterization)
+        meta: dict[str, Any] = {
+            "trial_dir": str(tdir), "arch_id": record["arch_id"], "costs": record["metrics"],
+            "costs_sem": record.get("sem", {}), "launched_at": time.time(),
+        }
+        over = self.cost_lane.over_budget(record["metrics"])
+        if over:
+            meta["over_budget"] = over
+            return meta
+        # A job from before a driver crash may already have run or still run: never train twice.
+        job = _read_json(tdir / "job.json")
+        if (tdir / "result.json").exists() or (job and _pid_alive(int(job["pid"]))):
+            meta["reattached"] = True
+            return meta
+        scheduler = self.settings.get("scheduler", "local_cwd")
+        handle = self.torchx.run(self.app_for(trial_index, parameterization), scheduler,
+                                 cfg=self.scheduler_cfg(trial_index))
+        meta["app_handle"] = str(handle)
+        return meta
+
+    def poll_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> TrialStatus:
+        if trial_metadata.get("over_budget"):
+            return TrialStatus.COMPLETED
+        tdir = Path(trial_metadata["trial_dir"])
+        if (tdir / "result.json").exists():
+            return TrialStatus.COMPLETED
+        if (tdir / "error.json").exists():
+            return TrialStatus.FAILED
+        state = self._app_state(trial_metadata.get("app_handle"))
+        if state is not None:
+            from torchx.specs import AppState
+
+            if state in (AppState.SUCCEEDED, AppState.FAILED, AppState.CANCELLED):
+                # Finished but wrote no result: re-check once (the file may have just landed).
+                return TrialStatus.COMPLETED if (tdir / "result.json").exists() else TrialStatus.FAILED
+            return TrialStatus.RUNNING
+        # TorchX does not know the app (a local job from before a driver restart):
+        # the job's own pid file says whether it still runs.
+        job = _read_json(tdir / "job.json")
+        if job is not None and _pid_alive(int(job["pid"])):
+            return TrialStatus.RUNNING
+        if job is None and time.time() - float(trial_metadata.get("launched_at", 0)) < 120:
+            return TrialStatus.RUNNING  # still starting up
+        return TrialStatus.FAILED
+
+    def _app_state(self, handle: str | None):
+        if not handle:
+            return None
+        try:
+            status = self.torchx.status(handle)
+        except Exception:
+            return None
+        return None if status is None else status.state
+
+    def poll_exception(self, trial: BaseTrial) -> str:
+        return failure_reason(trial.run_metadata)
+
+    def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
+        handle = trial_metadata.get("app_handle")
+        if handle and self._app_state(handle) is not None:
+            self.torchx.cancel(handle)
+        else:
+            job = _read_json(Path(trial_metadata["trial_dir"]) / "job.json")
+            if job and _pid_alive(int(job["pid"])):
+                os.kill(int(job["pid"]), 15)
+        return {"stopped_at": time.time()}
+
+
+def failure_reason(trial_metadata: Mapping[str, Any]) -> str:
+    """Why a trial failed, from its trial dir (job error, TorchX log tail, or lost)."""
+    tdir = Path(trial_metadata.get("trial_dir", "."))
+    err = _read_json(tdir / "error.json")
+    if err:
+        return str(err.get("reason", "job failed"))[:500]
+    for log in sorted(tdir.glob("torchx/**/stderr*")):
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        if tail:
+            return f"job exited without a result: {tail[0][:300]}"
+    if (tdir / "job.json").exists():
+        return "job died without writing its result (killed, or out of memory)"
+    return "job never started or was lost"
+
+
+class ValAccMetric(IMetric):
+    """``val_acc`` read from the trial dir: the curve while running, the result at the end."""
+
+    def __init__(self, name: str = "val_acc") -> None:
+        super().__init__(name=name)
+
+    def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, float]:
+        tdir = Path(trial_metadata["trial_dir"])
+        res = _read_json(tdir / "result.json")
+        if res is not None:
+            return int(res["epochs"]), float(res["val_acc"])
+        curve = read_curve(tdir)
+        if not curve:
+            raise RuntimeError(f"no val_acc yet in {tdir}")
+        return int(curve[-1]["epoch"]), float(curve[-1]["val_acc"])
+
+    def fetch_trial_data(self, trial: BaseTrial, **kwargs: Any):
+        # A candidate over a budget is never trained: it has no accuracy, on purpose.
+        if trial.run_metadata.get("over_budget"):
+            return Ok(value=Data())
+        return super().fetch_trial_data(trial, **kwargs)
+
+    @classmethod
+    def is_available_while_running(cls) -> bool:
+        return True  # the learning curve, read for early stopping
+
+
+def read_curve(trial_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(trial_dir) / "progress.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue  # a line being written right now
+        if rec.get("val_acc") is not None:
+            out.append(rec)
+    return out
+
+
+class CostMetric(IMetric):
+    """A cost metric (params, FLOPs, bytes, latency) from the cost lane, kept in run metadata."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name)
+
+    def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, tuple[float, float]]:
+        value = float(trial_metadata["costs"][self.name])
+        sem = float(trial_metadata.get("costs_sem", {}).get(self.name, 0.0))
+        return 0, (value, sem)
+
+    @classmethod
+    def is_available_while_running(cls) -> bool:
+        return True
+
+
+def registry_bundle():
+    """Ax storage registry with odnas's runner and metrics, for SQLite save/load."""
+    from ax.storage.metric_registry import CORE_METRIC_REGISTRY
+    from ax.storage.registry_bundle import RegistryBundle
+    from ax.storage.runner_registry import CORE_RUNNER_REGISTRY
+
+    return RegistryBundle(
+        metric_clss={**CORE_METRIC_REGISTRY, ValAccMetric: None, CostMetric: None},
+        runner_clss={**CORE_RUNNER_REGISTRY, TrialRunner: None},
+    )

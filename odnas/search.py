@@ -1,0 +1,453 @@
+"""The closed loop: an Ax experiment over a space, under a profile, run by Ax's Orchestrator.
+
+``search(SearchConfig(...))`` makes a run dir, configures an ``ax.api.Client``
+(parameters, objective, thresholds and budgets as Ax strings, runner, metrics,
+generation strategy), stores it in SQLite and lets Ax's ``Orchestrator`` drive
+TorchX jobs until the trial budget is spent. ``resume(run_dir)`` loads the stored
+experiment and goes on. The experiment is saved by Ax after every state change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from odnas._ax import import_ax
+from odnas.cost.lane import CostCache, measure_candidate, write_json_atomic
+from odnas.profiles import (
+    COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound, profile_from_dict,
+)
+
+import_ax()
+
+EXPERIMENT_NAME = "odnas"
+METHODS = ("bo", "sobol", "random", "saasbo")
+DB_NAME = "experiment.sqlite"
+SETTINGS_NAME = "odnas.json"
+LOG_NAME = "odnas.log"
+
+
+class SearchError(RuntimeError):
+    """A search that cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs. The CLI's flags map one to one onto these fields."""
+
+    profile: str = "cpu-mobile"
+    space: str = "mobile-cnn"
+    data: str = "digits"
+    data_dir: str | None = None
+    data_seed: int = 0
+    trials: int = 16
+    parallel: int = 2
+    objective: str | None = None  # overrides the profile's
+    constraints: tuple[str, ...] = ()  # Ax bound strings; override the profile's per metric
+    run_dir: str | None = None
+    seed: int = 0
+    method: str = "bo"
+    init_trials: int | None = None
+    scheduler: str = "local_cwd"
+    scheduler_cfg: Mapping[str, str] = field(default_factory=dict)
+    resources: str | None = None
+    image: str | None = None
+    threads: int | None = None  # per training job; default cores // parallel
+    tolerated_failure_rate: float = 0.5
+    poll_s: float = 1.0
+
+
+# ---------------------------------------------------------------- profile + flags
+
+
+def effective_profile(profile: HardwareProfile, objective: str | None,
+                      constraints: tuple[str, ...]) -> HardwareProfile:
+    """The profile with ``--objective`` and ``--constraint`` applied.
+
+    A ``<=`` bound on a cost metric is a hard budget; any other bound is a
+    threshold. A flag replaces the profile's bound on the same metric and side.
+    """
+    if objective:
+        check_objective(objective)
+    budgets = dict(profile.budgets)
+    thresholds = {(m, op): f"{m} {op} {v:g}" for m, op, v in map(parse_bound, profile.thresholds)}
+    for c in constraints:
+        try:
+            m, op, v = parse_bound(c)
+        except ValueError as e:
+            raise SearchError(f"--constraint {c!r}: {e}") from None
+        if m in COST_METRICS and op == "<=":
+            if v <= 0:
+                raise SearchError(f"--constraint {c!r}: a budget must be > 0")
+            budgets[m] = v
+        elif m in ("val_acc",) + COST_METRICS:
+            thresholds[(m, op)] = f"{m} {op} {v:g}"
+        else:
+            raise SearchError(f"--constraint {c!r}: unknown metric {m!r}")
+    return dataclasses.replace(profile, objective=objective or profile.objective,
+                               thresholds=tuple(thresholds.values()), budgets=budgets)
+
+
+def ax_bounds(profile: HardwareProfile) -> list[str]:
+    """Thresholds and budgets as Ax outcome-constraint strings (those on objectives
+    become objective thresholds, i.e. the reference point)."""
+    return list(profile.thresholds) + profile.budget_constraints()
+
+
+# ---------------------------------------------------------------- the cost lane
+
+
+class CostLane:
+    """Costs of a candidate, measured on the driver one at a time, cached by arch id."""
+
+    def __init__(self, space, input_shape, num_classes: int, profile: HardwareProfile,
+                 cache_dir: str | Path, backend=None) -> None:
+        self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
+        self.profile = profile
+        self.cache = CostCache(cache_dir)
+        self.backend = backend
+        self.measured = 0  # measurements made by this process (cache misses)
+
+    @classmethod
+    def from_settings(cls, run_dir: str, settings: Mapping[str, Any], backend=None) -> "CostLane":
+        from odnas.spaces import get_space
+
+        return cls(get_space(settings["space"]), settings["input_shape"], settings["num_classes"],
+                   profile_from_dict(settings["profile"], source=f"{run_dir}/{SETTINGS_NAME}"),
+                   Path(run_dir) / "costs", backend)
+
+    def costs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        arch = self.space.arch_id(params)
+        rec = self.cache.get(arch)
+        if rec is None:
+            rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
+                                    self.profile, backend=self.backend)
+            self.cache.put(rec)
+            self.measured += 1
+        return rec
+
+    def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
+        return self.profile.over_budget(metrics)
+
+
+# ---------------------------------------------------------------- run dir helpers
+
+
+@contextmanager
+def driver_lock(run_dir: Path) -> Iterator[None]:
+    """One driver per run dir; a second one is refused with a clear message."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / "driver.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise SearchError(f"{run_dir} is already being searched by {who}; wait for it or stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def init_storage(run_dir: Path):
+    """Bind Ax's SQL storage to ``run_dir/experiment.sqlite`` (WAL mode) and return its config."""
+    from ax.api.configs import StorageConfig
+    from ax.storage.sqa_store.db import create_all_tables, get_engine, init_engine_and_session_factory
+    from sqlalchemy import text
+
+    from odnas.launch import registry_bundle
+
+    url = f"sqlite:///{(run_dir / DB_NAME).resolve()}"
+    init_engine_and_session_factory(url=url, force_init=True)
+    engine = get_engine()
+    with engine.connect() as conn:
+        conn.execute(text("PRAGMA journal_mode=WAL"))
+    create_all_tables(engine)
+    return StorageConfig(url=url, registry_bundle=registry_bundle())
+
+
+def read_settings(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / SETTINGS_NAME
+    if not p.is_file():
+        raise SearchError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
+    return json.loads(p.read_text())
+
+
+def load_client(run_dir: str | Path):
+    """The stored ``ax.api.Client`` of a run dir."""
+    from ax.api.client import Client
+
+    run_dir = Path(run_dir)
+    read_settings(run_dir)
+    if not (run_dir / DB_NAME).is_file():
+        raise SearchError(f"{run_dir} has no {DB_NAME}; the search never started")
+    storage = init_storage(run_dir)
+    with quiet_logs(run_dir / LOG_NAME):
+        return Client.load_from_database(EXPERIMENT_NAME, storage_config=storage), storage
+
+
+@contextmanager
+def quiet_logs(log_path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send Ax's, BoTorch's, TorchX's and Lightning's logs and warnings to the run's log file."""
+    if not enabled:
+        yield
+        return
+    import warnings
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in
+             ("ax", "botorch", "torchx", "pytorch_lightning", "lightning", "linear_operator", "gpytorch")]
+    saved = {}
+    for n in names + ["ax", "torchx", "botorch"]:
+        lg = logging.getLogger(n)
+        saved[n] = (lg.handlers[:], lg.propagate)
+        lg.handlers = [handler] if n.count(".") == 0 or n in ("ax", "torchx", "botorch") else []
+        lg.propagate = n.count(".") > 0
+    old_showwarning = warnings.showwarning
+
+    def to_log(message, category, filename, lineno, file=None, line=None):
+        handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = to_log
+    # Ax names loggers per module and attaches its own stderr handler to each; catch
+    # those created later too by routing fd 2 into the log while the loop runs.
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    os.dup2(handler.stream.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        warnings.showwarning = old_showwarning
+        for n, (h, p) in saved.items():
+            lg = logging.getLogger(n)
+            lg.handlers, lg.propagate = h, p
+        handler.close()
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def default_run_dir(cfg: SearchConfig) -> Path:
+    return Path("runs") / f"{cfg.profile.split('/')[-1].removesuffix('.yaml')}-{cfg.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_settings(cfg: SearchConfig) -> dict[str, Any]:
+    """Validate a config and freeze it into the JSON the run dir keeps."""
+    from odnas.data import load_data
+    from odnas.spaces import get_space
+
+    profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
+    space = get_space(cfg.space)
+    if cfg.method not in METHODS:
+        raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
+    if cfg.trials < 1 or cfg.parallel < 1:
+        raise SearchError("--trials and --parallel must be at least 1")
+    split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
+    import ax
+    import onnxruntime
+    import torch
+
+    from odnas import __version__
+
+    return {
+        "space": space.name, "data": cfg.data,
+        "data_dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
+        "data_seed": cfg.data_seed, "input_shape": list(split.input_shape), "num_classes": split.num_classes,
+        "trials": cfg.trials, "parallel": cfg.parallel, "seed": cfg.seed, "method": cfg.method,
+        "init_trials": cfg.init_trials, "scheduler": cfg.scheduler, "scheduler_cfg": dict(cfg.scheduler_cfg),
+        "resources": cfg.resources, "image": cfg.image, "threads": threads,
+        "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
+        "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": {"odnas": __version__, "ax": ax.__version__, "torch": torch.__version__,
+                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
+    }
+
+
+def generation_strategy(method: str, seed: int, init_trials: int | None, trials: int):
+    """Ax generation strategy for ``method``: ``bo`` is Ax's default (Sobol, then
+    BoTorch qLogNEHVI for several objectives); ``saasbo`` is Ax's "quality" SAAS model;
+    ``sobol`` quasi-random; ``random`` uniform random."""
+    from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
+    from ax.api.utils.structs import GenerationStrategyDispatchStruct
+
+    if method == "random":
+        from ax.adapter.registry import Generators
+        from ax.generation_strategy.generation_node import GenerationNode
+        from ax.generation_strategy.generation_strategy import GenerationStrategy
+        from ax.generation_strategy.generator_spec import GeneratorSpec
+
+        return GenerationStrategy(name="Uniform", nodes=[GenerationNode(
+            name="Uniform", generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM,
+                                                           generator_kwargs={"seed": seed})])])
+    init = init_trials if init_trials is not None else max(4, min(8, trials // 3))
+    return choose_generation_strategy(GenerationStrategyDispatchStruct(
+        method={"bo": "fast", "saasbo": "quality", "sobol": "random_search"}[method],
+        initialization_budget=init, initialization_random_seed=seed,
+        min_observed_initialization_trials=max(1, init // 2),
+        allow_exceeding_initialization_budget=True,
+    ))
+
+
+def create_run(cfg: SearchConfig) -> Path:
+    """Make the run dir and its stored, configured Ax experiment (no trials yet)."""
+    from ax.api.client import Client
+
+    from odnas.launch import CostMetric, TrialRunner, ValAccMetric
+    from odnas.spaces import get_space
+
+    settings = make_settings(cfg)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if (run_dir / DB_NAME).exists():
+        raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / SETTINGS_NAME, settings)
+    profile = profile_from_dict(settings["profile"])
+    with quiet_logs(run_dir / LOG_NAME):
+        storage = init_storage(run_dir)
+        client = Client(storage_config=storage, random_seed=cfg.seed)
+        client.configure_experiment(parameters=get_space(settings["space"]).ax_parameters(),
+                                    name=EXPERIMENT_NAME, description=f"odnas {settings['space']} under {profile.name}")
+        client.configure_optimization(profile.objective, outcome_constraints=ax_bounds(profile) or None)
+        client.configure_metrics([ValAccMetric(), *(CostMetric(m) for m in COST_METRICS)])
+        client.configure_runner(TrialRunner(str(run_dir), settings))
+        client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials))
+    return run_dir
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = None,
+           cost_backend=None, quiet: bool = True) -> Path:
+    """Run a search from scratch; returns its run dir."""
+    run_dir = create_run(cfg)
+    run_loop(run_dir, progress, cost_backend, quiet)
+    return run_dir
+
+
+def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
+           cost_backend=None, quiet: bool = True, trials: int | None = None) -> Path:
+    """Continue a stopped or killed search; completed trials are kept, never retrained."""
+    run_dir = Path(run_dir)
+    settings = read_settings(run_dir)
+    if trials is not None:
+        settings["trials"] = trials
+        write_json_atomic(run_dir / SETTINGS_NAME, settings)
+    run_loop(run_dir, progress, cost_backend, quiet)
+    return run_dir
+
+
+def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True) -> None:
+    from ax.core.trial_status import TrialStatus
+    from ax.exceptions.core import UserInputError
+    from ax.orchestration.orchestrator import FailureRateExceededError, Orchestrator, OrchestratorOptions
+
+    from odnas.launch import TrialRunner
+
+    settings = read_settings(run_dir)
+    t0 = time.time()
+    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet):
+        client, storage = load_client(run_dir)
+        exp = client._experiment
+        runner = exp.runner
+        assert isinstance(runner, TrialRunner)
+        runner.cost_lane = CostLane.from_settings(str(run_dir), settings, backend=cost_backend)
+        # Lost candidates (made but never deployed before a crash) are deployed again by Ax.
+        counted = [t for t in exp.trials.values() if t.status in (
+            TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.RUNNING,
+            TrialStatus.CANDIDATE, TrialStatus.STAGED)]
+        remaining = max(0, int(settings["trials"]) - len(counted))
+        options = OrchestratorOptions(
+            max_pending_trials=int(settings["parallel"]),
+            tolerated_trial_failure_rate=float(settings["tolerated_failure_rate"]),
+            min_failed_trials_for_failure_rate_check=3,
+            init_seconds_between_polls=max(1, int(settings.get("poll_s", 1))),
+            min_seconds_before_poll=0.2,
+            seconds_between_polls_backoff_factor=1.0,
+            log_filepath=str(run_dir / LOG_NAME),
+            wait_for_running_trials=True,
+        )
+        from ax.api.utils.storage import db_settings_from_storage_config
+
+        orch = Orchestrator(experiment=exp, generation_strategy=client._generation_strategy,
+                            options=options, db_settings=db_settings_from_storage_config(storage))
+        state = RunState(run_dir, t0)
+        try:
+            if progress:
+                progress(state.refresh(exp))
+            if remaining > 0:
+                for _ in orch.run_trials_and_yield_results(max_trials=remaining):
+                    if progress:
+                        progress(state.refresh(exp))
+            else:
+                orch.wait_for_completed_trials_and_report_results()
+        except FailureRateExceededError:
+            raise SearchError(
+                f"too many trials failed (over {settings['tolerated_failure_rate']:.0%}); see "
+                f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
+                "Completed trials are kept."
+            ) from None
+        except UserInputError as e:
+            raise SearchError(str(e).splitlines()[0]) from None
+        if progress:
+            progress(state.refresh(exp, final=True))
+
+
+# ---------------------------------------------------------------- state for people
+
+
+@dataclass
+class RunState:
+    """Counts and the best feasible model, for progress lines and ``odnas status``."""
+
+    run_dir: Path
+    t0: float
+    counts: dict[str, int] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    final: bool = False
+
+    def refresh(self, exp, final: bool = False) -> "RunState":
+        from odnas.select import trial_table, pick
+
+        rows = trial_table(exp)
+        c = {"running": 0, "completed": 0, "over_budget": 0, "failed": 0, "early_stopped": 0}
+        for r in rows:
+            c[r["state"]] = c.get(r["state"], 0) + 1
+        self.counts = c
+        self.best = pick(rows, profile_from_dict(read_settings(self.run_dir)["profile"]))
+        self.final = final
+        return self
+
+    def line(self) -> str:
+        el = int(time.time() - self.t0)
+        c = self.counts
+        s = (f"[{el // 60:2d}:{el % 60:02d}] running {c.get('running', 0)} · completed {c.get('completed', 0)}"
+             f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}")
+        if self.best:
+            m = self.best["metrics"]
+            s += f" · best feasible: trial {self.best['trial']} val_acc {m.get('val_acc', float('nan')):.3f}"
+            if "latency_ms" in m:
+                s += f" {m['latency_ms']:.3f} ms"
+        return s

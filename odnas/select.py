@@ -1,0 +1,135 @@
+"""Selection: the feasible Pareto front and a budgeted pick.
+
+The core is pure functions on arrays and plain rows (``pareto_mask``, ``feasible``,
+``front``, ``pick``); ``trial_table`` turns a stored Ax experiment into those rows.
+A model over any hard budget is never feasible, so never on the front or picked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound
+
+
+def pareto_mask(y: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of ``y`` (shape ``n x m``, every column **maximised**).
+
+    Returns a boolean array of shape ``(n,)``. Duplicated points are all kept.
+    """
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = np.all(y >= y[i], axis=1) & np.any(y > y[i], axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def meets(metrics: Mapping[str, float], bounds: Sequence[str]) -> bool:
+    """Whether ``metrics`` satisfy every Ax bound string (a missing metric fails)."""
+    for b in bounds:
+        m, op, v = parse_bound(b)
+        x = metrics.get(m)
+        if x is None or not math.isfinite(float(x)):
+            return False
+        if (op == "<=" and x > v) or (op == ">=" and x < v):
+            return False
+    return True
+
+
+def feasible(row: Mapping[str, Any], profile: HardwareProfile, extra: Sequence[str] = ()) -> bool:
+    """A trained model within every budget, threshold and extra bound."""
+    m = row.get("metrics", {})
+    return (row.get("state") == "completed" and "val_acc" in m
+            and not profile.over_budget(m)
+            and meets(m, list(profile.thresholds) + profile.budget_constraints() + list(extra)))
+
+
+def objective_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> np.ndarray:
+    """Rows' objective values, signed so that every column is maximised."""
+    return np.array([[METRIC_SIGN[o] * float(r["metrics"][o]) for o in objectives] for r in rows]).reshape(
+        len(rows), len(objectives))
+
+
+def front(rows: Sequence[Mapping[str, Any]], profile: HardwareProfile,
+          extra: Sequence[str] = ()) -> list[Mapping[str, Any]]:
+    """The feasible Pareto front over the profile's objectives, most accurate first."""
+    ok = [r for r in rows if feasible(r, profile, extra)]
+    if not ok:
+        return []
+    mask = pareto_mask(objective_matrix(ok, profile.objective_metrics))
+    return sorted([r for r, keep in zip(ok, mask) if keep], key=_rank)
+
+
+def pick(rows: Sequence[Mapping[str, Any]], profile: HardwareProfile,
+         extra: Sequence[str] = ()) -> Mapping[str, Any] | None:
+    """The most accurate feasible model (ties: cheaper first), or None."""
+    f = front(rows, profile, extra)
+    return f[0] if f else None
+
+
+def _rank(r: Mapping[str, Any]) -> tuple:
+    m = r["metrics"]
+    return (-m["val_acc"], m.get("latency_ms", 0.0), m.get("num_params", 0), r.get("trial", 0))
+
+
+def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = None) -> list[str]:
+    out = []
+    if max_latency_ms is not None:
+        out.append(f"latency_ms <= {max_latency_ms}")
+    if min_acc is not None:
+        out.append(f"val_acc >= {min_acc}")
+    return out
+
+
+def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
+    """Hypervolume dominated by ``points`` (n x m, maximised) above ``ref`` (m,)."""
+    import torch
+    from botorch.utils.multi_objective.hypervolume import Hypervolume
+
+    pts = np.asarray(points, dtype=float)
+    pts = pts[np.all(pts > ref, axis=1)] if len(pts) else pts
+    if len(pts) == 0:
+        return 0.0
+    return float(Hypervolume(torch.tensor(ref, dtype=torch.double)).compute(torch.tensor(pts, dtype=torch.double)))
+
+
+# ------------------------------------------------------------- from Ax to rows
+
+
+_STATE = {"COMPLETED": "completed", "RUNNING": "running", "CANDIDATE": "running", "STAGED": "running",
+          "FAILED": "failed", "ABANDONED": "failed", "EARLY_STOPPED": "early_stopped"}
+
+
+def trial_table(exp) -> list[dict[str, Any]]:
+    """One row per trial of a stored experiment: state, arch id, parameters, metrics."""
+    df = exp.lookup_data().full_df if hasattr(exp.lookup_data(), "full_df") else exp.lookup_data().df
+    latest: dict[int, dict[str, float]] = {}
+    sems: dict[int, dict[str, float]] = {}
+    if len(df):
+        step = "step" if "step" in df.columns else None
+        df = df.sort_values(step) if step else df
+        for rec in df.itertuples(index=False):
+            latest.setdefault(int(rec.trial_index), {})[rec.metric_name] = float(rec.mean)
+            sems.setdefault(int(rec.trial_index), {})[rec.metric_name] = float(rec.sem)
+    rows = []
+    for idx, t in sorted(exp.trials.items()):
+        meta = t.run_metadata or {}
+        state = _STATE.get(t.status.name, t.status.name.lower())
+        if state == "completed" and meta.get("over_budget"):
+            state = "over_budget"
+        metrics = {**meta.get("costs", {}), **latest.get(idx, {})}
+        if state == "running":
+            metrics.pop("val_acc", None)  # a curve point, not a result
+        rows.append({
+            "trial": idx, "state": state, "arch_id": meta.get("arch_id"),
+            "params": dict(t.arm.parameters) if t.arm else {}, "metrics": metrics,
+            "sem": sems.get(idx, {}), "over_budget": meta.get("over_budget", []),
+            "reason": getattr(t, "failed_reason", None) or meta.get("failed_reason"),
+            "trial_dir": meta.get("trial_dir"),
+        })
+    return rows

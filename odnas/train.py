@@ -1,0 +1,100 @@
+"""Training with PyTorch Lightning on CPU: one LightningModule and ``fit``.
+
+Each epoch logs ``train_loss``, ``val_loss`` and ``val_acc`` to TensorBoard and
+appends the same figures to ``progress.jsonl`` in the trial dir, which the driver
+reads while the job runs (learning curves for early stopping).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from odnas.data import DataSplit
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.loss = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = self.loss(self.model(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {self.current_epoch}")
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        logits = self.model(x)
+        self.log("val_loss", self.loss(logits, y), on_epoch=True)
+        self.log("val_acc", (logits.argmax(1) == y).float().mean(), on_epoch=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class _Progress(pl.Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        rec = {"epoch": trainer.current_epoch + 1, "val_acc": m.get("val_acc"),
+               "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"), "time": time.time()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: int,
+        trial_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Train ``model`` and return the final validation figures."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    trial_dir = Path(trial_dir)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    tr = TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
+    va = TensorDataset(torch.from_numpy(data.x_val), torch.from_numpy(data.y_val))
+    gen = torch.Generator().manual_seed(seed)
+    module = Classifier(model, lr)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True,
+        logger=TensorBoardLogger(str(trial_dir), name="tensorboard", version=""),
+        callbacks=[_Progress(trial_dir / "progress.jsonl")],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    t0 = time.time()
+    trainer.fit(module, DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen),
+                DataLoader(va, batch_size=1024))
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not all(math.isfinite(v) for v in m.values()):
+        raise NonFiniteLossError(f"non-finite metrics after training: {m}")
+    return {"val_acc": m["val_acc"], "val_loss": m["val_loss"], "epochs": epochs,
+            "train_time_s": round(time.time() - t0, 3)}
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())

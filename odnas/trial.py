@@ -1,0 +1,74 @@
+"""The training job: ``python -m odnas.trial --out TRIAL_DIR --space S --params JSON ...``.
+
+It is what TorchX launches on any scheduler. It writes into the trial dir:
+``job.json`` (pid, host, start), TensorBoard curves, ``progress.jsonl``,
+``model.pt`` (the checkpoint) and, last, ``result.json`` -- or ``error.json`` with
+the reason when it fails. ``result.json`` is written atomically and only on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m odnas.trial")
+    ap.add_argument("--out", required=True, help="trial dir")
+    ap.add_argument("--space", required=True)
+    ap.add_argument("--params", required=True, help="parameters as JSON")
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from odnas.cost.lane import write_json_atomic
+
+    write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()})
+    try:
+        result = run(out, a.space, json.loads(a.params), a.data, a.data_dir, a.data_seed, a.seed, a.threads)
+    except BaseException as e:  # record every failure kind, then fail the job
+        write_json_atomic(out / "error.json", {
+            "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "time": time.time()})
+        raise
+    write_json_atomic(out / "result.json", result)
+    return 0
+
+
+def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | None,
+        data_seed: int, seed: int, threads: int) -> dict:
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    from odnas.data import load_data
+    from odnas.spaces import get_space
+    from odnas.train import fit
+
+    space = get_space(space_name)
+    split = load_data(data, data_dir, seed=data_seed)
+    torch.manual_seed(seed)
+    model = space.build(params, split.input_shape, split.num_classes)
+    hp = space.training(params)
+    res = fit(model, split, hp["lr"], hp["epochs"], hp["batch_size"], out, seed=seed)
+    torch.save({"state_dict": model.state_dict(), "params": params, "space": space_name,
+                "arch_id": space.arch_id(params)}, out / "model.pt")
+    return {**res, "arch_id": space.arch_id(params), "status": "ok"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
