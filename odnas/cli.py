@@ -161,6 +161,21 @@ def _front_table(rows) -> str:
                   for r in rows], ["trial", "val_acc", "latency_ms", "num_params", "flops", "model_bytes", "arch_id"])
 
 
+def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
+    from odnas.search import SearchError
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SearchError(f"--fix {item!r}: expected NAME=VALUE, e.g. --fix epochs=1")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v.strip()
+    return out
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from odnas.launch import parse_kv
     from odnas.search import SearchConfig, SearchError, search
@@ -174,7 +189,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         parallel=a.parallel, objective=a.objective, constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
-        tolerated_failure_rate=a.max_failure_rate,
+        tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix),
     )
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
@@ -297,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="bo", choices=["bo", "sobol", "random", "saasbo"])
     p.add_argument("--init-trials", type=int, help="quasi-random trials before Bayesian optimisation")
+    p.add_argument("--fix", action="append", metavar="NAME=VALUE",
+                   help="hold a parameter constant, e.g. --fix epochs=1 (repeatable)")
     p.add_argument("--scheduler", default="local_cwd", help="TorchX scheduler (local_cwd, kubernetes, slurm, ray)")
     p.add_argument("--scheduler-cfg", help="TorchX scheduler config, key=value[,key=value]")
     p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")

@@ -66,6 +66,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     import torch
 
     from odnas import __version__
+    from odnas.cost.count import count
     from odnas.cost.latency import measure_latency
     from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 
@@ -76,17 +77,19 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     parity = check_parity(model, out, data.x_val, atol=atol)
     acc = onnx_accuracy(out, data.x_val, data.y_val)
     lat = measure_latency(out, profile)
+    counts = count(model, data.input_shape)
+    # The search's figures win where given (the budgets were enforced on them); the
+    # artifact's own counts and a fresh latency measurement fill in and sit beside them.
+    merged = {"num_params": counts.num_params, "flops": counts.flops, "model_bytes": out.stat().st_size,
+              "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90, **metrics,
+              "val_acc_onnx": acc, "latency_ms_artifact": lat.latency_ms,
+              "latency_ms_artifact_p90": lat.latency_ms_p90}
     card = {
         "arch_id": arch_id,
         "space": space,
         "params": dict(params),
-        "metrics": {**{k: v for k, v in metrics.items()},
-                    "val_acc_onnx": acc,
-                    "model_bytes": out.stat().st_size,
-                    "latency_ms_artifact": lat.latency_ms,
-                    "latency_ms_artifact_p90": lat.latency_ms_p90},
-        "budgets": {m: {"limit": lim, "value": _budget_value(m, metrics, out, lat),
-                        "met": _budget_value(m, metrics, out, lat) <= lim}
+        "metrics": merged,
+        "budgets": {m: {"limit": lim, "value": float(merged[m]), "met": float(merged[m]) <= lim}
                     for m, lim in profile.budgets.items()},
         "profile": profile.to_dict(),
         "input": {
@@ -111,12 +114,6 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, default=float))
     return card
-
-
-def _budget_value(metric: str, metrics: Mapping[str, Any], out: Path, lat) -> float:
-    if metric == "model_bytes":
-        return float(out.stat().st_size)
-    return float(metrics[metric])
 
 
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None) -> dict[str, Any]:

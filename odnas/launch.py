@@ -159,12 +159,14 @@ class TrialRunner(IRunner):
         return cfg
 
     def run_trial(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
+        parameterization = {**parameterization, **(self.settings.get("fixed") or {})}
         tdir = self.trial_dir(trial_index)
         tdir.mkdir(parents=True, exist_ok=True)
         record = self.cost_lane.costs(parameterization)
         meta: dict[str, Any] = {
             "trial_dir": str(tdir), "arch_id": record["arch_id"], "costs": record["metrics"],
             "costs_sem": record.get("sem", {}), "launched_at": time.time(),
+            "params": dict(parameterization),
         }
         over = self.cost_lane.over_budget(record["metrics"])
         if over:

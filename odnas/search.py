@@ -62,6 +62,7 @@ class SearchConfig:
     resources: str | None = None
     image: str | None = None
     threads: int | None = None  # per training job; default cores // parallel
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters held constant, e.g. {"epochs": 1}
     tolerated_failure_rate: float = 0.5
     poll_s: float = 1.0
 
@@ -259,6 +260,10 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
 
     profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
     space = get_space(cfg.space)
+    try:
+        space.check_fixed(cfg.fixed)
+    except ValueError as e:
+        raise SearchError(f"--fix: {e}") from None
     if cfg.method not in METHODS:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.trials < 1 or cfg.parallel < 1:
@@ -277,7 +282,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "data_seed": cfg.data_seed, "input_shape": list(split.input_shape), "num_classes": split.num_classes,
         "trials": cfg.trials, "parallel": cfg.parallel, "seed": cfg.seed, "method": cfg.method,
         "init_trials": cfg.init_trials, "scheduler": cfg.scheduler, "scheduler_cfg": dict(cfg.scheduler_cfg),
-        "resources": cfg.resources, "image": cfg.image, "threads": threads,
+        "resources": cfg.resources, "image": cfg.image, "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
         "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"odnas": __version__, "ax": ax.__version__, "torch": torch.__version__,
@@ -327,7 +332,7 @@ def create_run(cfg: SearchConfig) -> Path:
     with quiet_logs(run_dir / LOG_NAME):
         storage = init_storage(run_dir)
         client = Client(storage_config=storage, random_seed=cfg.seed)
-        client.configure_experiment(parameters=get_space(settings["space"]).ax_parameters(),
+        client.configure_experiment(parameters=get_space(settings["space"]).ax_parameters(settings["fixed"]),
                                     name=EXPERIMENT_NAME, description=f"odnas {settings['space']} under {profile.name}")
         client.configure_optimization(profile.objective, outcome_constraints=ax_bounds(profile) or None)
         client.configure_metrics([ValAccMetric(), *(CostMetric(m) for m in COST_METRICS)])

@@ -79,8 +79,17 @@ class Space:
     description: str = ""
     specs: tuple[Spec, ...] = ()
 
-    def ax_parameters(self) -> list[Any]:
-        return [s.to_ax() for s in self.specs]
+    def ax_parameters(self, fixed: Mapping[str, Any] | None = None) -> list[Any]:
+        """Ax parameter configs, leaving out the parameters held ``fixed``."""
+        fixed = self.check_fixed(fixed or {})
+        return [s.to_ax() for s in self.specs if s.name not in fixed]
+
+    def check_fixed(self, fixed: Mapping[str, Any]) -> Mapping[str, Any]:
+        names = {s.name for s in self.specs}
+        for k in fixed:
+            if k not in names:
+                raise ValueError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(names))}")
+        return fixed
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A random member, honouring dependent parameters."""

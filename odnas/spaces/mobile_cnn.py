@@ -15,16 +15,16 @@ from __future__ import annotations
 from odnas.spaces import register_space
 from odnas.spaces.base import Choice, Params, Range, Space
 
-WIDTHS = (8, 16, 24, 32, 48, 64)
+WIDTHS = (8, 12, 16, 24, 32)
 STAGES = 3
 
 
 def _stage_specs(i: int) -> tuple:
     return (
-        Choice(f"s{i}_depth", (1, 2, 3) if i == 1 else (0, 1, 2, 3), ordered=True),
+        Choice(f"s{i}_depth", (1, 2, 3, 4) if i == 1 else (0, 1, 2, 3, 4), ordered=True),
         Choice(f"s{i}_width", WIDTHS, ordered=True),
         Choice(f"s{i}_kernel", (3, 5, 7), ordered=True),
-        Choice(f"s{i}_expand", (1, 3, 6), ordered=True),
+        Choice(f"s{i}_expand", (1, 2, 4), ordered=True),
         Choice(f"s{i}_se", (False, True)),
     )
 

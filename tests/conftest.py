@@ -1,0 +1,32 @@
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
+
+
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``odnas ARGS`` in a fresh process, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "odnas", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"odnas {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def short_profile():
+    """cpu-mobile with a short measurement protocol, for fast tests."""
+    from odnas.profiles import load_profile
+
+    def make(name: str = "cpu-mobile"):
+        p = load_profile(name)
+        return dataclasses.replace(p, protocol=dataclasses.replace(
+            p.protocol, warmup_runs=2, min_runs=5, min_time_s=0.0, max_time_s=0.5))
+
+    return make

@@ -1,0 +1,48 @@
+"""Selection on fronts computed by hand."""
+
+import dataclasses
+
+import numpy as np
+
+from odnas.profiles import load_profile
+from odnas.select import front, hypervolume, pareto_mask, pick
+
+
+def test_pareto_mask_by_hand():
+    # maximise both: (1,1) is dominated by (2,2); (3,0) and (0,3) are not.
+    y = np.array([[1, 1], [2, 2], [3, 0], [0, 3], [2, 2]])
+    assert pareto_mask(y).tolist() == [False, True, True, True, True]
+    assert pareto_mask(np.zeros((0, 2))).tolist() == []
+
+
+def _row(i, acc, lat, params=1000, state="completed"):
+    m = {"latency_ms": lat, "num_params": params, "flops": 1, "model_bytes": 1}
+    if acc is not None:
+        m["val_acc"] = acc
+    return {"trial": i, "state": state, "metrics": m, "arch_id": f"a{i}", "over_budget": []}
+
+
+def test_front_never_holds_a_model_over_budget():
+    prof = dataclasses.replace(load_profile("cpu-mobile"), budgets={"latency_ms": 0.2, "num_params": 5000},
+                               thresholds=("val_acc >= 0.5",))
+    rows = [
+        _row(0, 0.99, 0.30),               # most accurate, but over the latency budget
+        _row(1, 0.95, 0.15),
+        _row(2, 0.90, 0.10),
+        _row(3, 0.89, 0.12),               # dominated by 2
+        _row(4, 0.97, 0.10, params=9000),  # over the params budget
+        _row(5, 0.40, 0.05),               # under the accuracy threshold
+        _row(6, None, 0.01, state="over_budget"),
+        _row(7, 0.99, 0.01, state="failed"),
+    ]
+    f = front(rows, prof)
+    assert [r["trial"] for r in f] == [1, 2]
+    assert pick(rows, prof)["trial"] == 1
+    assert pick(rows, prof, ["latency_ms <= 0.12"])["trial"] == 2
+    assert pick(rows, prof, ["val_acc >= 0.999"]) is None
+
+
+def test_hypervolume_by_hand():
+    # maximised: points (2,1) and (1,2) above ref (0,0): union area = 2 + 2 - 1 = 3
+    assert abs(hypervolume(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([0.0, 0.0])) - 3.0) < 1e-9
+    assert hypervolume(np.array([[-1.0, 5.0]]), np.array([0.0, 0.0])) == 0.0

@@ -1,0 +1,98 @@
+"""Contract: every registered space x every shipped profile builds, counts, exports, checks, measures."""
+
+import json
+import random
+
+import onnx
+import pytest
+
+from odnas.cost.count import count
+from odnas.cost.lane import measure_candidate
+from odnas.cost.onnx import export_onnx
+from odnas.profiles import list_profiles
+from odnas.spaces import get_space, list_spaces
+
+SHAPES = [(1, 8, 8), (1, 28, 28)]
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+@pytest.mark.parametrize("profile_name", list_profiles())
+def test_space_profile_contract(space_name, profile_name, short_profile):
+    space, profile = get_space(space_name), short_profile(profile_name)
+    rng = random.Random(7)
+    for _ in range(2):
+        params = space.sample(rng)
+        rec = measure_candidate(space, params, (1, 8, 8), 10, profile)
+        m = rec["metrics"]
+        assert rec["arch_id"] == space.arch_id(params)
+        assert m["num_params"] > 0 and m["flops"] > 0 and m["model_bytes"] > 0
+        assert 0 < m["latency_ms"] <= m["latency_ms_p90"]
+        assert rec["sem"]["latency_ms"] >= 0
+        lat = rec["latency"]
+        assert lat["runs"] >= profile.protocol.min_runs or lat["measure_s"] >= profile.protocol.max_time_s
+        assert lat["warmup_runs"] == profile.protocol.warmup_runs
+        assert lat["batch_size"] == profile.batch_size and lat["ort_version"] and lat["cpu_model"]
+        json.dumps(rec)  # a record is JSON
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_build_export_check_dynamic_batch(space_name, shape, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    space = get_space(space_name)
+    params = space.sample(random.Random(3))
+    model = space.build(params, shape, 10).eval()
+    path = export_onnx(model, shape, tmp_path / "m.onnx")
+    g = onnx.load(str(path))
+    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((5, *shape)).astype(np.float32)
+    got = sess.run(None, {"input": x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (5, 10) and np.abs(got - ref).max() < 1e-4
+
+
+def test_arch_id_is_canonical():
+    space = get_space("mobile-cnn")
+    p = space.sample(random.Random(0))
+    q = dict(p, lr=0.02, epochs=1, batch_size=32)  # training settings are not architecture
+    assert space.arch_id(p) == space.arch_id(q)
+    r = dict(p, s1_kernel=3 if p["s1_kernel"] != 3 else 5)
+    assert space.arch_id(r) != space.arch_id(p)
+    if p["s3_depth"] == 0:  # parameters of an absent stage do not change the architecture
+        assert space.arch_id(dict(p, s3_width=32)) == space.arch_id(p)
+    mlp = get_space("mlp")
+    a = {"hidden_size_1": 64, "hidden_size_2": 32, "dropout": 0.1, "lr": 1e-3, "epochs": 2, "batch_size": 32}
+    assert mlp.arch_id(a) == mlp.arch_id(dict(a, dropout=0.4)) == "mlp_64x32"
+
+
+def test_mlp_space_is_the_ax_tutorial_space():
+    specs = {s.name: s for s in get_space("mlp").specs}
+    assert (specs["hidden_size_1"].lo, specs["hidden_size_1"].hi, specs["hidden_size_1"].log) == (16, 128, True)
+    assert (specs["lr"].lo, specs["lr"].hi, specs["lr"].log) == (1e-4, 1e-2, True)
+    assert (specs["dropout"].lo, specs["dropout"].hi) == (0.0, 0.5)
+    assert (specs["epochs"].lo, specs["epochs"].hi, specs["epochs"].kind) == (1, 4, "int")
+    assert specs["batch_size"].values == (32, 64, 128, 256) and specs["batch_size"].ordered
+
+
+def test_fvcore_convention_and_uncounted_ops():
+    from torch import nn
+
+    c = count(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8))
+    assert c.flops == 640  # one multiply-add = one flop
+    cnn = get_space("mobile-cnn")
+    p = dict(cnn.sample(random.Random(0)), s1_se=True, activation="hardswish")
+    c = count(cnn.build(p, (1, 8, 8), 10), (1, 8, 8))
+    assert any("hardswish" in op or "mul" in op for op in c.uncounted_ops), c.uncounted_ops
+
+
+def test_ax_parameters_and_fixed():
+    space = get_space("mlp")
+    names = [p.name for p in space.ax_parameters({"epochs": 1})]
+    assert "epochs" not in names and "lr" in names
+    with pytest.raises(ValueError, match="no parameter"):
+        space.ax_parameters({"epochz": 1})
