@@ -32,6 +32,9 @@ import_ax()
 EXPERIMENT_NAME = "odnas"
 METHODS = ("bo", "sobol", "random", "saasbo")
 DB_NAME = "experiment.sqlite"
+OPT_RESTARTS = 4
+OPT_RAW_SAMPLES = 256
+OPT_OPTIONS = {"maxiter_init": 25, "maxiter_alternating": 16}
 SETTINGS_NAME = "odnas.json"
 LOG_NAME = "odnas.log"
 
@@ -307,12 +310,22 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
             name="Uniform", generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM,
                                                            generator_kwargs={"seed": seed})])])
     init = init_trials if init_trials is not None else max(4, min(8, trials // 3))
-    return choose_generation_strategy(GenerationStrategyDispatchStruct(
+    gs = choose_generation_strategy(GenerationStrategyDispatchStruct(
         method={"bo": "fast", "saasbo": "quality", "sobol": "random_search"}[method],
         initialization_budget=init, initialization_random_seed=seed,
         min_observed_initialization_trials=max(1, init // 2),
         allow_exceeding_initialization_budget=True,
     ))
+    for node in gs._nodes:
+        for spec in node.generator_specs:
+            if node.name == "MBM":
+                # Ax's default acquisition optimizer (20 restarts over 1024 raw samples, with
+                # mixed alternating search over ~20 discrete dims) takes 20-30 s a candidate on
+                # 2 cores; these settings take a few seconds (docs/benchmarks.md, "generation").
+                spec.generator_gen_kwargs = {**spec.generator_gen_kwargs, "model_gen_options": {
+                    "optimizer_kwargs": {"num_restarts": OPT_RESTARTS, "raw_samples": OPT_RAW_SAMPLES,
+                                         "options": OPT_OPTIONS}}}
+    return gs
 
 
 def create_run(cfg: SearchConfig) -> Path:

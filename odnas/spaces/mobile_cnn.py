@@ -25,7 +25,7 @@ def _stage_specs(i: int) -> tuple:
         Choice(f"s{i}_width", WIDTHS, ordered=True),
         Choice(f"s{i}_kernel", (3, 5, 7), ordered=True),
         Choice(f"s{i}_expand", (1, 2, 4), ordered=True),
-        Choice(f"s{i}_se", (False, True)),
+        Choice(f"s{i}_se", (0, 1), ordered=True),
     )
 
 
@@ -36,7 +36,7 @@ class MobileCNNSpace(Space):
     specs = (
         Choice("stem_width", (8, 16, 24, 32), ordered=True),
         *(s for i in range(1, STAGES + 1) for s in _stage_specs(i)),
-        Choice("activation", ("relu", "hardswish"), ordered=False),
+        Choice("hardswish", (0, 1), ordered=True),
         Range("lr", 1e-3, 3e-2, "float", log=True),
         Range("epochs", 1, 4, "int"),
         Choice("batch_size", (32, 64, 128), ordered=True),
@@ -55,7 +55,7 @@ class MobileCNNSpace(Space):
         return out
 
     def arch_id(self, params: Params) -> str:
-        act = "hs" if params["activation"] == "hardswish" else "re"
+        act = "hs" if params["hardswish"] else "re"
         blocks = "_".join(
             f"e{s['expand']}k{s['kernel']}c{s['width']}d{s['depth']}{'se' if s['se'] else ''}"
             for s in self.stages(params)
@@ -68,5 +68,5 @@ class MobileCNNSpace(Space):
         return MobileCNN(
             in_channels=int(input_shape[0]), input_hw=int(input_shape[-1]),
             stem_width=int(params["stem_width"]), stages=self.stages(params),
-            activation=str(params["activation"]), num_classes=num_classes,
+            activation="hardswish" if params["hardswish"] else "relu", num_classes=num_classes,
         )

@@ -1,0 +1,80 @@
+"""Candidate-generation time of Ax's Bayesian optimisation on odnas spaces.
+
+Compares Ax's default acquisition-optimizer settings with odnas's, on the same
+synthetic outcomes, in one process, alternating the settings so machine noise
+hits both alike. Prints the median seconds per candidate and the ratio.
+
+    python benchmarks/generation.py --space mobile-cnn --trials 12 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import time
+import warnings
+
+from odnas._ax import import_ax
+
+import_ax()
+
+
+def make_client(space, settings: str, seed: int):
+    from ax.api.client import Client
+
+    from odnas import search
+
+    c = Client(random_seed=seed)
+    c.configure_experiment(parameters=space.ax_parameters())
+    c.configure_optimization("val_acc, -latency_ms",
+                             outcome_constraints=["val_acc >= 0.85", "latency_ms <= 0.13", "num_params <= 100000"])
+    gs = search.generation_strategy("bo", seed, 5, 16)
+    if settings == "ax-default":
+        for node in gs._nodes:
+            for spec in node.generator_specs:
+                spec.generator_gen_kwargs.pop("model_gen_options", None)
+    c.set_generation_strategy(gs)
+    return c
+
+
+def outcome(p, rng):
+    x = sum(float(v) for v in p.values() if isinstance(v, (int, float)))
+    return {"latency_ms": 0.05 + 0.002 * x * rng.random(), "num_params": 1000 * x,
+            "val_acc": 0.7 + 0.25 * rng.random()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--space", default="mobile-cnn")
+    ap.add_argument("--trials", type=int, default=12, help="completed trials before timing")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    logging.getLogger("ax").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    from odnas.spaces import get_space
+
+    space = get_space(a.space)
+    times: dict[str, list[float]] = {"ax-default": [], "odnas": []}
+    for r in range(a.repeats):
+        for settings in times:
+            rng = random.Random(r)
+            c = make_client(space, settings, seed=r)
+            for _ in range(a.trials):
+                for idx, p in c.get_next_trials(1).items():
+                    c.complete_trial(idx, outcome(p, rng))
+            t = time.perf_counter()
+            c.get_next_trials(1)
+            times[settings].append(time.perf_counter() - t)
+            print(f"repeat {r} {settings:10s} {times[settings][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"space {a.space}, {len(space.ax_parameters())} parameters, {a.trials} completed trials, "
+          f"{a.repeats} repeats")
+    for k, v in med.items():
+        print(f"median seconds per candidate, {k}: {v:.2f}")
+    print(f"ratio ax-default / odnas: {med['ax-default'] / med['odnas']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""End to end, as a user runs it: real Ax, real TorchX local jobs, real Lightning, real ONNX Runtime."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+FAST = ["--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e") / "run"
+    proc = run_cli("search", "--profile", "cpu-mobile", "--trials", "5", "--run-dir", str(d), *FAST,
+                   "--init-trials", "3", "--constraint", "val_acc >= 0.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return d, proc
+
+
+def test_search_prints_front_and_writes_run_dir(run):
+    d, proc = run
+    assert "Feasible Pareto front" in proc.stdout and str(d) in proc.stdout
+    assert "Traceback" not in proc.stderr and "[INFO" not in proc.stdout + proc.stderr
+    assert (d / "experiment.sqlite").is_file() and (d / "odnas.log").stat().st_size > 0
+    trained = [t for t in (d / "trials").iterdir() if (t / "result.json").exists()]
+    assert trained, "no trial trained"
+    for t in trained:
+        assert (t / "model.pt").is_file() and list((t / "tensorboard").glob("events.*"))
+        curve = [json.loads(x) for x in (t / "progress.jsonl").read_text().splitlines()]
+        assert [c["epoch"] for c in curve] == [1]  # --fix epochs=1
+    assert list((d / "costs").glob("mlp_*.json"))
+
+
+def test_status_select_export(run, tmp_path):
+    d, _ = run
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    assert len(st["trials"]) == 5 and sum(st["counts"].values()) == 5
+    sel = json.loads(run_cli("select", str(d), "--json", check=True).stdout)
+    pick = sel["pick"]
+    assert pick and pick["trial"] in st["front"]
+    budgets = st["trials"][0] and json.loads((d / "odnas.json").read_text())["profile"]["budgets"]
+    for r in sel["front"]:
+        assert all(r["metrics"][m] <= lim for m, lim in budgets.items())
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", str(d), "-o", str(out), check=True)
+    assert "Parity with PyTorch" in proc.stdout
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["run"]["trial"] == pick["trial"]
+    assert all(b["met"] for b in card["budgets"].values())
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert abs(card["metrics"]["val_acc_onnx"] - card["metrics"]["val_acc"]) < 1e-6
+
+
+def test_budget_is_hard(tmp_path):
+    """A budget tighter than most candidates: nothing over it is trained, listed or exported."""
+    d = tmp_path / "tight"
+    proc = run_cli("search", "--profile", "cpu-mobile", "--trials", "4", "--run-dir", str(d), *FAST,
+                   "--init-trials", "4", "--constraint", "num_params <= 12000")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    over = [r for r in st["trials"] if r["state"] == "over_budget"]
+    for r in st["trials"]:
+        if r["metrics"]["num_params"] > 12000:
+            assert r["state"] == "over_budget" and "val_acc" not in r["metrics"]
+            assert not (d / "trials" / f"{r['trial']:04d}" / "job.json").exists()  # never trained
+    sel = json.loads(run_cli("select", str(d), "--json").stdout)
+    assert all(r["metrics"]["num_params"] <= 12000 for r in sel["front"])
+    if over:
+        proc = run_cli("export", str(d), "--trial", str(over[0]["trial"]), "-o", str(tmp_path / "x.onnx"))
+        assert proc.returncode == 2 and "over budget" in proc.stderr
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    cases = [
+        (["search", "--profile", "nope"], "no such profile"),
+        (["search", "--data", "mnist", "--data-dir", str(tmp_path / "missing")], "does not exist"),
+        (["search", "--constraint", "latency_ms <= -1"], "budget must be > 0"),
+        (["search", "--objective", "val_acc, -speed"], "unknown metric"),
+        (["search", "--fix", "epochz=1"], "no parameter"),
+        (["status", str(tmp_path)], "not an odnas run dir"),
+    ]
+    for args, expect in cases:
+        proc = run_cli(*args, "--run-dir", str(tmp_path / "r")) if args[0] == "search" else run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert expect in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_kubernetes_and_slurm_dry_run(tmp_path):
+    """The same job, built for remote schedulers by TorchX's dry run (no cluster needed)."""
+    pytest.importorskip("kubernetes")
+    from torchx.runner import get_runner
+
+    from odnas.launch import TrialRunner
+
+    settings = {"space": "mlp", "data": "digits", "threads": 4, "seed": 0, "scheduler": "kubernetes",
+                "image": "registry.example/odnas:1", "resources": "cpu=4,memMB=8192,gpu=0",
+                "scheduler_cfg": {"queue": "default", "namespace": "ml"}}
+    r = TrialRunner(str(tmp_path), settings)
+    params = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 1e-3, "dropout": 0.1, "epochs": 1, "batch_size": 32}
+    app = r.app_for(3, params)
+    info = get_runner().dryrun(app, "kubernetes", cfg=r.scheduler_cfg(3))
+    spec = str(info.request)
+    assert "registry.example/odnas:1" in spec and "odnas.trial" in spec and "ml" in spec
+    role = app.roles[0]
+    assert role.resource.cpu == 4 and role.resource.memMB == 8192 and role.entrypoint == "python"
+    assert role.env["OMP_NUM_THREADS"] == "4"
+    sl = get_runner().dryrun(r.app_for(3, params), "slurm", cfg={})
+    assert "odnas.trial" in str(sl.request)
+
+
+def _count_results(d: Path) -> int:
+    return len(list((d / "trials").glob("*/result.json"))) if (d / "trials").is_dir() else 0
+
+
+def test_sigkill_driver_and_resume(tmp_path):
+    """Kill the driver with SIGKILL mid-run; resume keeps every completed trial and retrains none."""
+    d = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "odnas", "search", "--profile", "cpu-mobile", "--trials", "6",
+           "--run-dir", str(d), *FAST, "--init-trials", "3"]
+    drv = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while _count_results(d) < 2 and time.time() - t0 < 300:
+        time.sleep(0.5)
+    assert _count_results(d) >= 2, "no trial finished in time"
+    os.kill(drv.pid, signal.SIGKILL)
+    drv.wait()
+    before = {p.parent.name: json.loads(p.read_text()) for p in (d / "trials").glob("*/result.json")}
+    # Two drivers on one run dir are refused.
+    proc = run_cli("resume", str(d), "--quiet", check=True)
+    assert "Feasible Pareto front" in proc.stdout
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    done = [r for r in st["trials"] if r["state"] in ("completed", "over_budget")]
+    assert len(done) >= 6 - st["counts"].get("failed", 0) and st["counts"].get("running", 0) == 0
+    for name, res in before.items():  # kept, and not trained again
+        assert json.loads((d / "trials" / name / "result.json").read_text()) == res
+        lines = (d / "trials" / name / "progress.jsonl").read_text().splitlines()
+        assert len(lines) == 1, f"trial {name} trained twice"
+    completed_idx = {f"{r['trial']:04d}" for r in st["trials"] if r["state"] == "completed"}
+    assert set(before) <= completed_idx
+
+
+def test_two_drivers_are_refused(tmp_path):
+    from odnas.search import SearchError, driver_lock
+
+    d = tmp_path / "locked"
+    d.mkdir()
+    (d / "odnas.json").write_text("{}")
+    with driver_lock(d):
+        proc = subprocess.run([sys.executable, "-c", (
+            "from pathlib import Path; from odnas.search import driver_lock\n"
+            f"with driver_lock(Path({str(d)!r})): pass")], capture_output=True, text=True)
+        assert proc.returncode != 0 and "already being searched" in proc.stderr
+    with driver_lock(d):  # free again afterwards
+        pass
+    assert SearchError
