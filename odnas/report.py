@@ -15,9 +15,10 @@ import html
 import itertools
 import math
 import shlex
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_from_dict
 
@@ -82,7 +83,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_logs(run_dir / LOG_NAME):
+    with quiet_logs(run_dir / LOG_NAME), _torch_threads(1):
         client, _ = load_client(run_dir)
         sections = build_sections(run_dir, settings, client)
         for sec in sections:
@@ -92,12 +93,30 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Fit Ax's small GPs on one thread: their matrices are tiny, and with every core
+    busy (trials training beside the report) several threads wait on each other;
+    5x slower was measured on 2 busy cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def build_sections(run_dir: Path, settings: Mapping[str, Any], client) -> list[Section]:
     """Every section of the report, from a loaded ``ax.api.Client``."""
     from odnas.select import front, trial_table
 
     profile = profile_from_dict(settings["profile"])
     rows = trial_table(client._experiment)
+    for r in rows:  # Ax 1.3 keeps the reason a trial failed in ``status_reason``
+        if r["state"] == "failed" and not r["reason"]:
+            r["reason"] = getattr(client._experiment.trials[r["trial"]], "status_reason", None)
     fr = front(rows, profile)
     overview = overview_section(rows, fr, settings, profile)
     sections = [overview, front_section(rows, fr, profile, run_dir), tradeoff_section(rows, fr, profile)]
@@ -229,8 +248,9 @@ def overview_section(rows, fr, settings, profile: HardwareProfile) -> Section:
                            "shown on the cost axis only.")
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
-        reasons = "; ".join(f"trial {r['trial']}: {r['reason'] or 'no reason recorded'}" for r in failed[:5])
-        sec.missing.append(f"{_plural(len(failed), 'trial')} failed and have no accuracy ({reasons}"
+        reasons = "; ".join(f"trial {r['trial']}: {_failure(r)}" for r in failed[:5])
+        sec.missing.append(f"{_plural(len(failed), 'trial')} failed, so {'it has' if len(failed) == 1 else 'they have'}"
+                           f" no accuracy ({reasons}"
                            f"{'; …' if len(failed) > 5 else ''}).")
     if not _trained(rows):
         sec.missing.append("No trial has been trained yet (every finished candidate was over a budget, "
@@ -238,6 +258,17 @@ def overview_section(rows, fr, settings, profile: HardwareProfile) -> Section:
     elif not fr:
         sec.missing.append("No trained model meets every budget and threshold, so the feasible front is empty.")
     return sec
+
+
+def _failure(row: Mapping[str, Any]) -> str:
+    """Why a trial failed: Ax's record, else what its trial dir says."""
+    if row.get("reason"):
+        return str(row["reason"])
+    if row.get("trial_dir"):
+        from odnas.launch import failure_reason
+
+        return failure_reason({"trial_dir": row["trial_dir"]})
+    return "no reason recorded"
 
 
 def front_section(rows, fr, profile: HardwareProfile, run_dir: Path) -> Section:
@@ -268,7 +299,8 @@ def trials_section(rows) -> Section:
     head = "".join(f"<th>{c}</th>" for c in ["trial", "state", *cols, "arch id", "note"])
     body = []
     for r in rows:
-        note = ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")
+        note = ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (
+            _failure(r) if r["state"] == "failed" else (r["reason"] or ""))
         body.append(
             f"<tr class='{r['state']}'><td>{r['trial']}</td><td>{STATE_LABEL.get(r['state'], r['state'])}</td>"
             + "".join(f"<td class='num'>{_fmt(r['metrics'].get(c))}</td>" for c in cols)
@@ -318,23 +350,26 @@ def _use_log(values: Sequence[float]) -> bool:
 
 def tradeoff_figure(rows, fr, profile: HardwareProfile, x: str, y: str) -> Figure:
     """``y`` against ``x`` for every trial, with budgets, thresholds, the reference
-    point and the feasible front drawn in."""
+    point and the feasible front drawn in. Trials with ``x`` but no ``y`` (never
+    trained, failed, running) go on a strip under the plot."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    front_ids = {r["trial"] for r in fr}
     on_plane = [r for r in rows if x in r["metrics"] and y in r["metrics"]]
     strip = [r for r in rows if x in r["metrics"] and y not in r["metrics"]]
     no_x = [r for r in rows if x not in r["metrics"]]
+    strip_states = [s for s in UNTRAINED_STATES if any(r["state"] == s for r in strip)]
     cmax = max([r["trial"] for r in rows] + [1])
     objective_plane = {x, y} <= set(profile.objective_metrics)
+    # With more than two objectives a 2-D view of the front is not a front: ring it, don't join it.
+    join = objective_plane and len(profile.objective_metrics) == 2
     ref = reference_point(profile) if objective_plane else {}
+    star = (ref[x], ref[y]) if x in ref and y in ref else None
     budgets = {m: v for m, v in profile.budgets.items() if m in (x, y)}
-    thresholds = [parse_bound(t) for t in profile.thresholds]
-    thresholds = [(m, op, v) for m, op, v in thresholds if m in (x, y) and not (m in budgets and op == "<=")]
+    thresholds = [(m, op, v) for m, op, v in map(parse_bound, profile.thresholds)
+                  if m in (x, y) and not (m in budgets and op == "<=")]
     log_x = _use_log([r["metrics"][x] for r in rows if x in r["metrics"]] + list(budgets.values()))
-    fr_sorted = sorted([r for r in fr if x in r["metrics"] and y in r["metrics"]], key=lambda r: r["metrics"][x])
-    strip_states = [s for s in UNTRAINED_STATES if any(r["state"] == s for r in strip)]
+    fr_xy = sorted([r for r in fr if x in r["metrics"] and y in r["metrics"]], key=lambda r: r["metrics"][x])
 
     def hover(r) -> str:
         m = r["metrics"]
@@ -342,150 +377,147 @@ def tradeoff_figure(rows, fr, profile: HardwareProfile, x: str, y: str) -> Figur
                 + "<br>".join(f"{k} {_fmt(m[k])}" for k in ("val_acc", "latency_ms", "num_params") if k in m)
                 + (f"<br>over {', '.join(r['over_budget'])}" if r["over_budget"] else ""))
 
+    def marker(state: str, pts) -> dict:
+        return dict(symbol=STATE_MARKER[state][0], size=11, color=[r["trial"] for r in pts],
+                    coloraxis="coloraxis", line=dict(width=1, color="#333"))
+
     # ---- plotly
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.82, 0.18], vertical_spacing=0.04)
-    for state in ("completed", "early_stopped", "over_budget", "failed", "running"):
-        pts = [r for r in on_plane if r["state"] == state]
-        if pts:
+    if strip_states:
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.82, 0.18], vertical_spacing=0.04)
+        rc, strip_rc = dict(row=1, col=1), dict(row=2, col=1)
+    else:
+        fig, rc, strip_rc = go.Figure(), {}, {}
+    for state in STATE_MARKER:
+        if pts := [r for r in on_plane if r["state"] == state]:
             fig.add_trace(go.Scatter(
                 x=[r["metrics"][x] for r in pts], y=[r["metrics"][y] for r in pts], mode="markers",
                 name=f"{STATE_LABEL[state]} ({len(pts)})", text=[hover(r) for r in pts], hoverinfo="text",
-                marker=dict(symbol=STATE_MARKER[state][0], size=11, color=[r["trial"] for r in pts],
-                            coloraxis="coloraxis", line=dict(width=1, color="#333"))), row=1, col=1)
-        spts = [r for r in strip if r["state"] == state]
-        if spts:
+                marker=marker(state, pts)), **rc)
+        if pts := [r for r in strip if r["state"] == state]:
             fig.add_trace(go.Scatter(
-                x=[r["metrics"][x] for r in spts], y=[STATE_LABEL[state]] * len(spts), mode="markers",
-                name=f"{STATE_LABEL[state]}, no {y} ({len(spts)})", text=[hover(r) for r in spts],
-                hoverinfo="text",
-                marker=dict(symbol=STATE_MARKER[state][0], size=11, color=[r["trial"] for r in spts],
-                            coloraxis="coloraxis", line=dict(width=1, color="#333"))), row=2, col=1)
-    if fr_sorted:
+                x=[r["metrics"][x] for r in pts], y=[STATE_LABEL[state]] * len(pts), mode="markers",
+                name=f"{STATE_LABEL[state]}, no {y} ({len(pts)})", text=[hover(r) for r in pts], hoverinfo="text",
+                marker=marker(state, pts)), **strip_rc)
+    if fr_xy:
         fig.add_trace(go.Scatter(
-            x=[r["metrics"][x] for r in fr_sorted], y=[r["metrics"][y] for r in fr_sorted],
-            mode="lines+markers" if objective_plane else "markers", line=dict(color=FRONT_COLOR, width=2, shape="hv"),
+            x=[r["metrics"][x] for r in fr_xy], y=[r["metrics"][y] for r in fr_xy],
+            mode="lines+markers" if join else "markers", line=dict(color=FRONT_COLOR, width=2, shape="hv"),
             marker=dict(symbol="circle-open", size=20, color=FRONT_COLOR, line=dict(width=2.5)),
-            name=f"feasible Pareto front ({len(fr_sorted)})", text=[hover(r) for r in fr_sorted], hoverinfo="text"),
-            row=1, col=1)
-    if x in ref and y in ref:
+            name=f"feasible Pareto front ({len(fr_xy)})", text=[hover(r) for r in fr_xy], hoverinfo="text"), **rc)
+    if star:
         fig.add_trace(go.Scatter(
-            x=[ref[x]], y=[ref[y]], mode="markers", name=f"reference point ({ref[x]:g}, {ref[y]:g})",
-            marker=dict(symbol="star", size=20, color="gold", line=dict(width=1.5, color="black"))), row=1, col=1)
-    for m, v in budgets.items():
-        text = f"budget {_bound_text(m, '<=', v)}"
+            x=[star[0]], y=[star[1]], mode="markers", name=f"reference point ({star[0]:g}, {star[1]:g})",
+            marker=dict(symbol="star", size=20, color="gold", line=dict(width=1.5, color="black"))), **rc)
+    lines = [(m, v, f"budget {_bound_text(m, '<=', v)}", BUDGET_COLOR, "dash") for m, v in budgets.items()]
+    lines += [(m, v, f"threshold {_bound_text(m, op, v)}", THRESHOLD_COLOR, "dot") for m, op, v in thresholds]
+    for m, v, text, color, dash in lines:
+        style = dict(line=dict(color=color, dash=dash), annotation_text=text, annotation_font_color=color)
         if m == x:
-            fig.add_vline(x=v, line=dict(color=BUDGET_COLOR, dash="dash"), row=1, col=1, annotation_text=text,
-                          annotation_position="top left", annotation_font_color=BUDGET_COLOR)
+            fig.add_vline(x=v, annotation_position="top left", **style, **rc)
             if strip_states:
-                fig.add_vline(x=v, line=dict(color=BUDGET_COLOR, dash="dash"), row=2, col=1)
+                fig.add_vline(x=v, line=dict(color=color, dash=dash), **strip_rc)
         else:
-            fig.add_hline(y=v, line=dict(color=BUDGET_COLOR, dash="dash"), row=1, col=1, annotation_text=text,
-                          annotation_font_color=BUDGET_COLOR)
-    for m, op, v in thresholds:
-        text = f"threshold {_bound_text(m, op, v)}"
-        if m == y:
-            fig.add_hline(y=v, line=dict(color=THRESHOLD_COLOR, dash="dot"), row=1, col=1, annotation_text=text,
-                          annotation_position="bottom right", annotation_font_color=THRESHOLD_COLOR)
-        else:
-            fig.add_vline(x=v, line=dict(color=THRESHOLD_COLOR, dash="dot"), row=1, col=1, annotation_text=text,
-                          annotation_font_color=THRESHOLD_COLOR)
+            fig.add_hline(y=v, annotation_position="bottom right", **style, **rc)
     fig.update_layout(
         height=560, margin=dict(l=70, r=30, t=40, b=60), template="plotly_white",
         coloraxis=dict(colorscale="Viridis", cmin=0, cmax=cmax, colorbar=dict(title="trial", len=0.6, y=0.62)),
         legend=dict(orientation="h", yanchor="top", y=-0.14, x=0))
-    fig.update_yaxes(title_text=y, row=1, col=1)
-    fig.update_yaxes(type="category", categoryorder="array",
-                     categoryarray=[STATE_LABEL[s] for s in strip_states], row=2, col=1)
-    fig.update_xaxes(title_text=x + (" (log scale)" if log_x else ""), row=2, col=1)
+    fig.update_yaxes(title_text=y, **rc)
+    fig.update_xaxes(title_text=x + (" (log scale)" if log_x else ""), **strip_rc)
+    if strip_states:
+        fig.update_yaxes(type="category", categoryorder="array",
+                         categoryarray=[STATE_LABEL[s] for s in strip_states], **strip_rc)
     if log_x:
         fig.update_xaxes(type="log")
 
     # ---- matplotlib
     def draw(mfig) -> None:
-        axes = mfig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[5, 1], hspace=0.08))
-        top, bottom = axes
-        sc = None
-        for state in ("completed", "early_stopped", "over_budget", "failed", "running"):
-            pts = [r for r in on_plane if r["state"] == state]
-            if pts:
-                sc = _mpl_scatter(top, [r["metrics"][x] for r in pts], [r["metrics"][y] for r in pts],
-                                  [r["trial"] for r in pts], state, cmax, f"{STATE_LABEL[state]} ({len(pts)})")
-            spts = [r for r in strip if r["state"] == state]
-            if spts:
-                level = strip_states.index(state)
-                sc2 = _mpl_scatter(bottom, [r["metrics"][x] for r in spts], [level] * len(spts),
-                                   [r["trial"] for r in spts], state, cmax,
-                                   f"{STATE_LABEL[state]}, no {y} ({len(spts)})")
-                sc = sc or sc2
-        if fr_sorted:
-            fx, fy = [r["metrics"][x] for r in fr_sorted], [r["metrics"][y] for r in fr_sorted]
-            if objective_plane:
-                top.step(fx, fy, where="post", color=FRONT_COLOR, lw=2, zorder=3)
-            top.scatter(fx, fy, s=260, facecolors="none", edgecolors=FRONT_COLOR, linewidths=2.2, zorder=4,
-                        label=f"feasible Pareto front ({len(fr_sorted)})")
-        if x in ref and y in ref:
-            top.scatter([ref[x]], [ref[y]], marker="*", s=320, color="gold", edgecolors="black", zorder=5,
-                        label=f"reference point ({ref[x]:g}, {ref[y]:g})")
-        for m, v in budgets.items():
-            kw = dict(color=BUDGET_COLOR, ls="--", lw=1.5, label=f"budget {_bound_text(m, '<=', v)}")
-            if m == x:
-                top.axvline(v, **kw)
-                bottom.axvline(v, color=BUDGET_COLOR, ls="--", lw=1.5)
-            else:
-                top.axhline(v, **kw)
-        for m, op, v in thresholds:
-            kw = dict(color=THRESHOLD_COLOR, ls=":", lw=1.5, label=f"threshold {_bound_text(m, op, v)}")
-            top.axhline(v, **kw) if m == y else top.axvline(v, **kw)
-        _include(top, [v for m, v in budgets.items() if m == x] + [v for m, _, v in thresholds if m == x]
-                 + ([ref[x]] if x in ref and y in ref else []), axis="x")
-        _include(top, [v for m, v in budgets.items() if m == y] + [v for m, _, v in thresholds if m == y]
-                 + ([ref[y]] if x in ref and y in ref else []), axis="y")
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        if strip_states:
+            top, bottom = mfig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[5, 1], hspace=0.08))
+        else:
+            top, bottom = mfig.subplots(), None
+        norm = Normalize(0, cmax)
+        for state in STATE_MARKER:
+            if pts := [r for r in on_plane if r["state"] == state]:
+                _mpl_scatter(top, [r["metrics"][x] for r in pts], [r["metrics"][y] for r in pts],
+                             [r["trial"] for r in pts], state, norm, f"{STATE_LABEL[state]} ({len(pts)})")
+            if pts := [r for r in strip if r["state"] == state]:
+                _mpl_scatter(bottom, [r["metrics"][x] for r in pts], [strip_states.index(state)] * len(pts),
+                             [r["trial"] for r in pts], state, norm, f"{STATE_LABEL[state]}, no {y} ({len(pts)})")
         if log_x:
             top.set_xscale("log")
+        if fr_xy:
+            fx, fy = [r["metrics"][x] for r in fr_xy], [r["metrics"][y] for r in fr_xy]
+            if join:
+                top.step(fx, fy, where="post", color=FRONT_COLOR, lw=2, zorder=3)
+            top.scatter(fx, fy, s=260, facecolors="none", edgecolors=FRONT_COLOR, linewidths=2.2, zorder=4,
+                        label=f"feasible Pareto front ({len(fr_xy)})")
+        if star:
+            top.scatter(*star, marker="*", s=320, color="gold", edgecolors="black", zorder=5,
+                        label=f"reference point ({star[0]:g}, {star[1]:g})")
+        for m, v, text, color, dash in lines:
+            kw = dict(color=color, ls="--" if dash == "dash" else ":", lw=1.5)
+            if m == x:
+                top.axvline(v, label=text, **kw)
+                if bottom is not None:
+                    bottom.axvline(v, **kw)
+            else:
+                top.axhline(v, label=text, **kw)
+        _include(top, [v for m, v, *_ in lines if m == x] + ([star[0]] if star else []), axis="x")
+        _include(top, [v for m, v, *_ in lines if m == y] + ([star[1]] if star else []), axis="y")
         top.set_ylabel(y)
-        top.grid(alpha=0.3)
-        bottom.set_yticks(range(len(strip_states)), [STATE_LABEL[s] for s in strip_states])
-        bottom.set_ylim(-0.7, max(len(strip_states), 1) - 0.3)
-        bottom.set_xlabel(x + (" (log scale)" if log_x else ""))
-        bottom.grid(alpha=0.3, axis="x")
         top.set_title(f"{y} vs {x}")
-        handles = [h for a in (top, bottom) for h in a.get_legend_handles_labels()[0]]
-        labels = [lab for a in (top, bottom) for lab in a.get_legend_handles_labels()[1]]
+        top.grid(alpha=0.3)
+        last = top
+        if bottom is not None:
+            bottom.set_yticks(range(len(strip_states)), [STATE_LABEL[s] for s in strip_states])
+            bottom.set_ylim(-0.7, len(strip_states) - 0.3)
+            bottom.grid(alpha=0.3, axis="x")
+            last = bottom
+        last.set_xlabel(x + (" (log scale)" if log_x else ""))
+        axes = [a for a in (top, bottom) if a is not None]
+        handles, labels = (sum(z, []) for z in zip(*(a.get_legend_handles_labels() for a in axes)))
         top.legend(handles, labels, fontsize=7, loc="best", framealpha=0.85)
-        if sc is not None:
-            mfig.colorbar(sc, ax=list(axes), label="trial", shrink=0.7)
+        mfig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="trial", shrink=0.7)
 
     caption = (f"<b>{y}</b> against <b>{x}</b>. "
                + (f"{_plural(len(strip), 'trial')} without {y} on the strip. " if strip else "")
                + (f"{_plural(len(no_x), 'trial')} without {x} (not measured) left out. " if no_x else "")
-               + ("" if objective_plane else "Not the objective plane: front members are ringed, not joined. ")
-               + ("" if not objective_plane or (x in ref and y in ref) else
-                  "No reference point drawn: an objective has no threshold or budget, so Ax infers it."))
+               + ("" if join else "The front is over all objectives: its members are ringed, not joined. ")
+               + ("No reference point drawn: an objective has no threshold or budget, so Ax infers it."
+                  if objective_plane and not star else ""))
     return Figure(f"tradeoff_{y}_vs_{x}", f"{y} vs {x}", caption, fig, draw)
 
 
-def _mpl_scatter(ax, xs, ys, idx, state: str, cmax: int, label: str):
-    marker = STATE_MARKER[state][1]
-    if state == "running":
-        import matplotlib as mpl
+def _mpl_scatter(ax, xs, ys, idx, state: str, norm, label: str) -> None:
+    import matplotlib as mpl
 
-        colors = mpl.colormaps["viridis"]([i / max(cmax, 1) for i in idx])
-        return ax.scatter(xs, ys, marker=marker, s=70, facecolors="none", edgecolors=colors, linewidths=1.8,
-                          label=label, zorder=3)
-    return ax.scatter(xs, ys, c=idx, cmap="viridis", vmin=0, vmax=cmax, marker=marker, s=70 if state != "failed" else 90,
-                      edgecolors="#333", linewidths=0.8, label=label, zorder=3)
+    if state == "running":  # open circle: the colour goes on the edge
+        ax.scatter(xs, ys, marker="o", s=70, facecolors="none", edgecolors=mpl.colormaps["viridis"](norm(idx)),
+                   linewidths=1.8, label=label, zorder=3)
+    else:
+        ax.scatter(xs, ys, c=idx, cmap="viridis", norm=norm, marker=STATE_MARKER[state][1],
+                   s=90 if state == "failed" else 70, edgecolors="#333", linewidths=0.8, label=label, zorder=3)
 
 
 def _include(ax, values: Sequence[float], axis: str) -> None:
-    """Widen an axis so lines drawn at ``values`` are inside it."""
+    """Widen an axis so lines drawn at ``values`` are inside it (matplotlib does not
+    count ``axvline``/``axhline`` when it autoscales)."""
+    values = [v for v in values if math.isfinite(v)]
     if not values:
         return
+    log = (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log"
     lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    lo2, hi2 = min([lo, *values]), max([hi, *values])
-    pad = 0.03 * (hi2 - lo2) if (lo2, hi2) != (lo, hi) else 0.0
-    lims = (lo2 - pad if lo2 < lo else lo, hi2 + pad if hi2 > hi else hi)
-    if axis == "x" and ax.get_xscale() == "log" and lims[0] <= 0:
-        return
+    vlo, vhi = min(values), max(values)
+    if log:
+        vlo, vhi = vlo / 1.15, vhi * 1.15
+    else:
+        pad = 0.04 * ((max(hi, vhi) - min(lo, vlo)) or 1.0)
+        vlo, vhi = vlo - pad, vhi + pad
+    lims = (min(lo, vlo), max(hi, vhi))
     ax.set_xlim(*lims) if axis == "x" else ax.set_ylim(*lims)
 
 
@@ -582,20 +614,18 @@ def cv_section(client, model: Surrogate, profile: HardwareProfile) -> Section:
     sec.intro += f"<br>Surrogate: {model.source}."
     from ax.analysis.plotly.cross_validation import CrossValidationPlot
 
-    card = model.compute(client, CrossValidationPlot(folds=-1, untransform=True))
+    names = _metric_order(profile, model.metric_names(client._experiment))
+    card = model.compute(client, CrossValidationPlot(metric_names=names, folds=-1, untransform=True))
     if (err := _card_error(card)) is not None:
         sec.missing.append(f"Ax could not cross-validate the surrogate: {err}")
         return sec
-    per_metric = {}
-    for child in getattr(card, "children", []):
-        df = getattr(child, "df", None)
-        if df is not None and {"observed", "predicted"} <= set(df.columns):
-            metric = child.title.removeprefix("Cross Validation for ").split(" (R")[0]
-            per_metric[metric] = child
+    # One child card per metric, in the order asked for, then Ax's R² summary table.
     stats_rows = []
-    for metric in _metric_order(profile, list(per_metric)):
-        child = per_metric[metric]
+    for metric, child in zip(names, getattr(card, "children", [])):
         df = child.df
+        if df.empty or not {"observed", "predicted"} <= set(df.columns):
+            sec.missing.append(f"{metric}: Ax made no cross-validation predictions for it.")
+            continue
         st = cv_stats(df["observed"], df["predicted"], df["observed_95_ci"], df["predicted_95_ci"])
         stats_rows.append((metric, st))
         if st["n"] < 3:
@@ -671,12 +701,14 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
         return sec
     exp = client._experiment
     modelled = set(model.metric_names(exp))
-    wanted = [m for m in dict.fromkeys(["val_acc", *profile.objective_metrics, "latency_ms"]) if m in modelled]
-    for m in dict.fromkeys(["val_acc", *profile.objective_metrics, "latency_ms"]):
-        if m not in modelled:
-            sec.missing.append(f"{m} is not modelled yet (no observations), so its effects are not shown.")
+    targets = list(dict.fromkeys(["val_acc", *profile.objective_metrics, "latency_ms"]))
+    wanted = [m for m in targets if m in modelled]
+    sec.missing += [f"{m} is not modelled yet (no observations), so its effects are not shown."
+                    for m in targets if m not in modelled]
     if not wanted:
         return sec
+    # Ax's SensitivityAnalysisPlot always draws 10^4 Monte-Carlo points per index (minutes
+    # on mobile-cnn); the same computation with fewer points, drawn by Ax's own function.
     from ax.analysis.plotly.sensitivity import _prepare_card_components
     from ax.utils.sensitivity.sobol_measures import ax_parameter_sens
     import pandas as pd
@@ -700,7 +732,7 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
         df = pd.DataFrame([{"metric_name": metric, "parameter_name": p, "sensitivity": v / total}
                            for p, v in values.items()])
         plot_df, fig = _prepare_card_components(data=df, metric_name=metric, metric_label=metric, top_k=TOP_K)
-        fig.update_layout(title=dict(text=f"sensitivity of {metric}"), height=380, template="plotly_white")
+        fig.update_layout(title=dict(text=f"sensitivity of {metric}"), height=460, template="plotly_white")
         sec.figures.append(Figure(f"sensitivity_{metric}", f"Sensitivity of {metric}",
                                   f"Top {min(TOP_K, len(values))} of {len(values)} parameters, shares of the total "
                                   "(absolute values sum to 1).", fig, _sens_drawer(df, metric)))

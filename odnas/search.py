@@ -34,7 +34,7 @@ METHODS = ("bo", "sobol", "random", "saasbo")
 DB_NAME = "experiment.sqlite"
 OPT_RESTARTS = 4
 OPT_RAW_SAMPLES = 256
-OPT_OPTIONS = {"maxiter_init": 25, "maxiter_alternating": 16}
+OPT_OPTIONS = {"initialization_strategy": "random", "maxiter_alternating": 16}
 SETTINGS_NAME = "odnas.json"
 LOG_NAME = "odnas.log"
 
