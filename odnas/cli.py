@@ -177,8 +177,8 @@ def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from odnas.launch import parse_kv
     from odnas.search import SearchConfig, SearchError, search
+    from odnas.util import parse_kv
 
     try:
         scfg = parse_kv(a.scheduler_cfg)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from odnas._ax import import_ax
+from odnas.util import parse_kv
 
 import_ax()
 
@@ -30,18 +31,6 @@ from ax.utils.common.result import Ok  # noqa: E402
 
 LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
 DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
-
-
-def parse_kv(text: str | None) -> dict[str, str]:
-    """``"queue=default,namespace=ml"`` -> dict (TorchX's ``-cfg`` syntax)."""
-    out: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if part.strip():
-            if "=" not in part:
-                raise ValueError(f"{part!r} is not key=value")
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
 
 
 def make_resource(resources: str | None, threads: int):

@@ -234,7 +234,8 @@ def overview_section(rows, fr, settings, profile: HardwareProfile) -> Section:
         f"<tr><th>trials</th><td>{len(rows)} of {planned} planned: {html.escape(states)}</td></tr>"
         f"<tr><th>profile</th><td>{html.escape(profile.name)} — {html.escape(profile.description)}</td></tr>"
         f"<tr><th>objective</th><td><code>{html.escape(profile.objective)}</code></td></tr>"
-        f"<tr><th>budgets</th><td>{html.escape(budgets)} (a model over any budget is never trained or selected)</td></tr>"
+        f"<tr><th>budgets</th><td>{html.escape(budgets)} "
+        "(a model over any budget is never trained or selected)</td></tr>"
         f"<tr><th>thresholds</th><td>{html.escape(thresholds)}</td></tr>"
         f"<tr><th>space · data</th><td>{html.escape(str(settings.get('space')))} · "
         f"{html.escape(str(settings.get('data')))}</td></tr>"
@@ -548,8 +549,9 @@ class Surrogate:
             gs_error = ""
         node = gs.current_node_name
         if isinstance(adapter, TorchAdapter) and adapter.can_predict:
-            return cls(adapter, True, f"the run's own surrogate (Ax generation node <code>{html.escape(node)}</code>, "
-                                      f"{type(adapter.generator).__name__}), fitted on {_plural(len(trained), 'trained trial')}")
+            return cls(adapter, True, (
+                f"the run's own surrogate (Ax generation node <code>{html.escape(node)}</code>, "
+                f"{type(adapter.generator).__name__}), fitted on {_plural(len(trained), 'trained trial')}"))
         if len(trained) < MIN_TRAINED:
             return cls(why_not=(
                 f"There is no surrogate model to check: the run has {_plural(len(trained), 'trained trial')} "
@@ -745,8 +747,9 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
         sfig = card.get_figure()
         sfig.update_layout(title=dict(text=card.title), height=460, template="plotly_white")
         kind = "contour" if len(top) == 2 else "slice"
-        sec.figures.append(Figure(f"{kind}_{metric}", card.title, html.escape(card.subtitle.split(". This plot")[0]) + ".",
-                                  sfig, _surface_drawer(card.df, metric, top, exp)))
+        caption = html.escape(card.subtitle.split(". This plot")[0]) + "."  # Ax's first sentence
+        sec.figures.append(Figure(f"{kind}_{metric}", card.title, caption, sfig,
+                                  _surface_drawer(card.df, metric, top, exp)))
     return sec
 
 

@@ -27,8 +27,6 @@ from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound, profile_from_dict,
 )
 
-import_ax()
-
 EXPERIMENT_NAME = "odnas"
 METHODS = ("bo", "sobol", "random", "saasbo")
 DB_NAME = "experiment.sqlite"
@@ -171,6 +169,7 @@ def driver_lock(run_dir: Path) -> Iterator[None]:
 
 def init_storage(run_dir: Path):
     """Bind Ax's SQL storage to ``run_dir/experiment.sqlite`` (WAL mode) and return its config."""
+    import_ax()
     from ax.api.configs import StorageConfig
     from ax.storage.sqa_store.db import create_all_tables, get_engine, init_engine_and_session_factory
     from sqlalchemy import text
@@ -273,9 +272,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError("--trials and --parallel must be at least 1")
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
-    import ax
-    import onnxruntime
-    import torch
+    from importlib.metadata import version
 
     from odnas import __version__
 
@@ -288,8 +285,9 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "resources": cfg.resources, "image": cfg.image, "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
         "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": {"odnas": __version__, "ax": ax.__version__, "torch": torch.__version__,
-                     "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]},
+        "versions": {"odnas": __version__, **{p: version(p) for p in (
+            "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},
+            "python": sys.version.split()[0]},
     }
 
 
@@ -330,12 +328,13 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
 
 def create_run(cfg: SearchConfig) -> Path:
     """Make the run dir and its stored, configured Ax experiment (no trials yet)."""
+    settings = make_settings(cfg)  # validate before the slow imports
+    import_ax()
     from ax.api.client import Client
 
     from odnas.launch import CostMetric, TrialRunner, ValAccMetric
     from odnas.spaces import get_space
 
-    settings = make_settings(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if (run_dir / DB_NAME).exists():
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
