@@ -150,7 +150,7 @@ def _front_rows(run_dir, extra):
     from odnas.select import front, trial_table
 
     profile = profile_from_dict(read_settings(run_dir)["profile"])
-    client, _ = load_client(run_dir)
+    client, _ = load_client(run_dir, readonly=True)
     rows = trial_table(client._experiment)
     return front(rows, profile, extra)
 
@@ -186,7 +186,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         raise SearchError(f"--scheduler-cfg: {e}") from None
     cfg = SearchConfig(
         profile=a.profile, space=a.space, data=a.data, data_dir=a.data_dir, trials=a.trials,
-        parallel=a.parallel, objective=a.objective, constraints=tuple(a.constraint or ()),
+        parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective, constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix),
@@ -197,6 +197,22 @@ def cmd_search(a: argparse.Namespace) -> int:
               flush=True)
     run_dir = search(cfg, progress=_progress_printer(a.quiet))
     _print_outcome(run_dir, a.quiet)
+    _maybe_report(a, run_dir)
+    return 0
+
+
+def _maybe_report(a: argparse.Namespace, run_dir) -> None:
+    if a.report:
+        from odnas.report import write_report
+
+        print(f"Report: {write_report(run_dir)}")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from odnas.report import write_report
+
+    out = write_report(a.run_dir, a.output)
+    print(f"Wrote {out} (offline HTML) and a PNG per figure in {out.parent}")
     return 0
 
 
@@ -205,6 +221,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
     run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet), trials=a.trials)
     _print_outcome(run_dir, a.quiet)
+    _maybe_report(a, run_dir)
     return 0
 
 
@@ -215,7 +232,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     settings = read_settings(a.run_dir)
     profile = profile_from_dict(settings["profile"])
-    client, _ = load_client(a.run_dir)
+    client, _ = load_client(a.run_dir, readonly=True)
     rows = trial_table(client._experiment)
     counts: dict[str, int] = {}
     for r in rows:
@@ -226,7 +243,7 @@ def cmd_status(a: argparse.Namespace) -> int:
                      "trials": rows, "front": [r["trial"] for r in fr], "profile": profile.name,
                      "space": settings["space"]})
         return 0
-    print(f"{a.run_dir}: {len(rows)}/{settings['trials']} trials · "
+    print(f"{a.run_dir}: {counts.get('completed', 0)}/{settings['trials']} trained, {len(rows)} candidates · "
           + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
     print(f"space {settings['space']} · profile {profile.name} · objective {profile.objective} · "
           f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
@@ -304,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="mobile-cnn")
     p.add_argument("--data", default="digits", help="digits (bundled), mnist (IDX folder), mnist-tv, fashion-mnist")
     p.add_argument("--data-dir")
-    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--trials", type=int, default=16, help="models to train (candidates over a budget are not counted)")
+    p.add_argument("--max-candidates", type=int, help="cap on all candidates, over-budget ones included (default 4 x trials)")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--objective", help="Ax objective string, e.g. 'val_acc, -latency_ms'")
     p.add_argument("--constraint", action="append", help="Ax bound, e.g. 'latency_ms <= 2' (repeatable)")
@@ -320,13 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="container image for remote schedulers")
     p.add_argument("--max-failure-rate", type=float, default=0.5, help="tolerated share of failed trials")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue a stopped or killed search")
     p.add_argument("run_dir")
     p.add_argument("--trials", type=int, help="new total number of trials")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("report", help="HTML report of a run: trade-offs, model fit, parameter effects")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="HTML file or folder (default RUN_DIR/report/report.html)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("status", help="progress, trial states and the current front of a run")
     p.add_argument("run_dir")

@@ -128,7 +128,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None)
 
     settings = read_settings(run_dir)
     profile = profile_from_dict(settings["profile"])
-    client, _ = load_client(run_dir)
+    client, _ = load_client(run_dir, readonly=True)
     rows = trial_table(client._experiment)
     if trial is None:
         row = pick(rows, profile)

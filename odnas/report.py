@@ -84,7 +84,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         out = out / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_logs(run_dir / LOG_NAME), _torch_threads(1):
-        client, _ = load_client(run_dir)
+        client, _ = load_client(run_dir, readonly=True)
         sections = build_sections(run_dir, settings, client)
         for sec in sections:
             for fig in sec.figures:
@@ -709,12 +709,14 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
                     for m in targets if m not in modelled]
     if not wanted:
         return sec
+    import pandas as pd
+    from ax.analysis.plotly.sensitivity import _prepare_card_components
+    from ax.analysis.plotly.surface.contour import ContourPlot
+    from ax.analysis.plotly.surface.slice import SlicePlot
+    from ax.utils.sensitivity.sobol_measures import ax_parameter_sens
+
     # Ax's SensitivityAnalysisPlot always draws 10^4 Monte-Carlo points per index (minutes
     # on mobile-cnn); the same computation with fewer points, drawn by Ax's own function.
-    from ax.analysis.plotly.sensitivity import _prepare_card_components
-    from ax.utils.sensitivity.sobol_measures import ax_parameter_sens
-    import pandas as pd
-
     tunable = set(exp.search_space.tunable_parameters)
     try:
         sens = ax_parameter_sens(model.adapter, metrics=wanted, order="total", num_mc_samples=SOBOL_SAMPLES,
@@ -722,9 +724,6 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
     except Exception as e:  # noqa: BLE001 — the report names the failure and goes on
         sec.missing.append(f"Ax could not compute parameter sensitivities ({type(e).__name__}: {e}).")
         return sec
-    from ax.analysis.plotly.surface.contour import ContourPlot
-    from ax.analysis.plotly.surface.slice import SlicePlot
-
     for metric in wanted:
         values = {p: float(v) for p, v in sens.get(metric, {}).items() if p in tunable}
         total = sum(abs(v) for v in values.values())
@@ -733,7 +732,7 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
             continue
         df = pd.DataFrame([{"metric_name": metric, "parameter_name": p, "sensitivity": v / total}
                            for p, v in values.items()])
-        plot_df, fig = _prepare_card_components(data=df, metric_name=metric, metric_label=metric, top_k=TOP_K)
+        _, fig = _prepare_card_components(data=df, metric_name=metric, metric_label=metric, top_k=TOP_K)
         fig.update_layout(title=dict(text=f"sensitivity of {metric}"), height=460, template="plotly_white")
         sec.figures.append(Figure(f"sensitivity_{metric}", f"Sensitivity of {metric}",
                                   f"Top {min(TOP_K, len(values))} of {len(values)} parameters, shares of the total "

@@ -129,7 +129,7 @@ def trial_table(exp) -> list[dict[str, Any]]:
             "trial": idx, "state": state, "arch_id": meta.get("arch_id"),
             "params": meta.get("params") or (dict(t.arm.parameters) if t.arm else {}), "metrics": metrics,
             "sem": sems.get(idx, {}), "over_budget": meta.get("over_budget", []),
-            "reason": getattr(t, "failed_reason", None) or meta.get("failed_reason"),
+            "reason": getattr(t, "status_reason", None) or meta.get("failed_reason"),
             "trial_dir": meta.get("trial_dir"),
         })
     return rows

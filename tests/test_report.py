@@ -152,7 +152,7 @@ def test_run_has_every_state(full_run):
     from odnas.search import load_client
     from odnas.select import trial_table
 
-    client, _ = load_client(full_run)
+    client, _ = load_client(full_run, readonly=True)
     states = {r["state"] for r in trial_table(client._experiment)}
     assert {"completed", "over_budget", "failed", "running"} <= states
 
@@ -181,10 +181,11 @@ def test_report_has_the_expected_figures(full_report):
 
 
 def test_front_table_has_export_commands(full_run, full_report):
-    from odnas.search import load_client, read_settings
+    from odnas.search import load_client
+    from odnas.search import read_settings
     from odnas.select import front, trial_table
 
-    client, _ = load_client(full_run)
+    client, _ = load_client(full_run, readonly=True)
     fr = front(trial_table(client._experiment), profile_from_dict(read_settings(full_run)["profile"]))
     assert fr, "the made-up run should have a feasible front"
     page = full_report.read_text()
@@ -205,8 +206,21 @@ def test_every_figure_has_a_png_that_is_not_blank(full_report):
         assert img[..., :3].var() > 1e-3, f"{png} looks blank"
 
 
+def _db_dump(run_dir: Path) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(run_dir / "experiment.sqlite")
+    con.execute("PRAGMA wal_checkpoint(FULL)")
+    try:
+        return "\n".join(con.iterdump())
+    finally:
+        con.close()
+
+
 def test_partial_run_says_what_is_missing(partial_run, tmp_path, capfd):
+    before = _db_dump(partial_run)
     out = write_report(partial_run, tmp_path / "partial.html")
+    assert _db_dump(partial_run) == before, "a report must never write to the run's storage"
     assert out == tmp_path / "partial.html" and out.is_file()
     text = _text(out)
     assert "Missing from this report" in text
@@ -228,11 +242,12 @@ def test_report_out_may_be_a_folder(partial_run, tmp_path):
 def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
     """A quasi-random run never has a model of its own; the report fits one."""
     from odnas.report import Surrogate
-    from odnas.search import load_client, quiet_logs
+    from odnas.search import load_client
+    from odnas.search import quiet_logs
     from odnas.select import trial_table
 
     run = make_run(tmp_path / "sobol", 5, method="sobol")
-    client, _ = load_client(run)
+    client, _ = load_client(run, readonly=True)
     with quiet_logs(run / "odnas.log"):
         model = Surrogate.fit(client, trial_table(client._experiment))
     assert model.adapter is not None and not model.own, model.why_not

@@ -42,7 +42,8 @@ def test_search_prints_front_and_writes_run_dir(run):
 def test_status_select_export(run, tmp_path):
     d, _ = run
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
-    assert len(st["trials"]) == 5 and sum(st["counts"].values()) == 5
+    assert st["counts"]["completed"] == 5 and sum(st["counts"].values()) == len(st["trials"])
+    assert len(st["trials"]) <= 20  # max_candidates = 4 x trials
     sel = json.loads(run_cli("select", str(d), "--json", check=True).stdout)
     pick = sel["pick"]
     assert pick and pick["trial"] in st["front"]
@@ -138,8 +139,7 @@ def test_sigkill_driver_and_resume(tmp_path):
     proc = run_cli("resume", str(d), "--quiet", check=True)
     assert "Feasible Pareto front" in proc.stdout
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
-    done = [r for r in st["trials"] if r["state"] in ("completed", "over_budget")]
-    assert len(done) >= 6 - st["counts"].get("failed", 0) and st["counts"].get("running", 0) == 0
+    assert st["counts"]["completed"] == 6 and st["counts"].get("running", 0) == 0
     for name, res in before.items():  # kept, and not trained again
         assert json.loads((d / "trials" / name / "result.json").read_text()) == res
         lines = (d / "trials" / name / "progress.jsonl").read_text().splitlines()

@@ -17,41 +17,49 @@ from odnas.spaces.base import Choice, Params, Range, Space
 
 WIDTHS = (8, 12, 16, 24, 32)
 STAGES = 3
+#: Per-stage block settings; the compact space shares them across stages.
+BLOCK_SPECS = {
+    "kernel": lambda name: Choice(name, (3, 5, 7), ordered=True),
+    "expand": lambda name: Choice(name, (1, 2, 4), ordered=True),
+    "se": lambda name: Choice(name, (0, 1), ordered=True),
+}
+TRAINING_SPECS = (
+    Range("lr", 1e-3, 3e-2, "float", log=True),
+    Range("epochs", 1, 4, "int"),
+    Choice("batch_size", (32, 64, 128), ordered=True),
+)
 
 
-def _stage_specs(i: int) -> tuple:
-    return (
-        Choice(f"s{i}_depth", (1, 2, 3, 4) if i == 1 else (0, 1, 2, 3, 4), ordered=True),
-        Choice(f"s{i}_width", WIDTHS, ordered=True),
-        Choice(f"s{i}_kernel", (3, 5, 7), ordered=True),
-        Choice(f"s{i}_expand", (1, 2, 4), ordered=True),
-        Choice(f"s{i}_se", (0, 1), ordered=True),
-    )
+def _specs(per_stage_blocks: bool) -> tuple:
+    out = [Choice("stem_width", (8, 16, 24, 32), ordered=True)]
+    for i in range(1, STAGES + 1):
+        out.append(Choice(f"s{i}_depth", (1, 2, 3, 4) if i == 1 else (0, 1, 2, 3, 4), ordered=True))
+        out.append(Choice(f"s{i}_width", WIDTHS, ordered=True))
+        if per_stage_blocks:
+            out += [make(f"s{i}_{key}") for key, make in BLOCK_SPECS.items()]
+    if not per_stage_blocks:
+        out += [make(key) for key, make in BLOCK_SPECS.items()]
+    out.append(Choice("hardswish", (0, 1), ordered=True))
+    return (*out, *TRAINING_SPECS)
 
 
 @register_space
 class MobileCNNSpace(Space):
+    """Per-stage depth and width; kernel, expansion and squeeze-excite shared by all
+    stages (14 parameters: Bayesian optimisation stays at a few seconds a candidate)."""
+
     name = "mobile-cnn"
-    description = "MobileNet-style CNN: per-stage depth/width/kernel/expansion/SE, activation, training"
-    specs = (
-        Choice("stem_width", (8, 16, 24, 32), ordered=True),
-        *(s for i in range(1, STAGES + 1) for s in _stage_specs(i)),
-        Choice("hardswish", (0, 1), ordered=True),
-        Range("lr", 1e-3, 3e-2, "float", log=True),
-        Range("epochs", 1, 4, "int"),
-        Choice("batch_size", (32, 64, 128), ordered=True),
-    )
+    description = "MobileNet-style CNN: per-stage depth/width; kernel, expansion, SE, activation; training"
+    specs = _specs(per_stage_blocks=False)
 
     def stages(self, params: Params) -> list[dict]:
         out = []
         for i in range(1, STAGES + 1):
             depth = int(params.get(f"s{i}_depth", 0))
             if depth:
-                out.append({
-                    "depth": depth, "width": int(params[f"s{i}_width"]),
-                    "kernel": int(params[f"s{i}_kernel"]), "expand": int(params[f"s{i}_expand"]),
-                    "se": bool(params[f"s{i}_se"]), "stride": 1 if i == 1 else 2,
-                })
+                block = {k: int(params.get(f"s{i}_{k}", params.get(k, 0))) for k in BLOCK_SPECS}
+                out.append({"depth": depth, "width": int(params[f"s{i}_width"]), "kernel": block["kernel"],
+                            "expand": block["expand"], "se": bool(block["se"]), "stride": 1 if i == 1 else 2})
         return out
 
     def arch_id(self, params: Params) -> str:
@@ -70,3 +78,13 @@ class MobileCNNSpace(Space):
             stem_width=int(params["stem_width"]), stages=self.stages(params),
             activation="hardswish" if params["hardswish"] else "relu", num_classes=num_classes,
         )
+
+
+@register_space
+class MobileCNNXLSpace(MobileCNNSpace):
+    """Every stage has its own kernel, expansion and squeeze-excite: 20 parameters,
+    for high-dimensional methods such as SAASBO (``--method saasbo``)."""
+
+    name = "mobile-cnn-xl"
+    description = "mobile-cnn with per-stage kernel/expansion/SE (20 parameters)"
+    specs = _specs(per_stage_blocks=True)
