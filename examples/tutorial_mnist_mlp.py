@@ -40,9 +40,13 @@ def main() -> None:
     cfg = SearchConfig(
         profile="cpu-mobile", space="mlp", data="mnist", data_dir=a.data_dir, trials=a.trials,
         parallel=a.parallel, seed=a.seed, run_dir=a.run_dir,
+        # The tutorial's 48 trials are 48 candidates: cap candidates, not only trainings.
+        max_candidates=a.trials,
         objective="val_acc, -num_params",
-        # The tutorial's thresholds; the tutorial has no latency budget, so lift cpu-mobile's.
-        constraints=("val_acc >= 0.94", "num_params <= 80000", "latency_ms <= 1000"),
+        # The tutorial's thresholds. In odnas ``num_params <= 80000`` is also a hard budget
+        # (such MLPs are never trained); cpu-mobile's 0.10 ms latency budget does not bind
+        # for these MLPs (they run in about 0.02 ms).
+        constraints=("val_acc >= 0.94", "num_params <= 80000"),
     )
     t0 = time.time()
     run_dir = search(cfg, progress=lambda s: print(s.line(), flush=True))
@@ -60,6 +64,8 @@ def main() -> None:
                   for r in rows if r["state"] == "completed")
     print(json.dumps({"wall_s": round(wall, 1), "trials": len(rows),
                       "completed": sum(r["state"] == "completed" for r in rows),
+                      "over_budget": sum(r["state"] == "over_budget" for r in rows),
+                      "failed": sum(r["state"] == "failed" for r in rows),
                       "feasible_front": len(fr), "hypervolume": hv,
                       "front": [{"trial": r["trial"], "val_acc": r["metrics"]["val_acc"],
                                  "num_params": r["metrics"]["num_params"]} for r in fr],

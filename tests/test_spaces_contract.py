@@ -61,10 +61,14 @@ def test_arch_id_is_canonical():
     p = space.sample(random.Random(0))
     q = dict(p, lr=0.02, epochs=1, batch_size=32)  # training settings are not architecture
     assert space.arch_id(p) == space.arch_id(q)
-    r = dict(p, s1_kernel=3 if p["s1_kernel"] != 3 else 5)
+    r = dict(p, kernel=3 if p["kernel"] != 3 else 5)
     assert space.arch_id(r) != space.arch_id(p)
-    if p["s3_depth"] == 0:  # parameters of an absent stage do not change the architecture
-        assert space.arch_id(dict(p, s3_width=32)) == space.arch_id(p)
+    absent = dict(p, s3_depth=0)  # parameters of an absent stage do not change the architecture
+    assert space.arch_id(dict(absent, s3_width=32)) == space.arch_id(dict(absent, s3_width=8))
+    # The compact and the per-stage space name the same network the same way.
+    xl = get_space("mobile-cnn-xl")
+    same = dict(p, **{f"s{i}_{k}": p[k] for i in (1, 2, 3) for k in ("kernel", "expand", "se")})
+    assert xl.arch_id(same) == space.arch_id(p)
     mlp = get_space("mlp")
     a = {"hidden_size_1": 64, "hidden_size_2": 32, "dropout": 0.1, "lr": 1e-3, "epochs": 2, "batch_size": 32}
     assert mlp.arch_id(a) == mlp.arch_id(dict(a, dropout=0.4)) == "mlp_64x32"
@@ -85,9 +89,10 @@ def test_fvcore_convention_and_uncounted_ops():
     c = count(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8))
     assert c.flops == 640  # one multiply-add = one flop
     cnn = get_space("mobile-cnn")
-    p = dict(cnn.sample(random.Random(0)), s1_se=True, activation="hardswish")
+    p = dict(cnn.sample(random.Random(0)), se=1, hardswish=1)
     c = count(cnn.build(p, (1, 8, 8), 10), (1, 8, 8))
-    assert any("hardswish" in op or "mul" in op for op in c.uncounted_ops), c.uncounted_ops
+    assert any("hardswish" in op for op in c.uncounted_ops), c.uncounted_ops
+    assert any("mul" in op for op in c.uncounted_ops), c.uncounted_ops  # squeeze-excite's gate
 
 
 def test_ax_parameters_and_fixed():
