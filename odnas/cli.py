@@ -228,7 +228,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.profiles import profile_from_dict
     from odnas.search import load_client, read_settings
-    from odnas.select import front, trial_table
+    from odnas.select import front, proxy_correlations, trial_table
 
     settings = read_settings(a.run_dir)
     profile = profile_from_dict(settings["profile"])
@@ -238,10 +238,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     fr = front(rows, profile)
+    proxies = proxy_correlations(rows)
     if a.json:
         _print_json({"run_dir": a.run_dir, "trials_planned": settings["trials"], "counts": counts,
                      "trials": rows, "front": [r["trial"] for r in fr], "profile": profile.name,
-                     "space": settings["space"]})
+                     "space": settings["space"], "proxy_spearman_vs_latency_ms": proxies})
         return 0
     print(f"{a.run_dir}: {counts.get('completed', 0)}/{settings['trials']} trained, {len(rows)} candidates · "
           + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
@@ -253,6 +254,9 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
+    if proxies["flops"] is not None:
+        print(f"Proxies against measured latency_ms under {profile.name} ({proxies['n']} candidates): "
+              f"Spearman flops {proxies['flops']:.2f}, num_params {proxies['num_params']:.2f}")
     return 0
 
 

@@ -98,6 +98,19 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
     return float(Hypervolume(torch.tensor(ref, dtype=torch.double)).compute(torch.tensor(pts, dtype=torch.double)))
 
 
+def proxy_correlations(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Spearman rank correlation of ``flops`` and ``num_params`` with measured
+    ``latency_ms`` over every measured candidate (None below 3 candidates)."""
+    from scipy.stats import spearmanr
+
+    pts = [r["metrics"] for r in rows if all(k in r["metrics"] for k in ("latency_ms", "flops", "num_params"))]
+    out: dict[str, float | None] = {"n": len(pts)}
+    for proxy in ("flops", "num_params"):
+        out[proxy] = (float(spearmanr([m[proxy] for m in pts], [m["latency_ms"] for m in pts]).statistic)
+                      if len(pts) >= 3 else None)
+    return out
+
+
 # ------------------------------------------------------------- from Ax to rows
 
 

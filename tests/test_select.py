@@ -46,3 +46,13 @@ def test_hypervolume_by_hand():
     # maximised: points (2,1) and (1,2) above ref (0,0): union area = 2 + 2 - 1 = 3
     assert abs(hypervolume(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([0.0, 0.0])) - 3.0) < 1e-9
     assert hypervolume(np.array([[-1.0, 5.0]]), np.array([0.0, 0.0])) == 0.0
+
+
+def test_proxy_correlations():
+    from odnas.select import proxy_correlations
+
+    rows = [{"metrics": {"latency_ms": lat, "flops": f, "num_params": p}}
+            for lat, f, p in [(1, 10, 3), (2, 20, 2), (3, 30, 1), (4, 40, 0)]]
+    c = proxy_correlations(rows)
+    assert c["n"] == 4 and abs(c["flops"] - 1.0) < 1e-12 and abs(c["num_params"] + 1.0) < 1e-12
+    assert proxy_correlations(rows[:2])["flops"] is None
