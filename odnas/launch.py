@@ -221,17 +221,19 @@ class TrialRunner(IRunner):
 
 
 def failure_reason(trial_metadata: Mapping[str, Any]) -> str:
-    """Why a trial failed, from its trial dir (job error, TorchX log tail, or lost)."""
+    """Why a trial failed, from its trial dir: the job's own error record; else, if it
+    had started, that it died (a kill or the OOM killer leave no record); else the
+    last line of its TorchX log (it never got as far as starting)."""
     tdir = Path(trial_metadata.get("trial_dir", "."))
     err = _read_json(tdir / "error.json")
     if err:
         return str(err.get("reason", "job failed"))[:500]
+    if (tdir / "job.json").exists():
+        return "job died without writing its result (killed by a signal, or out of memory)"
     for log in sorted(tdir.glob("torchx/**/stderr*")):
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
         if tail:
-            return f"job exited without a result: {tail[0][:300]}"
-    if (tdir / "job.json").exists():
-        return "job died without writing its result (killed, or out of memory)"
+            return f"job exited before starting: {tail[0][:300]}"
     return "job never started or was lost"
 
 

@@ -148,6 +148,32 @@ def test_sigkill_driver_and_resume(tmp_path):
     assert set(before) <= completed_idx
 
 
+def test_killed_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
+    """SIGKILL one training job: that trial is FAILED with the reason shown, the rest complete."""
+    d = tmp_path / "jobkill"
+    cmd = [sys.executable, "-m", "odnas", "search", "--profile", "cpu-mobile", "--trials", "3",
+           "--run-dir", str(d), "--space", "mlp", "--fix", "epochs=4", "--parallel", "1", "--quiet",
+           "--init-trials", "3"]
+    drv = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    victim = None
+    while victim is None and time.time() - t0 < 120:
+        jobs = sorted((d / "trials").glob("*/job.json")) if (d / "trials").is_dir() else []
+        if jobs:
+            victim = jobs[0]
+            os.kill(json.loads(victim.read_text())["pid"], signal.SIGKILL)
+        time.sleep(0.2)
+    assert victim is not None, "no job started"
+    out, err = drv.communicate(timeout=300)
+    assert drv.returncode == 0, err
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    killed = [r for r in st["trials"] if f"{r['trial']:04d}" == victim.parent.name][0]
+    assert killed["state"] == "failed" and "died" in (killed["reason"] or ""), killed
+    assert st["counts"]["completed"] == 3
+    text = run_cli("status", str(d), check=True).stdout
+    assert "died without writing its result" in text
+
+
 def test_two_drivers_are_refused(tmp_path):
     from odnas.search import SearchError, driver_lock
 

@@ -101,3 +101,7 @@ def test_ax_parameters_and_fixed():
     assert "epochs" not in names and "lr" in names
     with pytest.raises(ValueError, match="no parameter"):
         space.ax_parameters({"epochz": 1})
+    with pytest.raises(ValueError, match="outside"):
+        space.ax_parameters({"dropout": 1.5})
+    with pytest.raises(ValueError, match="not one of"):
+        space.ax_parameters({"batch_size": 0})

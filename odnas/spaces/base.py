@@ -85,10 +85,17 @@ class Space:
         return [s.to_ax() for s in self.specs if s.name not in fixed]
 
     def check_fixed(self, fixed: Mapping[str, Any]) -> Mapping[str, Any]:
-        names = {s.name for s in self.specs}
-        for k in fixed:
-            if k not in names:
-                raise ValueError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(names))}")
+        """Fixed values must name a parameter and lie in its domain."""
+        by_name = {s.name: s for s in self.specs}
+        for k, v in fixed.items():
+            spec = by_name.get(k)
+            if spec is None:
+                raise ValueError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(by_name))}")
+            if isinstance(spec, Choice) and v not in spec.values:
+                raise ValueError(f"{k}={v!r} is not one of {list(spec.values)}")
+            if isinstance(spec, Range) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                            or not spec.lo <= v <= spec.hi):
+                raise ValueError(f"{k}={v!r} is outside [{spec.lo:g}, {spec.hi:g}]")
         return fixed
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
