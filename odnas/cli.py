@@ -189,7 +189,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective, constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
-        tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix),
+        tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
     )
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
@@ -244,14 +244,15 @@ def cmd_status(a: argparse.Namespace) -> int:
                      "trials": rows, "front": [r["trial"] for r in fr], "profile": profile.name,
                      "space": settings["space"], "proxy_spearman_vs_latency_ms": proxies})
         return 0
-    print(f"{a.run_dir}: {counts.get('completed', 0)}/{settings['trials']} trained, {len(rows)} candidates · "
+    trained = counts.get("completed", 0) + counts.get("early_stopped", 0)
+    print(f"{a.run_dir}: {trained}/{settings['trials']} trained, {len(rows)} candidates · "
           + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
     print(f"space {settings['space']} · profile {profile.name} · objective {profile.objective} · "
           f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
     print(table([{"trial": r["trial"], "state": r["state"], "val_acc": r["metrics"].get("val_acc", ""),
                   "latency_ms": r["metrics"].get("latency_ms", ""), "num_params": r["metrics"].get("num_params", ""),
                   "arch_id": r["arch_id"] or "",
-                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")}
+                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")[:90]}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
     if proxies["flops"] is not None:
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")
     p.add_argument("--image", help="container image for remote schedulers")
     p.add_argument("--max-failure-rate", type=float, default=0.5, help="tolerated share of failed trials")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="stop trials whose val_acc curve falls below the median of the others (Ax)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.set_defaults(fn=cmd_search)

@@ -242,6 +242,7 @@ class ValAccMetric(IMetric):
 
     def __init__(self, name: str = "val_acc") -> None:
         super().__init__(name=name)
+        self.lower_is_better = False  # set here, not stored: a reloaded metric gets it too
 
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, float]:
         tdir = Path(trial_metadata["trial_dir"])
@@ -286,6 +287,7 @@ class CostMetric(IMetric):
 
     def __init__(self, name: str) -> None:
         super().__init__(name=name)
+        self.lower_is_better = True
 
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, tuple[float, float]]:
         value = float(trial_metadata["costs"][self.name])

@@ -67,6 +67,7 @@ class SearchConfig:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters held constant, e.g. {"epochs": 1}
     tolerated_failure_rate: float = 0.5
     poll_s: float = 1.0
+    early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
 
 
 # ---------------------------------------------------------------- profile + flags
@@ -303,6 +304,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "init_trials": cfg.init_trials, "scheduler": cfg.scheduler, "scheduler_cfg": dict(cfg.scheduler_cfg),
         "resources": cfg.resources, "image": cfg.image, "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
+        "early_stopping": cfg.early_stopping,
         "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"odnas": __version__, **{p: version(p) for p in (
             "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},
@@ -424,6 +426,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             seconds_between_polls_backoff_factor=1.0,
             log_filepath=str(run_dir / LOG_NAME),
             wait_for_running_trials=True,
+            early_stopping_strategy=early_stopping_strategy() if settings.get("early_stopping") else None,
         )
         from ax.api.utils.storage import db_settings_from_storage_config
 
@@ -451,6 +454,16 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         if progress:
             progress(state.refresh(exp, final=True))
+
+
+def early_stopping_strategy():
+    """Ax's percentile rule on the ``val_acc`` curve: from the first epoch on, once 4
+    curves exist, a trial below the median of the others at the same epoch is stopped.
+    Costs are known before training, so they play no part in it."""
+    from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy
+
+    return PercentileEarlyStoppingStrategy(metric_signatures=["val_acc"], percentile_threshold=50.0,
+                                           min_progression=1, min_curves=4)
 
 
 def trials_to_run(exp, settings: Mapping[str, Any]) -> int:
@@ -496,8 +509,10 @@ class RunState:
     def line(self) -> str:
         el = int(time.time() - self.t0)
         c = self.counts
-        s = (f"[{el // 60:2d}:{el % 60:02d}] trained {c.get('completed', 0)}/{self.planned}"
-             f" · running {c.get('running', 0)}"
+        trained = c.get("completed", 0) + c.get("early_stopped", 0)
+        s = (f"[{el // 60:2d}:{el % 60:02d}] trained {trained}/{self.planned}"
+             + (f" ({c['early_stopped']} stopped early)" if c.get("early_stopped") else "")
+             + f" · running {c.get('running', 0)}"
              f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}")
         if self.best:
             m = self.best["metrics"]

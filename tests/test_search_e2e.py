@@ -188,3 +188,16 @@ def test_two_drivers_are_refused(tmp_path):
     with driver_lock(d):  # free again afterwards
         pass
     assert SearchError
+
+
+def test_stored_metrics_keep_their_direction_for_early_stopping(tmp_path):
+    """Early stopping needs lower_is_better on val_acc, also after the experiment is reloaded."""
+    from odnas.search import SearchConfig, create_run, early_stopping_strategy, load_client, read_settings
+
+    d = create_run(SearchConfig(space="mlp", trials=2, run_dir=str(tmp_path / "es"), early_stopping=True))
+    assert read_settings(d)["early_stopping"] is True
+    exp = load_client(d, readonly=True)[0]._experiment
+    assert exp.metrics["val_acc"].lower_is_better is False
+    assert all(exp.metrics[m].lower_is_better is True for m in ("latency_ms", "num_params", "flops"))
+    strategy = early_stopping_strategy()
+    assert list(strategy.metric_signatures) == ["val_acc"] and strategy.min_progression == 1
