@@ -11,9 +11,6 @@ import json
 import sys
 from typing import Any, Sequence
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from odnas.data import DataError
     from odnas.profiles import ProfileError
@@ -26,8 +23,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: a missing standard error and the like become null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=float))
+    print(json.dumps(_finite(json.loads(json.dumps(obj, default=float))), indent=2, allow_nan=False))
 
 
 def _fmt(v: Any) -> str:
@@ -283,7 +291,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from odnas.export import export_trial
 
     card = export_trial(a.run_dir, a.output, trial=a.trial)
-    out = a.output if a.output.endswith(".onnx") else a.output + ".onnx"
+    out = card["artifact"]
     print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']})")
     p = card["parity"]
     print(f"Parity with PyTorch on {p['n']} validation inputs: max abs diff {p['max_abs_diff']:.2e}, "

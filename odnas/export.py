@@ -72,7 +72,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
 
     out = Path(out)
     if out.suffix != ".onnx":
-        out = out.with_suffix(".onnx")
+        out = out.with_name(out.name + ".onnx")
     export_onnx(model, data.input_shape, out)
     parity = check_parity(model, out, data.x_val, atol=atol)
     acc = onnx_accuracy(out, data.x_val, data.y_val)
@@ -110,6 +110,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         "odnas_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "onnx_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "artifact": str(out),
         **(dict(extra) if extra else {}),
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, default=float))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -56,7 +57,6 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
     """TorchX component for one training job (``python -m odnas.trial``)."""
     from torchx import specs
 
-    local = scheduler in LOCAL_SCHEDULERS
     args = ["-m", "odnas.trial", "--out", str(trial_dir), "--space", space,
             "--params", json.dumps(dict(params), sort_keys=True), "--data", data,
             "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
@@ -65,7 +65,7 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
     role = specs.Role(
         name="trainer",
         image=os.getcwd() if scheduler == "local_cwd" else (image or DEFAULT_IMAGE),
-        entrypoint=sys.executable if local else "python",
+        entrypoint=sys.executable if scheduler == "local_cwd" else "python",
         args=args,
         env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})},
         resource=make_resource(resources, threads),
@@ -73,18 +73,21 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
     return specs.AppDef(name=name, roles=[role])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def local_job_alive(job: Mapping[str, Any] | None) -> bool:
+    """Whether the job recorded in ``job.json`` is a live ``odnas.trial`` process on
+    this host (a pid from another host, or a reused pid, is not ours)."""
+    if not job or job.get("host") != socket.gethostname():
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    try:
+        cmdline = Path(f"/proc/{int(job['pid'])}/cmdline").read_bytes()
+        state = Path(f"/proc/{int(job['pid'])}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return b"odnas.trial" in cmdline and state != "Z"
+
+
+def _same_params(a: Any, b: Mapping[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(dict(b), sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -161,11 +164,17 @@ class TrialRunner(IRunner):
         if over:
             meta["over_budget"] = over
             return meta
-        # A job from before a driver crash may already have run or still run: never train twice.
+        # A job from before a driver crash may already have run or still run here. Ax may
+        # have given this index to another candidate since (trials are saved after they
+        # are deployed), so reattach only to a job with these very parameters.
         job = _read_json(tdir / "job.json")
-        if (tdir / "result.json").exists() or (job and _pid_alive(int(job["pid"]))):
-            meta["reattached"] = True
-            return meta
+        if job is not None or (tdir / "error.json").exists() or (tdir / "result.json").exists():
+            same = job is not None and _same_params(job.get("params"), parameterization)
+            if same and ((tdir / "result.json").exists() or local_job_alive(job)):
+                meta["reattached"] = True
+                return meta
+            tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
+            tdir.mkdir(parents=True)
         scheduler = self.settings.get("scheduler", "local_cwd")
         handle = self.torchx.run(self.app_for(trial_index, parameterization), scheduler,
                                  cfg=self.scheduler_cfg(trial_index))
@@ -191,7 +200,7 @@ class TrialRunner(IRunner):
         # TorchX does not know the app (a local job from before a driver restart):
         # the job's own pid file says whether it still runs.
         job = _read_json(tdir / "job.json")
-        if job is not None and _pid_alive(int(job["pid"])):
+        if local_job_alive(job):
             return TrialStatus.RUNNING
         if job is None and time.time() - float(trial_metadata.get("launched_at", 0)) < 120:
             return TrialStatus.RUNNING  # still starting up
@@ -215,7 +224,7 @@ class TrialRunner(IRunner):
             self.torchx.cancel(handle)
         else:
             job = _read_json(Path(trial_metadata["trial_dir"]) / "job.json")
-            if job and _pid_alive(int(job["pid"])):
+            if local_job_alive(job):
                 os.kill(int(job["pid"]), 15)
         return {"stopped_at": time.time()}
 
@@ -291,7 +300,9 @@ class CostMetric(IMetric):
 
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, tuple[float, float]]:
         value = float(trial_metadata["costs"][self.name])
-        sem = float(trial_metadata.get("costs_sem", {}).get(self.name, 0.0))
+        # Counts are exact (SEM 0); a timing without a recorded SEM is noisy, not exact.
+        default = float("nan") if self.name.startswith("latency") else 0.0
+        sem = float(trial_metadata.get("costs_sem", {}).get(self.name, default))
         return 0, (value, sem)
 
     @classmethod

@@ -92,10 +92,11 @@ class HardwareProfile:
         return [f"{m} <= {_fmt(v)}" for m, v in self.budgets.items()]
 
     def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
-        """Names of the budgets that ``metrics`` break (missing metrics break nothing)."""
+        """Names of the budgets that ``metrics`` break. A missing metric breaks nothing;
+        a NaN one breaks its budget (it cannot be shown to be within it)."""
         return [
             m for m, limit in self.budgets.items()
-            if m in metrics and metrics[m] is not None and float(metrics[m]) > limit
+            if m in metrics and metrics[m] is not None and not float(metrics[m]) <= limit
         ]
 
     def to_dict(self) -> dict[str, Any]:

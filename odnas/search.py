@@ -191,7 +191,10 @@ def read_settings(run_dir: str | Path) -> dict[str, Any]:
     p = Path(run_dir) / SETTINGS_NAME
     if not p.is_file():
         raise SearchError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        raise SearchError(f"{p} is not valid JSON; the run dir's settings are damaged") from None
 
 
 def load_client(run_dir: str | Path, readonly: bool = False):
@@ -211,12 +214,16 @@ def load_client(run_dir: str | Path, readonly: bool = False):
         raise SearchError(f"{run_dir} has no {DB_NAME}; the search never started")
     storage = init_storage(run_dir)
     with quiet_logs(run_dir / LOG_NAME):
-        if not readonly:
-            return Client.load_from_database(EXPERIMENT_NAME, storage_config=storage), storage
+        from ax.exceptions.core import ObjectNotFoundError
         from ax.storage.sqa_store.load import load_experiment, load_generation_strategy_by_experiment_name
 
-        config = storage.registry_bundle.sqa_config
-        exp = load_experiment(EXPERIMENT_NAME, config=config)
+        try:
+            if not readonly:
+                return Client.load_from_database(EXPERIMENT_NAME, storage_config=storage), storage
+            config = storage.registry_bundle.sqa_config
+            exp = load_experiment(EXPERIMENT_NAME, config=config)
+        except ObjectNotFoundError:
+            raise SearchError(f"{run_dir}/{DB_NAME} holds no odnas experiment; the search never started") from None
         client = Client()
         client.set_experiment(exp)
         gs = load_generation_strategy_by_experiment_name(EXPERIMENT_NAME, config=config, experiment=exp)
@@ -290,6 +297,8 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
+    check_with_ax(profile)
+    check_runtime(profile, cfg)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
     from importlib.metadata import version
@@ -310,6 +319,40 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
             "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},
             "python": sys.version.split()[0]},
     }
+
+
+def check_with_ax(profile: HardwareProfile) -> None:
+    """Let Ax parse the objective and bounds now, before anything is written."""
+    import_ax()
+    from ax.api.utils.instantiation.from_string import optimization_config_from_string
+
+    try:
+        optimization_config_from_string(objective_str=profile.objective,
+                                        outcome_constraint_strs=ax_bounds(profile) or None)
+    except Exception as e:  # Ax's own message says what is wrong with the strings
+        raise SearchError(f"objective {profile.objective!r} with bounds {ax_bounds(profile)}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
+    """Things that would otherwise fail at the first trial, after the run dir exists."""
+    import onnxruntime as ort
+    from torchx.schedulers import get_scheduler_factories
+
+    if profile.runtime.provider not in ort.get_available_providers():
+        raise SearchError(f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
+                          f"does not have (it has {', '.join(ort.get_available_providers())})")
+    if profile.precision != "fp32":
+        raise SearchError(f"profile {profile.name!r} asks for precision {profile.precision!r}; "
+                          "only fp32 is measured and exported so far")
+    if cfg.scheduler not in get_scheduler_factories():
+        raise SearchError(f"--scheduler {cfg.scheduler!r}: TorchX knows {', '.join(get_scheduler_factories())}")
+    from odnas.launch import make_resource
+
+    try:
+        make_resource(cfg.resources, 1)
+    except ValueError as e:
+        raise SearchError(f"--resources {cfg.resources!r}: {e}") from None
 
 
 def generation_strategy(method: str, seed: int, init_trials: int | None, trials: int):
@@ -356,7 +399,7 @@ def create_run(cfg: SearchConfig) -> Path:
     from odnas.launch import CostMetric, TrialRunner, ValAccMetric
     from odnas.spaces import get_space
 
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
     if (run_dir / DB_NAME).exists():
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,17 +431,16 @@ def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = No
 def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
            cost_backend=None, quiet: bool = True, trials: int | None = None) -> Path:
     """Continue a stopped or killed search; completed trials are kept, never retrained."""
-    run_dir = Path(run_dir)
-    settings = read_settings(run_dir)
-    if trials is not None:
-        settings["trials"] = trials
-        settings["max_candidates"] = max(int(settings.get("max_candidates") or 0), 4 * trials)
-        write_json_atomic(run_dir / SETTINGS_NAME, settings)
-    run_loop(run_dir, progress, cost_backend, quiet)
+    run_dir = Path(run_dir).resolve()
+    read_settings(run_dir)
+    if trials is not None and trials < 1:
+        raise SearchError("--trials must be at least 1")
+    run_loop(run_dir, progress, cost_backend, quiet, trials=trials)
     return run_dir
 
 
-def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True) -> None:
+def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True,
+             trials: int | None = None) -> None:
     from ax.exceptions.core import UserInputError
     from ax.orchestration.orchestrator import FailureRateExceededError, Orchestrator, OrchestratorOptions
 
@@ -412,10 +454,15 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # (5x faster than 2 threads measured on 2 busy cores).
     torch.set_num_threads(1)
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet):
+        if trials is not None:  # a new total, written only once this driver holds the run
+            settings["trials"] = trials
+            settings["max_candidates"] = max(int(settings.get("max_candidates") or 0), 4 * trials)
+            write_json_atomic(run_dir / SETTINGS_NAME, settings)
         client, storage = load_client(run_dir)
         exp = client._experiment
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
+        runner.run_dir = str(run_dir)  # where the run dir is now, not where it was made
         runner.cost_lane = CostLane.from_settings(str(run_dir), settings, backend=cost_backend)
         options = OrchestratorOptions(
             max_pending_trials=int(settings["parallel"]),
@@ -439,11 +486,18 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             # ``trials`` counts trainings: a candidate over a budget costs seconds, not a
             # training, so it does not use up the trial budget (``max_candidates`` caps them).
             # Lost candidates (made but never deployed before a crash) are redeployed by Ax.
-            while (todo := trials_to_run(exp, settings)) > 0:
-                for _ in orch.run_trials_and_yield_results(max_trials=todo):
-                    if progress:
-                        progress(state.refresh(exp))
-            orch.wait_for_completed_trials_and_report_results()
+            while True:
+                while (todo := trials_to_run(exp, settings)) > 0:
+                    for _ in orch.run_trials_and_yield_results(max_trials=todo):
+                        if progress:
+                            progress(state.refresh(exp))
+                # Trials still marked RUNNING from before a restart end here; any that
+                # failed leave room for new ones.
+                orch.wait_for_completed_trials_and_report_results()
+                if progress:
+                    progress(state.refresh(exp))
+                if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
+                    break
         except FailureRateExceededError:
             raise SearchError(
                 f"too many trials failed (over {settings['tolerated_failure_rate']:.0%}); see "
@@ -454,6 +508,16 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         if progress:
             progress(state.refresh(exp, final=True))
+        trained = sum(1 for t in exp.trials.values() if t.status.is_completed
+                      and not (t.run_metadata or {}).get("over_budget")) + sum(
+            1 for t in exp.trials.values() if t.status.name == "EARLY_STOPPED")
+        if trained < int(settings["trials"]):
+            over = sum(1 for t in exp.trials.values() if (t.run_metadata or {}).get("over_budget"))
+            msg = (f"{trained} of {settings['trials']} trainings done: the candidate cap "
+                   f"(--max-candidates {settings['max_candidates']}) was reached with {over} candidates over a budget")
+            if trained == 0:
+                raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
+            print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
 
 
 def early_stopping_strategy():

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from odnas.cost.lane import write_json_atomic
 
-    write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time()})
+    write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
+                                         "params": json.loads(a.params)})
     try:
         result = run(out, a.space, json.loads(a.params), a.data, a.data_dir, a.data_seed, a.seed, a.threads)
     except BaseException as e:  # record every failure kind, then fail the job
