@@ -1,0 +1,62 @@
+"""TrialRunner's reattach rule, with the cost lane and TorchX client faked (unit test)."""
+
+import json
+
+from odnas.launch import TrialRunner
+
+
+class _Lane:
+    def costs(self, params):
+        return {"arch_id": "mlp_32x16", "metrics": {"num_params": 10, "latency_ms": 0.01}, "sem": {}}
+
+    def over_budget(self, metrics):
+        return []
+
+
+class _TorchX:
+    def __init__(self):
+        self.launched = []
+
+    def run(self, app, scheduler, cfg):
+        self.launched.append(app)
+        return f"local_cwd://odnas/app{len(self.launched)}"
+
+
+PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.001, "dropout": 0.1, "epochs": 1, "batch_size": 32}
+
+
+def _runner(tmp_path):
+    r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits"})
+    r.cost_lane, r._torchx = _Lane(), _TorchX()
+    return r
+
+
+def _leave_job(r, idx, params, result=True):
+    tdir = r.trial_dir(idx)
+    tdir.mkdir(parents=True)
+    (tdir / "job.json").write_text(json.dumps({"pid": 1, "host": "elsewhere", "params": params}))
+    if result:
+        (tdir / "result.json").write_text(json.dumps({"val_acc": 0.9, "epochs": 1}))
+
+
+def test_reattaches_to_its_own_finished_job(tmp_path):
+    r = _runner(tmp_path)
+    _leave_job(r, 0, PARAMS)
+    meta = r.run_trial(0, PARAMS)
+    assert meta.get("reattached") and r._torchx.launched == []
+
+
+def test_never_adopts_another_candidates_job(tmp_path):
+    r = _runner(tmp_path)
+    _leave_job(r, 0, dict(PARAMS, hidden_size_1=64))
+    meta = r.run_trial(0, PARAMS)
+    assert not meta.get("reattached") and len(r._torchx.launched) == 1
+    assert not (r.trial_dir(0) / "result.json").exists()  # the other model's result is not ours
+    assert len(list(r.trial_dir(0).parent.glob("0000.orphan-*"))) == 1
+
+
+def test_a_dead_unfinished_job_is_launched_again(tmp_path):
+    r = _runner(tmp_path)
+    _leave_job(r, 0, PARAMS, result=False)  # pid on another host: not a live local job
+    meta = r.run_trial(0, PARAMS)
+    assert not meta.get("reattached") and len(r._torchx.launched) == 1
