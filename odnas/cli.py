@@ -113,13 +113,12 @@ def cmd_measure(a: argparse.Namespace) -> int:
                      for r in records],
                     ["arch_id", "num_params", "flops", "model_bytes", "latency_ms", "latency_ms_p90",
                      "latency_ms_sem"]))
-        if len(records) >= 3:
-            from scipy.stats import spearmanr
+        from odnas.select import proxy_correlations
 
-            lat = [r["metrics"]["latency_ms"] for r in records]
-            for proxy in ("flops", "num_params"):
-                rho = spearmanr([r["metrics"][proxy] for r in records], lat).statistic
-                print(f"Spearman({proxy}, latency_ms) = {rho:.3f} over {len(records)} candidates")
+        rho = proxy_correlations(records)
+        for proxy in ("flops", "num_params"):
+            if rho[proxy] is not None:
+                print(f"Spearman({proxy}, latency_ms) = {rho[proxy]:.3f} over {rho['n']} candidates")
     return 0
 
 
@@ -235,7 +234,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.profiles import profile_from_dict
-    from odnas.search import load_client, read_settings
+    from odnas.search import driver_running, load_client, read_settings
     from odnas.select import front, proxy_correlations, trial_table
 
     settings = read_settings(a.run_dir)
@@ -263,6 +262,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")[:90]}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
+    if counts.get("running") and not driver_running(a.run_dir):
+        print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
     if proxies["flops"] is not None:
         print(f"Proxies against measured latency_ms under {profile.name} ({proxies['n']} candidates): "
               f"Spearman flops {proxies['flops']:.2f}, num_params {proxies['num_params']:.2f}")

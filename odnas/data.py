@@ -52,8 +52,8 @@ class DataSplit:
 
 
 def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: int = 0,
-              val_fraction: float = 0.2, max_train: int | None = None) -> DataSplit:
-    """Load data set ``name`` and split it. ``max_train`` caps the training split."""
+              val_fraction: float = 0.2) -> DataSplit:
+    """Load data set ``name`` and split it (stratified, fixed by ``seed``)."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     if not 0.0 < val_fraction < 1.0:
@@ -75,8 +75,6 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: in
     idx = np.arange(len(y))
     tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=y)
     tr, va = np.sort(tr), np.sort(va)
-    if max_train is not None and len(tr) > max_train:
-        tr = np.sort(train_test_split(tr, train_size=max_train, random_state=seed, stratify=y[tr])[0])
     x = raw.astype(np.float32)[:, None, :, :] / scale
     mean, std = float(x[tr].mean()), float(x[tr].std())
     x = (x - mean) / std
@@ -84,8 +82,7 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: in
         name=name, x_train=x[tr], y_train=y[tr], x_val=x[va], y_val=y[va],
         labels=tuple(str(i) for i in range(10)),
         normalize={"scale": scale, "mean": round(mean, 6), "std": round(std, 6)},
-        settings={"source": source, "seed": seed, "val_fraction": val_fraction,
-                  "stratified": True, "max_train": max_train},
+        settings={"source": source, "seed": seed, "val_fraction": val_fraction, "stratified": True},
     )
 
 

@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -132,6 +133,9 @@ class CostLane:
     def costs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         arch = self.space.arch_id(params)
         rec = self.cache.get(arch)
+        # A latency from another host is not comparable with this one's: measure again.
+        if rec is not None and rec.get("latency", {}).get("host") != socket.gethostname():
+            rec = None
         if rec is None:
             rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
                                     self.profile, backend=self.backend)
@@ -167,6 +171,20 @@ def driver_lock(run_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def driver_running(run_dir: str | Path) -> bool:
+    """Whether a driver holds the run dir's lock right now."""
+    path = Path(run_dir) / "driver.lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def init_storage(run_dir: Path):

@@ -120,7 +120,8 @@ _STATE = {"COMPLETED": "completed", "RUNNING": "running", "CANDIDATE": "running"
 
 def trial_table(exp) -> list[dict[str, Any]]:
     """One row per trial of a stored experiment: state, arch id, parameters, metrics."""
-    df = exp.lookup_data().full_df if hasattr(exp.lookup_data(), "full_df") else exp.lookup_data().df
+    data = exp.lookup_data()
+    df = data.full_df if hasattr(data, "full_df") else data.df
     latest: dict[int, dict[str, float]] = {}
     sems: dict[int, dict[str, float]] = {}
     if len(df):

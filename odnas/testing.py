@@ -6,6 +6,7 @@ graph's size in microseconds, so tests of the loop need no timing.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from odnas.cost.latency import LatencyResult
@@ -32,5 +33,5 @@ class FakeLatencyBackend:
             provider="fake", intra_op_threads=profile.runtime.intra_op_threads,
             inter_op_threads=profile.runtime.inter_op_threads,
             graph_optimization=profile.runtime.graph_optimization, ort_version="fake",
-            cpu_model="fake", host="fake",
+            cpu_model="fake", host=socket.gethostname(),  # made here, valid here
         )

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -92,9 +91,3 @@ def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: i
         raise NonFiniteLossError(f"non-finite metrics after training: {m}")
     return {"val_acc": m["val_acc"], "val_loss": m["val_loss"], "epochs": epochs,
             "train_time_s": round(time.time() - t0, 3)}
-
-
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())

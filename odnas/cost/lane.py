@@ -20,8 +20,7 @@ from odnas.profiles import HardwareProfile
 
 
 def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,
-                      profile: HardwareProfile, backend: LatencyBackend | None = None,
-                      onnx_dir: str | Path | None = None) -> dict[str, Any]:
+                      profile: HardwareProfile, backend: LatencyBackend | None = None) -> dict[str, Any]:
     """Build, count, export and time one candidate. Returns a JSON-able record."""
     import torch
 
@@ -29,7 +28,7 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
     model = space.build(params, input_shape, num_classes)
     counts = count(model, input_shape)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(onnx_dir or tmp) / f"{space.arch_id(params)}.onnx"
+        path = Path(tmp) / f"{space.arch_id(params)}.onnx"
         export_onnx(model, input_shape, path)
         lat = measure_latency(path, profile, backend)
         model_bytes = path.stat().st_size
@@ -66,9 +65,6 @@ class CostCache:
     def put(self, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.folder / f"{record['arch_id']}.json", record)
-
-    def __len__(self) -> int:
-        return len(list(self.folder.glob("*.json"))) if self.folder.is_dir() else 0
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
