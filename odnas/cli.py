@@ -152,13 +152,10 @@ def _print_outcome(run_dir, quiet: bool) -> None:
 
 
 def _front_rows(run_dir, extra):
-    from odnas.profiles import profile_from_dict
-    from odnas.search import load_client, read_settings
-    from odnas.select import front, trial_table
+    from odnas.search import load_run
+    from odnas.select import front
 
-    profile = profile_from_dict(read_settings(run_dir)["profile"])
-    client, _ = load_client(run_dir, readonly=True)
-    rows = trial_table(client._experiment)
+    _, profile, rows = load_run(run_dir)
     return front(rows, profile, extra)
 
 
@@ -233,14 +230,10 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from odnas.profiles import profile_from_dict
-    from odnas.search import driver_running, load_client, read_settings
-    from odnas.select import front, proxy_correlations, trial_table
+    from odnas.search import driver_running, load_run
+    from odnas.select import front, proxy_correlations
 
-    settings = read_settings(a.run_dir)
-    profile = profile_from_dict(settings["profile"])
-    client, _ = load_client(a.run_dir, readonly=True)
-    rows = trial_table(client._experiment)
+    settings, profile, rows = load_run(a.run_dir)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -122,15 +122,11 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None)
     import torch
 
     from odnas.data import load_data
-    from odnas.search import SearchError, load_client, read_settings
-    from odnas.select import feasible, pick, trial_table
-    from odnas.profiles import profile_from_dict
+    from odnas.search import SearchError, load_run
+    from odnas.select import feasible, pick
     from odnas.spaces import get_space
 
-    settings = read_settings(run_dir)
-    profile = profile_from_dict(settings["profile"])
-    client, _ = load_client(run_dir, readonly=True)
-    rows = trial_table(client._experiment)
+    settings, profile, rows = load_run(run_dir)
     if trial is None:
         row = pick(rows, profile)
         if row is None:

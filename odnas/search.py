@@ -250,6 +250,15 @@ def load_client(run_dir: str | Path, readonly: bool = False):
         return client, None
 
 
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], HardwareProfile, list[dict[str, Any]]]:
+    """A run's settings, its effective profile and one row per trial (read-only)."""
+    from odnas.select import trial_table
+
+    settings = read_settings(run_dir)
+    client, _ = load_client(run_dir, readonly=True)
+    return settings, profile_from_dict(settings["profile"]), trial_table(client._experiment)
+
+
 @contextmanager
 def quiet_logs(log_path: Path, enabled: bool = True) -> Iterator[None]:
     """Send Ax's, BoTorch's, TorchX's and Lightning's logs and warnings to the run's log file."""
