@@ -105,3 +105,23 @@ def test_ax_parameters_and_fixed():
         space.ax_parameters({"dropout": 1.5})
     with pytest.raises(ValueError, match="not one of"):
         space.ax_parameters({"batch_size": 0})
+
+
+def test_latency_records_from_other_hosts_refuse_to_compare():
+    import dataclasses
+
+    from odnas.profiles import load_profile
+    from odnas.testing import FakeLatencyBackend
+    from odnas.cost.onnx import export_onnx
+    from torch import nn
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8), Path(d) / "m.onnx")
+        a = FakeLatencyBackend().measure(path, load_profile("cpu-mobile"))
+    b = dataclasses.replace(a, latency_ms=2 * a.latency_ms)
+    assert abs(b.ratio_to(a) - 2.0) < 1e-12
+    with pytest.raises(ValueError, match="host"):
+        dataclasses.replace(b, host="elsewhere").ratio_to(a)

@@ -47,9 +47,6 @@ class LatencyResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def same_host(self, other: "LatencyResult") -> bool:
-        return (self.host, self.cpu_model) == (other.host, other.cpu_model)
-
     def ratio_to(self, other: "LatencyResult") -> float:
         """``self / other``; refuses records taken on different hosts or settings."""
         keys = ("host", "cpu_model", "provider", "intra_op_threads", "batch_size", "ort_version")
