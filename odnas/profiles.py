@@ -38,6 +38,8 @@ PROVIDERS = (
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 STATISTICS = ("median", "mean")
 PRECISIONS = ("fp32", "int8")
+#: Forms of the host -> device latency mapping (see ``odnas.calibrate``).
+CALIBRATION_MODELS = ("loglinear", "ratio")
 
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
@@ -69,6 +71,24 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class CalibrationSpec:
+    """Latencies of odnas's reference models measured on the real device, from which
+    ``odnas.calibrate`` fits a mapping from this host's latency to the device's.
+
+    ``table`` is a CSV (``model,latency_ms[,latency_ms_p90,runs,notes]``), stored as an
+    absolute path; ``references`` are inline rows ``{model: latency_ms}``; both may be
+    given. ``input_shape`` is the (C, H, W) the references were exported with; empty
+    means "as recorded beside the table, else 1x8x8". ``device`` is free text.
+    """
+
+    table: str = ""
+    references: Mapping[str, float] = field(default_factory=dict)
+    model: str = "loglinear"
+    input_shape: tuple[int, ...] = ()
+    device: str = ""
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """A deployment target. Frozen: a loaded profile never changes under a search."""
 
@@ -82,6 +102,8 @@ class HardwareProfile:
     budgets: Mapping[str, float] = field(default_factory=dict)
     precision: str = "fp32"
     source: str = ""
+    #: device latencies of reference models; when set, latency_ms means device milliseconds
+    calibration: CalibrationSpec | None = None
 
     @property
     def objective_metrics(self) -> tuple[str, ...]:
@@ -103,6 +125,11 @@ class HardwareProfile:
         d = dataclasses.asdict(self)
         d["thresholds"] = list(self.thresholds)
         d["budgets"] = dict(self.budgets)
+        if self.calibration is None:
+            del d["calibration"]  # profiles without one print and store as before
+        else:
+            d["calibration"]["references"] = dict(self.calibration.references)
+            d["calibration"]["input_shape"] = list(self.calibration.input_shape)
         return d
 
 
@@ -141,16 +168,21 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: file is empty")
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-    return profile_from_dict(raw, source=str(path), default_name=path.stem)
+    return profile_from_dict(raw, source=str(path), default_name=path.stem, base_dir=path.resolve().parent)
 
 
 def profile_from_dict(
-    raw: Mapping[str, Any], source: str = "<dict>", default_name: str = "custom"
+    raw: Mapping[str, Any], source: str = "<dict>", default_name: str = "custom",
+    base_dir: str | Path | None = None,
 ) -> HardwareProfile:
+    """Validate ``raw`` into a profile. ``base_dir`` is the folder relative paths (the
+    calibration table) start from; given, the table must exist. Without it (a profile
+    stored in a run dir) paths are taken as they are, so a moved table does not stop
+    an old run from loading."""
     v = _Validator(source)
     top = v.keys(raw, "", {
         "name", "description", "runtime", "batch_size", "protocol",
-        "objective", "thresholds", "budgets", "precision", "source",
+        "objective", "thresholds", "budgets", "precision", "source", "calibration",
     })
     name = v.typed(top, "name", str, default_name)
     runtime_raw = v.keys(top.get("runtime") or {}, "runtime.", {f.name for f in dataclasses.fields(Runtime)})
@@ -198,6 +230,44 @@ def profile_from_dict(
         budgets=budgets,
         precision=v.choice(top, "precision", PRECISIONS, "fp32"),
         source=source,
+        calibration=_calibration(v, top.get("calibration"), base_dir),
+    )
+
+
+def _calibration(v: "_Validator", raw: Any, base_dir: str | Path | None) -> CalibrationSpec | None:
+    if raw is None:
+        return None
+    raw = v.keys(raw, "calibration.", {f.name for f in dataclasses.fields(CalibrationSpec)})
+    table = v.typed(raw, "calibration.table", str, "").strip()
+    if table:
+        path = Path(table).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir or ".") / path
+        path = path.resolve()
+        if base_dir is not None and not path.is_file():
+            v.fail("calibration.table", table, f"no such file ({path}); paths are relative to the profile file")
+        table = str(path)
+    refs_raw = raw.get("references") or {}
+    if not isinstance(refs_raw, dict):
+        v.fail("calibration.references", refs_raw, "must be a mapping of reference model to device latency_ms")
+    references: dict[str, float] = {}
+    for name in refs_raw:
+        if not isinstance(name, str) or not name:
+            v.fail("calibration.references", name, "model names must be strings")
+        references[name] = v.number(refs_raw, f"calibration.references.{name}", None, lo=0.0, strict=True,
+                                    raw_key=name)
+    if not table and not references:
+        v.fail("calibration", dict(raw), "needs a 'table' (CSV of device latencies) or inline 'references'")
+    shape = raw.get("input_shape") or []
+    if (not isinstance(shape, list) or len(shape) > 4
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
+        v.fail("calibration.input_shape", shape, "must be a list of up to 4 positive whole numbers, e.g. [1, 8, 8]")
+    return CalibrationSpec(
+        table=table,
+        references=references,
+        model=v.choice(raw, "calibration.model", CALIBRATION_MODELS, CalibrationSpec.model),
+        input_shape=tuple(shape),
+        device=v.typed(raw, "calibration.device", str, ""),
     )
 
 

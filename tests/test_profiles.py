@@ -100,3 +100,72 @@ def test_cli_bad_profile_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "budgets.latency_ms" in lines[0] and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- calibration section
+
+CALIBRATED = GOOD + textwrap.dedent("""
+    calibration:
+      table: device.csv
+      references: {floor: 0.05, mcnn_01: 0.09}
+      model: ratio
+      input_shape: [1, 28, 28]
+      device: Pixel 6, ORT 1.20, 1 big core
+""")
+
+
+def test_calibration_section_loads_and_round_trips(tmp_path):
+    import yaml
+
+    from odnas.profiles import profile_from_dict
+
+    (tmp_path / "device.csv").write_text("model,latency_ms\n")
+    f = tmp_path / "phone.yaml"
+    f.write_text(CALIBRATED)
+    p = load_profile(str(f))
+    c = p.calibration
+    assert c.table == str((tmp_path / "device.csv").resolve())  # relative to the profile file
+    assert c.references == {"floor": 0.05, "mcnn_01": 0.09} and c.model == "ratio"
+    assert c.input_shape == (1, 28, 28) and c.device.startswith("Pixel 6")
+    d = p.to_dict()
+    assert d["calibration"]["input_shape"] == [1, 28, 28]
+    yaml.safe_dump(d)  # what `odnas profiles show` prints
+    # A run dir stores to_dict(); it loads back even after the table has moved.
+    (tmp_path / "device.csv").unlink()
+    back = profile_from_dict(json.loads(json.dumps(d)), source="run/settings.json")
+    assert back.calibration == c and {**back.to_dict(), "source": d["source"]} == d
+    only_table = GOOD + "calibration: {table: device.csv}\n"
+    (tmp_path / "device.csv").write_text("model,latency_ms\n")
+    f.write_text(only_table)
+    c = load_profile(str(f)).calibration
+    assert c.model == "loglinear" and c.references == {} and c.input_shape == ()
+
+
+def test_profiles_without_calibration_are_unchanged():
+    for n in list_profiles():
+        p = load_profile(n)
+        assert p.calibration is None and "calibration" not in p.to_dict()
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("calibration: {table: missing.csv}", "calibration.table", "missing.csv"),
+    ("calibration: {table: 3}", "calibration.table", "3"),
+    ("calibration: {}", "calibration", "{}"),
+    ("calibration: [device.csv]", "calibration", "device.csv"),
+    ("calibration: {table: device.csv, colour: blue}", "calibration.colour", "blue"),
+    ("calibration: {table: device.csv, model: cubic}", "calibration.model", "cubic"),
+    ("calibration: {references: {floor: -1}}", "calibration.references.floor", "-1"),
+    ("calibration: {references: {floor: fast}}", "calibration.references.floor", "fast"),
+    ("calibration: {references: [floor, 0.1]}", "calibration.references", "floor"),
+    ("calibration: {table: device.csv, input_shape: [1, 0, 8]}", "calibration.input_shape", "[1, 0, 8]"),
+    ("calibration: {table: device.csv, input_shape: 1x8x8}", "calibration.input_shape", "1x8x8"),
+])
+def test_broken_calibration_names_file_key_and_value(tmp_path, section, key, value):
+    (tmp_path / "device.csv").write_text("model,latency_ms\n")
+    f = tmp_path / "broken.yaml"
+    f.write_text(GOOD + section + "\n")
+    with pytest.raises(ProfileError) as e:
+        load_profile(str(f))
+    msg = str(e.value)
+    assert str(f) in msg and f"'{key}'" in msg and value in msg, msg
+    assert "\n" not in msg
