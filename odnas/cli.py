@@ -194,6 +194,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
+        retries=a.retries, trial_timeout_s=a.trial_timeout,
     )
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
@@ -229,6 +230,15 @@ def cmd_resume(a: argparse.Namespace) -> int:
     return 0
 
 
+def _note(row: dict[str, Any]) -> str:
+    if row["over_budget"]:
+        return "over " + ", ".join(row["over_budget"])
+    note = (row["reason"] or "")[:90]
+    if row.get("retry_of") is not None:
+        note = f"retry of trial {row['retry_of']}" + (f"; {note}" if note else "")
+    return note
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.search import driver_running, load_run
     from odnas.select import front, proxy_correlations
@@ -252,7 +262,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(table([{"trial": r["trial"], "state": r["state"], "val_acc": r["metrics"].get("val_acc", ""),
                   "latency_ms": r["metrics"].get("latency_ms", ""), "num_params": r["metrics"].get("num_params", ""),
                   "arch_id": r["arch_id"] or "",
-                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else (r["reason"] or "")[:90]}
+                  "note": _note(r)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
     if counts.get("running") and not driver_running(a.run_dir):
@@ -343,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler-cfg", help="TorchX scheduler config, key=value[,key=value]")
     p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")
     p.add_argument("--image", help="container image for remote schedulers")
-    p.add_argument("--max-failure-rate", type=float, default=0.5, help="tolerated share of failed trials")
+    p.add_argument("--max-failure-rate", type=float, default=0.5,
+                   help="tolerated share of failed trials before the search stops (default 0.5)")
+    p.add_argument("--retries", type=int, default=0, help="try a failed training again up to N times")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                   help="stop and fail a training job with no result after this long")
     p.add_argument("--early-stopping", action="store_true",
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
     p.add_argument("--quiet", action="store_true", help="no live progress")

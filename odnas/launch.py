@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +32,53 @@ from ax.utils.common.result import Ok  # noqa: E402
 
 LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
 DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
+# TorchX's Ray scheduler reads a role's ``image`` as a local directory that it zips and
+# uploads as the Ray job's working_dir; this folder of the trial dir is that upload.
+RAY_WORKDIR = "ray"
 
 
 def make_resource(resources: str | None, threads: int):
-    """A TorchX named resource (``gpu.small``) or ``cpu=4,memMB=8192,gpu=0``."""
+    """A TorchX named resource (``gpu.small``) or ``cpu=4,memMB=8192,gpu=0``.
+
+    Kubernetes and Slurm request all three; Ray reserves ``cpu`` and ``gpu`` only.
+    """
     from torchx import specs
 
     if not resources:
         return specs.Resource(cpu=threads, gpu=0, memMB=2048)
     if resources in specs.named_resources:
         return specs.resource(h=resources)
+    if "=" not in resources:
+        raise ValueError(f"{resources!r} is not a TorchX named resource (e.g. cpu.small, gpu.small) "
+                         "nor cpu=N,memMB=M,gpu=G")
     kv = parse_kv(resources)
     unknown = set(kv) - {"cpu", "gpu", "memMB"}
     if unknown:
         raise ValueError(f"--resources: unknown keys {sorted(unknown)}; use cpu, gpu, memMB or a named resource")
-    return specs.Resource(cpu=int(kv.get("cpu", threads)), gpu=int(kv.get("gpu", 0)),
-                          memMB=int(kv.get("memMB", 2048)))
+    values = {"cpu": threads, "gpu": 0, "memMB": 2048}
+    for key, text in kv.items():
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise ValueError(f"--resources {key}={text!r}: expected a whole number") from None
+        if values[key] < (0 if key == "gpu" else 1):
+            raise ValueError(f"--resources {key}={text}: must be {'0 or more' if key == 'gpu' else '1 or more'}")
+    return specs.Resource(**values)
 
 
 def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str = "digits",
               data_dir: str | None = None, data_seed: int = 0, seed: int = 0, threads: int = 1,
               scheduler: str = "local_cwd", image: str | None = None, resources: str | None = None,
-              env: Mapping[str, str] | None = None, name: str = "odnas-trial"):
-    """TorchX component for one training job (``python -m odnas.trial``)."""
+              env: Mapping[str, str] | None = None, mounts: Sequence[str] | None = None,
+              name: str = "odnas-trial"):
+    """TorchX component for one training job (``python -m odnas.trial``).
+
+    ``image`` is a container image for Kubernetes and Docker, unused by ``local_cwd``
+    and Slurm (they run the host's Python), and for Ray a local directory that is
+    uploaded as the job's working dir (default: an empty folder in the trial dir; a
+    ``requirements.txt`` there is installed by Ray). ``env`` is set in the job;
+    ``mounts`` are TorchX mount strings (Kubernetes, Docker).
+    """
     from torchx import specs
 
     args = ["-m", "odnas.trial", "--out", str(trial_dir), "--space", space,
@@ -62,13 +86,42 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
             "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
     if data_dir:
         args += ["--data-dir", str(data_dir)]
+    bad = [k for k in (env or {}) if not str(k).isidentifier()]
+    if bad:
+        raise ValueError(f"--env {bad[0]!r}: a variable name is letters, digits and _, not starting with a digit")
+    if scheduler == "local_cwd":
+        image, entrypoint = os.getcwd(), sys.executable
+    elif scheduler == "ray":
+        entrypoint = "python"
+        if image is None:
+            # Not the cwd: that may hold a virtualenv, far over Ray's upload limit.
+            image = str(Path(trial_dir) / RAY_WORKDIR)
+            Path(image).mkdir(parents=True, exist_ok=True)
+        elif not Path(image).is_dir():
+            raise ValueError(f"--image {image!r}: for the ray scheduler the image is a local directory "
+                             "that Ray uploads as the job's working dir (leave it out for an empty one)")
+    else:
+        image, entrypoint = image or DEFAULT_IMAGE, "python"
+    # A run dir on a Kubernetes PersistentVolume (type=volume) or a host path (type=bind)
+    # reaches the job this way, mounted at the driver's path.
+    role_mounts = []
+    for text in mounts or ():
+        try:
+            parsed = specs.parse_mounts([part.strip() for part in text.split(",") if part.strip()])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--mount {text!r}: {str(e).strip(chr(39))}; expected "
+                             "type=volume,src=CLAIM,dst=/path or type=bind,src=/host,dst=/path") from None
+        if len(parsed) != 1:
+            raise ValueError(f"--mount {text!r}: give one mount per --mount")
+        role_mounts += parsed
     role = specs.Role(
         name="trainer",
-        image=os.getcwd() if scheduler == "local_cwd" else (image or DEFAULT_IMAGE),
-        entrypoint=sys.executable if scheduler == "local_cwd" else "python",
+        image=image,
+        entrypoint=entrypoint,
         args=args,
         env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})},
         resource=make_resource(resources, threads),
+        mounts=role_mounts,
     )
     return specs.AppDef(name=name, roles=[role])
 
@@ -141,7 +194,8 @@ class TrialRunner(IRunner):
             str(self.trial_dir(trial_index).resolve()), s["space"], parameterization, data=s["data"],
             data_dir=s.get("data_dir"), data_seed=s.get("data_seed", 0), seed=s.get("seed", 0) + trial_index,
             threads=s.get("threads", 1), scheduler=s.get("scheduler", "local_cwd"), image=s.get("image"),
-            resources=s.get("resources"), name=f"odnas-trial-{trial_index}",
+            resources=s.get("resources"), env=s.get("env"), mounts=s.get("mounts"),
+            name=f"odnas-trial-{trial_index}",
         )
 
     def scheduler_cfg(self, trial_index: int) -> dict[str, Any]:
@@ -195,16 +249,42 @@ class TrialRunner(IRunner):
 
             if state in (AppState.SUCCEEDED, AppState.FAILED, AppState.CANCELLED):
                 # Finished but wrote no result: re-check once (the file may have just landed).
-                return TrialStatus.COMPLETED if (tdir / "result.json").exists() else TrialStatus.FAILED
-            return TrialStatus.RUNNING
+                if (tdir / "result.json").exists():
+                    return TrialStatus.COMPLETED
+                self._record_failure(tdir, "job exited without error but wrote no result" if state == AppState.SUCCEEDED
+                                     else f"job {state.name.lower()} without writing its result "
+                                          "(killed by a signal, or out of memory)")
+                return TrialStatus.FAILED
+            return self._check_timeout(trial_metadata, tdir)
         # TorchX does not know the app (a local job from before a driver restart):
         # the job's own pid file says whether it still runs.
         job = _read_json(tdir / "job.json")
         if local_job_alive(job):
-            return TrialStatus.RUNNING
+            return self._check_timeout(trial_metadata, tdir)
         if job is None and time.time() - float(trial_metadata.get("launched_at", 0)) < 120:
             return TrialStatus.RUNNING  # still starting up
         return TrialStatus.FAILED
+
+    def _check_timeout(self, trial_metadata: Mapping[str, Any], tdir: Path) -> TrialStatus:
+        """A job running past ``trial_timeout_s`` is stopped and failed: a hung job must
+        not hold a slot (and the search) forever. The clock starts when the job starts
+        (``job.json``), so time spent queued on a cluster does not count."""
+        limit = self.settings.get("trial_timeout_s")
+        job = _read_json(tdir / "job.json") if limit else None
+        if not job or time.time() - float(job.get("start", time.time())) <= float(limit):
+            return TrialStatus.RUNNING
+        self._record_failure(tdir, f"timed out: no result {float(limit):g} s after the job started "
+                                   "(--trial-timeout); job stopped")
+        self.stop_trial(-1, trial_metadata)
+        return TrialStatus.FAILED
+
+    @staticmethod
+    def _record_failure(tdir: Path, reason: str) -> None:
+        """Write the reason the job could not write itself, unless it wrote one."""
+        from odnas.cost.lane import write_json_atomic
+
+        if not (tdir / "error.json").exists():
+            write_json_atomic(tdir / "error.json", {"reason": reason, "time": time.time(), "by": "driver"})
 
     def _app_state(self, handle: str | None):
         if not handle:

@@ -67,6 +67,8 @@ class SearchConfig:
     threads: int | None = None  # per training job; default cores // parallel
     fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters held constant, e.g. {"epochs": 1}
     tolerated_failure_rate: float = 0.5
+    retries: int = 0  # a failed training is tried again this many times, same parameters
+    trial_timeout_s: float | None = None  # a job with no result after this long is stopped and failed
     poll_s: float = 1.0
     early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
 
@@ -324,6 +326,12 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
+    if cfg.retries < 0:
+        raise SearchError(f"--retries {cfg.retries}: must be 0 or more")
+    if cfg.trial_timeout_s is not None and not cfg.trial_timeout_s > 0:
+        raise SearchError(f"--trial-timeout {cfg.trial_timeout_s}: must be a positive number of seconds")
+    if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
+        raise SearchError(f"--max-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_with_ax(profile)
     check_runtime(profile, cfg)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
@@ -340,6 +348,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "init_trials": cfg.init_trials, "scheduler": cfg.scheduler, "scheduler_cfg": dict(cfg.scheduler_cfg),
         "resources": cfg.resources, "image": cfg.image, "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
+        "retries": cfg.retries, "trial_timeout_s": cfg.trial_timeout_s,
         "early_stopping": cfg.early_stopping,
         "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"odnas": __version__, **{p: version(p) for p in (
@@ -369,9 +378,12 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
     if profile.runtime.provider not in ort.get_available_providers():
         raise SearchError(f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
                           f"does not have (it has {', '.join(ort.get_available_providers())})")
-    if profile.precision != "fp32":
-        raise SearchError(f"profile {profile.name!r} asks for precision {profile.precision!r}; "
-                          "only fp32 is measured and exported so far")
+    if profile.precision == "int8":
+        try:
+            import onnxruntime.quantization  # noqa: F401  (the cost lane quantizes every candidate)
+        except ImportError as e:
+            raise SearchError(f"profile {profile.name!r} asks for precision int8, but onnxruntime's "
+                              f"quantization tool does not import ({e}); use an fp32 profile") from None
     if cfg.scheduler not in get_scheduler_factories():
         raise SearchError(f"--scheduler {cfg.scheduler!r}: TorchX knows {', '.join(get_scheduler_factories())}")
     from odnas.launch import make_resource
@@ -516,11 +528,13 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             while True:
                 while (todo := trials_to_run(exp, settings)) > 0:
                     for _ in orch.run_trials_and_yield_results(max_trials=todo):
+                        queue_retries(exp, orch, int(settings.get("retries") or 0))
                         if progress:
                             progress(state.refresh(exp))
                 # Trials still marked RUNNING from before a restart end here; any that
                 # failed leave room for new ones.
                 orch.wait_for_completed_trials_and_report_results()
+                queue_retries(exp, orch, int(settings.get("retries") or 0))
                 if progress:
                     progress(state.refresh(exp))
                 if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
@@ -547,6 +561,35 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
 
 
+def queue_retries(exp, orch, retries: int) -> list[int]:
+    """For each failed training with attempts left, add a trial with the same
+    parameters; the Orchestrator deploys waiting candidates before asking for new
+    ones. ``retry_of`` (a stored trial property) links the attempts, so a resumed
+    driver neither retries twice nor forgets a retry. Returns the new trial indices."""
+    from ax.core.trial_status import TrialStatus
+
+    if retries <= 0:
+        return []
+    retried = {t._properties.get("retry_of") for t in exp.trials.values()}
+    new = []
+    for t in list(exp.trials.values()):
+        if t.status != TrialStatus.FAILED or t.index in retried or (t.run_metadata or {}).get("over_budget"):
+            continue
+        attempt, root = 1, t
+        while (prev := root._properties.get("retry_of")) is not None:
+            attempt, root = attempt + 1, exp.trials[prev]
+        if attempt > retries:
+            continue
+        retry = exp.new_trial()
+        retry.add_arm(t.arm.clone(clear_name=False))
+        retry._properties["retry_of"] = t.index
+        retry._properties["attempt"] = attempt + 1
+        new.append(retry)
+    if new:
+        orch._save_or_update_trials_in_db_if_possible(experiment=exp, trials=new)
+    return [t.index for t in new]
+
+
 def early_stopping_strategy():
     """Ax's percentile rule on the ``val_acc`` curve: from the first epoch on, once 4
     curves exist, a trial below the median of the others at the same epoch is stopped.
@@ -558,7 +601,9 @@ def early_stopping_strategy():
 
 
 def trials_to_run(exp, settings: Mapping[str, Any]) -> int:
-    """New trials still wanted: trainings short of ``trials``, within ``max_candidates``."""
+    """Trials still to deploy: waiting candidates (retries, or trials made but not deployed
+    before a crash) plus new ones, as many as trainings fall short of ``trials``, within
+    ``max_candidates``."""
     from ax.core.trial_status import TrialStatus
 
     live = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.RUNNING,
@@ -566,7 +611,8 @@ def trials_to_run(exp, settings: Mapping[str, Any]) -> int:
     alive = [t for t in exp.trials.values() if t.status in live]
     trainings = [t for t in alive if not (t.run_metadata or {}).get("over_budget")]
     cap = int(settings.get("max_candidates") or 4 * int(settings["trials"]))
-    return max(0, min(int(settings["trials"]) - len(trainings), cap - len(alive)))
+    waiting = sum(1 for t in alive if t.status == TrialStatus.CANDIDATE)  # retries, lost deployments
+    return waiting + max(0, min(int(settings["trials"]) - len(trainings), cap - len(alive)))
 
 
 # ---------------------------------------------------------------- state for people

@@ -144,6 +144,6 @@ def trial_table(exp) -> list[dict[str, Any]]:
             "params": meta.get("params") or (dict(t.arm.parameters) if t.arm else {}), "metrics": metrics,
             "sem": sems.get(idx, {}), "over_budget": meta.get("over_budget", []),
             "reason": getattr(t, "status_reason", None) or meta.get("failed_reason"),
-            "trial_dir": meta.get("trial_dir"),
+            "trial_dir": meta.get("trial_dir"), "retry_of": t._properties.get("retry_of"),
         })
     return rows

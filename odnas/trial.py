@@ -38,11 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(out, a.space, json.loads(a.params), a.data, a.data_dir, a.data_seed, a.seed, a.threads)
     except BaseException as e:  # record every failure kind, then fail the job
-        write_json_atomic(out / "error.json", {
-            "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "time": time.time()})
+        if not (out / "error.json").exists():  # the driver's reason (a timeout) comes first
+            write_json_atomic(out / "error.json", {
+                "reason": failure_text(e), "traceback": traceback.format_exc(), "time": time.time()})
         raise
     write_json_atomic(out / "result.json", result)
     return 0
+
+
+def failure_text(e: BaseException) -> str:
+    """One line on why a job failed; running out of memory is named as such, whether
+    Python or torch's allocator reported it."""
+    text = f"{type(e).__name__}: {e}".splitlines()[0][:400]
+    if isinstance(e, MemoryError) or any(s in str(e) for s in ("can't allocate memory", "not enough memory",
+                                                               "out of memory")):
+        return f"out of memory: {text}"
+    return text
 
 
 def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | None,

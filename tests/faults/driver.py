@@ -1,0 +1,70 @@
+"""``odnas`` CLI that SIGKILLs itself at a chosen moment; used only by tests/test_faults.py.
+
+    python tests/faults/driver.py MOMENT N odnas-args...
+
+MOMENT is where the N-th event kills the driver:
+- ``generation``: a candidate was generated (model fitted, acquisition optimised)
+  but not yet returned to the Orchestrator, so no trial exists for it;
+- ``deploy``: a training job was launched, but Ax has not saved that it ran;
+- ``storage``: SQL was flushed into an open SQLite transaction, not yet committed.
+"""
+
+import os
+import signal
+import sys
+
+moment, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+count = 0
+
+
+def maybe_die() -> None:
+    global count
+    count += 1
+    if count == n:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install() -> None:
+    if moment == "generation":
+        from ax.generation_strategy.generation_strategy import GenerationStrategy
+
+        real = GenerationStrategy.gen
+
+        def gen(self, *a, **k):
+            out = real(self, *a, **k)
+            maybe_die()
+            return out
+
+        GenerationStrategy.gen = gen
+    elif moment == "deploy":
+        from odnas.launch import TrialRunner
+
+        real = TrialRunner.run_trial
+
+        def run_trial(self, *a, **k):
+            out = real(self, *a, **k)
+            if "app_handle" in out:
+                maybe_die()
+            return out
+
+        TrialRunner.run_trial = run_trial
+    elif moment == "storage":
+        from sqlalchemy import event
+        from sqlalchemy.orm import Session
+
+        @event.listens_for(Session, "after_flush")
+        def after_flush(session, ctx):
+            maybe_die()
+    else:
+        raise SystemExit(f"unknown moment {moment!r}")
+
+
+if __name__ == "__main__":
+    from odnas._ax import import_ax
+
+    import_ax()
+    install()
+    from odnas.cli import main
+
+    sys.exit(main(args))

@@ -1,0 +1,99 @@
+"""Faults, for real: training jobs that fail in every way a job fails, and a driver
+SIGKILLed at chosen moments, then resumed. Real Ax, TorchX local jobs, Lightning, SQLite."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+FAULTS = Path(__file__).parent / "faults"
+FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--quiet"]
+
+
+def _env(faults: str, slots: Path) -> dict[str, str]:
+    slots.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_FAULTS": faults,
+            "ODNAS_TEST_FAULT_DIR": str(slots)}
+
+
+def _status(d: Path) -> dict:
+    return json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+
+
+def test_each_failure_kind_is_recorded_retried_and_the_search_goes_on(tmp_path):
+    """Jobs fail in six ways (raise, OOM, NaN loss, exit without a result, hang, SIGKILL),
+    one after the other; each trial is FAILED with its reason and retried with the same
+    parameters, and the seventh attempt trains the model."""
+    d, slots = tmp_path / "run", tmp_path / "slots"
+    kinds = ["raise", "oom", "nan", "exit0", "hang", "kill"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "odnas", "search", *FAST, "--trials", "1", "--parallel", "1", "--init-trials", "1",
+         "--retries", "6", "--trial-timeout", "45", "--max-failure-rate", "0.9", "--run-dir", str(d)],
+        cwd=ROOT, env=_env(",".join(kinds), slots), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = _status(d)
+    rows = sorted(st["trials"], key=lambda r: r["trial"])
+    assert [r["state"] for r in rows] == ["failed"] * 6 + ["completed"]
+    assert [r["retry_of"] for r in rows] == [None, 0, 1, 2, 3, 4, 5]
+    assert all(r["params"] == rows[0]["params"] for r in rows)
+    pid_kind = dict(p.read_text().split() for p in slots.glob("slot-*"))
+    expected = {"raise": "injected failure", "oom": "out of memory", "nan": "NonFiniteLossError",
+                "exit0": "exited without error but wrote no result", "hang": "timed out",
+                "kill": "without writing its result (killed by a signal"}
+    for r, kind in zip(rows, kinds):
+        job = json.loads((Path(r["trial_dir"]) / "job.json").read_text())
+        assert pid_kind[str(job["pid"])] == kind
+        assert expected[kind] in (r["reason"] or ""), (kind, r["reason"])
+    text = run_cli("status", str(d), check=True).stdout
+    assert "out of memory" in text and "retry of trial 5" in text
+
+
+def test_too_many_failures_is_one_line_and_keeps_completed_trials(tmp_path):
+    d = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "odnas", "search", *FAST, "--trials", "6", "--parallel", "1", "--init-trials", "6",
+         "--max-failure-rate", "0.3", "--run-dir", str(d)],
+        cwd=ROOT, env=_env("none,raise,raise,raise,raise,raise", tmp_path / "slots"), capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "too many trials failed" in err[0] and "Traceback" not in proc.stderr
+    st = _status(d)
+    assert st["counts"]["completed"] == 1 and st["counts"]["failed"] >= 3
+
+
+def _results(d: Path) -> list[Path]:
+    """Every result a training wrote, moved-aside dirs included."""
+    return list((d / "trials").glob("*/result.json"))
+
+
+@pytest.mark.parametrize("moment,n", [("generation", 3), ("deploy", 3), ("storage", 40)])
+def test_driver_sigkill_at_a_moment_then_resume(tmp_path, moment, n):
+    """SIGKILL the driver during candidate generation, right after a job was launched
+    but before Ax saved it, or inside an uncommitted storage write; ``odnas resume``
+    keeps completed trials, reattaches or re-queues the rest and trains nothing twice."""
+    d = tmp_path / "run"
+    args = ["search", *FAST, "--trials", "5", "--parallel", "2", "--init-trials", "2", "--run-dir", str(d)]
+    drv = subprocess.run([sys.executable, str(FAULTS / "driver.py"), moment, str(n), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert drv.returncode == -signal.SIGKILL, f"the driver was not killed at {moment} #{n}: {drv.stderr[-2000:]}"
+    with sqlite3.connect(d / "experiment.sqlite") as db:  # readable right after the kill
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    before = {p.parent.name: p.read_text() for p in _results(d)}
+    proc = run_cli("resume", str(d), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = _status(d)
+    assert st["counts"].get("completed") == 5 and st["counts"].get("running", 0) == 0, st["counts"]
+    for name, text in before.items():
+        assert (d / "trials" / name / "result.json").read_text() == text  # kept as it was
+    completed = [r for r in st["trials"] if r["state"] == "completed"]
+    assert len(_results(d)) == len(completed), "a candidate was trained twice"
+    for r in completed:
+        assert len((Path(r["trial_dir"]) / "progress.jsonl").read_text().splitlines()) == 1
