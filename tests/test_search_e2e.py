@@ -99,29 +99,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_kubernetes_and_slurm_dry_run(tmp_path):
-    """The same job, built for remote schedulers by TorchX's dry run (no cluster needed)."""
-    pytest.importorskip("kubernetes")
-    from torchx.runner import get_runner
-
-    from odnas.launch import TrialRunner
-
-    settings = {"space": "mlp", "data": "digits", "threads": 4, "seed": 0, "scheduler": "kubernetes",
-                "image": "registry.example/odnas:1", "resources": "cpu=4,memMB=8192,gpu=0",
-                "scheduler_cfg": {"queue": "default", "namespace": "ml"}}
-    r = TrialRunner(str(tmp_path), settings)
-    params = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 1e-3, "dropout": 0.1, "epochs": 1, "batch_size": 32}
-    app = r.app_for(3, params)
-    info = get_runner().dryrun(app, "kubernetes", cfg=r.scheduler_cfg(3))
-    spec = str(info.request)
-    assert "registry.example/odnas:1" in spec and "odnas.trial" in spec and "ml" in spec
-    role = app.roles[0]
-    assert role.resource.cpu == 4 and role.resource.memMB == 8192 and role.entrypoint == "python"
-    assert role.env["OMP_NUM_THREADS"] == "4"
-    sl = get_runner().dryrun(r.app_for(3, params), "slurm", cfg={})
-    assert "odnas.trial" in str(sl.request)
-
-
 def _count_results(d: Path) -> int:
     return len(list((d / "trials").glob("*/result.json"))) if (d / "trials").is_dir() else 0
 
