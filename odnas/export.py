@@ -5,6 +5,12 @@ Runtime against PyTorch on real validation inputs (max abs difference and top-1
 agreement; past the tolerance it fails loudly), re-measures the file's latency
 under the profile and writes the model card. The card tells a deployer everything
 needed to feed the file: input name, shape, dtype and normalisation, and labels.
+
+Files: ``NAME.onnx`` is always the deployed file, in the profile's precision. Under
+an int8 profile the fp32 file it was quantized from sits beside it as
+``NAME.fp32.onnx`` (the parity check runs on that one); under an fp32 profile with
+an int8 extra profile, the int8 file is ``NAME.int8.onnx``. The card's budgets are
+judged on the deployed file's own, freshly measured, figures.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -49,18 +55,69 @@ def check_parity(model, onnx_path: str | Path, x: np.ndarray, atol: float = 1e-3
     return result
 
 
-def onnx_accuracy(onnx_path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+def onnx_logits(onnx_path: str | Path, x: np.ndarray) -> np.ndarray:
+    """Logits (N, classes) of ``x`` (N, C, H, W) under ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    return float(np.mean(logits.argmax(1) == y))
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def onnx_accuracy(onnx_path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(onnx_logits(onnx_path, x).argmax(1) == y))
+
+
+def budget_report(profile: HardwareProfile, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{metric: {limit, value, met}}`` for each of the profile's budgets; a NaN or
+    missing value is not shown to be within its budget, so it is not met."""
+    out = {}
+    for m, lim in profile.budgets.items():
+        v = metrics.get(m)
+        v = float("nan") if v is None else float(v)
+        out[m] = {"limit": lim, "value": v, "met": v <= lim}
+    return out
+
+
+def _resolve_profiles(main: HardwareProfile, also: Sequence[str | HardwareProfile]) -> dict[str, HardwareProfile]:
+    """Main profile first, then the extras by name; checked before anything is written."""
+    import onnxruntime as ort
+
+    from odnas.profiles import ProfileError, load_profile
+
+    out = {main.name: main}
+    for p in also:
+        prof = p if isinstance(p, HardwareProfile) else load_profile(p)
+        key = prof.name
+        if key in out and out[key] != prof:
+            # e.g. the shipped cpu-mobile beside a run's cpu-mobile with --constraint overrides
+            key = f"{prof.name} ({prof.source or 'given'})"
+        if key in out and out[key] != prof:
+            raise ProfileError(f"two different profiles are named {key!r}; rename one")
+        out[key] = prof
+    for prof in out.values():
+        if prof.runtime.provider not in ort.get_available_providers():
+            raise ProfileError(f"profile {prof.name!r} asks for {prof.runtime.provider}, which this onnxruntime "
+                               f"does not have (it has {', '.join(ort.get_available_providers())})")
+    return out
 
 
 def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, Any], arch_id: str,
                     data, profile: HardwareProfile, metrics: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None, atol: float = 1e-3) -> dict[str, Any]:
-    """Write ``out`` (.onnx) and its card ``out.with_suffix('.json')``; return the card."""
+                    extra: Mapping[str, Any] | None = None, atol: float = 1e-3,
+                    also_profiles: Sequence[str | HardwareProfile] = (),
+                    calib_samples: int | None = None) -> dict[str, Any]:
+    """Write ``out`` (.onnx, the deployed file) and its card ``out.with_suffix('.json')``; return the card.
+
+    ``metrics`` are the search's figures for the trial (``val_acc`` and costs). Under
+    ``precision: int8`` the fp32 file is exported and checked for parity, then
+    quantized (static, calibrated on ``calib_samples`` training inputs, default
+    ``odnas.quantize.CALIB_SAMPLES``); both files are timed under the profile and
+    scored on the validation split, and the card holds both side by side
+    (``card["precisions"]``) with the int8 file's top-1 agreement with fp32.
+    ``also_profiles`` (names, paths or profiles) adds ``card["profiles"][NAME]``: the
+    latency of the file in that profile's precision, measured under that profile, and
+    whether that profile's budgets are met. The main profile is listed there too.
+    """
     import onnx
     import onnxruntime as ort
     import torch
@@ -73,24 +130,80 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     out = Path(out)
     if out.suffix != ".onnx":
         out = out.with_name(out.name + ".onnx")
-    export_onnx(model, data.input_shape, out)
-    parity = check_parity(model, out, data.x_val, atol=atol)
-    acc = onnx_accuracy(out, data.x_val, data.y_val)
-    lat = measure_latency(out, profile)
+    profiles = _resolve_profiles(profile, also_profiles)
+    precisions = {p.precision for p in profiles.values()}
+    stem = out.with_suffix("")
+    files = {"fp32": out if profile.precision == "fp32" else stem.with_name(stem.name + ".fp32.onnx")}
+    if "int8" in precisions:
+        files["int8"] = out if profile.precision == "int8" else stem.with_name(stem.name + ".int8.onnx")
+
+    export_onnx(model, data.input_shape, files["fp32"])
+    parity = check_parity(model, files["fp32"], data.x_val, atol=atol)
+    parity["file"] = str(files["fp32"])
+    logits = {"fp32": onnx_logits(files["fp32"], data.x_val)}
+    quant = None
+    if "int8" in files:
+        from odnas.quantize import CALIB_SAMPLES, calibration_inputs, quantize_model
+
+        calib = calibration_inputs(data.x_train, calib_samples or CALIB_SAMPLES, seed=0)
+        quant = quantize_model(files["fp32"], files["int8"], calib, calibration="training split")
+        logits["int8"] = onnx_logits(files["int8"], data.x_val)
     counts = count(model, data.input_shape)
-    # The search's figures win where given (the budgets were enforced on them); the
-    # artifact's own counts and a fresh latency measurement fill in and sit beside them.
-    merged = {"num_params": counts.num_params, "flops": counts.flops, "model_bytes": out.stat().st_size,
-              "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90, **metrics,
-              "val_acc_onnx": acc, "latency_ms_artifact": lat.latency_ms,
-              "latency_ms_artifact_p90": lat.latency_ms_p90}
+
+    # Every file is timed under the main profile (the side-by-side figures), and under
+    # each extra profile the file in that profile's precision is timed again.
+    lat_main = {prec: measure_latency(path, profile) for prec, path in files.items()}
+    figures: dict[str, dict[str, Any]] = {}
+    for prec, path in files.items():
+        lat = lat_main[prec]
+        figures[prec] = {
+            "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "model_bytes": path.stat().st_size, "val_acc_onnx": float(np.mean(logits[prec].argmax(1) == data.y_val)),
+            "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90, "latency_ms_sem": lat.latency_ms_sem,
+            "deployed": path == out,
+        }
+    if "int8" in figures:
+        figures["int8"]["top1_agreement_vs_fp32"] = float(np.mean(logits["int8"].argmax(1) == logits["fp32"].argmax(1)))
+        figures["int8"]["max_abs_logit_diff_vs_fp32"] = float(np.max(np.abs(logits["int8"] - logits["fp32"])))
+        figures["int8"]["n_val"] = int(len(data.y_val))
+
+    deployed = figures[profile.precision]
+    lat = lat_main[profile.precision]
+    # Budgets are judged on the deployed file's own figures; the search's (measured on
+    # the untrained candidate when the search ran) are kept beside them as *_search.
+    merged = {"num_params": counts.num_params, "flops": counts.flops, **metrics}
+    for m in ("latency_ms", "latency_ms_p90", "model_bytes"):
+        if m in metrics:
+            merged[f"{m}_search"] = metrics[m]
+    merged.update({"model_bytes": deployed["model_bytes"], "latency_ms": lat.latency_ms,
+                   "latency_ms_p90": lat.latency_ms_p90, "latency_ms_sem": lat.latency_ms_sem,
+                   "val_acc_onnx": deployed["val_acc_onnx"], "latency_ms_artifact": lat.latency_ms,
+                   "latency_ms_artifact_p90": lat.latency_ms_p90})
+
+    per_profile: dict[str, dict[str, Any]] = {}
+    for name, prof in profiles.items():
+        prec = prof.precision
+        plat = lat_main[prec] if prof is profile else measure_latency(files[prec], prof)
+        pm = {"num_params": counts.num_params, "flops": counts.flops, "model_bytes": figures[prec]["model_bytes"],
+              "latency_ms": plat.latency_ms, "latency_ms_p90": plat.latency_ms_p90}
+        budgets = budget_report(prof, pm)
+        per_profile[name] = {
+            "precision": prec, "file": figures[prec]["file"], "main": prof is profile,
+            "latency_ms": plat.latency_ms, "latency_ms_p90": plat.latency_ms_p90, "latency_ms_sem": plat.latency_ms_sem,
+            "model_bytes": figures[prec]["model_bytes"], "val_acc_onnx": figures[prec]["val_acc_onnx"],
+            "batch_size": prof.batch_size, "intra_op_threads": plat.intra_op_threads,
+            "budgets": budgets, "met": all(b["met"] for b in budgets.values()),
+            "latency": plat.to_dict(), "source": prof.source,
+        }
+
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     card = {
         "arch_id": arch_id,
         "space": space,
         "params": dict(params),
+        "precision": profile.precision,
         "metrics": merged,
-        "budgets": {m: {"limit": lim, "value": float(merged[m]), "met": float(merged[m]) <= lim}
-                    for m, lim in profile.budgets.items()},
+        "budgets": budget_report(profile, merged),
         "profile": profile.to_dict(),
         "input": {
             "name": INPUT_NAME, "shape": ["batch", *data.input_shape], "dtype": "float32",
@@ -102,6 +215,9 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         "labels": list(data.labels),
         "data": data.describe(),
         "parity": parity,
+        "precisions": figures,
+        **({"quantization": quant.to_dict()} if quant is not None else {}),
+        "profiles": per_profile,
         "latency": lat.to_dict(),
         "onnx": {"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
@@ -109,7 +225,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
                         "platform": platform.platform()},
         "odnas_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "onnx_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "onnx_sha256": deployed["sha256"],
         "artifact": str(out),
         **(dict(extra) if extra else {}),
     }
@@ -117,8 +233,14 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     return card
 
 
-def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None) -> dict[str, Any]:
-    """Export a trained trial of a run (the pick by default) as an artifact."""
+def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
+                 also_profiles: Sequence[str | HardwareProfile] = (),
+                 calib_samples: int | None = None) -> dict[str, Any]:
+    """Export a trained trial of a run (the pick by default) as an artifact.
+
+    The run's own (effective) profile decides the deployed precision and budgets;
+    ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
+    """
     import torch
 
     from odnas.data import load_data
@@ -152,6 +274,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None)
     model.load_state_dict(ckpt["state_dict"])
     return export_artifact(
         model, out, space=space.name, params=row["params"], arch_id=row["arch_id"], data=data,
-        profile=profile, metrics=row["metrics"],
+        profile=profile, metrics=row["metrics"], also_profiles=also_profiles, calib_samples=calib_samples,
         extra={"run": {"run_dir": str(Path(run_dir).resolve()), "trial": row["trial"]}},
     )

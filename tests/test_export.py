@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -94,3 +95,109 @@ def _val_index():
     y = load_digits().target
     _, va = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
     return va
+
+
+# ---------------------------------------------------------------- int8 and several profiles
+
+
+def _int8(short_profile, **budgets):
+    import dataclasses
+
+    p = short_profile("cpu-mobile-int8")
+    return dataclasses.replace(p, budgets=budgets) if budgets else p
+
+
+def test_int8_export_card_has_both_precisions(trained, short_profile, tmp_path):
+    import onnxruntime as ort
+
+    d, data, space, model, res = trained
+    search = {"val_acc": res["val_acc"], "latency_ms": 0.05, "model_bytes": 1234}
+    card = export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
+                           data=data, profile=_int8(short_profile), metrics=search)
+    deployed, fp32 = tmp_path / "m.onnx", tmp_path / "m.fp32.onnx"
+    assert card["precision"] == "int8" and card["artifact"] == str(deployed) and fp32.is_file()
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(deployed)).graph.node}
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(fp32)).graph.node}
+    assert card["parity"]["file"] == str(fp32) and card["parity"]["top1_agreement"] == 1.0
+    q = card["quantization"]
+    assert q["mode"] == "static" and q["calibration"] == "training split" and q["calibration_samples"] == 256
+    f, i = card["precisions"]["fp32"], card["precisions"]["int8"]
+    assert i["deployed"] and not f["deployed"] and i["file"] == str(deployed)
+    # The int8 file was re-evaluated on the validation split: recompute it here.
+    s = ort.InferenceSession(str(deployed), providers=["CPUExecutionProvider"])
+    logits = s.run(None, {"input": data.x_val})[0]
+    assert abs(i["val_acc_onnx"] - float(np.mean(logits.argmax(1) == data.y_val))) < 1e-12
+    assert abs(f["val_acc_onnx"] - res["val_acc"]) < 1e-6
+    assert i["top1_agreement_vs_fp32"] >= 0.95 and abs(i["val_acc_onnx"] - f["val_acc_onnx"]) <= 0.03
+    assert i["n_val"] == len(data.y_val)
+    # ... and re-measured: the card's figures are the int8 file's, the search's stay beside them.
+    m = card["metrics"]
+    assert m["latency_ms"] == i["latency_ms"] == card["latency"]["latency_ms"] > 0 and f["latency_ms"] > 0
+    assert m["model_bytes"] == i["model_bytes"] == deployed.stat().st_size != f["model_bytes"]
+    assert m["val_acc_onnx"] == i["val_acc_onnx"] and m["val_acc"] == res["val_acc"]
+    assert m["latency_ms_search"] == 0.05 and m["model_bytes_search"] == 1234
+    assert card["budgets"]["latency_ms"]["value"] == i["latency_ms"]
+    assert card["onnx_sha256"] == i["sha256"] != f["sha256"]
+    assert json.loads((tmp_path / "m.json").read_text())["precisions"]["int8"]["sha256"] == i["sha256"]
+    print(f"mlp int8: val_acc {i['val_acc_onnx']:.4f} vs fp32 {f['val_acc_onnx']:.4f}, agreement "
+          f"{i['top1_agreement_vs_fp32']:.4f}; {i['latency_ms']:.4f} vs {f['latency_ms']:.4f} ms; "
+          f"{i['model_bytes']} vs {f['model_bytes']} bytes")
+
+
+def test_int8_budgets_are_judged_on_int8_figures(trained, short_profile, tmp_path):
+    d, data, space, model, res = trained
+    kw = dict(space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS), data=data, metrics={"val_acc": res["val_acc"]})
+    first = export_artifact(model, tmp_path / "a.onnx", profile=_int8(short_profile), **kw)
+    b8, b32 = first["precisions"]["int8"]["model_bytes"], first["precisions"]["fp32"]["model_bytes"]
+    assert b8 < b32  # the weights are int8; on this mlp that outweighs the extra Q/DQ nodes
+    # A byte budget between the two sizes: met by the deployed int8 file, not by the fp32 one.
+    card = export_artifact(model, tmp_path / "b.onnx", profile=_int8(short_profile, model_bytes=(b8 + b32) / 2,
+                                                                      latency_ms=1e-6), **kw)
+    assert card["budgets"]["model_bytes"] == {"limit": (b8 + b32) / 2, "value": b8, "met": True}
+    assert card["budgets"]["latency_ms"]["value"] == card["precisions"]["int8"]["latency_ms"]
+    assert card["budgets"]["latency_ms"]["met"] is False  # 1 ns: the fresh figure decides, honestly
+
+
+def test_multi_profile_card(trained, short_profile, tmp_path):
+    from odnas.profiles import load_profile
+
+    d, data, space, model, res = trained
+    main = short_profile("cpu-mobile")
+    # The search's latency breaks the budget; the card judges the file's fresh measurement.
+    search = {"val_acc": res["val_acc"], "latency_ms": 99.0, "latency_ms_p90": 99.0}
+    card = export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
+                           data=data, profile=main, metrics=search,
+                           also_profiles=["cpu-desktop", _int8(short_profile), main, "cpu-mobile"])
+    m = card["metrics"]
+    assert m["latency_ms_search"] == 99.0 and m["latency_ms"] == card["latency"]["latency_ms"] < 0.10
+    assert card["budgets"]["latency_ms"] == {"limit": 0.10, "value": m["latency_ms"], "met": True}
+    assert card["precision"] == "fp32" and set(card["precisions"]) == {"fp32", "int8"}
+    assert (tmp_path / "m.int8.onnx").is_file() and card["precisions"]["fp32"]["deployed"]
+    profs = card["profiles"]
+    # main again is the same profile, listed once; the shipped cpu-mobile (a longer protocol) is another
+    shipped = "cpu-mobile (" + load_profile("cpu-mobile").source + ")"
+    assert list(profs) == ["cpu-mobile", "cpu-desktop", "cpu-mobile-int8", shipped]
+    assert profs[shipped]["latency"]["runs"] >= 100 and not profs[shipped]["main"]
+    assert profs["cpu-mobile"]["main"] and profs["cpu-mobile"]["latency_ms"] == m["latency_ms"]
+    desk = profs["cpu-desktop"]
+    assert desk["precision"] == "fp32" and desk["batch_size"] == 8 and desk["file"] == str(tmp_path / "m.onnx")
+    assert desk["latency"]["batch_size"] == 8 and desk["latency_ms"] != m["latency_ms"]
+    assert 0 <= desk["latency_ms_sem"] and desk["latency_ms"] <= desk["latency_ms_p90"]
+    assert desk["budgets"]["latency_ms"] == {"limit": 2.0, "value": desk["latency_ms"],
+                                             "met": desk["latency_ms"] <= 2.0}
+    assert desk["met"] == all(b["met"] for b in desk["budgets"].values())
+    i8 = profs["cpu-mobile-int8"]
+    assert i8["precision"] == "int8" and i8["file"] == str(tmp_path / "m.int8.onnx")
+    assert set(i8["budgets"]) == set(_int8(short_profile).budgets)
+    assert i8["model_bytes"] == (tmp_path / "m.int8.onnx").stat().st_size
+
+
+def test_unknown_extra_profile_fails_before_writing(trained, tmp_path, short_profile):
+    from odnas.profiles import ProfileError
+
+    d, data, space, model, res = trained
+    with pytest.raises(ProfileError, match="no such profile"):
+        export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
+                        data=data, profile=short_profile(), metrics={"val_acc": res["val_acc"]},
+                        also_profiles=["cpu-nowhere"])
+    assert not list(tmp_path.iterdir())
