@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from odnas._ax import import_ax
+from odnas.cost.lane import write_json_atomic
 from odnas.util import parse_kv
 
 import_ax()
@@ -31,6 +32,7 @@ from ax.core.data import Data  # noqa: E402
 from ax.utils.common.result import Ok  # noqa: E402
 
 LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
+LAUNCH_NAME = "launch.json"  # the TorchX app handle, written by the driver as it launches
 DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
 # TorchX's Ray scheduler reads a role's ``image`` as a local directory that it zips and
 # uploads as the Ray job's working_dir; this folder of the trial dir is that upload.
@@ -221,19 +223,40 @@ class TrialRunner(IRunner):
         # A job from before a driver crash may already have run or still run here. Ax may
         # have given this index to another candidate since (trials are saved after they
         # are deployed), so reattach only to a job with these very parameters.
-        job = _read_json(tdir / "job.json")
-        if job is not None or (tdir / "error.json").exists() or (tdir / "result.json").exists():
-            same = job is not None and _same_params(job.get("params"), parameterization)
-            if same and ((tdir / "result.json").exists() or local_job_alive(job)):
-                meta["reattached"] = True
-                return meta
+        prior = self.prior_job(tdir, parameterization)
+        if prior is not None:
+            meta.update(prior)
+            return meta
+        if any((tdir / f).exists() for f in ("job.json", "launch.json", "error.json", "result.json")):
             tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
             tdir.mkdir(parents=True)
         scheduler = self.settings.get("scheduler", "local_cwd")
         handle = self.torchx.run(self.app_for(trial_index, parameterization), scheduler,
                                  cfg=self.scheduler_cfg(trial_index))
         meta["app_handle"] = str(handle)
+        # Written before Ax saves the trial: a driver killed in between can still find the job.
+        write_json_atomic(tdir / LAUNCH_NAME, {"app_handle": str(handle), "params": dict(parameterization),
+                                               "scheduler": scheduler, "time": time.time()})
         return meta
+
+    def prior_job(self, tdir: Path, parameterization: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Metadata to reattach to a job already launched into ``tdir`` with these
+        parameters, if it finished with a result or still runs: a local job by its pid,
+        any other by its TorchX app handle. None when there is nothing to reattach to."""
+        job, launch = _read_json(tdir / "job.json"), _read_json(tdir / LAUNCH_NAME)
+        params = (job or launch or {}).get("params")
+        if params is None or not _same_params(params, parameterization):
+            return None
+        handle = (launch or {}).get("app_handle")
+        if (tdir / "result.json").exists() or local_job_alive(job):
+            return {"reattached": True, **({"app_handle": handle} if handle else {})}
+        if handle and not (tdir / "error.json").exists():
+            from torchx.specs import AppState
+
+            state = self._app_state(handle)
+            if state is not None and state not in (AppState.SUCCEEDED, AppState.FAILED, AppState.CANCELLED):
+                return {"reattached": True, "app_handle": handle}
+        return None
 
     def poll_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> TrialStatus:
         if trial_metadata.get("over_budget"):
@@ -281,8 +304,6 @@ class TrialRunner(IRunner):
     @staticmethod
     def _record_failure(tdir: Path, reason: str) -> None:
         """Write the reason the job could not write itself, unless it wrote one."""
-        from odnas.cost.lane import write_json_atomic
-
         if not (tdir / "error.json").exists():
             write_json_atomic(tdir / "error.json", {"reason": reason, "time": time.time(), "by": "driver"})
 

@@ -519,6 +519,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         orch = Orchestrator(experiment=exp, generation_strategy=client._generation_strategy,
                             options=options, db_settings=db_settings_from_storage_config(storage))
         state = RunState(run_dir, t0)
+        adopt_lost_jobs(exp, runner, orch)
         try:
             if progress:
                 progress(state.refresh(exp))
@@ -559,6 +560,34 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             if trained == 0:
                 raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
+
+
+def adopt_lost_jobs(exp, runner, orch) -> list[int]:
+    """Trials whose job was launched but which Ax never saved (the driver died between
+    the two): the job's own records (``job.json``, ``launch.json``) hold its parameters,
+    so the trial is re-created under its index and reattached, not trained again.
+    Returns the adopted indices."""
+    from ax.core.arm import Arm
+
+    from odnas.launch import LAUNCH_NAME, _read_json
+
+    fixed = runner.settings.get("fixed") or {}
+    adopted = []
+    while True:
+        idx = len(exp.trials)  # the index Ax gives the next trial
+        tdir = runner.trial_dir(idx)
+        info = _read_json(tdir / "job.json") or _read_json(tdir / LAUNCH_NAME) or {}
+        if "params" not in info or runner.prior_job(tdir, info["params"]) is None:
+            break  # nothing to adopt; a dead leftover is moved aside when the index is reused
+        params = {k: v for k, v in info["params"].items() if k not in fixed}
+        trial = exp.new_trial()
+        trial.add_arm(Arm(parameters=params))
+        trial.update_run_metadata(runner.run_trial(idx, params))
+        trial.mark_running(no_runner_required=True)
+        trial._properties["adopted"] = True
+        orch._save_or_update_trials_in_db_if_possible(experiment=exp, trials=[trial])
+        adopted.append(idx)
+    return adopted
 
 
 def queue_retries(exp, orch, retries: int) -> list[int]:

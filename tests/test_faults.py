@@ -97,3 +97,5 @@ def test_driver_sigkill_at_a_moment_then_resume(tmp_path, moment, n):
     assert len(_results(d)) == len(completed), "a candidate was trained twice"
     for r in completed:
         assert len((Path(r["trial_dir"]) / "progress.jsonl").read_text().splitlines()) == 1
+    if moment == "deploy":  # the job Ax never saved was adopted, not moved aside and redone
+        assert not list((d / "trials").glob("*.orphan-*"))

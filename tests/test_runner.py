@@ -60,3 +60,24 @@ def test_a_dead_unfinished_job_is_launched_again(tmp_path):
     _leave_job(r, 0, PARAMS, result=False)  # pid on another host: not a live local job
     meta = r.run_trial(0, PARAMS)
     assert not meta.get("reattached") and len(r._torchx.launched) == 1
+
+
+class _RemoteTorchX(_TorchX):
+    """A cluster scheduler that still runs app1 (the job's pid is on another node)."""
+
+    def status(self, handle):
+        from torchx.specs import AppState, AppStatus
+
+        return AppStatus(state=AppState.RUNNING) if handle.endswith("app1") else None
+
+
+def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
+    r = _runner(tmp_path)
+    r._torchx = _RemoteTorchX()
+    first = r.run_trial(0, PARAMS)  # launches app1 and records its handle
+    assert json.loads((r.trial_dir(0) / "launch.json").read_text())["app_handle"] == first["app_handle"]
+    again = r.run_trial(0, PARAMS)  # a resumed driver, before the job wrote anything
+    assert again.get("reattached") and again["app_handle"] == first["app_handle"]
+    assert len(r._torchx.launched) == 1
+    other = r.run_trial(0, dict(PARAMS, hidden_size_1=64))  # another candidate under this index
+    assert not other.get("reattached") and len(r._torchx.launched) == 2
