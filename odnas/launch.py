@@ -227,7 +227,11 @@ class TrialRunner(IRunner):
         if prior is not None:
             meta.update(prior)
             return meta
-        if any((tdir / f).exists() for f in ("job.json", "launch.json", "error.json", "result.json")):
+        if any((tdir / f).exists() for f in ("job.json", LAUNCH_NAME, "error.json", "result.json")):
+            # Another candidate's job: stop it if it still runs (it would write into the new
+            # dir, which has its path), then move its dir aside.
+            launch = _read_json(tdir / LAUNCH_NAME) or {}
+            self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle")})
             tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
             tdir.mkdir(parents=True)
         scheduler = self.settings.get("scheduler", "local_cwd")

@@ -70,6 +70,9 @@ class _RemoteTorchX(_TorchX):
 
         return AppStatus(state=AppState.RUNNING) if handle.endswith("app1") else None
 
+    def cancel(self, handle):
+        self.cancelled = [*getattr(self, "cancelled", []), handle]
+
 
 def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
     r = _runner(tmp_path)
@@ -81,3 +84,4 @@ def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
     assert len(r._torchx.launched) == 1
     other = r.run_trial(0, dict(PARAMS, hidden_size_1=64))  # another candidate under this index
     assert not other.get("reattached") and len(r._torchx.launched) == 2
+    assert r._torchx.cancelled == [first["app_handle"]]  # the leftover job is stopped, not left writing here
