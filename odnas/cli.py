@@ -180,6 +180,18 @@ def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _parse_env(items: Sequence[str] | None) -> dict[str, str]:
+    from odnas.search import SearchError
+
+    env = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SearchError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from odnas.search import SearchConfig, SearchError, search
     from odnas.util import parse_kv
@@ -194,7 +206,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
-        retries=a.retries, trial_timeout_s=a.trial_timeout,
+        retries=a.retries, trial_timeout_s=a.trial_timeout, env=_parse_env(a.env), mounts=tuple(a.mount or ()),
     )
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
@@ -294,14 +306,58 @@ def cmd_select(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from odnas.export import export_trial
 
-    card = export_trial(a.run_dir, a.output, trial=a.trial)
+    card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
+                        calib_samples=a.calib_samples)
     out = card["artifact"]
-    print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']})")
+    print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']}, "
+          f"{card.get('precision', 'fp32')})")
     p = card["parity"]
-    print(f"Parity with PyTorch on {p['n']} validation inputs: max abs diff {p['max_abs_diff']:.2e}, "
-          f"top-1 agreement {p['top1_agreement']:.4f}; ONNX val_acc {card['metrics']['val_acc_onnx']:.4f}")
+    print(f"Parity with PyTorch on {p['n']} validation inputs ({p.get('file', out)}): max abs diff "
+          f"{p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.4f}; "
+          f"deployed file's val_acc {card['metrics']['val_acc_onnx']:.4f}")
+    prec = card.get("precisions") or {}
+    if "int8" in prec and "fp32" in prec:
+        f, q = prec["fp32"], prec["int8"]
+        print(f"  int8 against fp32: val_acc {q['val_acc_onnx']:.4f} vs {f['val_acc_onnx']:.4f}, latency_ms "
+              f"{q['latency_ms']:.4g} vs {f['latency_ms']:.4g}, model_bytes {q['model_bytes']} vs {f['model_bytes']}, "
+              f"top-1 agreement {q.get('top1_agreement_vs_fp32', float('nan')):.4f}")
     for m, b in card["budgets"].items():
         print(f"  budget {m} <= {b['limit']:g}: {b['value']:.4g} ({'met' if b['met'] else 'NOT met'})")
+    for name, pr in (card.get("profiles") or {}).items():
+        if name == card["profile"]["name"]:
+            continue
+        verdict = "all budgets met" if all(b["met"] for b in pr.get("budgets", {}).values()) else "budget NOT met"
+        print(f"  under {name} ({pr.get('precision', 'fp32')}, batch {pr.get('batch_size', '?')}): latency_ms "
+              f"{pr['latency_ms']:.4g} (p90 {pr.get('latency_ms_p90', float('nan')):.4g}), {verdict}")
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from odnas import calibrate as C
+    from odnas.profiles import load_profile
+
+    if a.action == "export":
+        man = C.export_references(a.output, load_profile(a.profile), a.input_shape, a.num_classes)
+        print(f"Wrote {len(man['models'])} reference models ({man['reference_set']}, input "
+              f"{'x'.join(map(str, man['input_shape']))}) and {C.TEMPLATE_CSV}, {C.BENCH_SCRIPT}, "
+              f"{C.PERF_SCRIPT} to {man['dir']}")
+        if man["csv"].get("kept"):
+            print(man["csv"]["kept"])
+        print(f"Time them on the device (docs/calibration.md), then: odnas calibrate fit --profile {a.profile} "
+              f"--table {Path(man['dir']) / C.TEMPLATE_CSV}")
+    elif a.action == "fit":
+        profile = load_profile(a.profile)
+        out = a.output or C.default_record_path(profile, a.table)
+        cal = C.fit_calibration(profile, a.table, model=a.model, input_shape=a.input_shape,
+                                device=a.device, refresh=a.remeasure, out=out)
+        if a.json:
+            _print_json(cal.to_dict())
+        else:
+            print(C.format_calibration(cal) + f"\nWrote {out}")
+    else:  # perf-logs
+        print(f"Wrote {C.perf_logs_to_csv(a.log_dir, a.output, a.statistic)}")
     return 0
 
 
@@ -352,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="local_cwd", help="TorchX scheduler (local_cwd, kubernetes, slurm, ray)")
     p.add_argument("--scheduler-cfg", help="TorchX scheduler config, key=value[,key=value]")
     p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")
-    p.add_argument("--image", help="container image for remote schedulers")
+    p.add_argument("--image", help="container image (kubernetes, docker); for ray a local directory "
+                                    "uploaded as the job's working dir")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="environment variable in every training job (repeatable)")
+    p.add_argument("--mount", action="append", metavar="type=volume,src=CLAIM,dst=/path",
+                   help="TorchX mount in every training job, Kubernetes/Docker (repeatable)")
     p.add_argument("--max-failure-rate", type=float, default=0.5,
                    help="tolerated share of failed trials before the search stops (default 0.5)")
     p.add_argument("--retries", type=int, default=0, help="try a failed training again up to N times")
@@ -392,7 +453,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--trial", type=int, help="trial index (default: the pick)")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--also-profile", action="append", metavar="PROFILE",
+                   help="also measure the artifact under this profile and record it on the card (repeatable)")
+    p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("calibrate", help="fit host latency to a real device: export reference models, "
+                                         "read their device timings, fit")
+    csub = p.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("export", help="export the reference models, a CSV template and device-side scripts")
+    c.add_argument("-o", "--output", required=True, help="folder to write")
+    c.add_argument("--profile", default="cpu-mobile")
+    c.add_argument("--input-shape", help="e.g. 1x28x28 (default 1x8x8, the digits shape)")
+    c.add_argument("--num-classes", type=int, default=10)
+    c = csub.add_parser("fit", help="time the references here, fit host->device latency, report held-out error")
+    c.add_argument("--profile", required=True)
+    c.add_argument("--table", help="device CSV (default: the profile's calibration section)")
+    c.add_argument("--model", choices=["loglinear", "ratio"])
+    c.add_argument("--input-shape")
+    c.add_argument("--device", help="free text naming the device")
+    c.add_argument("-o", "--output", help="JSON record to write (default beside the table)")
+    c.add_argument("--remeasure", action="store_true", help="time the references on this host again")
+    c.add_argument("--json", action="store_true")
+    c = csub.add_parser("perf-logs", help="turn onnxruntime_perf_test logs (one NAME.txt per reference) "
+                                          "into the device CSV")
+    c.add_argument("log_dir")
+    c.add_argument("-o", "--output", help="CSV to write (default LOG_DIR/../device_latency.csv)")
+    c.add_argument("--statistic", choices=["median", "mean"])
+    p.set_defaults(fn=cmd_calibrate)
     return ap
 
 
@@ -404,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("odnas: interrupted; the run dir keeps every completed trial (odnas resume RUN_DIR)", file=sys.stderr)
         return 130
     except Exception as e:
-        if isinstance(e, _user_errors()) or (isinstance(e, ValueError) and type(e) is ValueError):
+        # Our ValueError subclasses (QuantizeError, CalibrationError, ...) are user errors too.
+        if isinstance(e, _user_errors()) or (isinstance(e, ValueError) and (
+                type(e) is ValueError or type(e).__module__.startswith("odnas."))):
             print(f"odnas: error: {e}", file=sys.stderr)
             return 2
         raise

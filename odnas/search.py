@@ -64,6 +64,8 @@ class SearchConfig:
     scheduler_cfg: Mapping[str, str] = field(default_factory=dict)
     resources: str | None = None
     image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # environment of every training job
+    mounts: tuple[str, ...] = ()  # TorchX mount strings, e.g. "type=volume,src=runs,dst=/shared/runs"
     threads: int | None = None  # per training job; default cores // parallel
     fixed: Mapping[str, Any] = field(default_factory=dict)  # parameters held constant, e.g. {"epochs": 1}
     tolerated_failure_rate: float = 0.5
@@ -117,20 +119,24 @@ class CostLane:
     """Costs of a candidate, measured on the driver one at a time, cached by arch id."""
 
     def __init__(self, space, input_shape, num_classes: int, profile: HardwareProfile,
-                 cache_dir: str | Path, backend=None) -> None:
+                 cache_dir: str | Path, backend=None, calibration=None) -> None:
         self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
         self.profile = profile
         self.cache = CostCache(cache_dir)
         self.backend = backend
+        self.calibration = calibration  # host -> device mapping (odnas.calibrate), or None
         self.measured = 0  # measurements made by this process (cache misses)
 
     @classmethod
     def from_settings(cls, run_dir: str, settings: Mapping[str, Any], backend=None) -> "CostLane":
         from odnas.spaces import get_space
 
+        from odnas.calibrate import run_calibration
+
+        profile = profile_from_dict(settings["profile"], source=f"{run_dir}/{SETTINGS_NAME}")
+        calibration = run_calibration(run_dir, profile) if backend is None else None
         return cls(get_space(settings["space"]), settings["input_shape"], settings["num_classes"],
-                   profile_from_dict(settings["profile"], source=f"{run_dir}/{SETTINGS_NAME}"),
-                   Path(run_dir) / "costs", backend)
+                   profile, Path(run_dir) / "costs", backend, calibration)
 
     def costs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         arch = self.space.arch_id(params)
@@ -141,8 +147,12 @@ class CostLane:
         if rec is None:
             rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
                                     self.profile, backend=self.backend)
-            self.cache.put(rec)
+            self.cache.put(rec)  # host figures: the cache never holds device estimates
             self.measured += 1
+        if self.calibration is not None:
+            from odnas.calibrate import apply_to_record
+
+            rec = apply_to_record(rec, self.calibration)  # budgets then judge device milliseconds
         return rec
 
     def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
@@ -346,7 +356,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "data_seed": cfg.data_seed, "input_shape": list(split.input_shape), "num_classes": split.num_classes,
         "trials": cfg.trials, "max_candidates": cfg.max_candidates or 4 * cfg.trials, "parallel": cfg.parallel, "seed": cfg.seed, "method": cfg.method,
         "init_trials": cfg.init_trials, "scheduler": cfg.scheduler, "scheduler_cfg": dict(cfg.scheduler_cfg),
-        "resources": cfg.resources, "image": cfg.image, "threads": threads, "fixed": dict(cfg.fixed),
+        "resources": cfg.resources, "image": cfg.image, "env": dict(cfg.env), "mounts": list(cfg.mounts), "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
         "retries": cfg.retries, "trial_timeout_s": cfg.trial_timeout_s,
         "early_stopping": cfg.early_stopping,
@@ -392,6 +402,15 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
         make_resource(cfg.resources, 1)
     except ValueError as e:
         raise SearchError(f"--resources {cfg.resources!r}: {e}") from None
+    from odnas.launch import trial_app
+
+    try:
+        trial_app("/check", "check", {}, scheduler="kubernetes", env=cfg.env, mounts=cfg.mounts)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    if cfg.scheduler == "ray" and cfg.image and not Path(cfg.image).is_dir():
+        raise SearchError(f"--image {cfg.image!r}: for the ray scheduler this is a local directory uploaded "
+                          "as the job's working dir")
 
 
 def generation_strategy(method: str, seed: int, init_trials: int | None, trials: int):
@@ -444,6 +463,9 @@ def create_run(cfg: SearchConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / SETTINGS_NAME, settings)
     profile = profile_from_dict(settings["profile"])
+    from odnas.calibrate import run_calibration
+
+    run_calibration(run_dir, profile)  # a calibrated profile: fit (or bad table) now, kept in the run dir
     with quiet_logs(run_dir / LOG_NAME):
         storage = init_storage(run_dir)
         client = Client(storage_config=storage, random_seed=cfg.seed)
