@@ -206,7 +206,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
-        retries=a.retries, trial_timeout_s=a.trial_timeout, env=_parse_env(a.env), mounts=tuple(a.mount or ()),
+        retries=a.retries, trial_timeout_s=a.trial_timeout, isolation=a.isolation, env=_parse_env(a.env), mounts=tuple(a.mount or ()),
     )
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TorchX mount in every training job, Kubernetes/Docker (repeatable)")
     p.add_argument("--max-failure-rate", type=float, default=0.5,
                    help="tolerated share of failed trials before the search stops (default 0.5)")
+    p.add_argument("--isolation", default="pause", choices=["pause", "lock", "none"],
+                   help="while a latency is timed: pause this run's local training jobs (default), "
+                        "only keep measurements from overlapping (lock), or nothing (none)")
     p.add_argument("--retries", type=int, default=0, help="try a failed training again up to N times")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                    help="stop and fail a training job with no result after this long")

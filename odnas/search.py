@@ -72,6 +72,7 @@ class SearchConfig:
     retries: int = 0  # a failed training is tried again this many times, same parameters
     trial_timeout_s: float | None = None  # a job with no result after this long is stopped and failed
     poll_s: float = 1.0
+    isolation: str = "pause"  # latency timing: pause local jobs ("pause"), only never overlap ("lock"), "none"
     early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
 
 
@@ -119,12 +120,15 @@ class CostLane:
     """Costs of a candidate, measured on the driver one at a time, cached by arch id."""
 
     def __init__(self, space, input_shape, num_classes: int, profile: HardwareProfile,
-                 cache_dir: str | Path, backend=None, calibration=None) -> None:
+                 cache_dir: str | Path, backend=None, calibration=None, isolation: str = "pause",
+                 trials_dir: str | Path | None = None) -> None:
         self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
         self.profile = profile
         self.cache = CostCache(cache_dir)
         self.backend = backend
         self.calibration = calibration  # host -> device mapping (odnas.calibrate), or None
+        self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
+        self.trials_dir = Path(trials_dir) if trials_dir else None
         self.measured = 0  # measurements made by this process (cache misses)
 
     @classmethod
@@ -136,7 +140,22 @@ class CostLane:
         profile = profile_from_dict(settings["profile"], source=f"{run_dir}/{SETTINGS_NAME}")
         calibration = run_calibration(run_dir, profile) if backend is None else None
         return cls(get_space(settings["space"]), settings["input_shape"], settings["num_classes"],
-                   profile, Path(run_dir) / "costs", backend, calibration)
+                   profile, Path(run_dir) / "costs", backend, calibration,
+                   isolation=settings.get("isolation", "pause"), trials_dir=Path(run_dir) / "trials")
+
+    def local_jobs(self) -> list[int]:
+        """Pids of this run's training jobs alive on this host (the ones to pause)."""
+        from odnas.launch import _read_json, local_job_alive
+
+        if self.trials_dir is None or not self.trials_dir.is_dir():
+            return []
+        jobs = (_read_json(p) for p in self.trials_dir.glob("*/job.json"))
+        return [int(j["pid"]) for j in jobs if local_job_alive(j)]
+
+    def window(self):
+        from odnas.cost.quiet import measurement_window
+
+        return measurement_window(self.isolation, self.local_jobs)
 
     def costs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         arch = self.space.arch_id(params)
@@ -146,7 +165,7 @@ class CostLane:
             rec = None
         if rec is None:
             rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
-                                    self.profile, backend=self.backend)
+                                    self.profile, backend=self.backend, window=self.window)
             self.cache.put(rec)  # host figures: the cache never holds device estimates
             self.measured += 1
         if self.calibration is not None:
@@ -336,6 +355,10 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
+    from odnas.cost.quiet import ISOLATION_MODES
+
+    if cfg.isolation not in ISOLATION_MODES:
+        raise SearchError(f"--isolation {cfg.isolation!r}: choose from {', '.join(ISOLATION_MODES)}")
     if cfg.retries < 0:
         raise SearchError(f"--retries {cfg.retries}: must be 0 or more")
     if cfg.trial_timeout_s is not None and not cfg.trial_timeout_s > 0:
@@ -359,7 +382,7 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         "resources": cfg.resources, "image": cfg.image, "env": dict(cfg.env), "mounts": list(cfg.mounts), "threads": threads, "fixed": dict(cfg.fixed),
         "tolerated_failure_rate": cfg.tolerated_failure_rate, "poll_s": cfg.poll_s,
         "retries": cfg.retries, "trial_timeout_s": cfg.trial_timeout_s,
-        "early_stopping": cfg.early_stopping,
+        "early_stopping": cfg.early_stopping, "isolation": cfg.isolation,
         "profile": profile.to_dict(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "versions": {"odnas": __version__, **{p: version(p) for p in (
             "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},
@@ -525,6 +548,9 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         assert isinstance(runner, TrialRunner)
         runner.run_dir = str(run_dir)  # where the run dir is now, not where it was made
         runner.cost_lane = CostLane.from_settings(str(run_dir), settings, backend=cost_backend)
+        from odnas.cost.quiet import resume_jobs
+
+        resume_jobs(runner.cost_lane.local_jobs())  # a driver killed mid-measurement left them stopped
         options = OrchestratorOptions(
             max_pending_trials=int(settings["parallel"]),
             tolerated_trial_failure_rate=float(settings["tolerated_failure_rate"]),

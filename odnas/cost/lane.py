@@ -9,6 +9,7 @@ budgets apply to the deployed precision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -29,7 +30,7 @@ LANE_CALIB_SAMPLES = 32
 
 def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,
                       profile: HardwareProfile, backend: LatencyBackend | None = None,
-                      calib_x: np.ndarray | None = None) -> dict[str, Any]:
+                      calib_x: np.ndarray | None = None, window=None) -> dict[str, Any]:
     """Build, count, export and time one candidate. Returns a JSON-able record.
 
     Under ``precision: int8`` the untrained model is quantized statically (QDQ, as
@@ -38,6 +39,8 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
     without them, standard-normal inputs stand in and the record's
     ``quantization.calibration`` says ``random-normal``. Calibration values move
     quantization scales, not the graph, so either gives the deployed file's latency.
+    ``window`` is a context-manager factory the timing runs inside (``odnas.cost.quiet``),
+    so only the timing, not the export, holds the machine quiet.
     """
     import torch
 
@@ -60,7 +63,8 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
             int8 = path.with_name(f"{path.stem}.int8.onnx")
             quant = quantize_model(path, int8, x, mode="static", per_channel=True, calibration=source)
             path = int8
-        lat = measure_latency(path, profile, backend)
+        with window() if window is not None else contextlib.nullcontext():
+            lat = measure_latency(path, profile, backend)
         model_bytes = path.stat().st_size
     rec = {
         "arch_id": space.arch_id(params),
