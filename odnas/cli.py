@@ -288,11 +288,28 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_select(a: argparse.Namespace) -> int:
     from odnas.select import select_bounds
 
-    fr = _front_rows(a.run_dir, select_bounds(a.max_latency_ms, a.min_acc))
+    extra = select_bounds(a.max_latency_ms, a.min_acc)
+    if a.no_confirm:
+        fr, confirmed = _front_rows(a.run_dir, extra), None
+    else:
+        from odnas.rescore import confirm_front
+
+        res = confirm_front(a.run_dir, extra)
+        fr, confirmed = res["front"], res["confirmed"]
     pick = fr[0] if fr else None
     if a.json:
-        _print_json({"front": fr, "pick": pick})
+        _print_json({"front": fr, "pick": pick, "confirmed": confirmed})
         return 0 if pick else 1
+    if confirmed is not None:
+        print(f"Confirmed the front's latencies with a {res['protocol']['min_runs']}-run, "
+              f"{res['protocol']['min_time_s']:g} s protocol per model, in a quiet window"
+              + (" (the running search's jobs paused meanwhile)" if res["driver_running"] else "") + ":")
+        for c in confirmed:
+            change = f"{c['change'] * 100:+.1f}%" if c["change"] is not None else "n/a"
+            flag = f"  MOVED ACROSS {', '.join(c['crossed'])}: no longer feasible" if c["crossed"] else ""
+            print(f"  trial {c['trial']}: latency_ms {c['search']['latency_ms']:.4g} in the search, "
+                  f"{c['confirmed']['latency_ms']:.4g} confirmed ({change}){flag}")
+        print()
     if not fr:
         print("No trained model meets every budget and bound.")
         return 1
@@ -300,6 +317,35 @@ def cmd_select(a: argparse.Namespace) -> int:
     print(f"\nPick: trial {pick['trial']} ({pick['arch_id']}), val_acc {pick['metrics']['val_acc']:.4f}"
           + (f", {pick['metrics']['latency_ms']:.4f} ms" if "latency_ms" in pick["metrics"] else ""))
     print(f"Export it: odnas export {a.run_dir} --trial {pick['trial']} -o {pick['arch_id']}.onnx")
+    return 0
+
+
+def cmd_rescore(a: argparse.Namespace) -> int:
+    from odnas.rescore import rescore
+
+    res = rescore(a.run_dir, a.profile)
+    if a.json:
+        _print_json({k: v for k, v in res.items() if k != "front_rows"})
+        return 0
+    prof = res["profile"]
+    budgets = ", ".join(f"{m} <= {v:g}" for m, v in prof["budgets"].items()) or "none"
+    print(f"{len(res['rows'])} trained candidates of {a.run_dir} measured under {prof['name']} "
+          f"({res['measured']} new measurements, no retraining); budgets {budgets}")
+    print(table([{"trial": r["trial"], "val_acc": r["metrics"]["val_acc"],
+                  "latency_ms": r["metrics"].get("latency_ms"),
+                  "latency_ms_before": r["search_metrics"].get("latency_ms"),
+                  "num_params": r["metrics"].get("num_params"),
+                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else
+                  ("front" if r["trial"] in res["front"] else "")} for r in res["rows"]],
+                ["trial", "val_acc", "latency_ms", "latency_ms_before", "num_params", "note"]))
+    fr = res["front_rows"]
+    print(f"\nFeasible Pareto front under {prof['name']} ({len(fr)} models):")
+    if fr:
+        print(_front_table(fr))
+        print(f"Export with both profiles on the card: odnas export {a.run_dir} --trial {fr[0]['trial']} "
+              f"--also-profile {prof['name']} -o {fr[0]['arch_id']}.onnx")
+    else:
+        print("none: no trained model meets this profile's budgets and thresholds")
     return 0
 
 
@@ -449,8 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--max-latency-ms", type=float)
     p.add_argument("--min-acc", type=float)
+    p.add_argument("--no-confirm", action="store_true",
+                   help="skip re-timing the front with a longer protocol before the pick")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_select)
+
+    p = sub.add_parser("rescore", help="measure a run's trained candidates under another profile (no retraining)")
+    p.add_argument("run_dir")
+    p.add_argument("--profile", required=True, help="profile name or YAML path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_rescore)
 
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
     p.add_argument("run_dir")

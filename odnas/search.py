@@ -403,10 +403,9 @@ def check_with_ax(profile: HardwareProfile) -> None:
                           f"{str(e).splitlines()[0]}") from None
 
 
-def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
-    """Things that would otherwise fail at the first trial, after the run dir exists."""
+def check_runtime_profile(profile: HardwareProfile) -> None:
+    """A profile this host can measure under: its provider exists, int8 can be made."""
     import onnxruntime as ort
-    from torchx.schedulers import get_scheduler_factories
 
     if profile.runtime.provider not in ort.get_available_providers():
         raise SearchError(f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
@@ -417,6 +416,13 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
         except ImportError as e:
             raise SearchError(f"profile {profile.name!r} asks for precision int8, but onnxruntime's "
                               f"quantization tool does not import ({e}); use an fp32 profile") from None
+
+
+def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
+    """Things that would otherwise fail at the first trial, after the run dir exists."""
+    from torchx.schedulers import get_scheduler_factories
+
+    check_runtime_profile(profile)
     if cfg.scheduler not in get_scheduler_factories():
         raise SearchError(f"--scheduler {cfg.scheduler!r}: TorchX knows {', '.join(get_scheduler_factories())}")
     from odnas.launch import make_resource

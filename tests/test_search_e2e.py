@@ -61,6 +61,55 @@ def test_status_select_export(run, tmp_path):
     assert abs(card["metrics"]["val_acc_onnx"] - card["metrics"]["val_acc"]) < 1e-6
 
 
+class _Slower:
+    """The real ONNX Runtime measurement, reported 20x slower: a front that no longer fits."""
+
+    def measure(self, onnx_path, profile):
+        import dataclasses
+
+        from odnas.cost.latency import OrtLatencyBackend
+
+        r = OrtLatencyBackend().measure(onnx_path, profile)
+        return dataclasses.replace(r, latency_ms=r.latency_ms * 20, latency_ms_p90=r.latency_ms_p90 * 20)
+
+
+def test_select_confirms_the_front_with_a_longer_protocol(run, tmp_path):
+    import shutil
+
+    from odnas.rescore import confirm_front
+
+    d, _ = run
+    sel = json.loads(run_cli("select", str(d), "--json", check=True).stdout)
+    assert sel["confirmed"] and {c["trial"] for c in sel["confirmed"]} >= {r["trial"] for r in sel["front"]}
+    for c in sel["confirmed"]:
+        assert c["runs"] >= 200 and c["crossed"] == [] and abs(c["change"]) < 0.5
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("confirm"))
+    res = confirm_front(copy, backend=_Slower())
+    assert res["front"] == [] and res["pick"] is None
+    assert res["confirmed"] and all("latency_ms <= 0.1" in c["crossed"] for c in res["confirmed"])
+    text = run_cli("select", str(copy), check=False)
+    assert text.returncode in (0, 1) and "confirmed" in text.stdout
+
+
+def test_rescore_under_another_profile_without_retraining(run):
+    d, _ = run
+    before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
+    res = json.loads(run_cli("rescore", str(d), "--profile", "cpu-desktop", "--json", check=True).stdout)
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    trained = {r["trial"] for r in st["trials"] if r["state"] == "completed"}
+    assert {r["trial"] for r in res["rows"]} == trained and res["profile"]["name"] == "cpu-desktop"
+    for r in res["rows"]:  # batch 8 on every core: other figures than the search's batch-1 ones
+        assert r["metrics"]["latency_ms"] != r["search_metrics"]["latency_ms"]
+        assert r["over_budget"] == (["latency_ms"] if r["metrics"]["latency_ms"] > 2 else [])
+    assert set(res["front"]) <= trained and (d / "rescore" / "cpu-desktop.json").is_file()
+    assert {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")} == before  # nothing retrained
+    text = run_cli("rescore", str(d), "--profile", "cpu-desktop", check=True).stdout
+    assert "Feasible Pareto front under cpu-desktop" in text and "0 new measurements" in text
+    bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_budget_is_hard(tmp_path):
     """A budget tighter than most candidates: nothing over it is trained, listed or exported."""
     d = tmp_path / "tight"
