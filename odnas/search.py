@@ -36,6 +36,7 @@ OPT_RAW_SAMPLES = 256
 OPT_OPTIONS = {"initialization_strategy": "random", "maxiter_alternating": 16}
 SETTINGS_NAME = "odnas.json"
 LOG_NAME = "odnas.log"
+DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
 
 
 class SearchError(RuntimeError):
@@ -573,6 +574,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         orch = Orchestrator(experiment=exp, generation_strategy=client._generation_strategy,
                             options=options, db_settings=db_settings_from_storage_config(storage))
         state = RunState(run_dir, t0)
+        clock = DriverClock().install(orch, runner, exp)
         adopt_lost_jobs(exp, runner, orch)
         try:
             if progress:
@@ -602,6 +604,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             ) from None
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None
+        finally:
+            clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
             progress(state.refresh(exp, final=True))
         trained = sum(1 for t in exp.trials.values() if t.status.is_completed
@@ -614,6 +618,55 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             if trained == 0:
                 raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
+
+
+class DriverClock:
+    """Where the driver's wall time goes: candidate generation, the cost lane, launching
+    jobs, polling them, fetching their metrics, and storage writes. Installed as
+    per-instance wrappers, so nothing of Ax changes; written to ``driver-stats.jsonl``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._depth: dict[str, int] = {}
+
+    def timed(self, key: str, fn: Callable) -> Callable:
+        def wrapper(*a, **k):
+            if self._depth.get(key):  # a nested call of the same kind is already being timed
+                return fn(*a, **k)
+            self._depth[key] = 1
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self._depth[key] = 0
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+                self.calls[key] = self.calls.get(key, 0) + 1
+        return wrapper
+
+    def install(self, orch, runner, exp) -> "DriverClock":
+        gs = orch.generation_strategy
+        gs.gen = self.timed("generation", gs.gen)
+        lane = runner.cost_lane
+        lane.costs = self.timed("cost_lane", lane.costs)
+        runner.run_trial = self.timed("deploy", runner.run_trial)  # includes the cost lane
+        runner.poll_trial = self.timed("poll", runner.poll_trial)
+        for metric in exp.metrics.values():
+            metric.fetch_trial_data = self.timed("fetch", metric.fetch_trial_data)
+        for name in dir(orch):
+            if name.startswith(("_save_", "_update_")) and "db" in name and callable(getattr(orch, name)):
+                setattr(orch, name, self.timed("storage", getattr(orch, name)))
+        return self
+
+    def write(self, path: Path, t0: float) -> dict[str, Any]:
+        import resource
+
+        rec = {"start": t0, "end": time.time(), "wall_s": time.time() - t0,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "calls": dict(self.calls)}
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
 
 
 def adopt_lost_jobs(exp, runner, orch) -> list[int]:
