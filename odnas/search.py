@@ -484,7 +484,7 @@ def create_run(cfg: SearchConfig) -> Path:
     import_ax()
     from ax.api.client import Client
 
-    from odnas.launch import CostMetric, TrialRunner, ValAccMetric
+    from odnas.launch import CostMetric, TrialRunner, ValAccCurveMetric, ValAccMetric
     from odnas.spaces import get_space
 
     run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
@@ -502,7 +502,8 @@ def create_run(cfg: SearchConfig) -> Path:
         client.configure_experiment(parameters=get_space(settings["space"]).ax_parameters(settings["fixed"]),
                                     name=EXPERIMENT_NAME, description=f"odnas {settings['space']} under {profile.name}")
         client.configure_optimization(profile.objective, outcome_constraints=ax_bounds(profile) or None)
-        client.configure_metrics([ValAccMetric(), *(CostMetric(m) for m in COST_METRICS)])
+        val_acc = ValAccCurveMetric() if settings["early_stopping"] else ValAccMetric()
+        client.configure_metrics([val_acc, *(CostMetric(m) for m in COST_METRICS)])
         client.configure_runner(TrialRunner(str(run_dir), settings))
         client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials))
     return run_dir
