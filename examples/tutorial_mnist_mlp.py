@@ -51,7 +51,7 @@ def main() -> None:
     t0 = time.time()
     run_dir = search(cfg, progress=lambda s: print(s.line(), flush=True))
     wall = time.time() - t0
-    client, _ = load_client(run_dir)
+    client, _ = load_client(run_dir, readonly=True)
     rows = trial_table(client._experiment)
     settings = json.loads((Path(run_dir) / "odnas.json").read_text())
     from odnas.profiles import profile_from_dict
