@@ -1,0 +1,145 @@
+"""Regenerate docs/benchmarks.md, all of it or chosen sections.
+
+    python benchmarks/run.py                       # every section (about an hour on 2 cores)
+    python benchmarks/run.py isolation spread      # only these; the others are kept as they are
+    python benchmarks/run.py --list
+
+Each section runs its commands in a fresh process, in order, and puts what the last
+one printed into the document between ``<!-- section: NAME -->`` markers, under a
+line that states the machine, the date and the commands. Markdown output is kept as
+it is; plain text goes into a code block. Sections run one at a time: these are
+2-core machines, and a benchmark beside another measures both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+BENCH = "runs/bench"  # relative: commands run from the repository root and are printed as they are
+PY = "python"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    commands: tuple[str, ...]
+    markdown: bool = True  # what the last command prints is markdown (else: a code block)
+    note: str = ""
+
+
+SECTIONS: dict[str, Section] = {
+    "overhead": Section(
+        "Overhead of a real search: the default search and the tutorial problem",
+        (f"{PY} benchmarks/overhead.py --out {BENCH}/overhead",)),
+    "tabular": Section(
+        "Sample efficiency on a tabular benchmark from real training",
+        (f"{PY} benchmarks/tabular/replay.py",),
+        note="The tables themselves are built once by `benchmarks/tabular/build.py` (see "
+             "benchmarks/tabular/README.md); replay trains nothing."),
+    "cost": Section(
+        "Cost of measuring, per profile, against the empty-model floor",
+        (f"{PY} benchmarks/measurement.py --section cost",)),
+    "isolation": Section(
+        "Latency isolation from local trainings",
+        (f"{PY} benchmarks/measurement.py --section isolation",)),
+    "spread": Section(
+        "One model in 5 fresh processes",
+        (f"{PY} benchmarks/measurement.py --section spread",)),
+    "generation": Section(
+        "Candidate generation time: odnas's optimizer settings against Ax's defaults",
+        (f"{PY} benchmarks/generation.py --space mobile-cnn --trials 10 --repeats 2",), markdown=False),
+    "early-stopping": Section(
+        "Early stopping: training time saved and front quality, same seed",
+        (f"rm -rf {BENCH}/es-off {BENCH}/es-on",
+         f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-off --seed 0 --quiet",
+         f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-on --seed 0 --quiet --early-stopping",
+         f"{PY} benchmarks/early_stopping.py {BENCH}/es-off {BENCH}/es-on"), markdown=False),
+    "saasbo": Section(
+        "SAASBO on the 20-parameter space: generation time per iteration",
+        (f"{PY} benchmarks/saasbo.py",)),
+    "load": Section(
+        "Load: a 200-trial search with a fast in-process trial",
+        (f"{PY} benchmarks/load.py",)),
+}
+
+
+def machine() -> str:
+    from odnas.cost.latency import cpu_model
+
+    mem = ""
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{cpu_model()}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, " \
+           f"Python {platform.python_version()}"
+
+
+def run_section(name: str, sec: Section) -> str:
+    t0 = time.time()
+    out = ""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for cmd in sec.commands:
+        print(f"[{name}] $ {cmd}", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"section {name}: `{cmd}` failed with exit code {proc.returncode}; "
+                             "docs/benchmarks.md is unchanged")
+        out = proc.stdout
+    body = out.strip() if sec.markdown else f"```\n{out.strip()}\n```"
+    cmds = "\n".join(sec.commands)
+    head = (f"## {sec.title}\n\n"
+            f"*Machine:* {machine()}. *Date:* {time.strftime('%Y-%m-%d %H:%M')}. "
+            f"*Took:* {time.time() - t0:.0f} s. *Commands* (from the repository root; "
+            f"`python benchmarks/run.py {name}` reruns them):\n\n```\n{cmds}\n```\n")
+    if sec.note:
+        head += f"\n{sec.note}\n"
+    return f"<!-- section: {name} -->\n{head}\n{body}\n<!-- /section: {name} -->"
+
+
+def splice(doc: str, name: str, block: str) -> str:
+    pat = re.compile(rf"<!-- section: {re.escape(name)} -->.*?<!-- /section: {re.escape(name)} -->", re.S)
+    if pat.search(doc):
+        return pat.sub(lambda _: block, doc)
+    return doc.rstrip() + "\n\n" + block + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sections", nargs="*", help=f"any of: {', '.join(SECTIONS)} (default: all)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--doc", default=str(DOC))
+    a = ap.parse_args()
+    if a.list:
+        for k, s in SECTIONS.items():
+            print(f"{k:15s} {s.title}\n{'':15s} {' && '.join(s.commands)}")
+        return 0
+    unknown = [s for s in a.sections if s not in SECTIONS]
+    if unknown:
+        print(f"run.py: unknown sections {unknown}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    (ROOT / BENCH).mkdir(parents=True, exist_ok=True)
+    doc_path = Path(a.doc)
+    for name in a.sections or list(SECTIONS):
+        block = run_section(name, SECTIONS[name])
+        doc = doc_path.read_text() if doc_path.exists() else "# Benchmarks\n"
+        doc_path.write_text(splice(doc, name, block))  # written per section: a stop keeps what ran
+        print(f"[{name}] written to {doc_path}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
