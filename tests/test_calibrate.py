@@ -397,3 +397,29 @@ def test_light_imports():
     code = "import sys, odnas.calibrate, odnas.profiles; print(sorted({'numpy', 'torch', 'onnxruntime'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cost_lane_scores_device_latency_and_caches_host_figures(tmp_path, short_profile):
+    """The search's cost lane with a calibration: budgets see device milliseconds, the
+    cache keeps the host record, and the host figures stay beside the device ones."""
+    import math
+
+    from odnas.calibrate import Calibration, host_identity
+    from odnas.search import CostLane
+    from odnas.spaces import get_space
+
+    profile = short_profile()
+    cal = Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
+                      fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(0.01, 1.0), device_range_ms=(0.03, 3.0),
+                      host=host_identity(profile))
+    lane = CostLane(get_space("mlp"), (1, 8, 8), 10, profile, tmp_path / "costs", calibration=cal)
+    params = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.001, "dropout": 0.1, "epochs": 1, "batch_size": 32}
+    rec = lane.costs(params)
+    host = rec["host_metrics"]["latency_ms"]
+    assert rec["metrics"]["latency_ms"] == pytest.approx(3.0 * host)
+    cached = lane.cache.get(rec["arch_id"])
+    assert cached["metrics"]["latency_ms"] == pytest.approx(host) and "host_metrics" not in cached
+    again = lane.costs(params)  # from the cache, calibrated again, not twice
+    assert again["metrics"]["latency_ms"] == pytest.approx(rec["metrics"]["latency_ms"]) and lane.measured == 1
+    assert lane.over_budget({**rec["metrics"], "latency_ms": 3.0 * host}) == (
+        ["latency_ms"] if 3.0 * host > profile.budgets["latency_ms"] else [])
