@@ -29,30 +29,38 @@ def _status(d: Path) -> dict:
 
 def test_each_failure_kind_is_recorded_retried_and_the_search_goes_on(tmp_path):
     """Jobs fail in six ways (raise, OOM, NaN loss, exit without a result, hang, SIGKILL),
-    one after the other; each trial is FAILED with its reason and retried with the same
-    parameters, and the seventh attempt trains the model."""
+    2 at a time; each failed trial has its reason and one retry with the same
+    parameters, and both candidates end up trained."""
     d, slots = tmp_path / "run", tmp_path / "slots"
     kinds = ["raise", "oom", "nan", "exit0", "hang", "kill"]
     proc = subprocess.run(
-        [sys.executable, "-m", "odnas", "search", *FAST, "--trials", "1", "--parallel", "1", "--init-trials", "1",
+        [sys.executable, "-m", "odnas", "search", *FAST, "--trials", "2", "--parallel", "2", "--init-trials", "2",
          "--retries", "6", "--trial-timeout", "45", "--max-failure-rate", "0.9", "--run-dir", str(d)],
         cwd=ROOT, env=_env(",".join(kinds), slots), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     st = _status(d)
-    rows = sorted(st["trials"], key=lambda r: r["trial"])
-    assert [r["state"] for r in rows] == ["failed"] * 6 + ["completed"]
-    assert [r["retry_of"] for r in rows] == [None, 0, 1, 2, 3, 4, 5]
-    assert all(r["params"] == rows[0]["params"] for r in rows)
+    rows = {r["trial"]: r for r in st["trials"]}
+    assert st["counts"] == {"failed": 6, "completed": 2}
     pid_kind = dict(p.read_text().split() for p in slots.glob("slot-*"))
     expected = {"raise": "injected failure", "oom": "out of memory", "nan": "NonFiniteLossError",
                 "exit0": "exited without error but wrote no result", "hang": "timed out",
                 "kill": "without writing its result (killed by a signal"}
-    for r, kind in zip(rows, kinds):
+    seen = []
+    for r in rows.values():
         job = json.loads((Path(r["trial_dir"]) / "job.json").read_text())
-        assert pid_kind[str(job["pid"])] == kind
-        assert expected[kind] in (r["reason"] or ""), (kind, r["reason"])
+        kind = pid_kind.get(str(job["pid"]))
+        if r["state"] == "failed":
+            seen.append(kind)
+            assert expected[kind] in (r["reason"] or ""), (kind, r["reason"])
+            retry = [x for x in rows.values() if x["retry_of"] == r["trial"]]
+            assert len(retry) == 1 and retry[0]["params"] == r["params"]
+        else:
+            assert kind is None  # the completed attempts were the fault-free ones
+    assert sorted(seen) == sorted(kinds)
+    roots = [r for r in rows.values() if r["retry_of"] is None]
+    assert len(roots) == 2 and len({json.dumps(r["params"], sort_keys=True) for r in roots}) == 2
     text = run_cli("status", str(d), check=True).stdout
-    assert "out of memory" in text and "retry of trial 5" in text
+    assert "out of memory" in text and "retry of trial" in text
 
 
 def test_too_many_failures_is_one_line_and_keeps_completed_trials(tmp_path):
