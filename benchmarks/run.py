@@ -90,7 +90,9 @@ def machine() -> str:
 def run_section(name: str, sec: Section) -> str:
     t0 = time.time()
     out = ""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # `python` in the commands is this interpreter (the venv's), activated or not.
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for cmd in sec.commands:
         print(f"[{name}] $ {cmd}", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
