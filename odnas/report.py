@@ -123,7 +123,7 @@ def build_sections(run_dir: Path, settings: Mapping[str, Any], client) -> list[S
     model = Surrogate.fit(client, rows)
     sections.append(cv_section(client, model, profile))
     sections.append(effects_section(client, model, profile))
-    sections += [trials_section(rows), settings_section(settings)]
+    sections += [proxies_section(rows, profile, run_dir), trials_section(rows), settings_section(settings)]
     return sections
 
 
@@ -288,6 +288,34 @@ def front_section(rows, fr, profile: HardwareProfile, run_dir: Path) -> Section:
         + f"<td><code class='cmd'>{html.escape(export_command(run_dir, r))}</code></td></tr>"
         for r in fr)
     sec.body = f"<div class='scroll'><table class='grid'><tr>{head}</tr>{body}</table></div>"
+    return sec
+
+
+def proxies_section(rows, profile: HardwareProfile, run_dir: Path) -> Section:
+    """Spearman of ``flops`` and ``num_params`` with measured ``latency_ms``, per profile:
+    the run's own, and every profile it was rescored under (``odnas rescore``)."""
+    import json
+
+    from odnas.select import proxy_correlations
+
+    per = [(profile.name, proxy_correlations(rows))]
+    for path in sorted((run_dir / "rescore").glob("*.json")):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        per.append((f"{res['profile']['name']} (rescored)", proxy_correlations(res["rows"])))
+    sec = Section("proxies", "Proxies against measured latency",
+                  intro="<p>How well the cheap proxies rank candidates by the latency odnas measured "
+                        "(Spearman rank correlation over the run's candidates). Below about 0.95, ranking by "
+                        "FLOPs or parameter count would pick other models than measuring does.</p>")
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td class='num'>{c['n']}</td>"
+                   f"<td class='num'>{_fmt(c['flops'])}</td><td class='num'>{_fmt(c['num_params'])}</td></tr>"
+                   for name, c in per)
+    sec.body = ("<table class='grid'><tr><th>profile</th><th>candidates</th><th>Spearman flops</th>"
+                f"<th>Spearman num_params</th></tr>{body}</table>")
+    if all(c["flops"] is None for _, c in per):
+        sec.missing.append("Fewer than 3 measured candidates: no correlation yet.")
     return sec
 
 

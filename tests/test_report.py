@@ -171,6 +171,17 @@ def test_report_is_one_offline_html_file(full_run, full_report):
     assert "still running" in text
 
 
+def test_report_shows_proxy_correlations_per_profile(full_run, full_report):
+    from odnas.search import load_run
+    from odnas.select import proxy_correlations
+
+    _, profile, rows = load_run(full_run)
+    c = proxy_correlations(rows)
+    text = _text(full_report)
+    assert "Proxies against measured latency" in text and "Spearman flops" in text
+    assert f"{profile.name} {c['n']} {c['flops']:.4g}" in " ".join(text.split())
+
+
 def test_report_has_the_expected_figures(full_report):
     keys = _figure_keys(full_report)
     assert {"tradeoff_val_acc_vs_latency_ms", "tradeoff_val_acc_vs_num_params"} <= set(keys)

@@ -197,10 +197,10 @@ def test_killed_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
     assert drv.returncode == 0, err
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
     killed = [r for r in st["trials"] if f"{r['trial']:04d}" == victim.parent.name][0]
-    assert killed["state"] == "failed" and "died" in (killed["reason"] or ""), killed
+    assert killed["state"] == "failed" and "killed by a signal" in (killed["reason"] or ""), killed
     assert st["counts"]["completed"] == 3
     text = run_cli("status", str(d), check=True).stdout
-    assert "died without writing its result" in text
+    assert "without writing its result (killed by a signal" in text
 
 
 def test_two_drivers_are_refused(tmp_path):

@@ -20,6 +20,8 @@ count = 0
 def maybe_die() -> None:
     global count
     count += 1
+    if os.environ.get("ODNAS_TEST_COUNT_EVENTS"):
+        print(f"event {moment} #{count}", file=sys.__stderr__, flush=True)
     if count == n:
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
