@@ -112,9 +112,10 @@ def test_curve_and_trials_to_target(table):
     assert replay.trials_to_reach(curve, full) == 4.0
     assert replay.trials_to_reach(curve, curve[1]) == 2.0
     assert math.isinf(replay.trials_to_reach(curve, full * 1.01))
-    s = replay.spread([3.0, 5.0, 7.0, math.inf], lower=True)
-    assert (s["min"], s["q25"], s["median"], s["q75"]) == (3.0, 3.0, 5.0, 7.0) and math.isinf(s["max"])
-    assert replay.spread([3.0, 5.0, 7.0, 9.0])["median"] == 6.0
+    s = replay.spread([7.0, 3.0, math.inf, 5.0])
+    assert (s["min"], s["q25"], s["median"]) == (3.0, 4.5, 6.0) and math.isinf(s["q75"]) and math.isinf(s["max"])
+    assert math.isinf(replay.spread([3.0, math.inf])["median"])
+    assert replay.spread([3.0, 5.0, math.inf])["median"] == 5.0
 
 
 @pytest.mark.parametrize("method", ["random", "sobol", "nsga2", "tpe"])
@@ -146,9 +147,9 @@ def test_over_budget_candidates_reach_ax_with_costs_only(table):
 
 def test_summary_target_and_verdict(table):
     k1, k2, bad = json.dumps([32, 16, 0.01]), json.dumps([32, 32, 0.01]), json.dumps([16, 16, 0.001])
-    runs = [{"method": "sobol", "seed": s, "trained": [bad] * 47 + [k1], "candidates": [{"over_budget": []}] * 48,
+    runs = [{"method": "sobol", "seed": s, "column": "0", "trained": [bad] * 47 + [k1], "candidates": [{"over_budget": []}] * 48,
              "gen_s": 1.0, "wall_s": 1.0, "ended": "trials"} for s in range(3)]
-    runs += [{"method": "bo", "seed": s, "trained": [bad] * (10 + s) + [k1, k2] + [bad] * 40,
+    runs += [{"method": "bo", "seed": s, "column": "1", "trained": [bad] * (10 + s) + [k1, k2] + [bad] * 40,
               "candidates": [{"over_budget": ["latency_ms"]}] + [{"over_budget": []}] * 48,
               "gen_s": 2.0, "wall_s": 3.0, "ended": "trials"} for s in range(3)]
     summ = replay.summarize(table, runs, trials=48)
@@ -157,6 +158,9 @@ def test_summary_target_and_verdict(table):
     assert bo["trials_to_target"]["median"] == 12.0  # k1 arrives at training 11, 12, 13
     assert bo["fraction"]["48"]["median"] == pytest.approx(1.0)
     assert bo["over_budget"]["median"] == 1.0
+    # On seed 1 alone 32x16 reaches 0.854 and 32x32 0.864: the same two points, so also all of it.
+    assert bo["fraction_observed"]["48"]["median"] == pytest.approx(1.0)
+    assert summ["methods"]["sobol"]["fraction_observed"]["48"]["median"] < 1.0
     md = replay.markdown(table, summ, {"latency_budget": 0.03, "feasible_share": table.feasible_share(),
                                        "bounds": ["val_acc >= 0.85"], "max_candidates": 192})
     assert "**met**; >= 95% of the exhaustive front's HV at 48 trials: **met**" in md
