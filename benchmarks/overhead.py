@@ -113,6 +113,14 @@ def markdown(results: list[tuple[str, dict]]) -> str:
         *out,
         "",
     ]
+    for name, r in results:
+        lines.append(
+            f"Why, {name}: job start-up is {r['job_overhead_s'] / max(r['trained'], 1):.1f} s per training (a fresh "
+            f"process importing torch and Lightning, loading data, setting up the trainer) against "
+            f"{r['fit_s'] / max(r['trained'], 1):.1f} s of fit; the driver generates a candidate in "
+            f"{r['driver_s']['generation'] / max(r['candidates'], 1):.1f} s (BoTorch model fits and acquisition "
+            f"optimisation), and a trial that finishes meanwhile is noticed only after it.")
+        lines.append("")
     if tut:
         nmax = max(max(r["notice_s"]) for _, r in results)
         lines.append(
