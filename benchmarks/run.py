@@ -43,7 +43,7 @@ SECTIONS: dict[str, Section] = {
         (f"{PY} benchmarks/overhead.py --out {BENCH}/overhead",)),
     "tabular": Section(
         "Sample efficiency on a tabular benchmark from real training",
-        (f"{PY} benchmarks/tabular/replay.py",),
+        (f"{PY} benchmarks/tabular/replay.py mlp_mnist --methods sobol,random,nsga2,tpe,bo --seeds 10",),
         note="The tables themselves are built once by `benchmarks/tabular/build.py` (see "
              "benchmarks/tabular/README.md); replay trains nothing."),
     "cost": Section(
@@ -69,7 +69,7 @@ SECTIONS: dict[str, Section] = {
         (f"{PY} benchmarks/saasbo.py",)),
     "load": Section(
         "Load: a 200-trial search with a fast in-process trial",
-        (f"{PY} benchmarks/load.py",)),
+        (f"{PY} benchmarks/load.py --trials 200 --parallel 4 --fix epochs=1 --fix batch_size=64",)),
 }
 
 
@@ -87,9 +87,15 @@ def machine() -> str:
            f"Python {platform.python_version()}"
 
 
-def run_section(name: str, sec: Section) -> str:
+def run_section(name: str, sec: Section, from_output: Path | None = None) -> str:
     t0 = time.time()
     out = ""
+    if from_output is not None:  # a long benchmark's output, recorded when its commands ran
+        out = from_output.read_text()
+        t0 = from_output.stat().st_mtime
+        return _block(name, sec, out, time.strftime('%Y-%m-%d %H:%M', time.localtime(t0)),
+                      f"recorded in `{from_output.relative_to(ROOT) if from_output.is_relative_to(ROOT) else from_output}`"
+                      " when the commands ran")
     # `python` in the commands is this interpreter (the venv's), activated or not.
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -100,11 +106,16 @@ def run_section(name: str, sec: Section) -> str:
             raise SystemExit(f"section {name}: `{cmd}` failed with exit code {proc.returncode}; "
                              "docs/benchmarks.md is unchanged")
         out = proc.stdout
+    return _block(name, sec, out, time.strftime('%Y-%m-%d %H:%M'), f"took {time.time() - t0:.0f} s")
+
+
+def _block(name: str, sec: Section, out: str, date: str, how: str) -> str:
     body = out.strip() if sec.markdown else f"```\n{out.strip()}\n```"
+    if sec.markdown:  # a script's own headings sit under the section's
+        body = re.sub(r"^(#{1,5}) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", body, flags=re.M)
     cmds = "\n".join(sec.commands)
     head = (f"## {sec.title}\n\n"
-            f"*Machine:* {machine()}. *Date:* {time.strftime('%Y-%m-%d %H:%M')}. "
-            f"*Took:* {time.time() - t0:.0f} s. *Commands* (from the repository root; "
+            f"*Machine:* {machine()}. *Date:* {date} ({how}). *Commands* (from the repository root; "
             f"`python benchmarks/run.py {name}` reruns them):\n\n```\n{cmds}\n```\n")
     if sec.note:
         head += f"\n{sec.note}\n"
@@ -123,6 +134,8 @@ def main() -> int:
     ap.add_argument("sections", nargs="*", help=f"any of: {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--doc", default=str(DOC))
+    ap.add_argument("--from-output", metavar="FILE",
+                    help="with one section: put FILE (what its commands printed earlier) in, instead of running them")
     a = ap.parse_args()
     if a.list:
         for k, s in SECTIONS.items():
@@ -134,8 +147,11 @@ def main() -> int:
         return 2
     (ROOT / BENCH).mkdir(parents=True, exist_ok=True)
     doc_path = Path(a.doc)
+    if a.from_output and len(a.sections) != 1:
+        print("run.py: --from-output goes with exactly one section", file=sys.stderr)
+        return 2
     for name in a.sections or list(SECTIONS):
-        block = run_section(name, SECTIONS[name])
+        block = run_section(name, SECTIONS[name], Path(a.from_output).resolve() if a.from_output else None)
         doc = doc_path.read_text() if doc_path.exists() else "# Benchmarks\n"
         doc_path.write_text(splice(doc, name, block))  # written per section: a stop keeps what ran
         print(f"[{name}] written to {doc_path}", file=sys.stderr, flush=True)
