@@ -66,7 +66,8 @@ SECTIONS: dict[str, Section] = {
          f"{PY} benchmarks/early_stopping.py {BENCH}/es-off {BENCH}/es-on"), markdown=False),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
-        (f"{PY} benchmarks/saasbo.py",)),
+        (f"{PY} benchmarks/saasbo.py --train",),
+        note="Needs `pip install -c constraints.txt -e '.[saasbo]'` (JAX and NumPyro for BoTorch's SAAS model)."),
     "load": Section(
         "Load: a 200-trial search with a fast in-process trial",
         (f"{PY} benchmarks/load.py --trials 200 --parallel 4 --fix epochs=1 --fix batch_size=64",)),

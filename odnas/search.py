@@ -354,6 +354,12 @@ def make_settings(cfg: SearchConfig) -> dict[str, Any]:
         raise SearchError(f"--fix: {e}") from None
     if cfg.method not in METHODS:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
+    if cfg.method == "saasbo":
+        try:  # BoTorch's SAAS model samples with NumPyro on JAX; without them it fails after the Sobol trials
+            import jax  # noqa: F401
+            import numpyro  # noqa: F401
+        except ImportError:
+            raise SearchError("--method saasbo needs JAX and NumPyro: pip install 'odnas[saasbo]'") from None
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
     from odnas.cost.quiet import ISOLATION_MODES
