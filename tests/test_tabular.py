@@ -120,6 +120,8 @@ def test_curve_and_trials_to_target(table):
 
 @pytest.mark.parametrize("method", ["random", "sobol", "nsga2", "tpe"])
 def test_short_replay(table, method):
+    if method in ("nsga2", "tpe"):
+        pytest.importorskip("optuna", reason="Optuna is the benchmarks' optional extra: pip install -e '.[bench]'")
     r = replay.replay(table, method, seed=1, trials=4, max_candidates=20)
     trained = [c for c in r["candidates"] if not c["over_budget"]]
     assert len(r["trained"]) == len(trained) == 4 and r["ended"] == "trials"
