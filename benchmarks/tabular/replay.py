@@ -486,10 +486,15 @@ def markdown(tbl: Table, summ: Mapping[str, Any], info: Mapping[str, Any]) -> st
                   f"{s['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    early = {m: s["ended_early"] for m, s in ms.items() if s["ended_early"]}
+    early = []
+    for m, s in ms.items():
+        reasons: dict[str, int] = {}
+        for e in s["ended_early"]:
+            why = e.split(": ", 1)[1].split(". ")[0][:160]
+            reasons[why] = reasons.get(why, 0) + 1
+        early += [f"`{m}` {n}/{s['seeds']} seeds ({why})" for why, n in reasons.items()]
     if early:
-        lines += [f"Runs that ended before {last} trainings (their HV carried forward): " +
-                  "; ".join(f"`{m}` {', '.join(v)}" for m, v in early.items()), ""]
+        lines += [f"Runs that ended before {last} trainings, their HV carried forward: " + "; ".join(early) + ".", ""]
     if "bo" in ms and summ["target_hv"] is not None:
         bo = ms["bo"]
         t = bo["trials_to_target"]["median"]
