@@ -34,6 +34,7 @@ class Section:
     title: str
     commands: tuple[str, ...]
     markdown: bool = True  # what the last command prints is markdown (else: a code block)
+    concat: bool = False  # keep what every command printed, not only the last
     note: str = ""
 
 
@@ -43,7 +44,9 @@ SECTIONS: dict[str, Section] = {
         (f"{PY} benchmarks/overhead.py --out {BENCH}/overhead",)),
     "tabular": Section(
         "Sample efficiency on a tabular benchmark from real training",
-        (f"{PY} benchmarks/tabular/replay.py mlp_mnist --methods sobol,random,nsga2,tpe,bo --seeds 10",),
+        (f"{PY} benchmarks/tabular/replay.py mlp_mnist --methods sobol,random,nsga2,tpe,bo --seeds 10",
+         f"{PY} benchmarks/tabular/replay.py mobile_cnn_mnist --seeds 10 --bo-seeds 5"),
+        concat=True,
         note="The tables themselves are built once by `benchmarks/tabular/build.py` (see "
              "benchmarks/tabular/README.md); replay trains nothing."),
     "cost": Section(
@@ -106,7 +109,7 @@ def run_section(name: str, sec: Section, from_output: Path | None = None) -> str
         if proc.returncode != 0:
             raise SystemExit(f"section {name}: `{cmd}` failed with exit code {proc.returncode}; "
                              "docs/benchmarks.md is unchanged")
-        out = proc.stdout
+        out = (out + "\n\n" + proc.stdout) if sec.concat else proc.stdout
     return _block(name, sec, out, time.strftime('%Y-%m-%d %H:%M'), f"took {time.time() - t0:.0f} s")
 
 
