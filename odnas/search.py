@@ -449,10 +449,12 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig) -> None:
                           "as the job's working dir")
 
 
-def generation_strategy(method: str, seed: int, init_trials: int | None, trials: int):
+def generation_strategy(method: str, seed: int, init_trials: int | None, trials: int, discrete: bool = False):
     """Ax generation strategy for ``method``: ``bo`` is Ax's default (Sobol, then
     BoTorch qLogNEHVI for several objectives); ``saasbo`` is Ax's "quality" SAAS model;
-    ``sobol`` quasi-random; ``random`` uniform random."""
+    ``sobol`` quasi-random; ``random`` uniform random. ``discrete``: no float parameter
+    is searched, so Ax optimizes the acquisition by discrete (local) search, which
+    refuses the gradient optimizer's ``options``."""
     from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
     from ax.api.utils.structs import GenerationStrategyDispatchStruct
 
@@ -478,9 +480,11 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
                 # Ax's default acquisition optimizer (20 restarts over 1024 raw samples, with
                 # mixed alternating search over ~20 discrete dims) takes 20-30 s a candidate on
                 # 2 cores; these settings take a few seconds (docs/benchmarks.md, "generation").
-                spec.generator_gen_kwargs = {**spec.generator_gen_kwargs, "model_gen_options": {
-                    "optimizer_kwargs": {"num_restarts": OPT_RESTARTS, "raw_samples": OPT_RAW_SAMPLES,
-                                         "options": OPT_OPTIONS}}}
+                opt = {"num_restarts": OPT_RESTARTS, "raw_samples": OPT_RAW_SAMPLES}
+                if not discrete:
+                    opt["options"] = OPT_OPTIONS
+                spec.generator_gen_kwargs = {**spec.generator_gen_kwargs,
+                                             "model_gen_options": {"optimizer_kwargs": opt}}
     return gs
 
 
@@ -511,7 +515,12 @@ def create_run(cfg: SearchConfig) -> Path:
         val_acc = ValAccCurveMetric() if settings["early_stopping"] else ValAccMetric()
         client.configure_metrics([val_acc, *(CostMetric(m) for m in COST_METRICS)])
         client.configure_runner(TrialRunner(str(run_dir), settings))
-        client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials))
+        from odnas.spaces.base import Range
+
+        discrete = not any(isinstance(p, Range) and p.kind == "float" and p.name not in settings["fixed"]
+                           for p in get_space(settings["space"]).specs)
+        client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials,
+                                                           discrete=discrete))
     return run_dir
 
 
