@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from odnas._ax import import_ax
-from odnas.cost.lane import write_json_atomic
-from odnas.util import parse_kv
+from odnas.util import parse_kv, read_json, write_json_atomic
 
 import_ax()
 
@@ -145,13 +144,6 @@ def _same_params(a: Any, b: Mapping[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(dict(b), sort_keys=True)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class TrialRunner(IRunner):
     """Ax runner: cost lane in the driver, then a TorchX job per trial.
 
@@ -230,7 +222,7 @@ class TrialRunner(IRunner):
         if any((tdir / f).exists() for f in ("job.json", LAUNCH_NAME, "error.json", "result.json")):
             # Another candidate's job: stop it if it still runs (it would write into the new
             # dir, which has its path), then move its dir aside.
-            launch = _read_json(tdir / LAUNCH_NAME) or {}
+            launch = read_json(tdir / LAUNCH_NAME) or {}
             self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle")})
             tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
             tdir.mkdir(parents=True)
@@ -247,7 +239,7 @@ class TrialRunner(IRunner):
         """Metadata to reattach to a job already launched into ``tdir`` with these
         parameters, if it finished with a result or still runs: a local job by its pid,
         any other by its TorchX app handle. None when there is nothing to reattach to."""
-        job, launch = _read_json(tdir / "job.json"), _read_json(tdir / LAUNCH_NAME)
+        job, launch = read_json(tdir / "job.json"), read_json(tdir / LAUNCH_NAME)
         params = (job or launch or {}).get("params")
         if params is None or not _same_params(params, parameterization):
             return None
@@ -285,7 +277,7 @@ class TrialRunner(IRunner):
             return self._check_timeout(trial_metadata, tdir)
         # TorchX does not know the app (a local job from before a driver restart):
         # the job's own pid file says whether it still runs.
-        job = _read_json(tdir / "job.json")
+        job = read_json(tdir / "job.json")
         if local_job_alive(job):
             return self._check_timeout(trial_metadata, tdir)
         if job is None and time.time() - float(trial_metadata.get("launched_at", 0)) < 120:
@@ -297,7 +289,7 @@ class TrialRunner(IRunner):
         not hold a slot (and the search) forever. The clock starts when the job starts
         (``job.json``), so time spent queued on a cluster does not count."""
         limit = self.settings.get("trial_timeout_s")
-        job = _read_json(tdir / "job.json") if limit else None
+        job = read_json(tdir / "job.json") if limit else None
         if not job or time.time() - float(job.get("start", time.time())) <= float(limit):
             return TrialStatus.RUNNING
         self._record_failure(tdir, f"timed out: no result {float(limit):g} s after the job started "
@@ -328,7 +320,7 @@ class TrialRunner(IRunner):
         if handle and self._app_state(handle) is not None:
             self.torchx.cancel(handle)
         else:
-            job = _read_json(Path(trial_metadata["trial_dir"]) / "job.json")
+            job = read_json(Path(trial_metadata["trial_dir"]) / "job.json")
             if local_job_alive(job):
                 os.kill(int(job["pid"]), 15)
         return {"stopped_at": time.time()}
@@ -339,7 +331,7 @@ def failure_reason(trial_metadata: Mapping[str, Any]) -> str:
     had started, that it died (a kill or the OOM killer leave no record); else the
     last line of its TorchX log (it never got as far as starting)."""
     tdir = Path(trial_metadata.get("trial_dir", "."))
-    err = _read_json(tdir / "error.json")
+    err = read_json(tdir / "error.json")
     if err:
         return str(err.get("reason", "job failed"))[:500]
     if (tdir / "job.json").exists():
@@ -360,7 +352,7 @@ class ValAccMetric(IMetric):
 
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, float]:
         tdir = Path(trial_metadata["trial_dir"])
-        res = _read_json(tdir / "result.json")
+        res = read_json(tdir / "result.json")
         if res is not None:
             return int(res["epochs"]), float(res["val_acc"])
         curve = read_curve(tdir)

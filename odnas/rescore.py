@@ -90,7 +90,7 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None) -> dict[str, A
     """Every trained candidate of a run measured under ``profile_name`` (no retraining);
     that profile's budgets and thresholds give its feasible front and pick. The result
     is also written to ``RUN_DIR/rescore/PROFILE.json``."""
-    from odnas.cost.lane import write_json_atomic
+    from odnas.util import write_json_atomic
     from odnas.search import SearchError, check_runtime_profile, load_run
     from odnas.select import front
 

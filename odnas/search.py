@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from odnas._ax import import_ax
-from odnas.cost.lane import CostCache, measure_candidate, write_json_atomic
+from odnas.cost.lane import CostCache, measure_candidate
 from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound, profile_from_dict,
 )
+from odnas.util import read_json, write_json_atomic
 
 EXPERIMENT_NAME = "odnas"
 METHODS = ("bo", "sobol", "random", "saasbo")
@@ -146,11 +147,11 @@ class CostLane:
 
     def local_jobs(self) -> list[int]:
         """Pids of this run's training jobs alive on this host (the ones to pause)."""
-        from odnas.launch import _read_json, local_job_alive
+        from odnas.launch import local_job_alive
 
         if self.trials_dir is None or not self.trials_dir.is_dir():
             return []
-        jobs = (_read_json(p) for p in self.trials_dir.glob("*/job.json"))
+        jobs = (read_json(p) for p in self.trials_dir.glob("*/job.json"))
         return [int(j["pid"]) for j in jobs if local_job_alive(j)]
 
     def window(self):
@@ -692,14 +693,14 @@ def adopt_lost_jobs(exp, runner, orch) -> list[int]:
     Returns the adopted indices."""
     from ax.core.arm import Arm
 
-    from odnas.launch import LAUNCH_NAME, _read_json
+    from odnas.launch import LAUNCH_NAME
 
     fixed = runner.settings.get("fixed") or {}
     adopted = []
     while True:
         idx = len(exp.trials)  # the index Ax gives the next trial
         tdir = runner.trial_dir(idx)
-        info = _read_json(tdir / "job.json") or _read_json(tdir / LAUNCH_NAME) or {}
+        info = read_json(tdir / "job.json") or read_json(tdir / LAUNCH_NAME) or {}
         if "params" not in info or runner.prior_job(tdir, info["params"]) is None:
             break  # nothing to adopt; a dead leftover is moved aside when the index is reused
         params = {k: v for k, v in info["params"].items() if k not in fixed}

@@ -123,7 +123,7 @@ class InProcessJobs:
             except Exception:  # the job wrote error.json, as a failed TorchX job would
                 self.failed += 1
         else:
-            from odnas.cost.lane import write_json_atomic
+            from odnas.util import write_json_atomic
             from odnas.spaces import get_space
 
             out = Path(a.out)

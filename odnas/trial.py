@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from odnas.cost.lane import write_json_atomic
+    from odnas.util import write_json_atomic
 
     write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
                                          "params": json.loads(a.params)})

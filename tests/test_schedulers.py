@@ -202,18 +202,26 @@ def _wait(runner, meta, limit_s: float = 300):
     return status
 
 
-@pytest.mark.slow
-def test_trial_runs_as_a_ray_job(ray_cluster, tmp_path):
-    from ax.core.base_trial import TrialStatus
-    from torchx.specs import AppState
-
-    from odnas.launch import TrialRunner, ValAccMetric
+def _launch_on_ray(ray_cluster, tmp_path, params):
+    """A TrialRunner on the loopback cluster and trial 0 launched through TorchX's ray scheduler."""
+    from odnas.launch import TrialRunner
 
     r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits", "threads": 1, "scheduler": "ray",
                                     "scheduler_cfg": {"dashboard_address": ray_cluster}})
     tdir = r.trial_dir(0)
     tdir.mkdir(parents=True)
-    handle = r.torchx.run(r.app_for(0, PARAMS), "ray", cfg=r.scheduler_cfg(0))
+    handle = r.torchx.run(r.app_for(0, params), "ray", cfg=r.scheduler_cfg(0))
+    return r, tdir, handle
+
+
+@pytest.mark.slow
+def test_trial_runs_as_a_ray_job(ray_cluster, tmp_path):
+    from ax.core.base_trial import TrialStatus
+    from torchx.specs import AppState
+
+    from odnas.launch import ValAccMetric
+
+    r, tdir, handle = _launch_on_ray(ray_cluster, tmp_path, PARAMS)
     assert str(handle).startswith(f"ray://odnas/{ray_cluster}-odnas-trial-0-")
     meta = {"trial_dir": str(tdir), "app_handle": str(handle), "launched_at": time.time()}
     assert _wait(r, meta) == TrialStatus.COMPLETED, r.torchx.log_lines(handle, "ray")
@@ -232,13 +240,7 @@ def test_stopping_a_ray_trial_ends_its_training(ray_cluster, tmp_path):
     from ax.core.base_trial import TrialStatus
     from torchx.specs import AppState
 
-    from odnas.launch import TrialRunner
-
-    r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits", "threads": 1, "scheduler": "ray",
-                                    "scheduler_cfg": {"dashboard_address": ray_cluster}})
-    tdir = r.trial_dir(0)
-    tdir.mkdir(parents=True)
-    handle = r.torchx.run(r.app_for(0, {**PARAMS, "epochs": 200}), "ray", cfg=r.scheduler_cfg(0))
+    r, tdir, handle = _launch_on_ray(ray_cluster, tmp_path, {**PARAMS, "epochs": 200})
     meta = {"trial_dir": str(tdir), "app_handle": str(handle), "launched_at": time.time()}
     t0 = time.time()
     while not (tdir / "progress.jsonl").exists() and time.time() - t0 < 180:

@@ -10,8 +10,6 @@ budgets apply to the deployed precision.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +20,7 @@ from odnas.cost.count import count
 from odnas.cost.latency import LatencyBackend, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.profiles import HardwareProfile
+from odnas.util import read_json, write_json_atomic
 
 
 #: Calibration inputs the lane quantizes with: few, because only the graph matters for latency.
@@ -94,19 +93,8 @@ class CostCache:
         self.folder = Path(folder)
 
     def get(self, arch_id: str) -> dict[str, Any] | None:
-        p = self.folder / f"{arch_id}.json"
-        try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_json(self.folder / f"{arch_id}.json")
 
     def put(self, record: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.folder / f"{record['arch_id']}.json", record)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
