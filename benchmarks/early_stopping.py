@@ -21,7 +21,8 @@ import numpy as np
 
 def summary(run_dir: str) -> dict:
     from odnas.profiles import METRIC_SIGN, parse_bound, profile_from_dict
-    from odnas.search import load_client, read_settings
+    from odnas.loop.store import load_client
+    from odnas.rundir import read_settings
     from odnas.select import front, hypervolume, objective_matrix, trial_table
 
     profile = profile_from_dict(read_settings(run_dir)["profile"])

@@ -16,7 +16,7 @@ import statistics
 import time
 import warnings
 
-from odnas._ax import import_ax
+from odnas.loop.adapter import import_ax
 
 import_ax()
 

@@ -55,7 +55,7 @@ def proc_status() -> dict[str, float]:
 
 
 def db_bytes(run_dir: Path) -> dict[str, int]:
-    from odnas.search import DB_NAME
+    from odnas.rundir import DB_NAME
 
     sizes = {}
     for suffix in ("", "-wal"):
@@ -118,7 +118,9 @@ def drive(a) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from odnas.search import SearchConfig, SearchError, create_run, run_loop
+    from odnas.errors import SearchError
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run, run_loop
     from odnas.testing import FakeLatencyBackend, InProcessJobs, in_process_jobs
 
     run_dir = Path(a.run_dir)
@@ -162,7 +164,7 @@ def drive(a) -> None:
 
 def check(a) -> None:
     t0 = time.perf_counter()
-    from odnas.search import load_client, load_run
+    from odnas.loop.store import load_client, load_run
     from odnas.select import pick
 
     settings, profile, rows = load_run(a.run_dir)

@@ -76,7 +76,7 @@ def start_trainings(n: int, folder: Path) -> list[subprocess.Popen]:
     procs = []
     for i in range(n):
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "odnas.trial", "--out", str(folder / f"job{i}"), "--space", "mobile-cnn",
+            [sys.executable, "-m", "odnas.jobs.trial", "--out", str(folder / f"job{i}"), "--space", "mobile-cnn",
              "--params", json.dumps(params), "--threads", "1", "--seed", str(i)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     return procs

@@ -34,7 +34,8 @@ def log(*a) -> None:
 
 
 def analyze(run_dir: Path) -> dict:
-    from odnas.search import DRIVER_STATS_NAME, load_client, read_settings
+    from odnas.loop.store import load_client
+    from odnas.rundir import DRIVER_STATS_NAME, read_settings
 
     settings = read_settings(run_dir)
     sessions = [json.loads(x) for x in (run_dir / DRIVER_STATS_NAME).read_text().splitlines() if x.strip()]

@@ -5,7 +5,7 @@ driver: ``create_run`` + ``run_loop`` unchanged, SQLite, real ONNX Runtime cost 
 under the profile), one candidate at a time (parallel 1), in its own fresh process:
 ``--init`` Sobol candidates, then ``--iterations`` model-based ones. Jobs run
 in-process (``odnas.testing.InProcessJobs``): with ``--train`` each candidate within
-the budgets is trained for real on digits (``odnas.trial``, its own epochs, 1-4),
+the budgets is trained for real on digits (``odnas.jobs.trial``, its own epochs, 1-4),
 otherwise a synthetic val_acc. Per BO iteration it records the wall and CPU time of
 ``GenerationStrategy.gen`` and Ax's ``fit_time``/``gen_time``.
 
@@ -89,7 +89,7 @@ def markdown(a, runs: dict[str, dict], sums: dict[str, dict]) -> str:
     L.append(f"Driver: odnas's `create_run` + `run_loop` unchanged, one fresh process per method; cost lane: real "
              f"ONNX Runtime under `{a.profile}` with {', '.join(a.constraint)} (budgets apply: candidates over "
              f"them are measured, not trained); jobs: `odnas.testing.InProcessJobs`, "
-             + ("real training in the driver (`odnas.trial`, digits, the candidate's own 1-4 epochs)"
+             + ("real training in the driver (`odnas.jobs.trial`, digits, the candidate's own 1-4 epochs)"
                 if a.train else "synthetic val_acc (no training)") + ". One torch thread. `bo` is Ax's 'fast' "
              "method (MBM defaults, qLogNEHVI) with odnas's acquisition settings; `saasbo` is Ax's 'quality' "
              "method (Warped SAAS fully Bayesian GP, NUTS).\n")

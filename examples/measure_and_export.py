@@ -15,7 +15,7 @@ from odnas.data import load_data
 from odnas.export import export_artifact
 from odnas.profiles import load_profile
 from odnas.spaces import get_space
-from odnas.train import fit
+from odnas.jobs.train import fit
 
 profile = load_profile("cpu-mobile")
 space = get_space("mobile-cnn")

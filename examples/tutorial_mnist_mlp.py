@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from odnas.search import SearchConfig, load_client, search
+from odnas.loop.config import SearchConfig
+from odnas.loop.driver import search
+from odnas.loop.store import load_client
 from odnas.select import front, hypervolume, objective_matrix, trial_table
 from odnas.profiles import load_profile
 

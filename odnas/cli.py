@@ -1,7 +1,8 @@
 """The ``odnas`` command: one subcommand per verb, each a thin call into the library.
 
 Heavy imports happen inside the subcommands so ``odnas --help`` answers at once.
-Errors a user can cause print one line and exit 2; our own bugs keep their traceback.
+Errors a user can cause (``odnas.errors.OdnasError`` and its children) print one line
+and exit with their code; our own bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -10,18 +11,6 @@ import argparse
 import json
 import sys
 from typing import Any, Sequence
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from odnas.data import DataError
-    from odnas.profiles import ProfileError
-
-    errs: list[type[BaseException]] = [ProfileError, DataError]
-    if "odnas.search" in sys.modules:
-        errs.append(sys.modules["odnas.search"].SearchError)
-    if "odnas.export" in sys.modules:
-        errs.append(sys.modules["odnas.export"].ParityError)
-    return tuple(errs)
-
 
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: a missing standard error and the like become null."""
@@ -104,18 +93,19 @@ def cmd_measure(a: argparse.Namespace) -> int:
     for _ in range(a.random):
         params = space.sample(rng)
         rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
-        rec["params"] = params
         records.append(rec)
         if a.json:
-            print(json.dumps(rec, default=float), flush=True)
+            print(json.dumps(_finite({**rec.to_dict(), "params": params}), default=float), flush=True)
     if not a.json:
-        print(table([{"arch_id": r["arch_id"], **r["metrics"], "latency_ms_sem": r["sem"]["latency_ms"]}
+        print(table([{"arch_id": r.arch_id, **r.metrics, "latency_ms_sem": r.sem["latency_ms"]}
                      for r in records],
                     ["arch_id", "num_params", "flops", "model_bytes", "latency_ms", "latency_ms_p90",
                      "latency_ms_sem"]))
+        from odnas.records import TrialRow
         from odnas.select import proxy_correlations
 
-        rho = proxy_correlations(records)
+        rho = proxy_correlations([TrialRow(trial=i, state="measured", arch_id=r.arch_id, params={},
+                                           metrics=r.metrics) for i, r in enumerate(records)])
         for proxy in ("flops", "num_params"):
             if rho[proxy] is not None:
                 print(f"Spearman({proxy}, latency_ms) = {rho[proxy]:.3f} over {rho['n']} candidates")
@@ -140,7 +130,7 @@ def _progress_printer(quiet: bool):
 
 
 def _print_outcome(run_dir, quiet: bool) -> None:
-    from odnas.search import LOG_NAME
+    from odnas.rundir import LOG_NAME
 
     rc_rows = _front_rows(run_dir, [])
     if not quiet:
@@ -152,21 +142,21 @@ def _print_outcome(run_dir, quiet: bool) -> None:
 
 
 def _front_rows(run_dir, extra):
-    from odnas.search import load_run
+    from odnas.loop.store import load_run
     from odnas.select import front
 
-    _, profile, rows = load_run(run_dir)
-    return front(rows, profile, extra)
+    run = load_run(run_dir)
+    return front(run.rows, run.profile, extra)
 
 
 def _front_table(rows) -> str:
-    return table([{"trial": r["trial"], **{k: r["metrics"].get(k) for k in
-                   ("val_acc", "latency_ms", "num_params", "flops", "model_bytes")}, "arch_id": r["arch_id"]}
+    return table([{"trial": r.trial, **{k: r.metrics.get(k) for k in
+                   ("val_acc", "latency_ms", "num_params", "flops", "model_bytes")}, "arch_id": r.arch_id}
                   for r in rows], ["trial", "val_acc", "latency_ms", "num_params", "flops", "model_bytes", "arch_id"])
 
 
 def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
-    from odnas.search import SearchError
+    from odnas.errors import SearchError
 
     out: dict[str, Any] = {}
     for item in items or ():
@@ -181,7 +171,7 @@ def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _parse_env(items: Sequence[str] | None) -> dict[str, str]:
-    from odnas.search import SearchError
+    from odnas.errors import SearchError
 
     env = {}
     for item in items or ():
@@ -193,8 +183,9 @@ def _parse_env(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from odnas.search import SearchConfig, SearchError, search
-    from odnas.util import parse_kv
+    from odnas.errors import SearchError
+    from odnas.jobs.component import parse_kv
+    from odnas.loop.driver import SearchConfig, search
 
     try:
         scfg = parse_kv(a.scheduler_cfg)
@@ -234,7 +225,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
-    from odnas.search import resume
+    from odnas.loop.driver import resume
 
     run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet), trials=a.trials)
     _print_outcome(run_dir, a.quiet)
@@ -242,41 +233,43 @@ def cmd_resume(a: argparse.Namespace) -> int:
     return 0
 
 
-def _note(row: dict[str, Any]) -> str:
-    if row["over_budget"]:
-        return "over " + ", ".join(row["over_budget"])
-    note = (row["reason"] or "")[:90]
-    if row.get("retry_of") is not None:
-        note = f"retry of trial {row['retry_of']}" + (f"; {note}" if note else "")
+def _note(row) -> str:
+    if row.over_budget:
+        return "over " + ", ".join(row.over_budget)
+    note = (row.reason or "")[:90]
+    if row.retry_of is not None:
+        note = f"retry of trial {row.retry_of}" + (f"; {note}" if note else "")
     return note
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from odnas.search import driver_running, load_run
+    from odnas.loop.store import load_run
+    from odnas.rundir import driver_running
     from odnas.select import front, proxy_correlations
 
-    settings, profile, rows = load_run(a.run_dir)
+    run = load_run(a.run_dir)
+    settings, profile, rows = run.settings, run.profile, run.rows
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
+        counts[r.state] = counts.get(r.state, 0) + 1
     fr = front(rows, profile)
     proxies = proxy_correlations(rows)
     if a.json:
-        _print_json({"run_dir": a.run_dir, "trials_planned": settings["trials"], "counts": counts,
-                     "trials": rows, "front": [r["trial"] for r in fr], "profile": profile.name,
-                     "space": settings["space"], "proxy_spearman_vs_latency_ms": proxies})
+        _print_json({"run_dir": a.run_dir, "trials_planned": settings.trials, "counts": counts,
+                     "trials": [r.to_dict() for r in rows], "front": [r.trial for r in fr], "profile": profile.name,
+                     "space": settings.space, "proxy_spearman_vs_latency_ms": proxies})
         return 0
     trained = counts.get("completed", 0) + counts.get("early_stopped", 0)
-    print(f"{a.run_dir}: {trained}/{settings['trials']} trained, {len(rows)} candidates · "
+    print(f"{a.run_dir}: {trained}/{settings.trials} trained, {len(rows)} candidates · "
           + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
-    print(f"space {settings['space']} · profile {profile.name} · objective {profile.objective} · "
+    print(f"space {settings.space} · profile {profile.name} · objective {profile.objective} · "
           f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
-    print(table([{"trial": r["trial"], "state": r["state"], "val_acc": r["metrics"].get("val_acc", ""),
-                  "latency_ms": r["metrics"].get("latency_ms", ""), "num_params": r["metrics"].get("num_params", ""),
-                  "arch_id": r["arch_id"] or "",
+    print(table([{"trial": r.trial, "state": r.state, "val_acc": r.metrics.get("val_acc", ""),
+                  "latency_ms": r.metrics.get("latency_ms", ""), "num_params": r.metrics.get("num_params", ""),
+                  "arch_id": r.arch_id or "",
                   "note": _note(r)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
-    print(f"\nFeasible Pareto front: {', '.join(str(r['trial']) for r in fr) or 'none yet'}")
+    print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
     if counts.get("running") and not driver_running(a.run_dir):
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
     if proxies["flops"] is not None:
@@ -298,7 +291,8 @@ def cmd_select(a: argparse.Namespace) -> int:
         fr, confirmed = res["front"], res["confirmed"]
     pick = fr[0] if fr else None
     if a.json:
-        _print_json({"front": fr, "pick": pick, "confirmed": confirmed})
+        _print_json({"front": [r.to_dict() for r in fr], "pick": pick.to_dict() if pick else None,
+                     "confirmed": confirmed})
         return 0 if pick else 1
     if confirmed is not None:
         print(f"Confirmed the front's latencies with a {res['protocol']['min_runs']}-run, "
@@ -314,9 +308,9 @@ def cmd_select(a: argparse.Namespace) -> int:
         print("No trained model meets every budget and bound.")
         return 1
     print(_front_table(fr))
-    print(f"\nPick: trial {pick['trial']} ({pick['arch_id']}), val_acc {pick['metrics']['val_acc']:.4f}"
-          + (f", {pick['metrics']['latency_ms']:.4f} ms" if "latency_ms" in pick["metrics"] else ""))
-    print(f"Export it: odnas export {a.run_dir} --trial {pick['trial']} -o {pick['arch_id']}.onnx")
+    print(f"\nPick: trial {pick.trial} ({pick.arch_id}), val_acc {pick.metrics['val_acc']:.4f}"
+          + (f", {pick.metrics['latency_ms']:.4f} ms" if "latency_ms" in pick.metrics else ""))
+    print(f"Export it: odnas export {a.run_dir} --trial {pick.trial} -o {pick.arch_id}.onnx")
     return 0
 
 
@@ -342,8 +336,8 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     print(f"\nFeasible Pareto front under {prof['name']} ({len(fr)} models):")
     if fr:
         print(_front_table(fr))
-        print(f"Export with both profiles on the card: odnas export {a.run_dir} --trial {fr[0]['trial']} "
-              f"--also-profile {prof['name']} -o {fr[0]['arch_id']}.onnx")
+        print(f"Export with both profiles on the card: odnas export {a.run_dir} --trial {fr[0].trial} "
+              f"--also-profile {prof['name']} -o {fr[0].arch_id}.onnx")
     else:
         print("none: no trained model meets this profile's budgets and thresholds")
     return 0
@@ -353,8 +347,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     from odnas.export import export_trial
 
     card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
-                        calib_samples=a.calib_samples)
-    out = card["artifact"]
+                        calib_samples=a.calib_samples).to_dict()
+    out = a.output if a.output.endswith(".onnx") else a.output + ".onnx"
     print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']}, "
           f"{card.get('precision', 'fp32')})")
     p = card["parity"]
@@ -381,7 +375,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from odnas import calibrate as C
+    from odnas.cost import calibrate as C
     from odnas.profiles import load_profile
 
     if a.action == "export":
@@ -542,19 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from odnas.errors import OdnasError
+
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
     except KeyboardInterrupt:
         print("odnas: interrupted; the run dir keeps every completed trial (odnas resume RUN_DIR)", file=sys.stderr)
         return 130
-    except Exception as e:
-        # Our ValueError subclasses (QuantizeError, CalibrationError, ...) are user errors too.
-        if isinstance(e, _user_errors()) or (isinstance(e, ValueError) and (
-                type(e) is ValueError or type(e).__module__.startswith("odnas."))):
-            print(f"odnas: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except OdnasError as e:
+        print(f"odnas: error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from odnas.errors import DataError
+
 DATASETS = ("digits", "mnist", "mnist-tv", "fashion-mnist")
 #: Where odnas looks for an MNIST IDX folder when ``--data-dir`` is not given.
 MNIST_DIR_CANDIDATES = ("data/mnist", "../shared/data/mnist-t10k")
 
 
-class DataError(ValueError):
-    """A data set that cannot be loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from odnas.profiles import HardwareProfile
-
-
-class ParityError(RuntimeError):
-    """The exported ONNX file does not compute what the PyTorch model computes."""
+from odnas.cost.count import count
+from odnas.cost.latency import check_runnable
+from odnas.cost.latency import measure_latency as _measure
+from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
+from odnas.cost.quiet import measurement_window
+from odnas.data import load_data
+from odnas.errors import ParityError, RunDirError
+from odnas.loop.store import load_run
+from odnas.profiles import HardwareProfile, load_profile
+from odnas.records import ModelCard
+from odnas.rundir import CHECKPOINT_NAME
+from odnas.select import feasible, pick
+from odnas.spaces import get_space
 
 
 def check_parity(model, onnx_path: str | Path, x: np.ndarray, atol: float = 1e-3,
@@ -80,10 +88,6 @@ def budget_report(profile: HardwareProfile, metrics: Mapping[str, Any]) -> dict[
 
 def _resolve_profiles(main: HardwareProfile, also: Sequence[str | HardwareProfile]) -> dict[str, HardwareProfile]:
     """Main profile first, then the extras by name; checked before anything is written."""
-    import onnxruntime as ort
-
-    from odnas.profiles import ProfileError, load_profile
-
     out = {main.name: main}
     for p in also:
         prof = p if isinstance(p, HardwareProfile) else load_profile(p)
@@ -95,17 +99,15 @@ def _resolve_profiles(main: HardwareProfile, also: Sequence[str | HardwareProfil
             raise ProfileError(f"two different profiles are named {key!r}; rename one")
         out[key] = prof
     for prof in out.values():
-        if prof.runtime.provider not in ort.get_available_providers():
-            raise ProfileError(f"profile {prof.name!r} asks for {prof.runtime.provider}, which this onnxruntime "
-                               f"does not have (it has {', '.join(ort.get_available_providers())})")
+        check_runnable(prof)
     return out
 
 
 def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, Any], arch_id: str,
                     data, profile: HardwareProfile, metrics: Mapping[str, Any],
-                    extra: Mapping[str, Any] | None = None, atol: float = 1e-3,
+                    atol: float = 1e-3,
                     also_profiles: Sequence[str | HardwareProfile] = (),
-                    calib_samples: int | None = None) -> dict[str, Any]:
+                    calib_samples: int | None = None, run: Mapping[str, Any] | None = None) -> ModelCard:
     """Write ``out`` (.onnx, the deployed file) and its card ``out.with_suffix('.json')``; return the card.
 
     ``metrics`` are the search's figures for the trial (``val_acc`` and costs). Under
@@ -123,11 +125,6 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     import torch
 
     from odnas import __version__
-    from odnas.cost.count import count
-    from odnas.cost.latency import measure_latency as _measure
-    from odnas.cost.quiet import measurement_window
-
-    from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 
     def measure_latency(path, prof):  # one timing at a time on this host, as in the cost lane
         with measurement_window("lock"):
@@ -145,11 +142,11 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
 
     export_onnx(model, data.input_shape, files["fp32"])
     parity = check_parity(model, files["fp32"], data.x_val, atol=atol)
-    parity["file"] = str(files["fp32"])
+    parity["file"] = files["fp32"].name
     logits = {"fp32": onnx_logits(files["fp32"], data.x_val)}
     quant = None
     if "int8" in files:
-        from odnas.quantize import CALIB_SAMPLES, calibration_inputs, quantize_model
+        from odnas.cost.quantize import CALIB_SAMPLES, calibration_inputs, quantize_model
 
         calib = calibration_inputs(data.x_train, calib_samples or CALIB_SAMPLES, seed=0)
         quant = quantize_model(files["fp32"], files["int8"], calib, calibration="training split")
@@ -163,7 +160,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     for prec, path in files.items():
         lat = lat_main[prec]
         figures[prec] = {
-            "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "model_bytes": path.stat().st_size, "val_acc_onnx": float(np.mean(logits[prec].argmax(1) == data.y_val)),
             "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90, "latency_ms_sem": lat.latency_ms_sem,
             "deployed": path == out,
@@ -199,49 +196,36 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
             "model_bytes": figures[prec]["model_bytes"], "val_acc_onnx": figures[prec]["val_acc_onnx"],
             "batch_size": prof.batch_size, "intra_op_threads": plat.intra_op_threads,
             "budgets": budgets, "met": all(b["met"] for b in budgets.values()),
-            "latency": plat.to_dict(), "source": prof.source,
+            "latency": plat.to_dict(), "source": Path(prof.source).name if prof.source else None,
         }
 
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
-    card = {
-        "arch_id": arch_id,
-        "space": space,
-        "params": dict(params),
-        "precision": profile.precision,
-        "metrics": merged,
-        "budgets": budget_report(profile, merged),
-        "profile": profile.to_dict(),
-        "input": {
+    card = ModelCard(
+        arch_id=arch_id, space=space, params=dict(params), precision=profile.precision, metrics=merged,
+        budgets=budget_report(profile, merged), profile=profile.to_dict(),
+        input={
             "name": INPUT_NAME, "shape": ["batch", *data.input_shape], "dtype": "float32",
             "layout": "NCHW",
             "normalize": {**data.normalize,
                           "formula": "x = (raw / scale - mean) / std, raw = the data set's pixel values"},
         },
-        "output": {"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
-        "labels": list(data.labels),
-        "data": data.describe(),
-        "parity": parity,
-        "precisions": figures,
-        **({"quantization": quant.to_dict()} if quant is not None else {}),
-        "profiles": per_profile,
-        "latency": lat.to_dict(),
-        "onnx": {"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                        "platform": platform.platform()},
-        "odnas_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "onnx_sha256": deployed["sha256"],
-        "artifact": str(out),
-        **(dict(extra) if extra else {}),
-    }
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2, default=float))
+        output={"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
+        labels=list(data.labels), data=data.describe(), parity=parity, precisions=figures,
+        quantization=quant.to_dict() if quant is not None else None, profiles=per_profile, latency=lat.to_dict(),
+        onnx={"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
+        environment={"python": platform.python_version(), "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                     "platform": platform.platform()},
+        odnas_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        onnx_sha256=deployed["sha256"], artifact=out.name, run=dict(run) if run else None,
+    )
+    out.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2, default=float))
     return card
 
 
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
                  also_profiles: Sequence[str | HardwareProfile] = (),
-                 calib_samples: int | None = None) -> dict[str, Any]:
+                 calib_samples: int | None = None) -> ModelCard:
     """Export a trained trial of a run (the pick by default) as an artifact.
 
     The run's own (effective) profile decides the deployed precision and budgets;
@@ -249,37 +233,33 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     """
     import torch
 
-    from odnas.data import load_data
-    from odnas.search import SearchError, load_run
-    from odnas.select import feasible, pick
-    from odnas.spaces import get_space
-
-    settings, profile, rows = load_run(run_dir)
+    run = load_run(run_dir)
+    settings, profile = run.settings, run.profile
     if trial is None:
-        row = pick(rows, profile)
+        row = pick(run.rows, profile)
         if row is None:
-            raise SearchError(f"{run_dir} has no trained model within every budget yet; nothing to export")
+            raise RunDirError(f"{run_dir} has no trained model within every budget yet; nothing to export")
     else:
-        match = [r for r in rows if r["trial"] == trial]
+        match = [r for r in run.rows if r.trial == trial]
         if not match:
-            raise SearchError(f"{run_dir} has no trial {trial}")
+            raise RunDirError(f"{run_dir} has no trial {trial}")
         row = match[0]
-        if row["state"] == "over_budget":
-            raise SearchError(f"trial {trial} is over budget ({', '.join(row['over_budget'])}); it was never trained"
+        if row.state == "over_budget":
+            raise RunDirError(f"trial {trial} is over budget ({', '.join(row.over_budget)}); it was never trained"
                               " and cannot be exported")
         if not feasible(row, profile):
-            raise SearchError(f"trial {trial} is {row['state']} and not within every budget and threshold; "
+            raise RunDirError(f"trial {trial} is {row.state} and not within every budget and threshold; "
                               "odnas exports only feasible models")
-    ckpt_path = Path(row["trial_dir"]) / "model.pt"
+    ckpt_path = Path(row.trial_dir or "") / CHECKPOINT_NAME
     if not ckpt_path.is_file():
-        raise SearchError(f"trial {row['trial']} has no checkpoint at {ckpt_path}")
+        raise RunDirError(f"trial {row.trial} has no checkpoint at {ckpt_path}")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    space = get_space(settings["space"])
-    data = load_data(settings["data"], settings.get("data_dir"), seed=settings.get("data_seed", 0))
-    model = space.build(row["params"], data.input_shape, data.num_classes)
+    space = get_space(settings.space)
+    data = load_data(settings.data, settings.data_dir, seed=settings.data_seed)
+    model = space.build(row.params, data.input_shape, data.num_classes)
     model.load_state_dict(ckpt["state_dict"])
     return export_artifact(
-        model, out, space=space.name, params=row["params"], arch_id=row["arch_id"], data=data,
-        profile=profile, metrics=row["metrics"], also_profiles=also_profiles, calib_samples=calib_samples,
-        extra={"run": {"run_dir": str(Path(run_dir).resolve()), "trial": row["trial"]}},
+        model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
+        data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,
+        calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial},
     )

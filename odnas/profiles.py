@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from odnas.errors import ProfileError
+
 #: Metrics odnas produces. Units live in the names (see docs).
 ACCURACY_METRICS = ("val_acc",)
 COST_METRICS = ("num_params", "flops", "model_bytes", "latency_ms", "latency_ms_p90")
@@ -44,8 +46,6 @@ CALIBRATION_MODELS = ("loglinear", "ratio")
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
-class ProfileError(ValueError):
-    """A profile file that cannot be used; the message names file, key and value."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from odnas.loop.adapter import experiment_of, generation_strategy_of
+from odnas.loop.runner import failure_reason
+from odnas.loop.store import load_client, quiet_logs, trial_table
 from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_from_dict
+from odnas.records import RunSettings, TrialRow
+from odnas.rundir import LOG_NAME, read_settings
+from odnas.select import front, proxy_correlations
 
 REPORT_DIR = "report"
 REPORT_NAME = "report.html"
@@ -75,8 +81,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     by default ``RUN_DIR/report/report.html``. PNGs go beside the HTML file.
     Works on running, partial and failed runs: what cannot be shown is named.
     """
-    from odnas.search import LOG_NAME, load_client, quiet_logs, read_settings
-
     run_dir = Path(run_dir)
     settings = read_settings(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_DIR / REPORT_NAME
@@ -89,7 +93,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         for sec in sections:
             for fig in sec.figures:
                 save_png(fig, out.parent / f"{fig.key}.png")
-        out.write_text(render_html(run_dir, settings, sections), encoding="utf-8")
+        out.write_text(render_html(run_dir, settings.to_dict(), sections), encoding="utf-8")
     return out
 
 
@@ -108,16 +112,14 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def build_sections(run_dir: Path, settings: Mapping[str, Any], client) -> list[Section]:
+def build_sections(run_dir: Path, settings: RunSettings, client) -> list[Section]:
     """Every section of the report, from a loaded ``ax.api.Client``."""
-    from odnas.select import front, trial_table
-
-    profile = profile_from_dict(settings["profile"])
-    rows = trial_table(client._experiment)
-    for r in rows:  # Ax 1.3 keeps the reason a trial failed in ``status_reason``
-        if r["state"] == "failed" and not r["reason"]:
-            r["reason"] = getattr(client._experiment.trials[r["trial"]], "status_reason", None)
-    fr = front(rows, profile)
+    profile = profile_from_dict(settings.profile)
+    typed = trial_table(experiment_of(client))
+    fr = [r.to_dict() for r in front(typed, profile)]
+    # The sections below render plain dicts (one per trial, ``TrialRow.to_dict``).
+    rows = [r.to_dict() for r in typed]
+    settings = settings.to_dict()
     overview = overview_section(rows, fr, settings, profile)
     sections = [overview, front_section(rows, fr, profile, run_dir), tradeoff_section(rows, fr, profile)]
     model = Surrogate.fit(client, rows)
@@ -266,8 +268,6 @@ def _failure(row: Mapping[str, Any]) -> str:
     if row.get("reason"):
         return str(row["reason"])
     if row.get("trial_dir"):
-        from odnas.launch import failure_reason
-
         return failure_reason({"trial_dir": row["trial_dir"]})
     return "no reason recorded"
 
@@ -296,15 +296,14 @@ def proxies_section(rows, profile: HardwareProfile, run_dir: Path) -> Section:
     the run's own, and every profile it was rescored under (``odnas rescore``)."""
     import json
 
-    from odnas.select import proxy_correlations
-
-    per = [(profile.name, proxy_correlations(rows))]
+    per = [(profile.name, proxy_correlations([TrialRow.from_dict(r) for r in rows]))]
     for path in sorted((run_dir / "rescore").glob("*.json")):
         try:
             res = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        per.append((f"{res['profile']['name']} (rescored)", proxy_correlations(res["rows"])))
+        rescored = [TrialRow.from_dict(r, source=str(path)) for r in res["rows"]]
+        per.append((f"{res['profile']['name']} (rescored)", proxy_correlations(rescored)))
     sec = Section("proxies", "Proxies against measured latency",
                   intro="<p>How well the cheap proxies rank candidates by the latency odnas measured "
                         "(Spearman rank correlation over the run's candidates). Below about 0.95, ranking by "
@@ -567,7 +566,7 @@ class Surrogate:
     def fit(cls, client, rows) -> "Surrogate":
         from ax.adapter.torch import TorchAdapter
 
-        exp, gs = client._experiment, client._generation_strategy
+        exp, gs = experiment_of(client), generation_strategy_of(client)
         trained = _trained(rows)
         try:
             adapter = gs.fit(experiment=exp)
@@ -602,8 +601,8 @@ class Surrogate:
         """One Ax analysis card (an error card if it cannot be computed)."""
         if self.own:
             return client.compute_analyses([analysis], display=False)[0]
-        return analysis.compute_or_error_card(experiment=client._experiment,
-                                              generation_strategy=client._generation_strategy, adapter=self.adapter)
+        return analysis.compute_or_error_card(experiment=experiment_of(client),
+                                              generation_strategy=generation_strategy_of(client), adapter=self.adapter)
 
     def metric_names(self, exp) -> list[str]:
         sigs = getattr(self.adapter, "metric_signatures", set())
@@ -644,7 +643,7 @@ def cv_section(client, model: Surrogate, profile: HardwareProfile) -> Section:
     sec.intro += f"<br>Surrogate: {model.source}."
     from ax.analysis.plotly.cross_validation import CrossValidationPlot
 
-    names = _metric_order(profile, model.metric_names(client._experiment))
+    names = _metric_order(profile, model.metric_names(experiment_of(client)))
     card = model.compute(client, CrossValidationPlot(metric_names=names, folds=-1, untransform=True))
     if (err := _card_error(card)) is not None:
         sec.missing.append(f"Ax could not cross-validate the surrogate: {err}")
@@ -729,7 +728,7 @@ def effects_section(client, model: Surrogate, profile: HardwareProfile) -> Secti
     if model.adapter is None:
         sec.missing.append("No parameter-effect plots for the same reason: no surrogate model.")
         return sec
-    exp = client._experiment
+    exp = experiment_of(client)
     modelled = set(model.metric_names(exp))
     targets = list(dict.fromkeys(["val_acc", *profile.objective_metrics, "latency_ms"]))
     wanted = [m for m in targets if m in modelled]

@@ -15,7 +15,15 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from odnas.cost.calibrate import profile_calibration
+from odnas.cost.lane import CostCache, CostLane
+from odnas.cost.latency import check_runnable
+from odnas.errors import RunDirError, SearchError
+from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
+from odnas.records import RunSettings, TrialRow
+from odnas.rundir import driver_running, write_json_atomic
+from odnas.select import front, meets
 
 #: The confirming protocol runs this many times longer than the search's.
 CONFIRM_FACTOR = 4
@@ -31,11 +39,8 @@ def long_protocol(profile: HardwareProfile, factor: int = CONFIRM_FACTOR) -> Har
     return dataclasses.replace(profile, protocol=longer)
 
 
-def _lane(run_dir: Path, settings: Mapping[str, Any], profile: HardwareProfile, cache: Path, backend=None):
-    from odnas.cost.lane import CostCache
-    from odnas.search import CostLane
-
-    lane = CostLane.from_settings(str(run_dir), settings, backend=backend)
+def _lane(run_dir: Path, settings: RunSettings, profile: HardwareProfile, cache: Path, backend=None) -> CostLane:
+    lane = CostLane.for_run(run_dir, settings, backend=backend)
     lane.profile = profile
     lane.cache = CostCache(cache)
     return lane
@@ -51,35 +56,34 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     confirmed front, the pick, and per confirmed trial the search's and the confirmed
     latency and the budgets it crossed.
     """
-    from odnas.search import driver_running, load_run
-    from odnas.select import front, meets
-
     run_dir = Path(run_dir)
-    settings, profile, rows = load_run(run_dir)
-    lane = _lane(run_dir, settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
-    by_trial = {r["trial"]: dict(r) for r in rows}
+    run = load_run(run_dir)
+    profile = run.profile
+    lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
+    by_trial = {r.trial: r for r in run.rows}
     confirmed: dict[int, dict[str, Any]] = {}
     bounds = list(profile.thresholds) + profile.budget_constraints() + list(extra)
     while True:
         current = front(list(by_trial.values()), profile, extra)
-        todo = [r for r in current if r["trial"] not in confirmed]
+        todo = [r for r in current if r.trial not in confirmed]
         if not todo:
             break
         for r in todo:
-            rec = lane.costs(r["params"])
-            new = {k: rec["metrics"][k] for k in LATENCY_KEYS if k in rec["metrics"]}
-            old = {k: r["metrics"].get(k) for k in new}
-            metrics = {**r["metrics"], **new}
-            crossed = [b for b in bounds if b.split()[0] in new and meets(r["metrics"], [b])
+            rec = lane.costs(r.params)
+            new = {k: rec.metrics[k] for k in LATENCY_KEYS if k in rec.metrics}
+            old = {k: r.metrics.get(k) for k in new}
+            metrics = {**r.metrics, **new}
+            crossed = [b for b in bounds if b.split()[0] in new and meets(r.metrics, [b])
                        and not meets(metrics, [b])]
-            confirmed[r["trial"]] = {
-                "trial": r["trial"], "arch_id": r["arch_id"],
-                "search": old, "confirmed": new, "sem": rec.get("sem", {}).get("latency_ms"),
+            confirmed[r.trial] = {
+                "trial": r.trial, "arch_id": r.arch_id,
+                "search": old, "confirmed": new, "sem": rec.sem.get("latency_ms"),
                 "change": (new["latency_ms"] / old["latency_ms"] - 1.0
                            if old.get("latency_ms") and math.isfinite(old["latency_ms"]) else None),
-                "crossed": crossed, "runs": rec.get("latency", {}).get("runs"),
+                "crossed": crossed, "runs": rec.latency.get("runs"),
             }
-            by_trial[r["trial"]] = {**r, "metrics": metrics, "latency_confirmed": True}
+            by_trial[r.trial] = r.replace(metrics=metrics, sem={**r.sem, **rec.sem}, latency_confirmed=True,
+                                          search_metrics=old)
     fr = front(list(by_trial.values()), profile, extra)
     return {"front": fr, "pick": fr[0] if fr else None, "confirmed": list(confirmed.values()),
             "profile": profile.name, "protocol": dataclasses.asdict(lane.profile.protocol),
@@ -90,30 +94,24 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None) -> dict[str, A
     """Every trained candidate of a run measured under ``profile_name`` (no retraining);
     that profile's budgets and thresholds give its feasible front and pick. The result
     is also written to ``RUN_DIR/rescore/PROFILE.json``."""
-    from odnas.util import write_json_atomic
-    from odnas.search import SearchError, check_runtime_profile, load_run
-    from odnas.select import front
-
     run_dir = Path(run_dir)
-    settings, _, rows = load_run(run_dir)
+    run = load_run(run_dir)
     profile = load_profile(profile_name)
-    check_runtime_profile(profile)
-    lane = _lane(run_dir, settings, profile, run_dir / "rescore" / profile.name / "costs", backend)
-    from odnas.calibrate import profile_calibration
-
+    check_runnable(profile)
+    lane = _lane(run_dir, run.settings, profile, run_dir / "rescore" / profile.name / "costs", backend)
     lane.calibration = profile_calibration(profile) if backend is None else None  # this profile's own mapping
-    trained = [r for r in rows if r["state"] in ("completed", "early_stopped") and "val_acc" in r["metrics"]]
+    trained = [r for r in run.rows if r.state in ("completed", "early_stopped") and "val_acc" in r.metrics]
     if not trained:
-        raise SearchError(f"{run_dir} has no trained model yet; nothing to rescore")
+        raise RunDirError(f"{run_dir} has no trained model yet; nothing to rescore")
     out_rows = []
     for r in trained:
-        rec = lane.costs(r["params"])
-        metrics = {**r["metrics"], **rec["metrics"]}
-        out_rows.append({**r, "metrics": metrics, "over_budget": profile.over_budget(metrics),
-                         "sem": {**r.get("sem", {}), **rec.get("sem", {})},
-                         "search_metrics": {k: r["metrics"].get(k) for k in rec["metrics"]}})
+        rec = lane.costs(r.params)
+        metrics = {**r.metrics, **rec.metrics}
+        out_rows.append(r.replace(metrics=metrics, over_budget=profile.over_budget(metrics),
+                                  sem={**r.sem, **rec.sem},
+                                  search_metrics={k: r.metrics.get(k) for k in rec.metrics}))
     fr = front(out_rows, profile)
-    result = {"profile": profile.to_dict(), "rows": out_rows, "front": [r["trial"] for r in fr],
-              "pick": fr[0]["trial"] if fr else None, "measured": lane.measured}
+    result = {"profile": profile.to_dict(), "rows": [r.to_dict() for r in out_rows], "front": [r.trial for r in fr],
+              "pick": fr[0].trial if fr else None, "measured": lane.measured}
     write_json_atomic(run_dir / "rescore" / f"{profile.name}.json", result)
     return {**result, "front_rows": fr}

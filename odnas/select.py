@@ -1,7 +1,8 @@
 """Selection: the feasible Pareto front and a budgeted pick.
 
 The core is pure functions on arrays and plain rows (``pareto_mask``, ``feasible``,
-``front``, ``pick``); ``trial_table`` turns a stored Ax experiment into those rows.
+``front``, ``pick``) on ``TrialRow`` records (``odnas.loop.store.trial_table`` makes
+them from a stored experiment). Nothing here knows Ax.
 A model over any hard budget is never feasible, so never on the front or picked.
 """
 
@@ -13,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound
+from odnas.records import TrialRow
 
 
 def pareto_mask(y: np.ndarray) -> np.ndarray:
@@ -41,22 +43,22 @@ def meets(metrics: Mapping[str, float], bounds: Sequence[str]) -> bool:
     return True
 
 
-def feasible(row: Mapping[str, Any], profile: HardwareProfile, extra: Sequence[str] = ()) -> bool:
+def feasible(row: TrialRow, profile: HardwareProfile, extra: Sequence[str] = ()) -> bool:
     """A trained model within every budget, threshold and extra bound."""
-    m = row.get("metrics", {})
-    return (row.get("state") == "completed" and "val_acc" in m
+    m = row.metrics
+    return (row.state == "completed" and "val_acc" in m
             and not profile.over_budget(m)
             and meets(m, list(profile.thresholds) + profile.budget_constraints() + list(extra)))
 
 
-def objective_matrix(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> np.ndarray:
+def objective_matrix(rows: Sequence[TrialRow], objectives: Sequence[str]) -> np.ndarray:
     """Rows' objective values, signed so that every column is maximised."""
-    return np.array([[METRIC_SIGN[o] * float(r["metrics"][o]) for o in objectives] for r in rows]).reshape(
+    return np.array([[METRIC_SIGN[o] * float(r.metrics[o]) for o in objectives] for r in rows]).reshape(
         len(rows), len(objectives))
 
 
-def front(rows: Sequence[Mapping[str, Any]], profile: HardwareProfile,
-          extra: Sequence[str] = ()) -> list[Mapping[str, Any]]:
+def front(rows: Sequence[TrialRow], profile: HardwareProfile,
+          extra: Sequence[str] = ()) -> list[TrialRow]:
     """The feasible Pareto front over the profile's objectives, most accurate first."""
     ok = [r for r in rows if feasible(r, profile, extra)]
     if not ok:
@@ -65,16 +67,16 @@ def front(rows: Sequence[Mapping[str, Any]], profile: HardwareProfile,
     return sorted([r for r, keep in zip(ok, mask) if keep], key=_rank)
 
 
-def pick(rows: Sequence[Mapping[str, Any]], profile: HardwareProfile,
-         extra: Sequence[str] = ()) -> Mapping[str, Any] | None:
+def pick(rows: Sequence[TrialRow], profile: HardwareProfile,
+         extra: Sequence[str] = ()) -> TrialRow | None:
     """The most accurate feasible model (ties: cheaper first), or None."""
     f = front(rows, profile, extra)
     return f[0] if f else None
 
 
-def _rank(r: Mapping[str, Any]) -> tuple:
-    m = r["metrics"]
-    return (-m["val_acc"], m.get("latency_ms", 0.0), m.get("num_params", 0), r.get("trial", 0))
+def _rank(r: TrialRow) -> tuple:
+    m = r.metrics
+    return (-m["val_acc"], m.get("latency_ms", 0.0), m.get("num_params", 0), r.trial)
 
 
 def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = None) -> list[str]:
@@ -98,52 +100,14 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
     return float(Hypervolume(torch.tensor(ref, dtype=torch.double)).compute(torch.tensor(pts, dtype=torch.double)))
 
 
-def proxy_correlations(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def proxy_correlations(rows: Sequence[TrialRow]) -> dict[str, float | None]:
     """Spearman rank correlation of ``flops`` and ``num_params`` with measured
     ``latency_ms`` over every measured candidate (None below 3 candidates)."""
     from scipy.stats import spearmanr
 
-    pts = [r["metrics"] for r in rows if all(k in r["metrics"] for k in ("latency_ms", "flops", "num_params"))]
+    pts = [r.metrics for r in rows if all(k in r.metrics for k in ("latency_ms", "flops", "num_params"))]
     out: dict[str, float | None] = {"n": len(pts)}
     for proxy in ("flops", "num_params"):
         out[proxy] = (float(spearmanr([m[proxy] for m in pts], [m["latency_ms"] for m in pts]).statistic)
                       if len(pts) >= 3 else None)
     return out
-
-
-# ------------------------------------------------------------- from Ax to rows
-
-
-_STATE = {"COMPLETED": "completed", "RUNNING": "running", "CANDIDATE": "running", "STAGED": "running",
-          "FAILED": "failed", "ABANDONED": "failed", "EARLY_STOPPED": "early_stopped"}
-
-
-def trial_table(exp) -> list[dict[str, Any]]:
-    """One row per trial of a stored experiment: state, arch id, parameters, metrics."""
-    data = exp.lookup_data()
-    df = data.full_df if hasattr(data, "full_df") else data.df
-    latest: dict[int, dict[str, float]] = {}
-    sems: dict[int, dict[str, float]] = {}
-    if len(df):
-        step = "step" if "step" in df.columns else None
-        df = df.sort_values(step) if step else df
-        for rec in df.itertuples(index=False):
-            latest.setdefault(int(rec.trial_index), {})[rec.metric_name] = float(rec.mean)
-            sems.setdefault(int(rec.trial_index), {})[rec.metric_name] = float(rec.sem)
-    rows = []
-    for idx, t in sorted(exp.trials.items()):
-        meta = t.run_metadata or {}
-        state = _STATE.get(t.status.name, t.status.name.lower())
-        if state == "completed" and meta.get("over_budget"):
-            state = "over_budget"
-        metrics = {**meta.get("costs", {}), **latest.get(idx, {})}
-        if state == "running":
-            metrics.pop("val_acc", None)  # a curve point, not a result
-        rows.append({
-            "trial": idx, "state": state, "arch_id": meta.get("arch_id"),
-            "params": meta.get("params") or (dict(t.arm.parameters) if t.arm else {}), "metrics": metrics,
-            "sem": sems.get(idx, {}), "over_budget": meta.get("over_budget", []),
-            "reason": getattr(t, "status_reason", None) or meta.get("failed_reason"),
-            "trial_dir": meta.get("trial_dir"), "retry_of": t._properties.get("retry_of"),
-        })
-    return rows

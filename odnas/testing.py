@@ -2,8 +2,9 @@
 
 ``FakeLatencyBackend`` returns a deterministic latency derived from the ONNX
 graph's size in microseconds, so tests of the loop need no timing.
-``InProcessJobs`` (with ``in_process_jobs``) runs each trial's job inside the
-driver instead of as a TorchX job, so the real loop runs hundreds of trials fast.
+``InProcessJobs`` is a TorchX scheduler (``InProcessJobs.SCHEDULER``, passed to the
+driver by name) that runs each trial's job inside the driver, so the real loop runs
+hundreds of trials fast.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import math
 import os
 import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
+
+from torchx.schedulers.api import Scheduler
 
 from odnas.cost.latency import LatencyResult
 from odnas.profiles import HardwareProfile
+from odnas.rundir import JOB_NAME, PROGRESS_NAME, RESULT_NAME, TRIAL_MODULE, write_json_atomic
 
 
 class FakeLatencyBackend:
@@ -89,17 +92,20 @@ def _unit_position(spec, value: Any) -> float:
 
 
 class InProcessJobs:
-    """Stands in for TorchX's runner (``run``, ``status``, ``cancel``): each trial's job
-    runs in this process and has finished when ``run`` returns.
+    """Runs each trial's job in this process, as a TorchX scheduler: the driver gets it
+    through TorchX's public extension point (a scheduler factory by name,
+    ``run_loop(..., schedulers=jobs.schedulers())`` with ``SearchConfig(scheduler=
+    InProcessJobs.SCHEDULER)``), so the runner, metrics and storage are the real ones.
 
-    ``TrialRunner`` hands it the same ``AppDef`` it would hand TorchX; the job's own
-    arguments (``python -m odnas.trial --out ... --params ...``) are read back from it.
-    With ``train=False`` the job writes ``job.json``, one ``progress.jsonl`` line and
-    ``result.json`` with :func:`synthetic_val_acc` (milliseconds, no training); with
-    ``train=True`` it runs ``odnas.trial.main`` on those arguments, a real training.
-    Either way ``TrialRunner.poll_trial`` and ``ValAccMetric`` read the trial dir as
-    usual. ``after(trial_index, seconds)`` is called when each job has finished.
+    The job's own arguments (``python -m odnas.jobs.trial --out ... --params ...``) are
+    read back from the ``AppDef``. With ``train=False`` the job writes ``job.json``, one
+    ``progress.jsonl`` line and ``result.json`` with :func:`synthetic_val_acc`
+    (milliseconds, no training); with ``train=True`` it runs ``odnas.jobs.trial.main``
+    on those arguments, a real training. ``after(trial_index, seconds)`` is called when
+    each job has finished. A job has finished by the time TorchX's ``run`` returns.
     """
+
+    SCHEDULER = "inprocess"
 
     def __init__(self, train: bool = False, after: Callable[[int, float], None] | None = None) -> None:
         self.train = train
@@ -107,46 +113,77 @@ class InProcessJobs:
         self.launched = 0
         self.failed = 0
 
-    def run(self, app, scheduler: str, cfg: Mapping[str, Any] | None = None) -> str:
-        argv = list(app.roles[0].args)
-        if argv[:2] != ["-m", "odnas.trial"]:
+    def schedulers(self) -> dict[str, Callable[..., Any]]:
+        """``{name: factory}`` for ``run_loop``/``create_run``'s ``schedulers``."""
+        return {self.SCHEDULER: lambda session_name, **kwargs: _InProcessScheduler(session_name, self)}
+
+    def run_job(self, argv: list[str]) -> str:
+        """Run one job given its ``python`` arguments; returns its app id."""
+        if argv[:2] != ["-m", TRIAL_MODULE]:
             raise ValueError(f"not an odnas trial job: {argv[:2]}")
         argv = argv[2:]
         a = _job_args(argv)
         t0 = time.perf_counter()
         self.launched += 1
         if self.train:
-            from odnas.trial import main
+            from odnas.jobs.trial import main
 
             try:
                 main(argv)
             except Exception:  # the job wrote error.json, as a failed TorchX job would
                 self.failed += 1
         else:
-            from odnas.util import write_json_atomic
             from odnas.spaces import get_space
 
             out = Path(a.out)
             out.mkdir(parents=True, exist_ok=True)
             params = json.loads(a.params)
-            write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                 "start": time.time(), "params": params})
+            write_json_atomic(out / JOB_NAME, {"pid": os.getpid(), "host": socket.gethostname(),
+                                               "start": time.time(), "params": params})
             acc = synthetic_val_acc(get_space(a.space), params)
-            with (out / "progress.jsonl").open("a") as f:
+            with (out / PROGRESS_NAME).open("a") as f:
                 f.write(json.dumps({"epoch": 1, "val_acc": acc, "time": time.time()}) + "\n")
-            write_json_atomic(out / "result.json", {"val_acc": acc, "epochs": 1, "synthetic": True,
-                                                    "status": "ok"})
+            write_json_atomic(out / RESULT_NAME, {"val_acc": acc, "epochs": 1, "synthetic": True, "status": "ok"})
         if self.after is not None:
             self.after(int(Path(a.out).name), time.perf_counter() - t0)
-        return f"inprocess://odnas/{Path(a.out).name}"
+        return f"odnas-{Path(a.out).name}-{self.launched}"
 
-    def status(self, handle: str):
-        from torchx.specs import AppState, AppStatus
 
-        return AppStatus(state=AppState.SUCCEEDED)  # a job has ended by the time run() returns
+class _InProcessScheduler(Scheduler):
+    def __init__(self, session_name: str, jobs: InProcessJobs) -> None:
+        super().__init__(InProcessJobs.SCHEDULER, session_name)
+        self.jobs = jobs
+        self.apps: dict[str, str] = {}
 
-    def cancel(self, handle: str) -> None:
+    def _submit_dryrun(self, app, cfg):
+        from torchx.specs import AppDryRunInfo
+
+        return AppDryRunInfo(list(app.roles[0].args), lambda argv: "in process: python " + " ".join(argv))
+
+    def schedule(self, dryrun_info) -> str:
+        app_id = self.jobs.run_job(dryrun_info.request)
+        self.apps[app_id] = "SUCCEEDED"
+        return app_id
+
+    def describe(self, app_id: str):
+        from torchx.schedulers.api import DescribeAppResponse
+        from torchx.specs import AppState
+
+        if app_id not in self.apps:
+            return None
+        return DescribeAppResponse(app_id=app_id, state=AppState.SUCCEEDED)
+
+    def list(self):
+        from torchx.schedulers.api import ListAppResponse
+        from torchx.specs import AppState
+
+        return [ListAppResponse(app_id=a, state=AppState.SUCCEEDED) for a in self.apps]
+
+    def _cancel_existing(self, app_id: str) -> None:
         pass  # nothing is left running
+
+    def log_iter(self, *args: Any, **kwargs: Any):
+        return iter(())
 
 
 def _job_args(argv: list[str]):
@@ -158,18 +195,3 @@ def _job_args(argv: list[str]):
     ap.add_argument("--params", required=True)
     a, _ = ap.parse_known_args(argv)
     return a
-
-
-@contextmanager
-def in_process_jobs(jobs: InProcessJobs) -> Iterator[InProcessJobs]:
-    """While active, ``TrialRunner`` gets ``jobs`` where it asks TorchX for a runner
-    (``torchx.runner.get_runner``), so ``odnas.search.run_loop`` runs unchanged and
-    its runner, metrics and storage are the real ones; only the job runs in-process."""
-    import torchx.runner
-
-    saved = torchx.runner.get_runner
-    torchx.runner.get_runner = lambda *args, **kwargs: jobs
-    try:
-        yield jobs
-    finally:
-        torchx.runner.get_runner = saved

@@ -16,7 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from odnas import calibrate as C
+from odnas.cost import calibrate as C
+from odnas.records import CostRecord
 from odnas.profiles import load_profile
 
 TRUE_SCALE, TRUE_EXP, NOISE = 3.1, 0.9, 0.03
@@ -250,16 +251,16 @@ def test_calibrate_latency_and_cost_records(short, host, cache_dir, tmp_path):
     with pytest.raises(C.CalibrationError, match="host 'elsewhere'"):
         C.calibrate_latency({**lat, "host": "elsewhere"}, cal)
     # A cost-lane record (odnas.cost.lane.measure_candidate's shape) gets device latencies.
-    rec = {"arch_id": "x", "metrics": {"num_params": 10, "latency_ms": lat["latency_ms"],
-                                       "latency_ms_p90": lat["latency_ms_p90"]},
-           "sem": {"latency_ms": lat["latency_ms_sem"]}, "latency": lat}
+    rec = CostRecord(arch_id="x", space="mlp", profile=short.name, precision="fp32",
+                     metrics={"num_params": 10, "latency_ms": lat["latency_ms"], "latency_ms_p90": lat["latency_ms_p90"]},
+                     sem={"latency_ms": lat["latency_ms_sem"]}, latency=lat)
     out = C.apply_to_record(rec, cal)
-    assert out["metrics"]["latency_ms"] == pytest.approx(c["latency_ms"])
-    assert out["host_metrics"]["latency_ms"] == lat["latency_ms"] and out["metrics"]["num_params"] == 10
+    assert out.metrics["latency_ms"] == pytest.approx(c["latency_ms"])
+    assert out.host_metrics["latency_ms"] == lat["latency_ms"] and out.metrics["num_params"] == 10
     assert C.apply_to_record(out, cal) == out  # idempotent: computed from the host figures
-    assert rec["metrics"]["latency_ms"] == lat["latency_ms"]  # input untouched
+    assert rec.metrics["latency_ms"] == lat["latency_ms"]  # input untouched
     budget = dataclasses.replace(short, budgets={"latency_ms": c["latency_ms"] * 0.99})
-    assert budget.over_budget(out["metrics"]) == ["latency_ms"] and budget.over_budget(rec["metrics"]) == []
+    assert budget.over_budget(out.metrics) == ["latency_ms"] and budget.over_budget(rec.metrics) == []
 
 
 def test_profile_section_drives_the_fit_and_the_run_keeps_it(short, host, cache_dir, tmp_path):
@@ -394,7 +395,7 @@ def test_run_perf_test_script_and_logs_to_csv(short, exported, tmp_path):
 
 
 def test_light_imports():
-    code = "import sys, odnas.calibrate, odnas.profiles; print(sorted({'numpy', 'torch', 'onnxruntime'} & set(sys.modules)))"
+    code = "import sys, odnas.cost.calibrate, odnas.profiles; print(sorted({'numpy', 'torch', 'onnxruntime'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -404,8 +405,8 @@ def test_cost_lane_scores_device_latency_and_caches_host_figures(tmp_path, short
     cache keeps the host record, and the host figures stay beside the device ones."""
     import math
 
-    from odnas.calibrate import Calibration, host_identity
-    from odnas.search import CostLane
+    from odnas.cost.calibrate import Calibration, host_identity
+    from odnas.cost.lane import CostLane
     from odnas.spaces import get_space
 
     profile = short_profile()
@@ -415,11 +416,11 @@ def test_cost_lane_scores_device_latency_and_caches_host_figures(tmp_path, short
     lane = CostLane(get_space("mlp"), (1, 8, 8), 10, profile, tmp_path / "costs", calibration=cal)
     params = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.001, "dropout": 0.1, "epochs": 1, "batch_size": 32}
     rec = lane.costs(params)
-    host = rec["host_metrics"]["latency_ms"]
-    assert rec["metrics"]["latency_ms"] == pytest.approx(3.0 * host)
-    cached = lane.cache.get(rec["arch_id"])
-    assert cached["metrics"]["latency_ms"] == pytest.approx(host) and "host_metrics" not in cached
+    host = rec.host_metrics["latency_ms"]
+    assert rec.metrics["latency_ms"] == pytest.approx(3.0 * host)
+    cached = lane.cache.get(rec.arch_id)
+    assert cached.metrics["latency_ms"] == pytest.approx(host) and cached.host_metrics is None
     again = lane.costs(params)  # from the cache, calibrated again, not twice
-    assert again["metrics"]["latency_ms"] == pytest.approx(rec["metrics"]["latency_ms"]) and lane.measured == 1
-    assert lane.over_budget({**rec["metrics"], "latency_ms": 3.0 * host}) == (
+    assert again.metrics["latency_ms"] == pytest.approx(rec.metrics["latency_ms"]) and lane.measured == 1
+    assert lane.over_budget({**rec.metrics, "latency_ms": 3.0 * host}) == (
         ["latency_ms"] if 3.0 * host > profile.budgets["latency_ms"] else [])

@@ -13,7 +13,7 @@ import torch
 from odnas.data import load_data
 from odnas.export import ParityError, check_parity, export_artifact
 from odnas.spaces import get_space
-from odnas.train import fit
+from odnas.jobs.train import fit
 
 PARAMS = {"hidden_size_1": 64, "hidden_size_2": 32, "dropout": 0.1, "lr": 5e-3, "epochs": 3, "batch_size": 64}
 

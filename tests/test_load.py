@@ -9,37 +9,39 @@ benchmark's 'bo' differs only in how candidates are made.
 import json
 
 import pytest
-import torchx.runner
 
-from odnas.search import SearchConfig, create_run, load_run, run_loop
+from odnas.loop.config import SearchConfig
+from odnas.loop.driver import create_run, run_loop
+from odnas.loop.store import load_run
 from odnas.spaces import get_space
-from odnas.testing import FakeLatencyBackend, InProcessJobs, in_process_jobs, synthetic_val_acc
+from odnas.testing import FakeLatencyBackend, InProcessJobs, synthetic_val_acc
 
 
 def test_in_process_trials_are_stored_and_read_back(tmp_path):
-    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=8, max_candidates=8, parallel=2,
-                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1)
-    run_dir = create_run(cfg)
     ended: list[int] = []
     jobs = InProcessJobs(after=lambda index, seconds: ended.append(index))
-    real_get_runner = torchx.runner.get_runner
-    with in_process_jobs(jobs):
-        run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True)
-    assert torchx.runner.get_runner is real_get_runner  # the swap ends with the block
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=8, max_candidates=8, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1,
+                       scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    # The in-process jobs reach the driver as a TorchX scheduler passed in by name.
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
     assert jobs.launched == 8 and sorted(ended) == list(range(8))
 
-    settings, profile, rows = load_run(run_dir)  # read-only, from SQLite
-    assert [r["trial"] for r in rows] == list(range(8))
+    rows = load_run(run_dir).rows  # read-only, from SQLite
+    assert [r.trial for r in rows] == list(range(8))
     space = get_space("mlp")
     for r in rows:
-        assert r["state"] == "completed", r
+        assert r.state == "completed", r
         # val_acc went job -> result.json -> ValAccMetric -> SQLite -> load_run unchanged
-        assert r["metrics"]["val_acc"] == pytest.approx(synthetic_val_acc(space, r["params"]), abs=1e-9)
-        assert r["metrics"]["latency_ms"] > 0 and r["metrics"]["num_params"] > 0
-        tdir = run_dir / "trials" / f"{r['trial']:04d}"
+        assert r.metrics["val_acc"] == pytest.approx(synthetic_val_acc(space, r.params), abs=1e-9)
+        assert r.metrics["latency_ms"] > 0 and r.metrics["num_params"] > 0
+        tdir = run_dir / "trials" / f"{r.trial:04d}"
         assert json.loads((tdir / "result.json").read_text())["synthetic"] is True
         assert not (tdir / "torchx").exists()  # no TorchX job was started
-    assert len({r["metrics"]["val_acc"] for r in rows}) > 1
+    assert len({r.metrics["val_acc"] for r in rows}) > 1
+    stats = json.loads((run_dir / "driver-stats.jsonl").read_text().splitlines()[-1])
+    assert stats["calls"]["deploy"] == 8 and stats["seconds"]["storage"] > 0  # the clock saw the loop
 
 
 def test_synthetic_val_acc_is_deterministic_and_bounded():

@@ -12,7 +12,7 @@ import torch
 from odnas.cost.lane import measure_candidate
 from odnas.cost.onnx import export_onnx
 from odnas.data import load_data
-from odnas.quantize import (
+from odnas.cost.quantize import (
     ArrayCalibrationReader, QuantizeError, calibration_inputs, quantize_model, random_calibration_inputs,
 )
 from odnas.spaces import get_space
@@ -151,19 +151,19 @@ def test_cost_lane_times_the_int8_file_under_an_int8_profile(short_profile):
     int8 = short_profile("cpu-mobile-int8")
     assert int8.precision == "int8"
     rec = measure_candidate(space, params, (1, 8, 8), 10, int8)
-    q = rec["quantization"]
-    assert rec["precision"] == "int8" and q["mode"] == "static" and q["format"] == "QDQ"
+    q = rec.quantization
+    assert rec.precision == "int8" and q["mode"] == "static" and q["format"] == "QDQ"
     assert q["calibration"] == "random-normal" and q["calibration_samples"] == 32
-    assert rec["metrics"]["model_bytes"] == q["model_bytes"] != q["model_bytes_fp32"]  # the int8 file's size
-    assert rec["metrics"]["latency_ms"] > 0 and q["op_types_quantized"]["Conv"] > 0
+    assert rec.metrics["model_bytes"] == q["model_bytes"] != q["model_bytes_fp32"]  # the int8 file's size
+    assert rec.metrics["latency_ms"] > 0 and q["op_types_quantized"]["Conv"] > 0
     x = load_data("digits").x_train
     rec2 = measure_candidate(space, params, (1, 8, 8), 10, int8, calib_x=x)
-    assert rec2["quantization"]["calibration"] == "training split"
-    assert rec2["quantization"]["calibration_samples"] == 32
+    assert rec2.quantization["calibration"] == "training split"
+    assert rec2.quantization["calibration_samples"] == 32
     fp32 = measure_candidate(space, params, (1, 8, 8), 10, short_profile("cpu-mobile"))
-    assert fp32["precision"] == "fp32" and "quantization" not in fp32
-    assert fp32["metrics"]["model_bytes"] == q["model_bytes_fp32"]
-    json.dumps(rec)
+    assert fp32.precision == "fp32" and fp32.quantization is None
+    assert fp32.metrics["model_bytes"] == q["model_bytes_fp32"]
+    json.dumps(rec.to_dict())
 
 
 def test_random_calibration_inputs_have_the_data_scale():

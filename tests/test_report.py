@@ -87,7 +87,10 @@ def make_run(run_dir: Path, n: int, method: str = "bo", failed=(), running: int 
     costs and accuracies, the way the closed loop stores them (costs in run metadata;
     a trial over a budget completed with costs only). Trials in ``over`` are made 3x
     slower; the last ``running`` trials stay running; ``planned`` trials were asked for."""
-    from odnas.search import SearchConfig, create_run, load_client, quiet_logs, read_settings
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.loop.store import load_client, quiet_logs
+    from odnas.rundir import read_settings
     from odnas.spaces import get_space
 
     prof = run_dir.parent / f"{run_dir.name}-profile.yaml"
@@ -149,7 +152,7 @@ def _figure_keys(html_path: Path) -> list[str]:
 
 
 def test_run_has_every_state(full_run):
-    from odnas.search import load_client
+    from odnas.loop.store import load_client
     from odnas.select import trial_table
 
     client, _ = load_client(full_run, readonly=True)
@@ -172,7 +175,7 @@ def test_report_is_one_offline_html_file(full_run, full_report):
 
 
 def test_report_shows_proxy_correlations_per_profile(full_run, full_report):
-    from odnas.search import load_run
+    from odnas.loop.store import load_run
     from odnas.select import proxy_correlations
 
     _, profile, rows = load_run(full_run)
@@ -192,8 +195,8 @@ def test_report_has_the_expected_figures(full_report):
 
 
 def test_front_table_has_export_commands(full_run, full_report):
-    from odnas.search import load_client
-    from odnas.search import read_settings
+    from odnas.loop.store import load_client
+    from odnas.rundir import read_settings
     from odnas.select import front, trial_table
 
     client, _ = load_client(full_run, readonly=True)
@@ -253,8 +256,8 @@ def test_report_out_may_be_a_folder(partial_run, tmp_path):
 def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
     """A quasi-random run never has a model of its own; the report fits one."""
     from odnas.report import Surrogate
-    from odnas.search import load_client
-    from odnas.search import quiet_logs
+    from odnas.loop.store import load_client
+    from odnas.loop.store import quiet_logs
     from odnas.select import trial_table
 
     run = make_run(tmp_path / "sobol", 5, method="sobol")
@@ -266,7 +269,7 @@ def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
 
 
 def test_not_a_run_dir_is_a_user_error(tmp_path):
-    from odnas.search import SearchError
+    from odnas.errors import SearchError
 
     with pytest.raises(SearchError, match="not an odnas run dir"):
         write_report(tmp_path)
@@ -301,7 +304,8 @@ def test_every_figure_renders_with_data_in_chromium(full_report, tmp_path):
 @pytest.mark.slow
 def test_report_of_a_real_search(tmp_path):
     """End to end: a real (tiny) search, then its report."""
-    from odnas.search import SearchConfig, search
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import search
 
     run = search(SearchConfig(profile="cpu-mobile", space="mlp", trials=4, parallel=2, run_dir=str(tmp_path / "r")))
     out = write_report(run)

@@ -2,12 +2,14 @@
 
 import json
 
-from odnas.launch import TrialRunner
+from odnas.loop.runner import TrialRunner
+from odnas.records import CostRecord, RunSettings
 
 
 class _Lane:
     def costs(self, params):
-        return {"arch_id": "mlp_32x16", "metrics": {"num_params": 10, "latency_ms": 0.01}, "sem": {}}
+        return CostRecord(arch_id="mlp_32x16", space="mlp", profile="cpu-mobile", precision="fp32",
+                          metrics={"num_params": 10, "latency_ms": 0.01})
 
     def over_budget(self, metrics):
         return []
@@ -26,9 +28,8 @@ PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.001, "dropout": 0.1,
 
 
 def _runner(tmp_path):
-    r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits"})
-    r.cost_lane, r._torchx = _Lane(), _TorchX()
-    return r
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10)
+    return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), _TorchX())
 
 
 def _leave_job(r, idx, params, result=True):
@@ -43,14 +44,14 @@ def test_reattaches_to_its_own_finished_job(tmp_path):
     r = _runner(tmp_path)
     _leave_job(r, 0, PARAMS)
     meta = r.run_trial(0, PARAMS)
-    assert meta.get("reattached") and r._torchx.launched == []
+    assert meta.get("reattached") and r.torchx.launched == []
 
 
 def test_never_adopts_another_candidates_job(tmp_path):
     r = _runner(tmp_path)
     _leave_job(r, 0, dict(PARAMS, hidden_size_1=64))
     meta = r.run_trial(0, PARAMS)
-    assert not meta.get("reattached") and len(r._torchx.launched) == 1
+    assert not meta.get("reattached") and len(r.torchx.launched) == 1
     assert not (r.trial_dir(0) / "result.json").exists()  # the other model's result is not ours
     assert len(list(r.trial_dir(0).parent.glob("0000.orphan-*"))) == 1
 
@@ -59,7 +60,7 @@ def test_a_dead_unfinished_job_is_launched_again(tmp_path):
     r = _runner(tmp_path)
     _leave_job(r, 0, PARAMS, result=False)  # pid on another host: not a live local job
     meta = r.run_trial(0, PARAMS)
-    assert not meta.get("reattached") and len(r._torchx.launched) == 1
+    assert not meta.get("reattached") and len(r.torchx.launched) == 1
 
 
 class _RemoteTorchX(_TorchX):
@@ -76,12 +77,12 @@ class _RemoteTorchX(_TorchX):
 
 def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
     r = _runner(tmp_path)
-    r._torchx = _RemoteTorchX()
+    r.torchx = _RemoteTorchX()
     first = r.run_trial(0, PARAMS)  # launches app1 and records its handle
     assert json.loads((r.trial_dir(0) / "launch.json").read_text())["app_handle"] == first["app_handle"]
     again = r.run_trial(0, PARAMS)  # a resumed driver, before the job wrote anything
     assert again.get("reattached") and again["app_handle"] == first["app_handle"]
-    assert len(r._torchx.launched) == 1
+    assert len(r.torchx.launched) == 1
     other = r.run_trial(0, dict(PARAMS, hidden_size_1=64))  # another candidate under this index
-    assert not other.get("reattached") and len(r._torchx.launched) == 2
-    assert r._torchx.cancelled == [first["app_handle"]]  # the leftover job is stopped, not left writing here
+    assert not other.get("reattached") and len(r.torchx.launched) == 2
+    assert r.torchx.cancelled == [first["app_handle"]]  # the leftover job is stopped, not left writing here

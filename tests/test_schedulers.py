@@ -30,7 +30,7 @@ REMOTE = {"space": "mlp", "data": "digits", "threads": 4, "seed": 0, "image": "r
 
 
 def _runner(run_dir, scheduler, **extra):
-    from odnas.launch import TrialRunner
+    from odnas.loop.runner import TrialRunner
 
     return TrialRunner(str(run_dir), {**REMOTE, "scheduler": scheduler, **extra})
 
@@ -49,7 +49,7 @@ def test_kubernetes_job_spec():
     pod = task["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == "registry.example/odnas:1"
-    assert c["command"][:3] == ["python", "-m", "odnas.trial"]
+    assert c["command"][:3] == ["python", "-m", "odnas.jobs.trial"]
     cmd = c["command"]
     assert cmd[cmd.index("--out") + 1] == "/shared/runs/r1/trials/0003"  # the driver's path, on the volume
     assert json.loads(cmd[cmd.index("--params") + 1]) == PARAMS
@@ -82,7 +82,7 @@ def test_slurm_batch_script():
     export = srun.split("'--export=")[1].split("'")[0]
     assert "ODNAS_PROBE=x y" in export and "HF_HOME=/cache/hf" in export and "OMP_NUM_THREADS=4" in export
     # Slurm runs the host's Python from the shared file system: no image, same paths.
-    assert "python -m odnas.trial --out /shared/runs/r1/trials/0003 " in srun
+    assert "python -m odnas.jobs.trial --out /shared/runs/r1/trials/0003 " in srun
     assert "registry.example" not in script
 
 
@@ -99,12 +99,12 @@ def test_ray_job_request(tmp_path):
     assert not any(Path(job.working_dir).iterdir())  # nothing big to upload
     (actor,) = job.actors
     assert actor.num_cpus == 4 and actor.num_gpus == 1
-    assert actor.command[:3] == ["python", "-m", "odnas.trial"]
+    assert actor.command[:3] == ["python", "-m", "odnas.jobs.trial"]
     assert actor.env["ODNAS_PROBE"] == "x y" and actor.env["OMP_NUM_THREADS"] == "4"
 
 
 def test_bad_scheduler_options_are_one_line_value_errors(tmp_path):
-    from odnas.launch import make_resource, trial_app
+    from odnas.jobs.component import make_resource, trial_app
 
     cases = [
         (lambda: make_resource("cpu=x", 1), "cpu='x': expected a whole number"),
@@ -204,7 +204,7 @@ def _wait(runner, meta, limit_s: float = 300):
 
 def _launch_on_ray(ray_cluster, tmp_path, params):
     """A TrialRunner on the loopback cluster and trial 0 launched through TorchX's ray scheduler."""
-    from odnas.launch import TrialRunner
+    from odnas.loop.runner import TrialRunner
 
     r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits", "threads": 1, "scheduler": "ray",
                                     "scheduler_cfg": {"dashboard_address": ray_cluster}})
@@ -219,7 +219,7 @@ def test_trial_runs_as_a_ray_job(ray_cluster, tmp_path):
     from ax.core.base_trial import TrialStatus
     from torchx.specs import AppState
 
-    from odnas.launch import ValAccMetric
+    from odnas.loop.metrics import ValAccMetric
 
     r, tdir, handle = _launch_on_ray(ray_cluster, tmp_path, PARAMS)
     assert str(handle).startswith(f"ray://odnas/{ray_cluster}-odnas-trial-0-")

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from odnas.search import SearchConfig, SearchError, make_settings
+from odnas.errors import SearchError
+from odnas.loop.config import SearchConfig, make_settings
 
 
 def test_saasbo_without_jax_and_numpyro_fails_before_the_run(monkeypatch, tmp_path):
@@ -26,7 +27,7 @@ def test_bad_fault_and_isolation_settings_are_one_line_errors(field, value, matc
 
 def test_a_space_without_float_parameters_gets_discrete_safe_optimizer_settings():
     """Ax's discrete acquisition optimizers refuse the gradient optimizer's ``options``."""
-    from odnas.search import generation_strategy
+    from odnas.loop.config import generation_strategy
 
     def opt_kwargs(gs):
         return [spec.generator_gen_kwargs["model_gen_options"]["optimizer_kwargs"]

@@ -204,7 +204,8 @@ def test_killed_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
 
 
 def test_two_drivers_are_refused(tmp_path):
-    from odnas.search import SearchError, driver_lock
+    from odnas.errors import SearchError
+    from odnas.rundir import driver_lock
 
     d = tmp_path / "locked"
     d.mkdir()
@@ -224,7 +225,10 @@ def test_two_drivers_are_refused(tmp_path):
 
 def test_stored_metrics_keep_their_direction_for_early_stopping(tmp_path):
     """Early stopping needs lower_is_better on val_acc, also after the experiment is reloaded."""
-    from odnas.search import SearchConfig, create_run, early_stopping_strategy, load_client, read_settings
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run, early_stopping_strategy
+    from odnas.loop.store import load_client
+    from odnas.rundir import read_settings
 
     d = create_run(SearchConfig(space="mlp", trials=2, run_dir=str(tmp_path / "es"), early_stopping=True))
     assert read_settings(d)["early_stopping"] is True

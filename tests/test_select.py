@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 
 from odnas.profiles import load_profile
+from odnas.records import TrialRow
 from odnas.select import front, hypervolume, pareto_mask, pick
 
 
@@ -19,7 +20,7 @@ def _row(i, acc, lat, params=1000, state="completed"):
     m = {"latency_ms": lat, "num_params": params, "flops": 1, "model_bytes": 1}
     if acc is not None:
         m["val_acc"] = acc
-    return {"trial": i, "state": state, "metrics": m, "arch_id": f"a{i}", "over_budget": []}
+    return TrialRow(trial=i, state=state, metrics=m, arch_id=f"a{i}", params={})
 
 
 def test_front_never_holds_a_model_over_budget():
@@ -36,9 +37,9 @@ def test_front_never_holds_a_model_over_budget():
         _row(7, 0.99, 0.01, state="failed"),
     ]
     f = front(rows, prof)
-    assert [r["trial"] for r in f] == [1, 2]
-    assert pick(rows, prof)["trial"] == 1
-    assert pick(rows, prof, ["latency_ms <= 0.12"])["trial"] == 2
+    assert [r.trial for r in f] == [1, 2]
+    assert pick(rows, prof).trial == 1
+    assert pick(rows, prof, ["latency_ms <= 0.12"]).trial == 2
     assert pick(rows, prof, ["val_acc >= 0.999"]) is None
 
 
@@ -51,8 +52,9 @@ def test_hypervolume_by_hand():
 def test_proxy_correlations():
     from odnas.select import proxy_correlations
 
-    rows = [{"metrics": {"latency_ms": lat, "flops": f, "num_params": p}}
-            for lat, f, p in [(1, 10, 3), (2, 20, 2), (3, 30, 1), (4, 40, 0)]]
+    rows = [TrialRow(trial=i, state="completed", arch_id=None, params={},
+                     metrics={"latency_ms": lat, "flops": f, "num_params": p})
+            for i, (lat, f, p) in enumerate([(1, 10, 3), (2, 20, 2), (3, 30, 1), (4, 40, 0)])]
     c = proxy_correlations(rows)
     assert c["n"] == 4 and abs(c["flops"] - 1.0) < 1e-12 and abs(c["num_params"] + 1.0) < 1e-12
     assert proxy_correlations(rows[:2])["flops"] is None

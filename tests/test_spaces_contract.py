@@ -6,6 +6,9 @@ import random
 import onnx
 import pytest
 
+from odnas.errors import SpaceError
+from odnas.records import CostRecord
+
 from odnas.cost.count import count
 from odnas.cost.lane import measure_candidate
 from odnas.cost.onnx import export_onnx
@@ -23,16 +26,16 @@ def test_space_profile_contract(space_name, profile_name, short_profile):
     for _ in range(2):
         params = space.sample(rng)
         rec = measure_candidate(space, params, (1, 8, 8), 10, profile)
-        m = rec["metrics"]
-        assert rec["arch_id"] == space.arch_id(params)
+        m = rec.metrics
+        assert rec.arch_id == space.arch_id(params)
         assert m["num_params"] > 0 and m["flops"] > 0 and m["model_bytes"] > 0
         assert 0 < m["latency_ms"] <= m["latency_ms_p90"]
-        assert rec["sem"]["latency_ms"] >= 0
-        lat = rec["latency"]
+        assert rec.sem["latency_ms"] >= 0
+        lat = rec.latency
         assert lat["runs"] >= profile.protocol.min_runs or lat["measure_s"] >= profile.protocol.max_time_s
         assert lat["warmup_runs"] == profile.protocol.warmup_runs
         assert lat["batch_size"] == profile.batch_size and lat["ort_version"] and lat["cpu_model"]
-        json.dumps(rec)  # a record is JSON
+        assert CostRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec  # a record is JSON
 
 
 @pytest.mark.parametrize("space_name", list_spaces())
@@ -96,15 +99,17 @@ def test_fvcore_convention_and_uncounted_ops():
 
 
 def test_ax_parameters_and_fixed():
+    from odnas.loop.adapter import ax_parameters
+
     space = get_space("mlp")
-    names = [p.name for p in space.ax_parameters({"epochs": 1})]
+    names = [p.name for p in ax_parameters(space.searched({"epochs": 1}))]
     assert "epochs" not in names and "lr" in names
-    with pytest.raises(ValueError, match="no parameter"):
-        space.ax_parameters({"epochz": 1})
-    with pytest.raises(ValueError, match="outside"):
-        space.ax_parameters({"dropout": 1.5})
-    with pytest.raises(ValueError, match="not one of"):
-        space.ax_parameters({"batch_size": 0})
+    with pytest.raises(SpaceError, match="no parameter"):
+        space.searched({"epochz": 1})
+    with pytest.raises(SpaceError, match="outside"):
+        space.searched({"dropout": 1.5})
+    with pytest.raises(SpaceError, match="not one of"):
+        space.searched({"batch_size": 0})
 
 
 def test_latency_records_from_other_hosts_refuse_to_compare():

@@ -146,7 +146,7 @@ def with_budget(tbl: Table, latency_ms: float) -> Table:
     """The table under its profile with ``latency_ms <= latency_ms`` as the latency budget."""
     import dataclasses
 
-    from odnas.search import effective_profile
+    from odnas.loop.config import effective_profile
 
     if not latency_ms > 0:
         raise ReplayError(f"--latency-budget must be > 0, got {latency_ms}")
@@ -276,7 +276,7 @@ class AxProposer:
     def __init__(self, tbl: Table, method: str, seed: int, trials: int) -> None:
         from ax.api.client import Client
 
-        from odnas.search import ax_bounds, generation_strategy
+        from odnas.loop.config import ax_bounds, generation_strategy
         from odnas.spaces.base import Choice
 
         self.client = Client(random_seed=seed)
@@ -569,7 +569,7 @@ class _quiet:
     """Keep Ax's and BoTorch's INFO lines and warnings (one per over-budget trial) off stderr."""
 
     def __enter__(self):
-        from odnas._ax import import_ax
+        from odnas.loop.adapter import import_ax
 
         import_ax()
         names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in ("ax", "botorch", "optuna")]

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from odnas.cost.count import count
-from odnas.cost.latency import LatencyBackend, measure_latency
+from odnas.cost.latency import LatencyBackend, host_key, measure_latency
 from odnas.cost.onnx import export_onnx
-from odnas.profiles import HardwareProfile
-from odnas.util import read_json, write_json_atomic
+from odnas.profiles import HardwareProfile, profile_from_dict
+from odnas.records import CostRecord, LatencyKey, RunSettings
+from odnas.rundir import COSTS_DIR, SETTINGS_NAME, read_json, write_json_atomic
 
 
 #: Calibration inputs the lane quantizes with: few, because only the graph matters for latency.
@@ -29,8 +31,8 @@ LANE_CALIB_SAMPLES = 32
 
 def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,
                       profile: HardwareProfile, backend: LatencyBackend | None = None,
-                      calib_x: np.ndarray | None = None, window=None) -> dict[str, Any]:
-    """Build, count, export and time one candidate. Returns a JSON-able record.
+                      calib_x: np.ndarray | None = None, window=None) -> CostRecord:
+    """Build, count, export and time one candidate.
 
     Under ``precision: int8`` the untrained model is quantized statically (QDQ, as
     ``odnas.export`` deploys it) before it is timed and sized. ``calib_x`` (N, C, H, W)
@@ -51,7 +53,7 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
         path = Path(tmp) / f"{space.arch_id(params)}.onnx"
         export_onnx(model, input_shape, path)
         if profile.precision == "int8":
-            from odnas.quantize import quantize_model, random_calibration_inputs
+            from odnas.cost.quantize import quantize_model, random_calibration_inputs
 
             if calib_x is None:
                 x, source = random_calibration_inputs(input_shape, LANE_CALIB_SAMPLES), "random-normal"
@@ -65,25 +67,13 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
         with window() if window is not None else contextlib.nullcontext():
             lat = measure_latency(path, profile, backend)
         model_bytes = path.stat().st_size
-    rec = {
-        "arch_id": space.arch_id(params),
-        "space": space.name,
-        "profile": profile.name,
-        "precision": profile.precision,
-        "metrics": {
-            "num_params": counts.num_params,
-            "flops": counts.flops,
-            "model_bytes": model_bytes,
-            "latency_ms": lat.latency_ms,
-            "latency_ms_p90": lat.latency_ms_p90,
-        },
-        "sem": {"latency_ms": lat.latency_ms_sem},
-        "uncounted_ops": dict(counts.uncounted_ops),
-        "latency": lat.to_dict(),
-    }
-    if quant is not None:
-        rec["quantization"] = quant.to_dict()
-    return rec
+    return CostRecord(
+        arch_id=space.arch_id(params), space=space.name, profile=profile.name, precision=profile.precision,
+        metrics={"num_params": counts.num_params, "flops": counts.flops, "model_bytes": model_bytes,
+                 "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90},
+        sem={"latency_ms": lat.latency_ms_sem}, uncounted_ops=dict(counts.uncounted_ops),
+        latency=lat.to_dict(), quantization=quant.to_dict() if quant is not None else None,
+    )
 
 
 class CostCache:
@@ -92,9 +82,81 @@ class CostCache:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def get(self, arch_id: str) -> dict[str, Any] | None:
-        return read_json(self.folder / f"{arch_id}.json")
+    def get(self, arch_id: str) -> CostRecord | None:
+        path = self.folder / f"{arch_id}.json"
+        raw = read_json(path)
+        return CostRecord.from_dict(raw, source=str(path)) if isinstance(raw, dict) else None
 
-    def put(self, record: dict[str, Any]) -> None:
+    def put(self, record: CostRecord) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.folder / f"{record['arch_id']}.json", record)
+        write_json_atomic(self.folder / f"{record.arch_id}.json", record.to_dict())
+
+
+class CostLane:
+    """Costs of a candidate, measured on the driver one at a time, cached by arch id.
+
+    A cached record is reused only when its latency was taken under the same
+    ``LatencyKey`` (host, CPU, ONNX Runtime version, session settings) this host
+    has now; otherwise the candidate is measured again.
+    """
+
+    def __init__(self, space, input_shape, num_classes: int, profile: HardwareProfile,
+                 cache_dir: str | Path, backend: LatencyBackend | None = None, calibration=None,
+                 isolation: str = "pause", local_jobs: Callable[[], list[int]] | None = None) -> None:
+        self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
+        self.profile = profile
+        self.cache = CostCache(cache_dir)
+        self.backend = backend
+        self.calibration = calibration  # host -> device mapping (odnas.cost.calibrate), or None
+        self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
+        self.local_jobs = local_jobs or (lambda: [])  # pids of the jobs to pause while timing
+        self.measured = 0  # measurements made by this process (cache misses)
+        self.seconds = 0.0  # wall time spent measuring (cache misses)
+        self._key: LatencyKey | None = None
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path, settings: RunSettings,
+                backend: LatencyBackend | None = None) -> "CostLane":
+        """The lane of a run dir: its space, data shape and effective profile, its cost
+        cache, its calibration, and its local jobs to pause while timing."""
+        from odnas.cost.calibrate import run_calibration
+        from odnas.rundir import local_jobs
+        from odnas.spaces import get_space
+
+        profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
+        calibration = run_calibration(run_dir, profile) if backend is None else None
+        return cls(get_space(settings.space), settings.input_shape, settings.num_classes,
+                   profile, Path(run_dir) / COSTS_DIR, backend, calibration,
+                   isolation=settings.isolation, local_jobs=lambda: local_jobs(run_dir))
+
+    def window(self):
+        from odnas.cost.quiet import measurement_window
+
+        return measurement_window(self.isolation, self.local_jobs)
+
+    def _comparable(self, rec: CostRecord) -> bool:
+        if self.backend is not None:  # a test backend's records are valid where it made them
+            return True
+        if self._key is None:
+            self._key = host_key(self.profile)
+        return not rec.latency_key.differs(self._key)
+
+    def costs(self, params: Mapping[str, Any]) -> CostRecord:
+        arch = self.space.arch_id(params)
+        rec = self.cache.get(arch)
+        # A latency from another host, ORT build or setting is not comparable: measure again.
+        if rec is None or not self._comparable(rec):
+            t0 = time.perf_counter()
+            rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
+                                    self.profile, backend=self.backend, window=self.window)
+            self.cache.put(rec)  # host figures: the cache never holds device estimates
+            self.measured += 1
+            self.seconds += time.perf_counter() - t0
+        if self.calibration is not None:
+            from odnas.cost.calibrate import apply_to_record
+
+            rec = apply_to_record(rec, self.calibration)  # budgets then judge device milliseconds
+        return rec
+
+    def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
+        return self.profile.over_budget(metrics)

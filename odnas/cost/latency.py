@@ -20,7 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from odnas.errors import ProfileError
 from odnas.profiles import HardwareProfile
+from odnas.records import LatencyKey
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,13 @@ class LatencyResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def key(self) -> LatencyKey:
+        return LatencyKey.of(self.to_dict())
+
     def ratio_to(self, other: "LatencyResult") -> float:
         """``self / other``; refuses records taken on different hosts or settings."""
-        keys = ("host", "cpu_model", "provider", "intra_op_threads", "batch_size", "ort_version")
-        diff = [k for k in keys if getattr(self, k) != getattr(other, k)]
+        diff = self.key.differs(other.key)
         if diff:
             raise ValueError(f"latency records differ in {', '.join(diff)}; they cannot be compared")
         return self.latency_ms / other.latency_ms
@@ -69,6 +74,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def host_key(profile: HardwareProfile) -> LatencyKey:
+    """The comparability key of a latency this host would measure under ``profile``."""
+    import onnxruntime as ort
+
+    rt = profile.runtime
+    return LatencyKey(host=socket.gethostname(), cpu_model=cpu_model(), ort_version=ort.__version__,
+                      provider=rt.provider, intra_op_threads=rt.intra_op_threads or (os.cpu_count() or 1),
+                      inter_op_threads=rt.inter_op_threads, batch_size=profile.batch_size,
+                      graph_optimization=rt.graph_optimization)
 
 
 def session_options(profile: HardwareProfile):
@@ -91,15 +107,27 @@ def session_options(profile: HardwareProfile):
     return so
 
 
-def make_session(onnx_path: str | Path, profile: HardwareProfile):
+def check_runnable(profile: HardwareProfile) -> None:
+    """A profile this host can measure under: its provider exists, and int8 files can be
+    made when it asks for int8. Raises ``ProfileError`` with what to do."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if profile.runtime.provider not in available:
-        raise RuntimeError(
-            f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
-            f"does not have (available: {', '.join(available)})"
-        )
+        raise ProfileError(f"profile {profile.name!r} asks for {profile.runtime.provider}, which this onnxruntime "
+                           f"does not have (it has {', '.join(available)})")
+    if profile.precision == "int8":
+        try:
+            import onnxruntime.quantization  # noqa: F401  (the cost lane quantizes every candidate)
+        except ImportError as e:
+            raise ProfileError(f"profile {profile.name!r} asks for precision int8, but onnxruntime's "
+                               f"quantization tool does not import ({e}); use an fp32 profile") from None
+
+
+def make_session(onnx_path: str | Path, profile: HardwareProfile):
+    import onnxruntime as ort
+
+    check_runnable(profile)
     return ort.InferenceSession(str(onnx_path), sess_options=session_options(profile),
                                 providers=[profile.runtime.provider])
 

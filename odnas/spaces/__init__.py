@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable
 
+from odnas.errors import SpaceError
 from odnas.spaces.base import Choice, Params, Range, Space
 
 _REGISTRY: dict[str, Callable[[], Space]] = {}
@@ -30,7 +31,7 @@ def get_space(name: str) -> Space:
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise ValueError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}") from None
+        raise SpaceError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}") from None
 
 
 from odnas.spaces import mlp as _mlp, mobile_cnn as _mobile_cnn  # noqa: E402,F401  (fill the registry)

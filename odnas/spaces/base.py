@@ -1,7 +1,7 @@
 """The search-space contract: parameter specs, a builder and a canonical arch id.
 
-Specs are plain frozen dataclasses that know how to become Ax parameter configs and
-how to draw a random member, so every space gets both for free.
+Specs are plain frozen dataclasses that know how to draw a random member; the loop
+turns them into Ax parameter configs (``odnas.loop.adapter``). Spaces never import Ax.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+from odnas.errors import SpaceError
 
 Params = Mapping[str, Any]
 
@@ -23,15 +25,6 @@ class Range:
     hi: float
     kind: str = "float"  # "float" | "int"
     log: bool = False
-
-    def to_ax(self) -> Any:
-        from ax.api.configs import RangeParameterConfig
-
-        lo, hi = (int(self.lo), int(self.hi)) if self.kind == "int" else (float(self.lo), float(self.hi))
-        return RangeParameterConfig(
-            name=self.name, bounds=(lo, hi), parameter_type=self.kind,
-            scaling="log" if self.log else "linear",
-        )
 
     def sample(self, rng: random.Random) -> Any:
         if self.log:
@@ -55,15 +48,6 @@ class Choice:
         v = self.values[0]
         return "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float" if isinstance(v, float) else "str"
 
-    def to_ax(self) -> Any:
-        from ax.api.configs import ChoiceParameterConfig
-
-        return ChoiceParameterConfig(
-            name=self.name, values=list(self.values), parameter_type=self.kind,
-            is_ordered=self.ordered if self.kind != "bool" else None,
-            dependent_parameters={k: list(v) for k, v in self.dependents.items()} or None,
-        )
-
     def sample(self, rng: random.Random) -> Any:
         return rng.choice(self.values)
 
@@ -79,10 +63,10 @@ class Space:
     description: str = ""
     specs: tuple[Spec, ...] = ()
 
-    def ax_parameters(self, fixed: Mapping[str, Any] | None = None) -> list[Any]:
-        """Ax parameter configs, leaving out the parameters held ``fixed``."""
+    def searched(self, fixed: Mapping[str, Any] | None = None) -> list[Spec]:
+        """The specs a search varies: all but the parameters held ``fixed`` (checked)."""
         fixed = self.check_fixed(fixed or {})
-        return [s.to_ax() for s in self.specs if s.name not in fixed]
+        return [s for s in self.specs if s.name not in fixed]
 
     def check_fixed(self, fixed: Mapping[str, Any]) -> Mapping[str, Any]:
         """Fixed values must name a parameter and lie in its domain."""
@@ -90,12 +74,12 @@ class Space:
         for k, v in fixed.items():
             spec = by_name.get(k)
             if spec is None:
-                raise ValueError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(by_name))}")
+                raise SpaceError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(by_name))}")
             if isinstance(spec, Choice) and v not in spec.values:
-                raise ValueError(f"{k}={v!r} is not one of {list(spec.values)}")
+                raise SpaceError(f"{k}={v!r} is not one of {list(spec.values)}")
             if isinstance(spec, Range) and (isinstance(v, bool) or not isinstance(v, (int, float))
                                             or not spec.lo <= v <= spec.hi):
-                raise ValueError(f"{k}={v!r} is outside [{spec.lo:g}, {spec.hi:g}]")
+                raise SpaceError(f"{k}={v!r} is outside [{spec.lo:g}, {spec.hi:g}]")
         return fixed
 
     def sample(self, rng: random.Random) -> dict[str, Any]:

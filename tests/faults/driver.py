@@ -40,7 +40,7 @@ def install() -> None:
 
         GenerationStrategy.gen = gen
     elif moment == "deploy":
-        from odnas.launch import TrialRunner
+        from odnas.loop.runner import TrialRunner
 
         real = TrialRunner.run_trial
 
@@ -63,7 +63,7 @@ def install() -> None:
 
 
 if __name__ == "__main__":
-    from odnas._ax import import_ax
+    from odnas.loop.adapter import import_ax
 
     import_ax()
     install()

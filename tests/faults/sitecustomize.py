@@ -11,7 +11,7 @@ The faults are real: a raise, a failed allocation under a memory limit, NaN weig
 import os
 import sys
 
-if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] == ["-m", "odnas.trial"]:
+if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] == ["-m", "odnas.jobs.trial"]:
     import odnas.train as _train
 
     _real_fit = _train.fit

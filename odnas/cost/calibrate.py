@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from odnas.errors import CalibrationError
+from odnas.records import CostRecord, LatencyKey
 from odnas.profiles import CALIBRATION_MODELS, HardwareProfile
 
 #: Version of the reference set. Names below are stable for a given version; a change
@@ -35,16 +37,13 @@ OPTIONAL_COLUMNS = ("latency_ms_p90", "runs", "notes")
 #: Fewest device rows a fit accepts: leave-one-out still leaves a few points per fit.
 MIN_ROWS = {"loglinear": 5, "ratio": 3}
 #: Keys on which a host latency and a calibration must agree to be combined.
-HOST_KEYS = ("host", "cpu_model", "ort_version", "provider", "intra_op_threads", "inter_op_threads",
-             "graph_optimization", "batch_size", "statistic")
+HOST_KEYS = tuple(f.name for f in dataclasses.fields(LatencyKey)) + ("statistic",)
 MANIFEST = "manifest.json"
 TEMPLATE_CSV = "device_latency.csv"
 BENCH_SCRIPT = "bench_device.py"
 PERF_SCRIPT = "run_perf_test.sh"
 
 
-class CalibrationError(ValueError):
-    """A device table, log folder or calibration that cannot be used; one line, says what to do."""
 
 
 # ---------------------------------------------------------------- the reference set
@@ -423,15 +422,9 @@ def default_cache_dir() -> Path:
 
 def host_identity(profile: HardwareProfile) -> dict[str, Any]:
     """What a host latency under ``profile`` depends on, as ``LatencyResult`` records it."""
-    import onnxruntime as ort
+    from odnas.cost.latency import host_key
 
-    from odnas.cost.latency import cpu_model
-
-    rt = profile.runtime
-    return {"host": socket.gethostname(), "cpu_model": cpu_model(), "ort_version": ort.__version__,
-            "provider": rt.provider, "intra_op_threads": rt.intra_op_threads or (os.cpu_count() or 1),
-            "inter_op_threads": rt.inter_op_threads, "graph_optimization": rt.graph_optimization,
-            "batch_size": profile.batch_size, "statistic": profile.protocol.statistic}
+    return {**dataclasses.asdict(host_key(profile)), "statistic": profile.protocol.statistic}
 
 
 def measure_references(profile: HardwareProfile, input_shape: Sequence[int] | str | None = None,
@@ -793,22 +786,20 @@ def calibrate_latency(latency, calibration: Calibration | Mapping[str, Any]) -> 
             "loo_max_rel_err": cal.loo_max_rel_err}
 
 
-def apply_to_record(record: Mapping[str, Any], calibration: Calibration | Mapping[str, Any]) -> dict[str, Any]:
-    """A cost-lane record (``odnas.cost.lane.measure_candidate``) with device latencies in
-    ``metrics`` and ``sem``; the host ones move to ``host_metrics``. Idempotent: a record
-    already calibrated is recomputed from its host figures, so cache host records only."""
-    rec = json.loads(json.dumps(record))
-    host_metrics = rec.get("host_metrics") or {k: rec["metrics"][k] for k in ("latency_ms", "latency_ms_p90")}
-    lat = {**rec["latency"], "latency_ms": host_metrics["latency_ms"],
-           "latency_ms_p90": host_metrics["latency_ms_p90"],
-           "latency_ms_sem": rec.get("host_sem", rec.get("sem", {})).get("latency_ms", float("nan"))}
+def apply_to_record(record: CostRecord, calibration: Calibration | Mapping[str, Any]) -> CostRecord:
+    """A cost-lane record with device latencies in ``metrics`` and ``sem``; the host
+    ones move to ``host_metrics``. Idempotent: a record already calibrated is recomputed
+    from its host figures, so cache host records only."""
+    host_metrics = record.host_metrics or {k: record.metrics[k] for k in ("latency_ms", "latency_ms_p90")}
+    host_sem = float(record.latency.get("latency_ms_sem", record.sem.get("latency_ms", float("nan"))))
+    lat = {**record.latency, "latency_ms": host_metrics["latency_ms"],
+           "latency_ms_p90": host_metrics["latency_ms_p90"], "latency_ms_sem": host_sem}
     c = calibrate_latency(lat, calibration)
-    rec["host_metrics"] = host_metrics
-    rec["host_sem"] = {"latency_ms": lat["latency_ms_sem"]}
-    rec["metrics"].update(latency_ms=c["latency_ms"], latency_ms_p90=c["latency_ms_p90"])
-    rec.setdefault("sem", {})["latency_ms"] = c["latency_ms_sem"]
-    rec["calibration"] = {k: c[k] for k in ("calibration_id", "extrapolated", "loo_max_rel_err")}
-    return rec
+    return dataclasses.replace(
+        record, host_metrics=dict(host_metrics),
+        metrics={**record.metrics, "latency_ms": c["latency_ms"], "latency_ms_p90": c["latency_ms_p90"]},
+        sem={**record.sem, "latency_ms": c["latency_ms_sem"]},
+        calibration={k: c[k] for k in ("calibration_id", "extrapolated", "loo_max_rel_err")})
 
 
 def profile_calibration(profile: HardwareProfile, *, cache_dir: str | Path | None = None, refresh: bool = False,

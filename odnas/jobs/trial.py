@@ -1,4 +1,4 @@
-"""The training job: ``python -m odnas.trial --out TRIAL_DIR --space S --params JSON ...``.
+"""The training job: ``python -m odnas.jobs.trial --out TRIAL_DIR --space S --params JSON ...``.
 
 It is what TorchX launches on any scheduler. It writes into the trial dir:
 ``job.json`` (pid, host, start), TensorBoard curves, ``progress.jsonl``,
@@ -17,9 +17,11 @@ import time
 import traceback
 from pathlib import Path
 
+from odnas.rundir import CHECKPOINT_NAME, ERROR_NAME, JOB_NAME, RESULT_NAME, write_json_atomic
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m odnas.trial")
+    ap = argparse.ArgumentParser(prog="python -m odnas.jobs.trial")
     ap.add_argument("--out", required=True, help="trial dir")
     ap.add_argument("--space", required=True)
     ap.add_argument("--params", required=True, help="parameters as JSON")
@@ -31,18 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from odnas.util import write_json_atomic
-
-    write_json_atomic(out / "job.json", {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
+    write_json_atomic(out / JOB_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
                                          "params": json.loads(a.params)})
     try:
         result = run(out, a.space, json.loads(a.params), a.data, a.data_dir, a.data_seed, a.seed, a.threads)
     except BaseException as e:  # record every failure kind, then fail the job
-        if not (out / "error.json").exists():  # the driver's reason (a timeout) comes first
-            write_json_atomic(out / "error.json", {
+        if not (out / ERROR_NAME).exists():  # the driver's reason (a timeout) comes first
+            write_json_atomic(out / ERROR_NAME, {
                 "reason": failure_text(e), "traceback": traceback.format_exc(), "time": time.time()})
         raise
-    write_json_atomic(out / "result.json", result)
+    write_json_atomic(out / RESULT_NAME, result)
     return 0
 
 
@@ -69,7 +69,7 @@ def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | Non
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     from odnas.data import load_data
     from odnas.spaces import get_space
-    from odnas.train import fit
+    from odnas.jobs.train import fit
 
     space = get_space(space_name)
     split = load_data(data, data_dir, seed=data_seed)
@@ -78,7 +78,7 @@ def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | Non
     hp = space.training(params)
     res = fit(model, split, hp["lr"], hp["epochs"], hp["batch_size"], out, seed=seed)
     torch.save({"state_dict": model.state_dict(), "params": params, "space": space_name,
-                "arch_id": space.arch_id(params)}, out / "model.pt")
+                "arch_id": space.arch_id(params)}, out / CHECKPOINT_NAME)
     return {**res, "arch_id": space.arch_id(params), "status": "ok"}
 
 

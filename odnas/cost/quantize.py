@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from odnas.errors import QuantizeError
+
 MODES = ("auto", "static", "dynamic")
 #: Calibration inputs drawn from the training split by default ("a few hundred").
 CALIB_SAMPLES = 256
@@ -37,8 +39,6 @@ _SHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "
                         "Transpose", "Identity"})
 
 
-class QuantizeError(ValueError):
-    """A model or calibration set that cannot be quantized; the message says what to do."""
 
 
 @dataclass(frozen=True)

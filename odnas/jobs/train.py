@@ -19,10 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from odnas.data import DataSplit
+from odnas.errors import NonFiniteLossError
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
 
 
 class Classifier(pl.LightningModule):

@@ -1,0 +1,51 @@
+"""odnas's error classes: one hierarchy, so the CLI maps them to exit codes by type.
+
+``OdnasError`` and its children are errors a user can cause or fix (a broken profile,
+a missing data folder, a run dir in an odd state); their message is one sentence that
+says what to do, and the CLI prints it without a traceback. Any other exception is a
+bug of ours and keeps its traceback. Standard library only.
+"""
+
+from __future__ import annotations
+
+
+class OdnasError(Exception):
+    """Base class of the errors a user can cause; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class ProfileError(OdnasError, ValueError):
+    """A hardware profile that cannot be loaded: the message names the file, key and value."""
+
+
+class DataError(OdnasError, ValueError):
+    """A data set that cannot be loaded; the message says what to do."""
+
+
+class SpaceError(OdnasError, ValueError):
+    """An unknown space, or a parameter value outside its space."""
+
+
+class RunDirError(OdnasError):
+    """A run dir that is missing, damaged, or written by a newer odnas."""
+
+
+class SearchError(OdnasError):
+    """A search that cannot start or go on; the message says what to do."""
+
+
+class CalibrationError(OdnasError, ValueError):
+    """A device table or calibration that cannot be used."""
+
+
+class QuantizeError(OdnasError, ValueError):
+    """A model that cannot be quantized as asked."""
+
+
+class ParityError(OdnasError):
+    """An exported ONNX file whose outputs disagree with the PyTorch model."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss (a trial's failure reason, not a user error)."""

@@ -1,0 +1,1 @@
+"""Training jobs: the TorchX component, the trial entry point, training. Never imports Ax."""

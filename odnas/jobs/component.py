@@ -1,0 +1,127 @@
+"""The trial job as a TorchX component: one ``AppDef`` for every scheduler.
+
+``trial_app`` describes one training job (``python -m odnas.jobs.trial ...``); the same
+``AppDef`` runs on ``local_cwd``, Kubernetes, Slurm or Ray by switching the scheduler.
+Nothing here knows Ax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from odnas.rundir import TRIAL_MODULE
+
+
+def parse_kv(text: str | None) -> dict[str, str]:
+    """``"queue=default,namespace=ml"`` -> dict (TorchX's ``-cfg`` syntax)."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            if "=" not in part:
+                raise ValueError(f"{part!r} is not key=value")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
+DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
+# TorchX's Ray scheduler reads a role's ``image`` as a local directory that it zips and
+# uploads as the Ray job's working_dir; this folder of the trial dir is that upload.
+RAY_WORKDIR = "ray"
+
+
+def make_resource(resources: str | None, threads: int):
+    """A TorchX named resource (``gpu.small``) or ``cpu=4,memMB=8192,gpu=0``.
+
+    Kubernetes and Slurm request all three; Ray reserves ``cpu`` and ``gpu`` only.
+    """
+    from torchx import specs
+
+    if not resources:
+        return specs.Resource(cpu=threads, gpu=0, memMB=2048)
+    if resources in specs.named_resources:
+        return specs.resource(h=resources)
+    if "=" not in resources:
+        raise ValueError(f"{resources!r} is not a TorchX named resource (e.g. cpu.small, gpu.small) "
+                         "nor cpu=N,memMB=M,gpu=G")
+    kv = parse_kv(resources)
+    unknown = set(kv) - {"cpu", "gpu", "memMB"}
+    if unknown:
+        raise ValueError(f"--resources: unknown keys {sorted(unknown)}; use cpu, gpu, memMB or a named resource")
+    values = {"cpu": threads, "gpu": 0, "memMB": 2048}
+    for key, text in kv.items():
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise ValueError(f"--resources {key}={text!r}: expected a whole number") from None
+        if values[key] < (0 if key == "gpu" else 1):
+            raise ValueError(f"--resources {key}={text}: must be {'0 or more' if key == 'gpu' else '1 or more'}")
+    return specs.Resource(**values)
+
+
+def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str = "digits",
+              data_dir: str | None = None, data_seed: int = 0, seed: int = 0, threads: int = 1,
+              scheduler: str = "local_cwd", image: str | None = None, resources: str | None = None,
+              env: Mapping[str, str] | None = None, mounts: Sequence[str] | None = None,
+              name: str = "odnas-trial"):
+    """TorchX component for one training job (``python -m odnas.jobs.trial``).
+
+    ``image`` is a container image for Kubernetes and Docker, unused by ``local_cwd``
+    and Slurm (they run the host's Python), and for Ray a local directory that is
+    uploaded as the job's working dir (default: an empty folder in the trial dir; a
+    ``requirements.txt`` there is installed by Ray). ``env`` is set in the job;
+    ``mounts`` are TorchX mount strings (Kubernetes, Docker).
+    """
+    from torchx import specs
+
+    args = ["-m", TRIAL_MODULE, "--out", str(trial_dir), "--space", space,
+            "--params", json.dumps(dict(params), sort_keys=True), "--data", data,
+            "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+    bad = [k for k in (env or {}) if not str(k).isidentifier()]
+    if bad:
+        raise ValueError(f"--env {bad[0]!r}: a variable name is letters, digits and _, not starting with a digit")
+    if scheduler == "local_cwd":
+        image, entrypoint = os.getcwd(), sys.executable
+    elif scheduler == "ray":
+        entrypoint = "python"
+        if image is None:
+            # Not the cwd: that may hold a virtualenv, far over Ray's upload limit.
+            image = str(Path(trial_dir) / RAY_WORKDIR)
+            Path(image).mkdir(parents=True, exist_ok=True)
+        elif not Path(image).is_dir():
+            raise ValueError(f"--image {image!r}: for the ray scheduler the image is a local directory "
+                             "that Ray uploads as the job's working dir (leave it out for an empty one)")
+    else:
+        image, entrypoint = image or DEFAULT_IMAGE, "python"
+    # A run dir on a Kubernetes PersistentVolume (type=volume) or a host path (type=bind)
+    # reaches the job this way, mounted at the driver's path.
+    role_mounts = []
+    for text in mounts or ():
+        try:
+            parsed = specs.parse_mounts([part.strip() for part in text.split(",") if part.strip()])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--mount {text!r}: {str(e).strip(chr(39))}; expected "
+                             "type=volume,src=CLAIM,dst=/path or type=bind,src=/host,dst=/path") from None
+        if len(parsed) != 1:
+            raise ValueError(f"--mount {text!r}: give one mount per --mount")
+        role_mounts += parsed
+    role = specs.Role(
+        name="trainer",
+        image=image,
+        entrypoint=entrypoint,
+        args=args,
+        env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **(env or {})},
+        resource=make_resource(resources, threads),
+        mounts=role_mounts,
+    )
+    return specs.AppDef(name=name, roles=[role])
+
+

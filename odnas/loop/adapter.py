@@ -1,0 +1,98 @@
+"""The one module that touches Ax beyond its public API, and Ax's import chatter.
+
+Everything else in odnas goes through ``ax.api`` and Ax's public core classes. Where
+Ax 1.3 has no public way to do what odnas needs, the private use lives here, named,
+with the Ax version it was written against; ``tests/test_adapter.py`` fails when an
+Ax upgrade removes any of it.
+
+``import ax`` logs an INFO line to stderr through a handler it attaches to the ``ax``
+logger; ``import_ax`` lets Ax's warnings through to stderr but keeps its INFO lines
+off the terminal (a search sends them to the run's log file).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from typing import Any, Iterable, Sequence
+
+#: The Ax releases this adapter was written and tested against.
+AX_VERSIONS = ">=1.3,<1.4"
+
+
+def import_ax() -> None:
+    if "ax" in sys.modules:
+        return
+    real, buf = sys.stderr, io.StringIO()
+    sys.stderr = buf
+    try:
+        import ax  # noqa: F401
+    finally:
+        sys.stderr = real
+    for h in logging.getLogger("ax").handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream is buf:
+            h.setStream(real)
+            h.setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------ public API, in one place
+
+
+def ax_parameters(specs: Sequence[Any]) -> list[Any]:
+    """``odnas.spaces`` specs (``Range``, ``Choice``) as ``ax.api`` parameter configs."""
+    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+    from odnas.spaces.base import Choice
+
+    out = []
+    for s in specs:
+        if isinstance(s, Choice):
+            out.append(ChoiceParameterConfig(
+                name=s.name, values=list(s.values), parameter_type=s.kind,
+                is_ordered=s.ordered if s.kind != "bool" else None,
+                dependent_parameters={k: list(v) for k, v in s.dependents.items()} or None))
+        else:
+            lo, hi = (int(s.lo), int(s.hi)) if s.kind == "int" else (float(s.lo), float(s.hi))
+            out.append(RangeParameterConfig(name=s.name, bounds=(lo, hi), parameter_type=s.kind,
+                                            scaling="log" if s.log else "linear"))
+    return out
+
+
+def save_trials(experiment, trials: Iterable[Any], storage_config) -> None:
+    """Save new or changed trials now (Ax's public SQL storage call)."""
+    from ax.storage.sqa_store.save import save_or_update_trials
+
+    save_or_update_trials(experiment=experiment, trials=list(trials),
+                          config=storage_config.registry_bundle.sqa_config)
+
+
+# ------------------------------------------------------------------ private Ax use (Ax 1.3)
+
+
+def experiment_of(client):
+    """The ``Experiment`` behind an ``ax.api.Client``. Ax 1.3's Client keeps it private
+    (``_experiment``) and offers no getter; the runner, the Orchestrator and the
+    report's analyses need the object itself."""
+    return client._experiment
+
+
+def generation_strategy_of(client):
+    """The ``GenerationStrategy`` behind an ``ax.api.Client`` (private in Ax 1.3)."""
+    return client._generation_strategy
+
+
+def generation_nodes(gs) -> list[Any]:
+    """A generation strategy's nodes. Ax 1.3 exposes them only as ``_nodes``; odnas
+    reads them to tune the acquisition optimizer of the model-based node."""
+    return list(gs._nodes)
+
+
+def trial_property(trial, key: str, default: Any = None) -> Any:
+    """A stored per-trial property (``retry_of``, ``attempt``, ``adopted``). Ax 1.3 stores
+    ``BaseTrial._properties`` with the trial but has no public accessor for it."""
+    return trial._properties.get(key, default)
+
+
+def set_trial_property(trial, key: str, value: Any) -> None:
+    trial._properties[key] = value

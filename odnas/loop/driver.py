@@ -1,0 +1,360 @@
+"""The closed loop: an Ax experiment over a space, under a profile, run by Ax's Orchestrator.
+
+``search(SearchConfig(...))`` makes a run dir, configures an ``ax.api.Client``
+(parameters, objective, thresholds and budgets as Ax strings, runner, metrics,
+generation strategy), stores it in SQLite and lets Ax's ``Orchestrator`` drive
+TorchX jobs until the trial budget is spent. ``resume(run_dir)`` loads the stored
+experiment and goes on. The experiment is saved by Ax after every state change.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from odnas.cost.calibrate import run_calibration
+from odnas.cost.lane import CostLane
+from odnas.cost.quiet import resume_jobs
+from odnas.errors import SearchError
+from odnas.loop.adapter import (
+    ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
+    trial_property,
+)
+from odnas.loop.config import SearchConfig, ax_bounds, default_run_dir, generation_strategy, make_settings
+from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
+from odnas.loop.runner import TrialRunner
+from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_logs, trial_table
+from odnas.profiles import COST_METRICS, profile_from_dict
+from odnas.records import RunSettings, TrialRow
+from odnas.rundir import (
+    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, driver_lock, read_json, read_settings,
+    write_settings,
+)
+from odnas.select import pick
+from odnas.spaces import get_space
+from odnas.spaces.base import Range
+
+#: Extra TorchX schedulers, by name: ``{"inprocess": factory}`` (see ``odnas.testing``).
+Schedulers = Mapping[str, Callable[..., Any]]
+
+
+def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None) -> Path:
+    """Make the run dir and its stored, configured Ax experiment (no trials yet)."""
+    settings = make_settings(cfg, schedulers)  # validate before the slow imports
+    import_ax()
+    from ax.api.client import Client
+
+    run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
+    if (run_dir / DB_NAME).exists():
+        raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_settings(run_dir, settings)
+    profile = profile_from_dict(settings.profile)
+    run_calibration(run_dir, profile)  # a calibrated profile: fit (or bad table) now, kept in the run dir
+    with quiet_logs(run_dir / LOG_NAME):
+        storage = init_storage(run_dir)
+        client = Client(storage_config=storage, random_seed=cfg.seed)
+        space = get_space(settings.space)
+        client.configure_experiment(parameters=ax_parameters(space.searched(settings.fixed)),
+                                    name=EXPERIMENT_NAME, description=f"odnas {settings.space} under {profile.name}")
+        client.configure_optimization(profile.objective, outcome_constraints=ax_bounds(profile) or None)
+        val_acc = ValAccCurveMetric() if settings.early_stopping else ValAccMetric()
+        client.configure_metrics([val_acc, *(CostMetric(m) for m in COST_METRICS)])
+        client.configure_runner(TrialRunner(str(run_dir), settings.to_dict()))
+        discrete = not any(isinstance(p, Range) and p.kind == "float" for p in space.searched(settings.fixed))
+        client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials,
+                                                           discrete=discrete))
+    return run_dir
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = None,
+           cost_backend=None, quiet: bool = True, schedulers: Schedulers | None = None) -> Path:
+    """Run a search from scratch; returns its run dir."""
+    run_dir = create_run(cfg, schedulers)
+    run_loop(run_dir, progress, cost_backend, quiet, schedulers=schedulers)
+    return run_dir
+
+
+def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
+           cost_backend=None, quiet: bool = True, trials: int | None = None,
+           schedulers: Schedulers | None = None) -> Path:
+    """Continue a stopped or killed search; completed trials are kept, never retrained."""
+    run_dir = Path(run_dir).resolve()
+    read_settings(run_dir)
+    if trials is not None and trials < 1:
+        raise SearchError("--trials must be at least 1")
+    run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers)
+    return run_dir
+
+
+def torchx_runner(schedulers: Schedulers | None = None):
+    """TorchX's runner with its own schedulers plus any passed in (TorchX's public way
+    to add a backend: a ``Scheduler`` factory by name)."""
+    from torchx.runner import Runner
+    from torchx.schedulers import get_scheduler_factories
+
+    return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
+
+
+def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True,
+             trials: int | None = None, schedulers: Schedulers | None = None) -> None:
+    import torch
+    from ax.api.utils.storage import db_settings_from_storage_config
+    from ax.exceptions.core import UserInputError
+    from ax.orchestration.orchestrator import FailureRateExceededError, Orchestrator, OrchestratorOptions
+
+    settings = read_settings(run_dir)
+    t0 = time.time()
+    # Ax's GPs are tiny; with trainings busy on every core, one thread fits them fastest
+    # (5x faster than 2 threads measured on 2 busy cores).
+    torch.set_num_threads(1)
+    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet):
+        if trials is not None:  # a new total, written only once this driver holds the run
+            settings.trials = trials
+            settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
+            write_settings(run_dir, settings)
+        client, storage = load_client(run_dir)
+        exp = experiment_of(client)
+        runner = exp.runner
+        assert isinstance(runner, TrialRunner)
+        lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
+        runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
+        resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
+        options = OrchestratorOptions(
+            max_pending_trials=settings.parallel,
+            tolerated_trial_failure_rate=settings.tolerated_failure_rate,
+            min_failed_trials_for_failure_rate_check=3,
+            init_seconds_between_polls=max(1, int(settings.poll_s)),
+            min_seconds_before_poll=0.2,
+            seconds_between_polls_backoff_factor=1.0,
+            log_filepath=str(run_dir / LOG_NAME),
+            wait_for_running_trials=True,
+            early_stopping_strategy=early_stopping_strategy() if settings.early_stopping else None,
+        )
+        orch = Orchestrator(experiment=exp, generation_strategy=generation_strategy_of(client),
+                            options=options, db_settings=db_settings_from_storage_config(storage))
+        state = RunState(run_dir, t0)
+        clock = DriverClock(exp, runner, lane)
+        adopt_lost_jobs(exp, runner, storage)
+        retries = settings.retries
+        try:
+            if progress:
+                progress(state.refresh(exp))
+            # ``trials`` counts trainings: a candidate over a budget costs seconds, not a
+            # training, so it does not use up the trial budget (``max_candidates`` caps them).
+            # Lost candidates (made but never deployed before a crash) are redeployed by Ax.
+            while True:
+                while (todo := trials_to_run(exp, settings)) > 0:
+                    for _ in orch.run_trials_and_yield_results(max_trials=todo):
+                        queue_retries(exp, storage, retries)
+                        if progress:
+                            progress(state.refresh(exp))
+                # Trials still marked RUNNING from before a restart end here; any that
+                # failed leave room for new ones.
+                orch.wait_for_completed_trials_and_report_results()
+                queue_retries(exp, storage, retries)
+                if progress:
+                    progress(state.refresh(exp))
+                if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
+                    break
+        except FailureRateExceededError:
+            raise SearchError(
+                f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
+                f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
+                "Completed trials are kept."
+            ) from None
+        except UserInputError as e:
+            raise SearchError(str(e).splitlines()[0]) from None
+        finally:
+            clock.write(run_dir / DRIVER_STATS_NAME, t0)
+        if progress:
+            progress(state.refresh(exp, final=True))
+        trained = sum(1 for t in exp.trials.values() if t.status.is_completed
+                      and not (t.run_metadata or {}).get("over_budget")) + sum(
+            1 for t in exp.trials.values() if t.status.name == "EARLY_STOPPED")
+        if trained < settings.trials:
+            over = sum(1 for t in exp.trials.values() if (t.run_metadata or {}).get("over_budget"))
+            msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
+                   f"(--max-candidates {settings.max_candidates}) was reached with {over} candidates over a budget")
+            if trained == 0:
+                raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
+            print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
+
+
+class DriverClock:
+    """Where the driver's wall time goes, from public figures only: Ax's own fit and
+    generation times on each generator run made this session, the runner's deploy and
+    poll times, the cost lane's measuring time, and the time SQLite spent executing
+    Ax's storage statements (SQLAlchemy's engine events). Written to ``driver-stats.jsonl``."""
+
+    def __init__(self, exp, runner: TrialRunner, lane: CostLane) -> None:
+        from ax.storage.sqa_store.db import get_engine
+        from sqlalchemy import event
+
+        self.exp, self.runner, self.lane = exp, runner, lane
+        self.known = set(exp.trials)
+        self.sql_s, self.sql_n = 0.0, 0
+        self._started: list[float] = []
+        self.engine = get_engine()
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+
+    def _before(self, *args: Any) -> None:
+        self._started.append(time.perf_counter())
+
+    def _after(self, *args: Any) -> None:
+        if self._started:
+            self.sql_s += time.perf_counter() - self._started.pop()
+            self.sql_n += 1
+
+    def seconds(self) -> tuple[dict[str, float], dict[str, int]]:
+        gen = [gr for i, t in self.exp.trials.items() if i not in self.known for gr in t.generator_runs]
+        seconds = {"generation": sum((gr.fit_time or 0.0) + (gr.gen_time or 0.0) for gr in gen),
+                   "cost_lane": self.lane.seconds, "storage": self.sql_s, **self.runner.seconds}
+        calls = {"generation": len(gen), "cost_lane": self.lane.measured, "storage": self.sql_n,
+                 **self.runner.calls}
+        return seconds, calls
+
+    def write(self, path: Path, t0: float) -> dict[str, Any]:
+        import resource
+
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+        seconds, calls = self.seconds()
+        rec = {"start": t0, "end": time.time(), "wall_s": time.time() - t0,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "seconds": {k: round(v, 3) for k, v in seconds.items()}, "calls": calls}
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+
+def adopt_lost_jobs(exp, runner: TrialRunner, storage) -> list[int]:
+    """Trials whose job was launched but which Ax never saved (the driver died between
+    the two): the job's own records (``job.json``, ``launch.json``) hold its parameters,
+    so the trial is re-created under its index and reattached, not trained again.
+    Returns the adopted indices."""
+    from ax.core.arm import Arm
+
+    fixed = runner.cfg.fixed
+    adopted = []
+    while True:
+        idx = len(exp.trials)  # the index Ax gives the next trial
+        tdir = runner.trial_dir(idx)
+        info = read_json(tdir / JOB_NAME) or read_json(tdir / LAUNCH_NAME) or {}
+        if "params" not in info or runner.prior_job(tdir, info["params"]) is None:
+            break  # nothing to adopt; a dead leftover is moved aside when the index is reused
+        params = {k: v for k, v in info["params"].items() if k not in fixed}
+        trial = exp.new_trial()
+        trial.add_arm(Arm(parameters=params))
+        trial.update_run_metadata(runner.run_trial(idx, params))
+        trial.mark_running(no_runner_required=True)
+        set_trial_property(trial, "adopted", True)
+        save_trials(exp, [trial], storage)
+        adopted.append(idx)
+    return adopted
+
+
+def queue_retries(exp, storage, retries: int) -> list[int]:
+    """For each failed training with attempts left, add a trial with the same
+    parameters; the Orchestrator deploys waiting candidates before asking for new
+    ones. ``retry_of`` (a stored trial property) links the attempts, so a resumed
+    driver neither retries twice nor forgets a retry. Returns the new trial indices."""
+    from ax.core.trial_status import TrialStatus
+
+    if retries <= 0:
+        return []
+    retried = {trial_property(t, "retry_of") for t in exp.trials.values()}
+    new = []
+    for t in list(exp.trials.values()):
+        if t.status != TrialStatus.FAILED or t.index in retried or (t.run_metadata or {}).get("over_budget"):
+            continue
+        attempt, root = 1, t
+        while (prev := trial_property(root, "retry_of")) is not None:
+            attempt, root = attempt + 1, exp.trials[prev]
+        if attempt > retries:
+            continue
+        retry = exp.new_trial()
+        retry.add_arm(t.arm.clone(clear_name=False))
+        set_trial_property(retry, "retry_of", t.index)
+        set_trial_property(retry, "attempt", attempt + 1)
+        new.append(retry)
+    if new:
+        save_trials(exp, new, storage)
+    return [t.index for t in new]
+
+
+def early_stopping_strategy():
+    """Ax's percentile rule on the ``val_acc`` curve: from the first epoch on, once 4
+    curves exist, a trial below the median of the others at the same epoch is stopped.
+    Costs are known before training, so they play no part in it."""
+    from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy
+
+    return PercentileEarlyStoppingStrategy(metric_signatures=["val_acc"], percentile_threshold=50.0,
+                                           min_progression=1, min_curves=4)
+
+
+def trials_to_run(exp, settings: RunSettings) -> int:
+    """Trials still to deploy: waiting candidates (retries, or trials made but not deployed
+    before a crash) plus new ones, as many as trainings fall short of ``trials``, within
+    ``max_candidates``."""
+    from ax.core.trial_status import TrialStatus
+
+    live = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.RUNNING,
+            TrialStatus.CANDIDATE, TrialStatus.STAGED)
+    alive = [t for t in exp.trials.values() if t.status in live]
+    trainings = [t for t in alive if not (t.run_metadata or {}).get("over_budget")]
+    cap = settings.max_candidates
+    waiting = sum(1 for t in alive if t.status == TrialStatus.CANDIDATE)  # retries, lost deployments
+    return waiting + max(0, min(settings.trials - len(trainings), cap - len(alive)))
+
+
+# ---------------------------------------------------------------- state for people
+
+
+@dataclass
+class RunState:
+    """Counts and the best feasible model, for progress lines and ``odnas status``."""
+
+    run_dir: Path
+    t0: float
+    counts: dict[str, int] = field(default_factory=dict)
+    best: TrialRow | None = None
+    final: bool = False
+    planned: int = 0
+
+    def refresh(self, exp, final: bool = False) -> "RunState":
+        rows = trial_table(exp)
+        c = {"running": 0, "completed": 0, "over_budget": 0, "failed": 0, "early_stopped": 0}
+        for r in rows:
+            c[r.state] = c.get(r.state, 0) + 1
+        self.counts = c
+        settings = read_settings(self.run_dir)
+        self.best = pick(rows, profile_from_dict(settings.profile))
+        self.planned = settings.trials
+        self.final = final
+        return self
+
+    def line(self) -> str:
+        el = int(time.time() - self.t0)
+        c = self.counts
+        trained = c.get("completed", 0) + c.get("early_stopped", 0)
+        s = (f"[{el // 60:2d}:{el % 60:02d}] trained {trained}/{self.planned}"
+             + (f" ({c['early_stopped']} stopped early)" if c.get("early_stopped") else "")
+             + f" · running {c.get('running', 0)}"
+             f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}")
+        if self.best:
+            m = self.best.metrics
+            s += f" · best feasible: trial {self.best.trial} val_acc {m.get('val_acc', float('nan')):.3f}"
+            if "latency_ms" in m:
+                s += f" {m['latency_ms']:.3f} ms"
+        return s

@@ -1,0 +1,159 @@
+"""The run dir: its layout, its files' atomic writes, and the one-driver lock.
+
+Everything one search writes lives under its run dir::
+
+    odnas.json           settings (``records.RunSettings``)
+    experiment.sqlite    the Ax experiment (SQLite, WAL)
+    costs/ARCH_ID.json   cost-lane records (``records.CostRecord``)
+    trials/NNNN/         launch.json, job.json, progress.jsonl, tensorboard/, model.pt,
+                         result.json or error.json, torchx logs
+    odnas.log            the libraries' logs; driver-stats.jsonl: where the driver's time went
+
+The trial job and the driver talk only through files here: the job writes
+``job.json`` first and ``result.json`` (or ``error.json``) last, atomically; the
+driver writes ``launch.json`` as it launches. Standard library only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from odnas.errors import RunDirError, SearchError
+from odnas.records import RunSettings
+
+SETTINGS_NAME = "odnas.json"
+DB_NAME = "experiment.sqlite"
+LOG_NAME = "odnas.log"
+DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
+LOCK_NAME = "driver.lock"
+TRIALS_DIR = "trials"
+COSTS_DIR = "costs"
+# In a trial dir:
+LAUNCH_NAME = "launch.json"  # the TorchX app handle and parameters, written by the driver as it launches
+JOB_NAME = "job.json"  # pid, host, start, parameters: written by the job first
+RESULT_NAME = "result.json"  # written by the job last, on success only
+ERROR_NAME = "error.json"  # the failure reason, by the job or (for what it cannot report) the driver
+PROGRESS_NAME = "progress.jsonl"  # one line per epoch
+CHECKPOINT_NAME = "model.pt"
+#: The module TorchX runs for a trial (``python -m ...``); a live job's command line names it.
+TRIAL_MODULE = "odnas.jobs.trial"
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON so that a reader (or a kill) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None if it is missing or not (yet) valid."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trial_dir(run_dir: str | Path, trial_index: int) -> Path:
+    return Path(run_dir) / TRIALS_DIR / f"{trial_index:04d}"
+
+
+def read_settings(run_dir: str | Path) -> RunSettings:
+    """The run's settings; one line if the folder is not a run dir or they are damaged."""
+    p = Path(run_dir) / SETTINGS_NAME
+    if not p.is_file():
+        raise RunDirError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
+    try:
+        raw = json.loads(p.read_text())
+    except ValueError:
+        raise RunDirError(f"{p} is not valid JSON; the run dir's settings are damaged") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(f"{p} does not hold a settings object; the run dir's settings are damaged")
+    return RunSettings.from_dict(raw, source=str(p))
+
+
+def write_settings(run_dir: str | Path, settings: RunSettings) -> None:
+    write_json_atomic(Path(run_dir) / SETTINGS_NAME, settings.to_dict())
+
+
+@contextmanager
+def driver_lock(run_dir: Path) -> Iterator[None]:
+    """One driver per run dir; a second one is refused with a clear message."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise SearchError(f"{run_dir} is already being searched by {who}; wait for it or stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def driver_running(run_dir: str | Path) -> bool:
+    """Whether a driver holds the run dir's lock right now."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def local_job_alive(job: Mapping[str, Any] | None) -> bool:
+    """Whether the job recorded in ``job.json`` is a live trial process on this host
+    (a pid from another host, or a reused pid, is not ours)."""
+    if not job or job.get("host") != socket.gethostname():
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(job['pid'])}/cmdline").read_bytes()
+        state = Path(f"/proc/{int(job['pid'])}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, ValueError, IndexError, KeyError):
+        return False
+    return TRIAL_MODULE.encode() in cmdline and state != "Z"
+
+
+def local_jobs(run_dir: str | Path) -> list[int]:
+    """Pids of the run's training jobs alive on this host."""
+    tdir = Path(run_dir) / TRIALS_DIR
+    if not tdir.is_dir():
+        return []
+    jobs = (read_json(p) for p in tdir.glob(f"*/{JOB_NAME}"))
+    return [int(j["pid"]) for j in jobs if local_job_alive(j)]
+
+
+def read_curve(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """The epochs a trial has logged so far (``progress.jsonl``), skipping a line being written."""
+    try:
+        lines = (Path(trial_dir) / PROGRESS_NAME).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("val_acc") is not None:
+            out.append(rec)
+    return out
