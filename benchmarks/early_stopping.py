@@ -21,12 +21,12 @@ import numpy as np
 
 def summary(run_dir: str) -> dict:
     from odnas.profiles import METRIC_SIGN, parse_bound, profile_from_dict
-    from odnas.loop.store import load_client
-    from odnas.rundir import read_settings
-    from odnas.select import front, hypervolume, objective_matrix, trial_table
+    from odnas.loop.store import load_run
+    from odnas.select import front, hypervolume, objective_matrix
 
-    profile = profile_from_dict(read_settings(run_dir)["profile"])
-    rows = trial_table(load_client(run_dir, readonly=True)[0]._experiment)
+    run = load_run(run_dir)
+    profile, typed = run.profile, run.rows
+    rows = [r.to_dict() for r in typed]
     job_s, epochs = 0.0, 0
     for r in rows:
         tdir = Path(r["trial_dir"] or "")
@@ -39,8 +39,8 @@ def summary(run_dir: str) -> dict:
     bounds = {m: v for m, _, v in map(parse_bound, list(profile.thresholds) + profile.budget_constraints())}
     objs = profile.objective_metrics
     ref = np.array([METRIC_SIGN[o] * bounds[o] for o in objs])
-    fr = front(rows, profile)
-    hv = hypervolume(objective_matrix(fr, objs), ref) if fr else 0.0
+    fr = [r.to_dict() for r in front(typed, profile)]
+    hv = hypervolume(objective_matrix(front(typed, profile), objs), ref) if fr else 0.0
     states = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1

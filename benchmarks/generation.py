@@ -16,7 +16,7 @@ import statistics
 import time
 import warnings
 
-from odnas.loop.adapter import import_ax
+from odnas.loop.adapter import ax_parameters, import_ax
 
 import_ax()
 
@@ -27,12 +27,12 @@ def make_client(space, settings: str, seed: int):
     from odnas import search
 
     c = Client(random_seed=seed)
-    c.configure_experiment(parameters=space.ax_parameters())
+    c.configure_experiment(parameters=ax_parameters(space.searched()))
     c.configure_optimization("val_acc, -latency_ms",
                              outcome_constraints=["val_acc >= 0.85", "latency_ms <= 0.13", "num_params <= 100000"])
     gs = search.generation_strategy("bo", seed, 5, 16)
     if settings == "ax-default":
-        for node in gs._nodes:
+        for node in gs.nodes_by_name.values():
             for spec in node.generator_specs:
                 spec.generator_gen_kwargs.pop("model_gen_options", None)
     c.set_generation_strategy(gs)
@@ -69,7 +69,7 @@ def main() -> None:
             times[settings].append(time.perf_counter() - t)
             print(f"repeat {r} {settings:10s} {times[settings][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"space {a.space}, {len(space.ax_parameters())} parameters, {a.trials} completed trials, "
+    print(f"space {a.space}, {len(space.searched())} parameters, {a.trials} completed trials, "
           f"{a.repeats} repeats")
     for k, v in med.items():
         print(f"median seconds per candidate, {k}: {v:.2f}")

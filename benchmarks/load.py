@@ -121,15 +121,14 @@ def drive(a) -> None:
     from odnas.errors import SearchError
     from odnas.loop.config import SearchConfig
     from odnas.loop.driver import create_run, run_loop
-    from odnas.testing import FakeLatencyBackend, InProcessJobs, in_process_jobs
+    from odnas.testing import FakeLatencyBackend, InProcessJobs
 
     run_dir = Path(a.run_dir)
     cfg = SearchConfig(profile=a.profile, space=a.space, trials=a.trials, max_candidates=a.trials,
                        parallel=a.parallel, run_dir=str(run_dir), seed=a.seed, method=a.method,
                        init_trials=a.init_trials, threads=1, fixed=fixed_params(a.fix),
-                       constraints=tuple(a.constraint or ()))
+                       constraints=tuple(a.constraint or ()), scheduler=InProcessJobs.SCHEDULER)
     t0 = time.perf_counter()
-    run_dir = create_run(cfg)
     per_trial: list[dict] = []
 
     def after(index: int, job_s: float) -> None:
@@ -142,11 +141,12 @@ def drive(a) -> None:
 
     calls: list[dict] = []
     jobs = InProcessJobs(train=a.train, after=after)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
     backend = FakeLatencyBackend() if a.fake_latency else None
     error = None
-    with in_process_jobs(jobs), timed_generation(calls):
+    with timed_generation(calls):
         try:
-            run_loop(run_dir, cost_backend=backend, quiet=True)
+            run_loop(run_dir, cost_backend=backend, quiet=True, schedulers=jobs.schedulers())
         except SearchError as e:  # e.g. no candidate fitted the budgets: the trials are stored all the same
             error = str(e)
             log(f"search ended with: {e}")
@@ -164,14 +164,15 @@ def drive(a) -> None:
 
 def check(a) -> None:
     t0 = time.perf_counter()
-    from odnas.loop.store import load_client, load_run
+    from odnas.loop.store import load_run
     from odnas.select import pick
 
-    settings, profile, rows = load_run(a.run_dir)
+    run = load_run(a.run_dir)
     load_s = time.perf_counter() - t0
-    client, _ = load_client(a.run_dir, readonly=True)
+    profile, typed = run.profile, run.rows
+    rows = [r.to_dict() for r in typed]
     trials = []
-    for idx, t in sorted(client._experiment.trials.items()):
+    for idx, t in sorted(run.experiment.trials.items()):
         gr = t.generator_runs[0]
         trials.append({"trial": idx, "node": gr._generation_node_name, "fit_time": gr.fit_time,
                        "gen_time": gr.gen_time})
@@ -180,10 +181,10 @@ def check(a) -> None:
         states[r["state"]] = states.get(r["state"], 0) + 1
     complete = [r for r in rows if r["state"] == "completed" and "val_acc" in r["metrics"]
                 and "latency_ms" in r["metrics"]]
-    best = pick(rows, profile)
+    best = pick(typed, profile)
     print(json.dumps({"load_run_s": round(load_s, 2), "rows": len(rows), "states": states,
-                      "best_feasible": best and {"trial": best["trial"], **{
-                          k: best["metrics"].get(k) for k in ("val_acc", "latency_ms", "num_params")}},
+                      "best_feasible": best and {"trial": best.trial, **{
+                          k: best.metrics.get(k) for k in ("val_acc", "latency_ms", "num_params")}},
                       "with_val_acc_and_latency": len(complete), "trials": trials,
                       "indices_contiguous": [r["trial"] for r in rows] == list(range(len(rows)))}))
 

@@ -34,7 +34,7 @@ def log(*a) -> None:
 
 
 def analyze(run_dir: Path) -> dict:
-    from odnas.loop.store import load_client
+    from odnas.loop.store import load_run
     from odnas.rundir import DRIVER_STATS_NAME, read_settings
 
     settings = read_settings(run_dir)
@@ -44,7 +44,7 @@ def analyze(run_dir: Path) -> dict:
     for s in sessions:
         for k, v in s["seconds"].items():
             secs[k] = secs.get(k, 0.0) + v
-    exp = load_client(run_dir, readonly=True)[0]._experiment
+    exp = load_run(run_dir).experiment
     trials, notice = [], []
     for t in exp.trials.values():
         meta = t.run_metadata or {}
@@ -60,7 +60,7 @@ def analyze(run_dir: Path) -> dict:
                        "fit_s": r["train_time_s"], "noticed": noticed})
         if noticed:
             notice.append(noticed - done)
-    parallel = int(settings["parallel"])
+    parallel = settings.parallel
     slot_s = parallel * wall
     fit = sum(x["fit_s"] for x in trials)
     startup = sum((x["done"] - x["launched"]) - x["fit_s"] for x in trials)  # process start, imports, data, trainer

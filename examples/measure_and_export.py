@@ -26,12 +26,12 @@ params = {"stem_width": 8, "s1_depth": 1, "s1_width": 16, "s1_kernel": 3, "s1_ex
           "hardswish": 0, "lr": 0.01, "epochs": 3, "batch_size": 64}
 
 cost = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
-print(cost["arch_id"], cost["metrics"], "over budget:", profile.over_budget(cost["metrics"]) or "no")
+print(cost.arch_id, cost.metrics, "over budget:", profile.over_budget(cost.metrics) or "no")
 
 out = Path(tempfile.mkdtemp())
 torch.manual_seed(0)
 model = space.build(params, data.input_shape, data.num_classes)
 res = fit(model, data, params["lr"], params["epochs"], params["batch_size"], out / "trial")
-card = export_artifact(model, out / "model.onnx", space=space.name, params=params, arch_id=cost["arch_id"],
-                       data=data, profile=profile, metrics={**cost["metrics"], "val_acc": res["val_acc"]})
-print(f"wrote {out / 'model.onnx'}: val_acc {card['metrics']['val_acc_onnx']:.3f}, parity {card['parity']}")
+card = export_artifact(model, out / "model.onnx", space=space.name, params=params, arch_id=cost.arch_id,
+                       data=data, profile=profile, metrics={**cost.metrics, "val_acc": res["val_acc"]})
+print(f"wrote {out / 'model.onnx'}: val_acc {card.metrics['val_acc_onnx']:.3f}, parity {card.parity}")

@@ -23,9 +23,8 @@ import numpy as np
 
 from odnas.loop.config import SearchConfig
 from odnas.loop.driver import search
-from odnas.loop.store import load_client
-from odnas.select import front, hypervolume, objective_matrix, trial_table
-from odnas.profiles import load_profile
+from odnas.loop.store import load_run
+from odnas.select import front, hypervolume, objective_matrix
 
 HERE = Path(__file__).resolve().parent
 MNIST = HERE.parent.parent / "shared" / "data" / "mnist-t10k"
@@ -53,24 +52,20 @@ def main() -> None:
     t0 = time.time()
     run_dir = search(cfg, progress=lambda s: print(s.line(), flush=True))
     wall = time.time() - t0
-    client, _ = load_client(run_dir, readonly=True)
-    rows = trial_table(client._experiment)
-    settings = json.loads((Path(run_dir) / "odnas.json").read_text())
-    from odnas.profiles import profile_from_dict
-
-    profile = profile_from_dict(settings["profile"])
-    fr = front(rows, profile)
+    run = load_run(run_dir)
+    rows = run.rows
+    fr = front(rows, run.profile)
     ref = np.array([0.94, -80000.0])
     hv = hypervolume(objective_matrix(fr, ["val_acc", "num_params"]), ref) if fr else 0.0
-    train_s = sum(json.loads((Path(r["trial_dir"]) / "result.json").read_text())["train_time_s"]
-                  for r in rows if r["state"] == "completed")
+    train_s = sum(json.loads((Path(r.trial_dir) / "result.json").read_text())["train_time_s"]
+                  for r in rows if r.state == "completed")
     print(json.dumps({"wall_s": round(wall, 1), "trials": len(rows),
-                      "completed": sum(r["state"] == "completed" for r in rows),
-                      "over_budget": sum(r["state"] == "over_budget" for r in rows),
-                      "failed": sum(r["state"] == "failed" for r in rows),
+                      "completed": sum(r.state == "completed" for r in rows),
+                      "over_budget": sum(r.state == "over_budget" for r in rows),
+                      "failed": sum(r.state == "failed" for r in rows),
                       "feasible_front": len(fr), "hypervolume": hv,
-                      "front": [{"trial": r["trial"], "val_acc": r["metrics"]["val_acc"],
-                                 "num_params": r["metrics"]["num_params"]} for r in fr],
+                      "front": [{"trial": r.trial, "val_acc": r.metrics["val_acc"],
+                                 "num_params": r.metrics["num_params"]} for r in fr],
                       "train_s_in_jobs": round(train_s, 1), "run_dir": str(run_dir)}, indent=1))
 
 

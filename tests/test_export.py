@@ -34,7 +34,7 @@ def test_export_artifact_and_card(trained, short_profile):
     assert (d / "trial" / "progress.jsonl").read_text().count("\n") == 3
     assert list((d / "trial" / "tensorboard").glob("events.*"))
     card = export_artifact(model, d / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
-                           data=data, profile=short_profile(), metrics={"val_acc": res["val_acc"]})
+                           data=data, profile=short_profile(), metrics={"val_acc": res["val_acc"]}).to_dict()
     on_disk = json.loads((d / "m.json").read_text())
     assert on_disk["onnx_sha256"] == card["onnx_sha256"]
     for key in ("arch_id", "space", "params", "metrics", "profile", "input", "labels", "data",
@@ -113,16 +113,16 @@ def test_int8_export_card_has_both_precisions(trained, short_profile, tmp_path):
     d, data, space, model, res = trained
     search = {"val_acc": res["val_acc"], "latency_ms": 0.05, "model_bytes": 1234}
     card = export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
-                           data=data, profile=_int8(short_profile), metrics=search)
+                           data=data, profile=_int8(short_profile), metrics=search).to_dict()
     deployed, fp32 = tmp_path / "m.onnx", tmp_path / "m.fp32.onnx"
-    assert card["precision"] == "int8" and card["artifact"] == str(deployed) and fp32.is_file()
+    assert card["precision"] == "int8" and card["artifact"] == deployed.name and fp32.is_file()
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(deployed)).graph.node}
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(fp32)).graph.node}
-    assert card["parity"]["file"] == str(fp32) and card["parity"]["top1_agreement"] == 1.0
+    assert card["parity"]["file"] == fp32.name and card["parity"]["top1_agreement"] == 1.0
     q = card["quantization"]
     assert q["mode"] == "static" and q["calibration"] == "training split" and q["calibration_samples"] == 256
     f, i = card["precisions"]["fp32"], card["precisions"]["int8"]
-    assert i["deployed"] and not f["deployed"] and i["file"] == str(deployed)
+    assert i["deployed"] and not f["deployed"] and i["file"] == deployed.name
     # The int8 file was re-evaluated on the validation split: recompute it here.
     s = ort.InferenceSession(str(deployed), providers=["CPUExecutionProvider"])
     logits = s.run(None, {"input": data.x_val})[0]
@@ -148,11 +148,11 @@ def test_int8_budgets_are_judged_on_int8_figures(trained, short_profile, tmp_pat
     d, data, space, model, res = trained
     kw = dict(space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS), data=data, metrics={"val_acc": res["val_acc"]})
     first = export_artifact(model, tmp_path / "a.onnx", profile=_int8(short_profile), **kw)
-    b8, b32 = first["precisions"]["int8"]["model_bytes"], first["precisions"]["fp32"]["model_bytes"]
+    b8, b32 = first.precisions["int8"]["model_bytes"], first.precisions["fp32"]["model_bytes"]
     assert b8 < b32  # the weights are int8; on this mlp that outweighs the extra Q/DQ nodes
     # A byte budget between the two sizes: met by the deployed int8 file, not by the fp32 one.
     card = export_artifact(model, tmp_path / "b.onnx", profile=_int8(short_profile, model_bytes=(b8 + b32) / 2,
-                                                                      latency_ms=1e-6), **kw)
+                                                                      latency_ms=1e-6), **kw).to_dict()
     assert card["budgets"]["model_bytes"] == {"limit": (b8 + b32) / 2, "value": b8, "met": True}
     assert card["budgets"]["latency_ms"]["value"] == card["precisions"]["int8"]["latency_ms"]
     assert card["budgets"]["latency_ms"]["met"] is False  # 1 ns: the fresh figure decides, honestly
@@ -167,7 +167,7 @@ def test_multi_profile_card(trained, short_profile, tmp_path):
     search = {"val_acc": res["val_acc"], "latency_ms": 99.0, "latency_ms_p90": 99.0}
     card = export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
                            data=data, profile=main, metrics=search,
-                           also_profiles=["cpu-desktop", _int8(short_profile), main, "cpu-mobile"])
+                           also_profiles=["cpu-desktop", _int8(short_profile), main, "cpu-mobile"]).to_dict()
     m = card["metrics"]
     assert m["latency_ms_search"] == 99.0 and m["latency_ms"] == card["latency"]["latency_ms"] < 0.10
     assert card["budgets"]["latency_ms"] == {"limit": 0.10, "value": m["latency_ms"], "met": True}
@@ -180,14 +180,14 @@ def test_multi_profile_card(trained, short_profile, tmp_path):
     assert profs[shipped]["latency"]["runs"] >= 100 and not profs[shipped]["main"]
     assert profs["cpu-mobile"]["main"] and profs["cpu-mobile"]["latency_ms"] == m["latency_ms"]
     desk = profs["cpu-desktop"]
-    assert desk["precision"] == "fp32" and desk["batch_size"] == 8 and desk["file"] == str(tmp_path / "m.onnx")
+    assert desk["precision"] == "fp32" and desk["batch_size"] == 8 and desk["file"] == "m.onnx"
     assert desk["latency"]["batch_size"] == 8 and desk["latency_ms"] != m["latency_ms"]
     assert 0 <= desk["latency_ms_sem"] and desk["latency_ms"] <= desk["latency_ms_p90"]
     assert desk["budgets"]["latency_ms"] == {"limit": 2.0, "value": desk["latency_ms"],
                                              "met": desk["latency_ms"] <= 2.0}
     assert desk["met"] == all(b["met"] for b in desk["budgets"].values())
     i8 = profs["cpu-mobile-int8"]
-    assert i8["precision"] == "int8" and i8["file"] == str(tmp_path / "m.int8.onnx")
+    assert i8["precision"] == "int8" and i8["file"] == "m.int8.onnx"
     assert set(i8["budgets"]) == set(_int8(short_profile).budgets)
     assert i8["model_bytes"] == (tmp_path / "m.int8.onnx").stat().st_size
 

@@ -97,10 +97,12 @@ def make_run(run_dir: Path, n: int, method: str = "bo", failed=(), running: int 
     prof.write_text(PROFILE_YAML)
     run_dir = create_run(SearchConfig(profile=str(prof), space="mlp", trials=planned or n, run_dir=str(run_dir),
                                       method=method, init_trials=4, seed=0))
-    profile = profile_from_dict(read_settings(run_dir)["profile"])
+    from odnas.loop.adapter import experiment_of, save_trials
+
+    profile = profile_from_dict(read_settings(run_dir).profile)
     space = get_space("mlp")
     rng = random.Random(7)
-    client, _ = load_client(run_dir)
+    client, storage = load_client(run_dir)
     with quiet_logs(run_dir / "odnas.log"):
         for i in range(n):
             params = space.sample(rng)
@@ -113,12 +115,12 @@ def make_run(run_dir: Path, n: int, method: str = "bo", failed=(), running: int 
             over = profile.over_budget(costs)
             if over:
                 meta["over_budget"] = over
-            trial = client._experiment.trials[idx]
+            trial = experiment_of(client).trials[idx]
             trial.update_run_metadata(meta)
             if i in failed:
                 client.mark_trial_failed(idx, failed_reason="job died without writing its result")
             elif i >= n - running:
-                client._save_or_update_trial_in_db_if_possible(experiment=client._experiment, trial=trial)
+                save_trials(experiment_of(client), [trial], storage)
             else:
                 data = {m: (v, 0.001 if m.startswith("latency") else 0.0) for m, v in costs.items()}
                 if not over:
@@ -152,11 +154,9 @@ def _figure_keys(html_path: Path) -> list[str]:
 
 
 def test_run_has_every_state(full_run):
-    from odnas.loop.store import load_client
-    from odnas.select import trial_table
+    from odnas.loop.store import load_run
 
-    client, _ = load_client(full_run, readonly=True)
-    states = {r["state"] for r in trial_table(client._experiment)}
+    states = {r.state for r in load_run(full_run).rows}
     assert {"completed", "over_budget", "failed", "running"} <= states
 
 
@@ -178,8 +178,8 @@ def test_report_shows_proxy_correlations_per_profile(full_run, full_report):
     from odnas.loop.store import load_run
     from odnas.select import proxy_correlations
 
-    _, profile, rows = load_run(full_run)
-    c = proxy_correlations(rows)
+    run = load_run(full_run)
+    profile, c = run.profile, proxy_correlations(run.rows)
     text = _text(full_report)
     assert "Proxies against measured latency" in text and "Spearman flops" in text
     assert f"{profile.name} {c['n']} {c['flops']:.4g}" in " ".join(text.split())
@@ -195,16 +195,15 @@ def test_report_has_the_expected_figures(full_report):
 
 
 def test_front_table_has_export_commands(full_run, full_report):
-    from odnas.loop.store import load_client
-    from odnas.rundir import read_settings
-    from odnas.select import front, trial_table
+    from odnas.loop.store import load_run
+    from odnas.select import front
 
-    client, _ = load_client(full_run, readonly=True)
-    fr = front(trial_table(client._experiment), profile_from_dict(read_settings(full_run)["profile"]))
+    run = load_run(full_run)
+    fr = front(run.rows, run.profile)
     assert fr, "the made-up run should have a feasible front"
     page = full_report.read_text()
     for r in fr:
-        assert f"odnas export {full_run} --trial {r['trial']} -o {r['arch_id']}.onnx" in page
+        assert f"odnas export {full_run} --trial {r.trial} -o {r.arch_id}.onnx" in page
 
 
 def test_every_figure_has_a_png_that_is_not_blank(full_report):
@@ -255,23 +254,22 @@ def test_report_out_may_be_a_folder(partial_run, tmp_path):
 
 def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
     """A quasi-random run never has a model of its own; the report fits one."""
+    from odnas.loop.adapter import experiment_of
+    from odnas.loop.store import load_client, quiet_logs, trial_table
     from odnas.report import Surrogate
-    from odnas.loop.store import load_client
-    from odnas.loop.store import quiet_logs
-    from odnas.select import trial_table
 
     run = make_run(tmp_path / "sobol", 5, method="sobol")
     client, _ = load_client(run, readonly=True)
     with quiet_logs(run / "odnas.log"):
-        model = Surrogate.fit(client, trial_table(client._experiment))
+        model = Surrogate.fit(client, [r.to_dict() for r in trial_table(experiment_of(client))])
     assert model.adapter is not None and not model.own, model.why_not
     assert "fitted for this report" in model.source
 
 
 def test_not_a_run_dir_is_a_user_error(tmp_path):
-    from odnas.errors import SearchError
+    from odnas.errors import RunDirError
 
-    with pytest.raises(SearchError, match="not an odnas run dir"):
+    with pytest.raises(RunDirError, match="not an odnas run dir"):
         write_report(tmp_path)
 
 

@@ -24,7 +24,8 @@ import yaml
 from tests.conftest import run_cli
 
 PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 1e-3, "dropout": 0.1, "epochs": 1, "batch_size": 32}
-REMOTE = {"space": "mlp", "data": "digits", "threads": 4, "seed": 0, "image": "registry.example/odnas:1",
+BASE = {"space": "mlp", "profile": {}, "input_shape": [1, 8, 8], "num_classes": 10}  # RunSettings' required fields
+REMOTE = {**BASE, "data": "digits", "threads": 4, "seed": 0, "image": "registry.example/odnas:1",
           "resources": "cpu=4,memMB=8192,gpu=1", "env": {"ODNAS_PROBE": "x y", "HF_HOME": "/cache/hf"},
           "mounts": ["type=volume,src=odnas-runs,dst=/shared/runs"]}
 
@@ -206,7 +207,7 @@ def _launch_on_ray(ray_cluster, tmp_path, params):
     """A TrialRunner on the loopback cluster and trial 0 launched through TorchX's ray scheduler."""
     from odnas.loop.runner import TrialRunner
 
-    r = TrialRunner(str(tmp_path), {"space": "mlp", "data": "digits", "threads": 1, "scheduler": "ray",
+    r = TrialRunner(str(tmp_path), {**BASE, "data": "digits", "threads": 1, "scheduler": "ray",
                                     "scheduler_cfg": {"dashboard_address": ray_cluster}})
     tdir = r.trial_dir(0)
     tdir.mkdir(parents=True)

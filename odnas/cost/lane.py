@@ -17,12 +17,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from odnas.cost.calibrate import apply_to_record, run_calibration
 from odnas.cost.count import count
 from odnas.cost.latency import LatencyBackend, host_key, measure_latency
 from odnas.cost.onnx import export_onnx
+from odnas.cost.quiet import measurement_window
 from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import CostRecord, LatencyKey, RunSettings
-from odnas.rundir import COSTS_DIR, SETTINGS_NAME, read_json, write_json_atomic
+from odnas.rundir import COSTS_DIR, SETTINGS_NAME, local_jobs, read_json, write_json_atomic
+from odnas.spaces import get_space
 
 
 #: Calibration inputs the lane quantizes with: few, because only the graph matters for latency.
@@ -119,10 +122,6 @@ class CostLane:
                 backend: LatencyBackend | None = None) -> "CostLane":
         """The lane of a run dir: its space, data shape and effective profile, its cost
         cache, its calibration, and its local jobs to pause while timing."""
-        from odnas.cost.calibrate import run_calibration
-        from odnas.rundir import local_jobs
-        from odnas.spaces import get_space
-
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         calibration = run_calibration(run_dir, profile) if backend is None else None
         return cls(get_space(settings.space), settings.input_shape, settings.num_classes,
@@ -130,8 +129,6 @@ class CostLane:
                    isolation=settings.isolation, local_jobs=lambda: local_jobs(run_dir))
 
     def window(self):
-        from odnas.cost.quiet import measurement_window
-
         return measurement_window(self.isolation, self.local_jobs)
 
     def _comparable(self, rec: CostRecord) -> bool:
@@ -153,8 +150,6 @@ class CostLane:
             self.measured += 1
             self.seconds += time.perf_counter() - t0
         if self.calibration is not None:
-            from odnas.cost.calibrate import apply_to_record
-
             rec = apply_to_record(rec, self.calibration)  # budgets then judge device milliseconds
         return rec
 

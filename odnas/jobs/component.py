@@ -36,6 +36,15 @@ DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
 RAY_WORKDIR = "ray"
 
 
+def torchx_runner(schedulers: Mapping[str, Any] | None = None):
+    """TorchX's runner with its own schedulers plus any passed in by name (TorchX's
+    public way to add a backend: a ``Scheduler`` factory)."""
+    from torchx.runner import Runner
+    from torchx.schedulers import get_scheduler_factories
+
+    return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
+
+
 def make_resource(resources: str | None, threads: int):
     """A TorchX named resource (``gpu.small``) or ``cpu=4,memMB=8192,gpu=0``.
 

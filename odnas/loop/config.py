@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from odnas.cost.latency import check_runnable
+from odnas.cost.quiet import ISOLATION_MODES
 from odnas.errors import SearchError, SpaceError
+from odnas.jobs.component import make_resource, trial_app
 from odnas.loop.adapter import import_ax
 from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound
 from odnas.records import RunSettings
@@ -119,8 +121,6 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
             raise SearchError("--method saasbo needs JAX and NumPyro: pip install 'odnas[saasbo]'") from None
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
-    from odnas.cost.quiet import ISOLATION_MODES
-
     if cfg.isolation not in ISOLATION_MODES:
         raise SearchError(f"--isolation {cfg.isolation!r}: choose from {', '.join(ISOLATION_MODES)}")
     if cfg.retries < 0:
@@ -169,8 +169,6 @@ def check_with_ax(profile: HardwareProfile) -> None:
 def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None) -> None:
     """Things that would otherwise fail at the first trial, after the run dir exists."""
     from torchx.schedulers import get_scheduler_factories
-
-    from odnas.jobs.component import make_resource, trial_app
 
     check_runnable(profile)
     if cfg.scheduler not in {**get_scheduler_factories(), **(schedulers or {})}:

@@ -20,6 +20,7 @@ from odnas.cost.calibrate import run_calibration
 from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError
+from odnas.jobs.component import torchx_runner
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -92,15 +93,6 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
         raise SearchError("--trials must be at least 1")
     run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers)
     return run_dir
-
-
-def torchx_runner(schedulers: Schedulers | None = None):
-    """TorchX's runner with its own schedulers plus any passed in (TorchX's public way
-    to add a backend: a ``Scheduler`` factory by name)."""
-    from torchx.runner import Runner
-    from torchx.schedulers import get_scheduler_factories
-
-    return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
 
 
 def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from odnas.jobs.component import LOCAL_SCHEDULERS, trial_app
+from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app
 from odnas.loop.adapter import import_ax
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import (
@@ -48,15 +48,22 @@ class TrialRunner(IRunner):
         self.settings = dict(settings)
         self.cfg = RunSettings.from_dict(settings)
         self.cost_lane = None
-        self.torchx = None
+        self._torchx = None
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
 
     def attach(self, run_dir: str | Path, cost_lane, torchx) -> "TrialRunner":
         """Give the runner where the run dir is now, its cost lane and its TorchX runner."""
         self.run_dir = str(run_dir)
-        self.cost_lane, self.torchx = cost_lane, torchx
+        self.cost_lane, self._torchx = cost_lane, torchx
         return self
+
+    @property
+    def torchx(self):
+        """The TorchX runner (TorchX's own schedulers unless the driver attached another)."""
+        if self._torchx is None:
+            self._torchx = torchx_runner()
+        return self._torchx
 
     def _timed(self, key: str, t0: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
