@@ -12,7 +12,7 @@ Per trial it records the driver's RSS and the size of experiment.sqlite (with it
 WAL) when the trial's job ends, and, per call of ``GenerationStrategy.gen``, its
 wall and CPU time beside Ax's own ``fit_time``/``gen_time`` on each generator run.
 ``benchmarks/saasbo.py`` uses the same driver.
-At the end a fresh process loads the run read-only (``odnas.search.load_run``) and
+At the end a fresh process loads the run read-only (``odnas.loop.store.load_run``) and
 checks every trial is there. Markdown on stdout, logs on stderr, raw data in
 ``benchmarks/results/load.json``.
 

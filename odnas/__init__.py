@@ -1,7 +1,7 @@
 """odnas: on-device, deployment-aware neural architecture search.
 
-Import what you need from the submodules (``odnas.search``, ``odnas.profiles``,
-``odnas.export``...); this package imports nothing heavy on its own.
+``odnas.api`` holds the public Python names (``search``, ``load_run``, ``export_trial``...);
+``docs/design.md`` maps the package's layers. This package imports nothing on its own.
 """
 
 __version__ = "0.1.0"

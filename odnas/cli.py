@@ -112,6 +112,27 @@ def cmd_measure(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from odnas.cost.doctor import check_host, format_report
+    from odnas.errors import SearchError
+    from odnas.profiles import load_profile
+
+    try:
+        shape = tuple(int(d) for d in a.input_shape.lower().split("x"))
+    except ValueError:
+        raise SearchError(f"--input-shape {a.input_shape!r}: expected C x H x W, e.g. 1x28x28") from None
+    if len(shape) != 3 or min(shape) < 1 or a.models < 2:
+        raise SearchError("--input-shape takes three positive sizes (1x28x28) and --models at least 2")
+    profile = load_profile(a.profile)
+    if not a.json:
+        print(f"Timing on this host under {profile.name} (about a minute; the first run on a host also "
+              f"calibrates the reference model for {profile.protocol.calibration_s:g} s)...", file=sys.stderr,
+              flush=True)
+    report = check_host(profile, shape, a.models)
+    _print_json(report) if a.json else print(format_report(report))
+    return 0
+
+
 def _progress_printer(quiet: bool):
     if quiet:
         return None
@@ -295,8 +316,10 @@ def cmd_select(a: argparse.Namespace) -> int:
                      "confirmed": confirmed})
         return 0 if pick else 1
     if confirmed is not None:
-        print(f"Confirmed the front's latencies with a {res['protocol']['min_runs']}-run, "
-              f"{res['protocol']['min_time_s']:g} s protocol per model, in a quiet window"
+        pr = res["protocol"]
+        how = (f"{pr['sessions']} sessions x {pr['rounds']} rounds against the reference model"
+               if pr["method"] == "reference" else f"a {pr['min_runs']}-run, {pr['min_time_s']:g} s protocol")
+        print(f"Confirmed the front's latencies with {how} per model, in a quiet window"
               + (" (the running search's jobs paused meanwhile)" if res["driver_running"] else "") + ":")
         for c in confirmed:
             change = f"{c['change'] * 100:+.1f}%" if c["change"] is not None else "n/a"
@@ -428,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.set_defaults(fn=cmd_measure)
+
+    p = sub.add_parser("doctor", help="check whether this host times latency reproducibly, and what to do if not")
+    p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")
+    p.add_argument("--input-shape", default="1x8x8", help="C x H x W of the models timed (default 1x8x8, digits)")
+    p.add_argument("--models", type=int, default=3, help="candidates timed twice in fresh processes (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(fn=cmd_doctor)
 
     p = sub.add_parser("search", help="run a multi-objective architecture search")
     p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")

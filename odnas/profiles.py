@@ -40,6 +40,7 @@ PROVIDERS = (
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 STATISTICS = ("median", "mean")
 PRECISIONS = ("fp32", "int8")
+PROTOCOL_METHODS = ("reference", "plain")
 #: Forms of the host -> device latency mapping (see ``odnas.calibrate``).
 CALIBRATION_MODELS = ("loglinear", "ratio")
 
@@ -60,10 +61,24 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Protocol:
-    """How latency is measured: warm-ups are run and discarded, then runs repeat
-    until both ``min_runs`` and ``min_time_s`` are met (or ``max_time_s`` passes)."""
+    """How latency is measured (``odnas.cost.protocol``).
 
+    ``method: reference`` (the default) times the candidate against a fixed reference
+    model: ``sessions`` fresh sessions of ``rounds`` alternating bursts of
+    ``burst_runs`` runs each, after ``warmup_runs`` warm-ups; the figure is the ratio
+    times the reference's fast-mode time, calibrated once per host over
+    ``calibration_s`` seconds. Bursts shrink to keep a slow candidate near
+    ``max_time_s``. ``method: plain`` runs warm-ups, then repeats until both
+    ``min_runs`` and ``min_time_s`` are met (or ``max_time_s`` passes) and reports the
+    ``statistic``: figures that move with the host's speed mode.
+    """
+
+    method: str = "reference"
     warmup_runs: int = 10
+    sessions: int = 8
+    rounds: int = 6
+    burst_runs: int = 40
+    calibration_s: float = 30.0
     min_runs: int = 50
     min_time_s: float = 0.2
     max_time_s: float = 5.0
@@ -196,7 +211,12 @@ def profile_from_dict(
     )
     proto_raw = v.keys(top.get("protocol") or {}, "protocol.", {f.name for f in dataclasses.fields(Protocol)})
     protocol = Protocol(
+        method=v.choice(proto_raw, "protocol.method", PROTOCOL_METHODS, Protocol.method),
         warmup_runs=v.integer(proto_raw, "protocol.warmup_runs", Protocol.warmup_runs, lo=0),
+        sessions=v.integer(proto_raw, "protocol.sessions", Protocol.sessions, lo=2),
+        rounds=v.integer(proto_raw, "protocol.rounds", Protocol.rounds, lo=1),
+        burst_runs=v.integer(proto_raw, "protocol.burst_runs", Protocol.burst_runs, lo=5),
+        calibration_s=v.number(proto_raw, "protocol.calibration_s", Protocol.calibration_s, lo=0.0, strict=True),
         min_runs=v.integer(proto_raw, "protocol.min_runs", Protocol.min_runs, lo=3),
         min_time_s=v.number(proto_raw, "protocol.min_time_s", Protocol.min_time_s, lo=0.0),
         max_time_s=v.number(proto_raw, "protocol.max_time_s", Protocol.max_time_s, lo=0.0, strict=True),

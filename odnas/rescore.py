@@ -31,11 +31,14 @@ LATENCY_KEYS = ("latency_ms", "latency_ms_p90")
 
 
 def long_protocol(profile: HardwareProfile, factor: int = CONFIRM_FACTOR) -> HardwareProfile:
-    """The profile with ``factor`` x the runs and time (at least 1 s of timed runs)."""
+    """The profile with ``factor`` x the timed runs: twice the sessions and twice the
+    rounds when ``factor`` is 4 (reference protocol), or ``factor`` x the runs and time
+    (at least 1 s) of a plain one."""
     p = profile.protocol
+    half = max(1, round(factor ** 0.5))
     longer = dataclasses.replace(
         p, warmup_runs=p.warmup_runs * 2, min_runs=p.min_runs * factor, min_time_s=max(1.0, p.min_time_s * factor),
-        max_time_s=max(p.max_time_s, 10.0))
+        max_time_s=max(p.max_time_s * factor, 10.0), sessions=p.sessions * half, rounds=p.rounds * half)
     return dataclasses.replace(profile, protocol=longer)
 
 

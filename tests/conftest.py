@@ -9,6 +9,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
 
+# One cache for the whole test session (reference models, latency baselines, calibration
+# figures), apart from the user's; subprocesses (the CLI, jobs) inherit it.
+if "ODNAS_TEST_KEEP_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["ODNAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="odnas-test-cache-")
+
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run ``odnas ARGS`` in a fresh process, as a user would."""
@@ -27,6 +34,7 @@ def short_profile():
     def make(name: str = "cpu-mobile"):
         p = load_profile(name)
         return dataclasses.replace(p, protocol=dataclasses.replace(
-            p.protocol, warmup_runs=2, min_runs=5, min_time_s=0.0, max_time_s=0.5))
+            p.protocol, warmup_runs=2, min_runs=5, min_time_s=0.0, max_time_s=0.5,
+            sessions=2, rounds=2, burst_runs=5, calibration_s=0.5))
 
     return make

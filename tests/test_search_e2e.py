@@ -212,7 +212,7 @@ def test_two_drivers_are_refused(tmp_path):
     (d / "odnas.json").write_text("{}")
     with driver_lock(d):
         proc = subprocess.run([sys.executable, "-c", (
-            "from pathlib import Path; from odnas.search import driver_lock\n"
+            "from pathlib import Path; from odnas.rundir import driver_lock\n"
             f"with driver_lock(Path({str(d)!r})): pass")], capture_output=True, text=True)
         assert proc.returncode != 0 and "already being searched" in proc.stderr
     with driver_lock(d):  # free again afterwards

@@ -16,7 +16,7 @@ What the methods see and how they are scored:
   front), reference point at the thresholds and budget (``val_acc >= 0.85``,
   ``latency_ms <= budget``), via ``odnas.select.front`` and ``odnas.select.hypervolume``.
 
-Methods: ``bo`` (odnas's default: ``odnas.search.generation_strategy('bo', ...)``, Ax's
+Methods: ``bo`` (odnas's default: ``odnas.loop.config.generation_strategy('bo', ...)``, Ax's
 Sobol then qLogNEHVI), ``sobol`` and ``random`` (the same Ax client with those
 strategies), ``nsga2`` and ``tpe`` (Optuna's ``NSGAIISampler``, population 16, and its
 multi-objective ``TPESampler``, defaults otherwise, with the bounds as trial constraints).
@@ -257,7 +257,7 @@ def discrete_safe(gs):
     """odnas's generation strategy with the optimizer settings dropped that Ax's
     ``optimize_acqf_discrete`` refuses: on a search space of choices only, Ax scores every
     configuration instead of running the gradient optimizer those settings tune, and
-    ``odnas.search.generation_strategy('bo', ...)`` as is stops at its first BO candidate
+    ``odnas.loop.config.generation_strategy('bo', ...)`` as is stops at its first BO candidate
     with "UnsupportedError: `optimizer='optimize_acqf_discrete'` does not support the
     `options` argument"."""
     for node in gs._nodes:
@@ -271,7 +271,7 @@ def discrete_safe(gs):
 
 
 class AxProposer:
-    """An ``ax.api.Client`` set up as ``odnas.search.create_run`` does, over the grid."""
+    """An ``ax.api.Client`` set up as ``odnas.loop.driver.create_run`` does, over the grid."""
 
     def __init__(self, tbl: Table, method: str, seed: int, trials: int) -> None:
         from ax.api.client import Client

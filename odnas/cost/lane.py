@@ -19,7 +19,7 @@ import numpy as np
 
 from odnas.cost.calibrate import apply_to_record, run_calibration
 from odnas.cost.count import count
-from odnas.cost.latency import LatencyBackend, host_key, measure_latency
+from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, host_key, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.profiles import HardwareProfile, profile_from_dict
@@ -109,7 +109,9 @@ class CostLane:
         self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
         self.profile = profile
         self.cache = CostCache(cache_dir)
-        self.backend = backend
+        # One backend for the lane's life: it keeps the host's reference baseline in memory.
+        self.backend: LatencyBackend = backend or OrtLatencyBackend()
+        self._trust_cache = backend is not None  # a test backend's records are valid where it made them
         self.calibration = calibration  # host -> device mapping (odnas.cost.calibrate), or None
         self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
         self.local_jobs = local_jobs or (lambda: [])  # pids of the jobs to pause while timing
@@ -131,8 +133,17 @@ class CostLane:
     def window(self):
         return measurement_window(self.isolation, self.local_jobs)
 
+    def host_check(self):
+        """The reference baseline this lane's timings are scaled by (``odnas.cost.reference
+        .Baseline``), calibrated now, in a quiet window, if this host has none yet; None
+        when the backend or the profile's protocol uses no reference."""
+        if not isinstance(self.backend, OrtLatencyBackend) or self.profile.protocol.method != "reference":
+            return None
+        with self.window():
+            return self.backend.baseline(self.profile, self.input_shape)
+
     def _comparable(self, rec: CostRecord) -> bool:
-        if self.backend is not None:  # a test backend's records are valid where it made them
+        if self._trust_cache:
             return True
         if self._key is None:
             self._key = host_key(self.profile)

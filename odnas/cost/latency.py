@@ -1,9 +1,11 @@
 """Latency of an ONNX file under a profile, measured with ONNX Runtime.
 
-A measurement is an immutable ``LatencyResult``: the summary of the timed runs
-(median, p90, mean, standard error), the warm-up count kept apart, and the
-environment it was taken in. Records from different hosts refuse to be compared.
-Backends are a tiny protocol: ``measure(onnx_path, profile) -> LatencyResult``.
+A measurement is an immutable ``LatencyResult``: the figure, its p90 and standard
+error, how it was taken (the reference-normalised protocol of ``odnas.cost.protocol``
+by default: the ratio to the reference model, the baseline it was scaled by, the
+sessions, rounds and bursts), the warm-up count kept apart, and the environment it
+was taken in. Records from different hosts refuse to be compared. Backends are a
+tiny protocol: ``measure(onnx_path, profile) -> LatencyResult``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from odnas.cost import protocol as proto
+from odnas.cost.reference import baseline as reference_baseline
+from odnas.cost.reference import reference_onnx
 from odnas.errors import ProfileError
 from odnas.profiles import HardwareProfile
 from odnas.records import LatencyKey
@@ -45,6 +50,15 @@ class LatencyResult:
     ort_version: str
     cpu_model: str
     host: str
+    method: str = "plain"  # "reference" (ratio x baseline) or "plain" (the statistic of one session)
+    ratio: float | None = None  # candidate / reference, mean over sessions
+    ratio_sem: float | None = None
+    baseline_ms: float | None = None  # the reference's fast-mode time on this host
+    reference_id: str | None = None  # sha256 prefix of the reference file
+    raw_ms: float | None = None  # the candidate's own median burst time, not normalised (mode-dependent)
+    sessions: int | None = None
+    rounds: int | None = None
+    burst_runs: int | None = None  # after shortening for a slow candidate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,40 +160,89 @@ def summarize(samples_ms: np.ndarray, statistic: str) -> tuple[float, float, flo
 
 
 class OrtLatencyBackend:
-    """Times ``session.run`` on random inputs of the profile's batch size."""
+    """Times ``session.run`` on random inputs of the profile's batch size, under the
+    profile's protocol: reference-normalised rounds (default) or one plain session."""
+
+    def __init__(self) -> None:
+        self._baselines: dict[tuple, Any] = {}
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         import onnxruntime as ort
 
         t_start = time.perf_counter()
+        p = profile.protocol
+        env = dict(batch_size=profile.batch_size, provider=profile.runtime.provider,
+                   intra_op_threads=profile.runtime.intra_op_threads or (os.cpu_count() or 1),
+                   inter_op_threads=profile.runtime.inter_op_threads,
+                   graph_optimization=profile.runtime.graph_optimization, ort_version=ort.__version__,
+                   cpu_model=cpu_model(), host=socket.gethostname())
+        if p.method == "plain":
+            samples = plain_samples(_opener(onnx_path, profile)(), p.warmup_runs, p.min_runs, p.min_time_s,
+                                    p.max_time_s)
+            stat, p90, mean, sem = summarize(samples, p.statistic)
+            return LatencyResult(latency_ms=stat, latency_ms_p90=p90, latency_ms_mean=mean, latency_ms_sem=sem,
+                                 runs=len(samples), warmup_runs=p.warmup_runs,
+                                 measure_s=time.perf_counter() - t_start, statistic=p.statistic, **env)
+        base = self.baseline(profile, input_shape(onnx_path))
+        r = proto.rounds(_opener(onnx_path, profile), _opener(base.reference_path, profile),
+                         sessions=p.sessions, rounds=p.rounds, burst_runs=p.burst_runs, warmup_runs=p.warmup_runs,
+                         clock=time.perf_counter_ns, budget_s=p.max_time_s)
+        ms = r.ratio * base.ms
+        return LatencyResult(
+            latency_ms=ms, latency_ms_p90=ms * r.tail, latency_ms_mean=ms, latency_ms_sem=r.ratio_sem * base.ms,
+            runs=r.runs, warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
+            statistic="reference-ratio", method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
+            baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms, sessions=p.sessions,
+            rounds=p.rounds, burst_runs=r.runs // (p.sessions * p.rounds), **env)
+
+    def baseline(self, profile: HardwareProfile, shape: tuple[int, ...]):
+        """This host's reference baseline for ``profile`` and inputs of ``shape``
+        (calibrated on first use on a host, then read from the cache)."""
+        p = profile.protocol
+        memo = (host_key(profile), shape, p.burst_runs, p.calibration_s)
+        if memo not in self._baselines:
+            path = reference_onnx(shape)
+            self._baselines[memo] = reference_baseline(host_key(profile), path, _opener(path, profile),
+                                                       calibration_s=p.calibration_s, burst_runs=p.burst_runs,
+                                                       warmup_runs=p.warmup_runs)
+        return self._baselines[memo]
+
+
+def input_shape(onnx_path: str | Path) -> tuple[int, ...]:
+    """An ONNX file's input shape without the batch dimension."""
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(d.dim_value) for d in dims[1:])
+
+
+def _opener(onnx_path: str | Path, profile: HardwareProfile) -> Callable[[], Callable[[], object]]:
+    """A function that opens a fresh session of ``onnx_path`` and returns "run once"."""
+    def open_session() -> Callable[[], object]:
         sess = make_session(onnx_path, profile)
         inp = sess.get_inputs()[0]
         shape = [profile.batch_size] + [int(d) for d in inp.shape[1:]]
         feed = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        p = profile.protocol
-        for _ in range(p.warmup_runs):
-            sess.run(None, feed)
-        samples: list[float] = []
-        t0 = time.perf_counter()
-        while True:
-            a = time.perf_counter_ns()
-            sess.run(None, feed)
-            samples.append((time.perf_counter_ns() - a) / 1e6)
-            elapsed = time.perf_counter() - t0
-            if (len(samples) >= p.min_runs and elapsed >= p.min_time_s) or (
-                elapsed >= p.max_time_s and len(samples) >= 3
-            ):
-                break
-        stat, p90, mean, sem = summarize(np.array(samples), p.statistic)
-        return LatencyResult(
-            latency_ms=stat, latency_ms_p90=p90, latency_ms_mean=mean, latency_ms_sem=sem,
-            runs=len(samples), warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
-            statistic=p.statistic, batch_size=profile.batch_size, provider=profile.runtime.provider,
-            intra_op_threads=profile.runtime.intra_op_threads or (os.cpu_count() or 1),
-            inter_op_threads=profile.runtime.inter_op_threads,
-            graph_optimization=profile.runtime.graph_optimization, ort_version=ort.__version__,
-            cpu_model=cpu_model(), host=socket.gethostname(),
-        )
+        return lambda: sess.run(None, feed)
+
+    return open_session
+
+
+def plain_samples(run: Callable[[], object], warmup_runs: int, min_runs: int, min_time_s: float,
+                  max_time_s: float) -> np.ndarray:
+    """Per-run milliseconds of one session: warm-ups discarded, then runs until both
+    ``min_runs`` and ``min_time_s`` are met (or ``max_time_s`` passes)."""
+    for _ in range(warmup_runs):
+        run()
+    samples: list[float] = []
+    t0 = time.perf_counter()
+    while True:
+        a = time.perf_counter_ns()
+        run()
+        samples.append((time.perf_counter_ns() - a) / 1e6)
+        elapsed = time.perf_counter() - t0
+        if (len(samples) >= min_runs and elapsed >= min_time_s) or (elapsed >= max_time_s and len(samples) >= 3):
+            return np.array(samples)
 
 
 def measure_latency(onnx_path: str | Path, profile: HardwareProfile,

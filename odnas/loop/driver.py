@@ -119,6 +119,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
+        host_note(lane)
         options = OrchestratorOptions(
             max_pending_trials=settings.parallel,
             tolerated_trial_failure_rate=settings.tolerated_failure_rate,
@@ -178,6 +179,15 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             if trained == 0:
                 raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
+
+
+def host_note(lane: CostLane) -> None:
+    """One line when this host switches speed modes: what odnas does about it."""
+    base = lane.host_check()
+    if base is not None and base.modes.present:
+        print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "
+              f"{base.modes.spread:.2f}); latencies are timed against it and reported for the fast mode, with "
+              "error bars that cover the switching. `odnas doctor` says more.", file=sys.__stdout__, flush=True)
 
 
 class DriverClock:

@@ -1,7 +1,7 @@
 """Fault injection for training jobs, used only by tests/test_faults.py.
 
 Tests put this folder on PYTHONPATH; TorchX's local scheduler passes the environment
-on, so each ``python -m odnas.trial`` job imports this module at start-up. Jobs claim
+on, so each ``python -m odnas.jobs.trial`` job imports this module at start-up. Jobs claim
 slots in ``ODNAS_TEST_FAULT_DIR`` in the order they reach training; job *i* suffers
 fault *i* of ``ODNAS_TEST_FAULTS`` (comma-separated), later jobs train normally.
 The faults are real: a raise, a failed allocation under a memory limit, NaN weights
@@ -12,7 +12,7 @@ import os
 import sys
 
 if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] == ["-m", "odnas.jobs.trial"]:
-    import odnas.train as _train
+    import odnas.jobs.train as _train
 
     _real_fit = _train.fit
 

@@ -1,0 +1,165 @@
+"""The reference-normalised timing protocol, as pure functions over "run once" callables.
+
+Some hosts (KVM guests among them) run in speed modes up to ~1.9x apart that hold
+for a fraction of a second to minutes and slow every model in a process by the same
+factor. A single median then says more about the host's mode than about the model.
+What survives a mode is a *ratio*: the candidate and a fixed reference model timed in
+alternating short bursts slow down together. So:
+
+- ``sessions`` fresh sessions of the candidate (each new session lands at its own
+  speed, about +-10%, so one long session is not enough), each with ``rounds``
+  rounds of a candidate burst and a reference burst of ``burst_runs`` runs, in
+  alternating order; a session's ratio is the median over its rounds of
+  candidate burst median / reference burst median, and the figure's ratio is the
+  mean over sessions;
+- ``latency_ms = ratio x baseline``, where the baseline is the reference's time in
+  the host's fast mode: the 10th percentile of its burst medians over a calibration
+  of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
+- the standard error is the between-session standard error of the ratio plus, in
+  quadrature, ``RESIDUAL_REL`` of it: what a process's own placement adds and
+  cannot be seen within it.
+
+``docs/benchmarks.md`` ("reproducibility") has the measurements behind every number.
+A ``clock`` (nanoseconds) is passed in, so tests drive the protocol with a simulated
+host whose modes switch on a simulated clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+Run = Callable[[], object]
+Clock = Callable[[], int]
+
+#: Relative standard error added in quadrature to the between-session error of the
+#: ratio. Without it the error bar covered 90% of differences between processes on a
+#: host with modes; with it, 97-100% (docs/benchmarks.md, "reproducibility").
+RESIDUAL_REL = 0.015
+#: The baseline is this percentile of the reference's burst medians: its fast mode.
+BASELINE_PERCENTILE = 10.0
+#: Reference bursts whose p90/p10 exceeds this show speed modes (a quiet host: ~1.05).
+MODES_RATIO = 1.25
+#: Fewest runs in a burst when a slow candidate's bursts are shortened to fit the budget.
+MIN_BURST = 5
+
+
+@dataclass(frozen=True)
+class Burst:
+    """``n`` timed runs: their median and 90th percentile, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """What one candidate's rounds gave (figures in ms, ratios unitless)."""
+
+    session_ratios: tuple[float, ...]  # per session: median over rounds of candidate/reference
+    ratio: float  # mean of the session ratios
+    ratio_sem: float  # between-session SE with the residual term
+    raw_ms: float  # median of the candidate's burst medians (not normalised: mode-dependent)
+    tail: float  # median over bursts of the candidate's p90/median within a burst
+    runs: int  # candidate runs timed (warm-ups excluded)
+
+
+def burst(run: Run, n: int, clock: Clock) -> Burst:
+    """Time ``run`` ``n`` times back to back."""
+    t = np.empty(n)
+    for i in range(n):
+        a = clock()
+        run()
+        t[i] = clock() - a
+    t /= 1e6
+    return Burst(float(np.median(t)), float(np.percentile(t, 90)))
+
+
+def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, sessions: int, rounds: int,
+           burst_runs: int, warmup_runs: int, clock: Clock, budget_s: float | None = None) -> Rounds:
+    """Run the protocol on one candidate. ``open_candidate()`` and ``reference()`` open a
+    fresh session each and return its "run once" callable. With ``budget_s``, bursts
+    are shortened (to no fewer than ``MIN_BURST`` runs) so that the timed rounds of a
+    slow candidate fit in about that many seconds, judged from the first warm-ups."""
+    ratios, cand_medians, tails = [], [], []
+    for s in range(sessions):
+        cand, ref = open_candidate(), reference()
+        t_c = _warm(cand, warmup_runs, clock)
+        t_r = _warm(ref, warmup_runs, clock)
+        if s == 0 and budget_s is not None and t_c + t_r > 0:
+            fits = int(budget_s * 1e3 / (sessions * rounds * (t_c + t_r)))
+            burst_runs = max(MIN_BURST, min(burst_runs, fits))
+        per_round = []
+        for i in range(rounds):
+            # Alternate which goes first, so a mode switch inside a round cuts both ways.
+            if i % 2:
+                r = burst(ref, burst_runs, clock)
+                c = burst(cand, burst_runs, clock)
+            else:
+                c = burst(cand, burst_runs, clock)
+                r = burst(ref, burst_runs, clock)
+            per_round.append(c.median_ms / r.median_ms)
+            cand_medians.append(c.median_ms)
+            tails.append(c.p90_ms / c.median_ms)
+        ratios.append(float(np.median(per_round)))
+    return summarize(ratios, cand_medians, tails, sessions * rounds * burst_runs)
+
+
+def _warm(run: Run, n: int, clock: Clock) -> float:
+    """Run ``n`` warm-ups; their mean time in ms (0 when none)."""
+    a = clock()
+    for _ in range(n):
+        run()
+    return (clock() - a) / 1e6 / n if n else 0.0
+
+
+def summarize(session_ratios: Sequence[float], cand_medians: Sequence[float], tails: Sequence[float],
+              runs: int) -> Rounds:
+    r = np.asarray(session_ratios, dtype=float)
+    ratio = float(r.mean())
+    between = float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else ratio * RESIDUAL_REL
+    return Rounds(session_ratios=tuple(float(x) for x in r), ratio=ratio,
+                  ratio_sem=math.hypot(between, RESIDUAL_REL * ratio),
+                  raw_ms=float(np.median(cand_medians)), tail=float(np.median(tails)), runs=runs)
+
+
+def calibrate(reference: Callable[[], Run], seconds: float, *, burst_runs: int, warmup_runs: int,
+              clock: Clock, session_s: float = 1.0) -> list[float]:
+    """The reference's burst medians over ``seconds`` (of ``clock`` time), with a fresh
+    session every ``session_s`` so that one session's placement does not set the baseline."""
+    out: list[float] = []
+    start = clock()
+    while (clock() - start) / 1e9 < seconds or not out:
+        run = reference()
+        for _ in range(warmup_runs):
+            run()
+        opened = clock()
+        while (clock() - opened) / 1e9 < session_s and ((clock() - start) / 1e9 < seconds or not out):
+            out.append(burst(run, burst_runs, clock).median_ms)
+    return out
+
+
+def baseline_ms(burst_medians: Sequence[float]) -> float:
+    """The reference's fast-mode time: a low percentile of its burst medians."""
+    return float(np.percentile(np.asarray(burst_medians, dtype=float), BASELINE_PERCENTILE))
+
+
+@dataclass(frozen=True)
+class Modes:
+    """How the reference's burst medians spread: whether the host switches speed modes."""
+
+    present: bool
+    spread: float  # p90 / p10 of the burst medians
+    fast_share: float  # share of bursts within 10% of the baseline
+    bursts: int
+
+
+def modes(burst_medians: Sequence[float]) -> Modes:
+    b = np.asarray(burst_medians, dtype=float)
+    lo, hi = np.percentile(b, 10), np.percentile(b, 90)
+    spread = float(hi / lo) if lo > 0 else float("nan")
+    return Modes(present=bool(spread > MODES_RATIO), spread=spread,
+                 fast_share=float(np.mean(b <= lo * 1.10)), bursts=len(b))
