@@ -13,8 +13,8 @@ alternating short bursts slow down together. So:
   candidate burst median / reference burst median, and the figure's ratio is the
   mean over sessions;
 - ``latency_ms = ratio x baseline``, where the baseline is the reference's time in
-  the host's fast mode: the 10th percentile of its burst medians over a calibration
-  of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
+  the host's fast mode (the median of its fastest band of burst medians) over a
+  calibration of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
 - the standard error is the between-session standard error of the ratio plus, in
   quadrature, ``RESIDUAL_REL`` of it: what a process's own placement adds and
   cannot be seen within it.
@@ -39,8 +39,8 @@ Clock = Callable[[], int]
 #: ratio. Without it the error bar covered 90% of differences between processes on a
 #: host with modes; with it, 97-100% (docs/benchmarks.md, "reproducibility").
 RESIDUAL_REL = 0.015
-#: The baseline is this percentile of the reference's burst medians: its fast mode.
-BASELINE_PERCENTILE = 10.0
+#: The fast mode's bursts: within this factor of the reference's 5th-percentile burst.
+FAST_BAND = 1.25
 #: Reference bursts whose p90/p10 exceeds this show speed modes (a quiet host: ~1.05).
 MODES_RATIO = 1.25
 #: Fewest runs in a burst when a slow candidate's bursts are shortened to fit the budget.
@@ -143,8 +143,12 @@ def calibrate(reference: Callable[[], Run], seconds: float, *, burst_runs: int, 
 
 
 def baseline_ms(burst_medians: Sequence[float]) -> float:
-    """The reference's fast-mode time: a low percentile of its burst medians."""
-    return float(np.percentile(np.asarray(burst_medians, dtype=float), BASELINE_PERCENTILE))
+    """The reference's fast-mode time: the median of its bursts in the fast band (within
+    ``FAST_BAND`` of the 5th percentile). A low percentile alone would pick the luckiest
+    sessions and put every figure a few percent low; the band's median is a typical
+    session in the fast mode, and slow-mode bursts (1.6-1.9x) fall outside it."""
+    b = np.asarray(burst_medians, dtype=float)
+    return float(np.median(b[b <= np.percentile(b, 5) * FAST_BAND]))
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ class Modes:
 
     present: bool
     spread: float  # p90 / p10 of the burst medians
-    fast_share: float  # share of bursts within 10% of the baseline
+    fast_share: float  # share of bursts in the fast band
     bursts: int
 
 
@@ -162,4 +166,4 @@ def modes(burst_medians: Sequence[float]) -> Modes:
     lo, hi = np.percentile(b, 10), np.percentile(b, 90)
     spread = float(hi / lo) if lo > 0 else float("nan")
     return Modes(present=bool(spread > MODES_RATIO), spread=spread,
-                 fast_share=float(np.mean(b <= lo * 1.10)), bursts=len(b))
+                 fast_share=float(np.mean(b <= np.percentile(b, 5) * FAST_BAND)), bursts=len(b))

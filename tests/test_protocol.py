@@ -1,0 +1,140 @@
+"""The reference-normalised timing protocol against a simulated host whose speed modes
+switch on a simulated clock, and against the real ONNX Runtime in fresh processes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from odnas.cost import protocol as P
+
+
+class ModeHost:
+    """A simulated host: ``run`` of a model advances a simulated clock by the model's
+    time, times the slow mode's factor while the host is in it, times a per-session
+    placement draw and a little per-run noise. Modes switch after random dwell times."""
+
+    def __init__(self, slow=1.85, mean_dwell_s=0.3, fast_share=0.4, seed=0, mode_skew=0.0, placement=0.04):
+        self.now_ns, self.rng = 0, np.random.default_rng(seed)
+        self.slow, self.dwell, self.fast_share, self.skew, self.placement = slow, mean_dwell_s, fast_share, mode_skew, placement
+        self.fast = bool(self.rng.random() < fast_share)
+        self.switch_at = self._dwell()
+
+    def _dwell(self):
+        mean = self.dwell * (self.fast_share if self.fast else 1 - self.fast_share) * 2
+        return self.now_ns + int(self.rng.exponential(mean) * 1e9)
+
+    def clock(self) -> int:
+        return self.now_ns
+
+    def opener(self, base_ms: float, reference: bool = False):
+        def open_session():
+            draw = 1.0 + self.rng.normal(0, self.placement)
+
+            def run():
+                while self.now_ns >= self.switch_at:
+                    self.fast = not self.fast
+                    self.switch_at = self._dwell()
+                # ``mode_skew``: the slow mode slows the candidate a little more than the reference.
+                factor = 1.0 if self.fast else self.slow * (1.0 if reference else 1.0 + self.skew)
+                self.now_ns += int(base_ms * factor * draw * (1 + abs(self.rng.normal(0, 0.01))) * 1e6)
+
+            return run
+
+        return open_session
+
+
+def _measure(host, cand_ms, ref_ms=0.07, **kw):
+    opts = dict(sessions=8, rounds=6, burst_runs=40, warmup_runs=5, clock=host.clock) | kw
+    base = P.baseline_ms(P.calibrate(host.opener(ref_ms, True), 5.0, burst_runs=40, warmup_runs=5,
+                                     clock=host.clock))
+    r = P.rounds(host.opener(cand_ms), host.opener(ref_ms, True), **opts)
+    return r.ratio * base, r.ratio_sem * base, r
+
+
+@pytest.mark.parametrize("cand_ms", [0.03, 0.12, 0.4])
+def test_the_figure_lands_on_the_fast_mode(cand_ms):
+    """With modes 1.85x apart, the figure is the model's fast-mode time, not a mix."""
+    for seed in range(4):
+        ms, sem, r = _measure(ModeHost(seed=seed), cand_ms)
+        assert ms == pytest.approx(cand_ms, rel=0.06), (seed, ms)
+        assert abs(ms - cand_ms) < 4 * sem
+
+
+def test_the_plain_median_does_not():
+    """The same host timed the plain way: figures depend on the mode it was in."""
+    figures = []
+    for seed in range(6):
+        host = ModeHost(seed=seed, mean_dwell_s=2.0)
+        run = host.opener(0.12)()
+        figures.append(P.burst(run, 2000, host.clock).median_ms)
+    assert max(figures) / min(figures) > 1.3
+
+
+def test_the_error_grows_when_modes_do_not_cancel_exactly():
+    """A slow mode that slows the candidate 5% more than the reference leaves ratios that
+    move with the mode: the between-session error shows it."""
+    quiet = [_measure(ModeHost(slow=1.0, seed=s), 0.12)[2].ratio_sem for s in range(4)]
+    modes = [_measure(ModeHost(slow=1.85, mode_skew=0.05, seed=s), 0.12)[2].ratio_sem for s in range(4)]
+    assert np.median(modes) > np.median(quiet)
+
+
+def test_the_error_covers_a_retest():
+    """Two measurements of the same models on a host with modes differ by at most 3
+    combined standard errors."""
+    z = []
+    for m, cand in enumerate([0.03, 0.06, 0.12, 0.25, 0.4]):
+        a = _measure(ModeHost(seed=10 + m), cand)
+        b = _measure(ModeHost(seed=50 + m), cand)
+        z.append(abs(a[0] - b[0]) / np.hypot(a[1], b[1]))
+    assert max(z) <= 3.0, z
+
+
+def test_bursts_shrink_to_fit_the_budget():
+    host = ModeHost(slow=1.0, placement=0.0)
+    kw = dict(sessions=4, rounds=4, burst_runs=40, warmup_runs=3, clock=host.clock)
+    r = P.rounds(host.opener(2.0), host.opener(0.07, True), budget_s=1.0, **kw)
+    assert 4 * 4 * 25 <= r.runs <= 4 * 4 * 30  # 16 rounds of (2 + 0.07) ms pairs fit ~30-run bursts in 1 s
+    r = P.rounds(host.opener(2.0), host.opener(0.07, True), budget_s=0.1, **kw)
+    assert r.runs == 4 * 4 * P.MIN_BURST
+    r = P.rounds(host.opener(0.01), host.opener(0.07, True), budget_s=1.0, **kw)
+    assert r.runs == 4 * 4 * 40
+
+
+def test_modes_are_detected_from_the_calibration():
+    quiet = ModeHost(slow=1.0)
+    noisy = ModeHost(slow=1.85)
+    cal = dict(burst_runs=40, warmup_runs=5)
+    assert not P.modes(P.calibrate(quiet.opener(0.07, True), 5.0, clock=quiet.clock, **cal)).present
+    m = P.modes(P.calibrate(noisy.opener(0.07, True), 5.0, clock=noisy.clock, **cal))
+    assert m.present and 1.6 < m.spread < 2.3 and 0.2 < m.fast_share < 0.7
+
+
+def test_real_onnxruntime_retest_in_fresh_processes(tmp_path, short_profile):
+    """Three candidates timed by the real backend in two fresh processes (sharing the
+    host's baseline, as every odnas process does) agree within 10%."""
+    import dataclasses
+    import random
+
+    import torch
+
+    from odnas.cost.onnx import export_onnx
+    from odnas.spaces import get_space
+
+    space, rng = get_space("mobile-cnn"), random.Random(1)
+    paths = []
+    for i in range(3):
+        torch.manual_seed(0)
+        paths.append(str(export_onnx(space.build(space.sample(rng), (1, 8, 8), 10), (1, 8, 8), tmp_path / f"{i}.onnx")))
+    prof = short_profile()
+    prof = dataclasses.replace(prof, protocol=dataclasses.replace(prof.protocol, sessions=6, rounds=4, burst_runs=20,
+                                                                  calibration_s=3.0, max_time_s=2.0))
+    spec = json.dumps({"paths": paths, "profile": prof.to_dict(), "method": "reference"})
+    runs = [json.loads(subprocess.run([sys.executable, "-m", "odnas.cost.doctor", spec], capture_output=True,
+                                      text=True, check=True, timeout=300).stdout) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert a["method"] == "reference" and a["baseline_ms"] == b["baseline_ms"]
+        assert abs(a["latency_ms"] / b["latency_ms"] - 1) < 0.10, (a["latency_ms"], b["latency_ms"])
+        assert a["ratio"] > 0 and a["latency_ms_sem"] > 0
