@@ -58,6 +58,15 @@ SECTIONS: dict[str, Section] = {
     "spread": Section(
         "One model in 5 fresh processes",
         (f"{PY} benchmarks/measurement.py --section spread",)),
+    "reproducibility": Section(
+        "Latency that reproduces: the same candidates measured again in fresh processes",
+        (f"{PY} benchmarks/retest.py --models 20 --seed 0 --processes 2",)),
+    "protocols": Section(
+        "Timing protocols compared on a host with speed modes",
+        (f"{PY} benchmarks/reproducibility.py --processes 6 --models 20",),
+        note="The research behind the reference protocol: the old single-session median (P0), the lowest "
+             "of short rounds (P1), the reference-normalised ratio (P2) and P2 over IOBinding (P3), each in "
+             "fresh processes; 'fixed baseline' stands for the per-host cache odnas keeps."),
     "generation": Section(
         "Candidate generation time: odnas's optimizer settings against Ax's defaults",
         (f"{PY} benchmarks/generation.py --space mobile-cnn --trials 10 --repeats 2",), markdown=False),
