@@ -48,17 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The fixed reference: a mid-size candidate-like model (SE, hard-swish, 5x5 depthwise). In
-#: tests on a 2-core EPYC KVM guest it cancelled the speed modes better than a tiny model or the
-#: one-Reshape floor (between-process median |diff| 2.0% vs 3.0-4.1%).
-REFERENCE_PARAMS = dict(stem_width=16, s1_depth=2, s1_width=16, s2_depth=1, s2_width=24, s3_depth=1,
-                        s3_width=32, kernel=5, expand=2, se=1, hardswish=1, lr=0.01, epochs=1, batch_size=32)
-
 DEFAULTS = dict(warmup=20, burst=40, sessions=8, rounds=6, cal_s=4.0, cal_quantile=10)
-#: Relative SE floor added in quadrature to the between-session SE of the ratio: the reference's
-#: own session placement is one draw per process and moves every ratio in it by ~1% (without it
-#: the SE covered 90% of between-process diffs on the EPYC guest, with it 97-99%).
-SE_FLOOR = 0.015
 
 
 def log(*a) -> None:
@@ -75,6 +65,7 @@ def build_models(folder: Path, n: int, seed: int = 0) -> dict:
     from torch import nn
 
     from odnas.cost.onnx import export_onnx
+    from odnas.cost.reference import REFERENCE_PARAMS  # odnas's own reference model: a mid-size candidate
     from odnas.spaces import get_space
 
     space = get_space("mobile-cnn")
@@ -268,6 +259,8 @@ def variants(procs: list[dict], q: int) -> dict:
     """name -> (figures [K][M], SEs [K][M], s/candidate, floor ms)."""
     import numpy as np
 
+    from odnas.cost.protocol import RESIDUAL_REL
+
     out = {"P0 current (sess.run)": ([[r["ms"] for r in p["p0"]] for p in procs],
                                      [[r["se"] for r in p["p0"]] for p in procs],
                                      statistics.mean(r["s"] for p in procs for r in p["p0"]),
@@ -286,7 +279,7 @@ def variants(procs: list[dict], q: int) -> dict:
         ratio = np.array([[np.mean(session_ratios(r)) for r in p["rounds"][path]] for p in procs])
         rse = np.array([[np.std(session_ratios(r), ddof=1) / len(r["sessions"]) ** 0.5 for r in p["rounds"][path]]
                         for p in procs])
-        rse = np.sqrt(rse ** 2 + (SE_FLOOR * ratio) ** 2)
+        rse = np.sqrt(rse ** 2 + (RESIDUAL_REL * ratio) ** 2)
         out[f"{name}, fixed baseline"] = (ratio * fixed, rse * fixed, secs, floor)
         X = ratio * own[:, None]
         out[f"{name}, own baseline"] = (X, X * np.sqrt((rse / ratio) ** 2 + (own_se / own)[:, None] ** 2), secs, floor)
