@@ -3,6 +3,7 @@
     python benchmarks/retest.py                                  # 20 candidates, cpu-mobile, both protocols
     python benchmarks/retest.py --models 20 --seed 0 --processes 2
     python benchmarks/retest.py --json
+    python benchmarks/retest.py --run RUN_DIR                    # a finished search: its figures measured again
 
 For each protocol, `reference` (odnas's default) and `plain` (the profile with
 ``protocol.method: plain``: one session, the median of its runs, which is what odnas
@@ -14,6 +15,12 @@ ONNX Runtime loop (1 thread, 50 warm-ups, 0.6 s of runs, median; no odnas code) 
 the first models in five fresh processes, and the lowest of its medians is set beside
 odnas's figure. It prints the host, whether it shows speed modes (``odnas doctor``'s
 calibration), markdown on stdout, logs on stderr.
+
+With ``--run RUN_DIR`` (a finished search) it checks the run instead: every trained
+candidate's latency from the search against ``odnas rescore RUN_DIR --profile P`` (a
+fresh process, minutes later: Spearman, |difference|, share within 3 combined standard
+errors), and the pick exported with ``odnas export`` against the lowest of five
+fresh-process medians of the independent plain loop on the exported file.
 """
 
 from __future__ import annotations
@@ -114,6 +121,44 @@ def host_modes(profile: str) -> dict:
     return {"baseline_ms": base.ms, "calibration_s": base.seconds, **base.modes.__dict__}
 
 
+def check_run(run_dir: str, profile: str) -> str:
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from odnas.loop.store import load_run
+
+    t0 = time.time()
+    run = load_run(run_dir)
+    trained = {r.trial: r for r in run.rows if r.state == "completed" and "latency_ms" in r.metrics}
+    log(f"rescoring {len(trained)} trained candidates of {run_dir} under {profile}")
+    res = json.loads(subprocess.run([sys.executable, "-m", "odnas", "rescore", run_dir, "--profile", profile,
+                                     "--json"], capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    again = {r["trial"]: r for r in res["rows"]}
+    idx = sorted(set(trained) & set(again))
+    x = np.array([trained[i].metrics["latency_ms"] for i in idx])
+    y = np.array([again[i]["metrics"]["latency_ms"] for i in idx])
+    sx = np.array([trained[i].sem.get("latency_ms", np.nan) for i in idx])
+    sy = np.array([again[i]["sem"].get("latency_ms", np.nan) for i in idx])
+    d, z = np.abs(x / y - 1), np.abs(x - y) / np.hypot(sx, sy)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pick.onnx"
+        subprocess.run([sys.executable, "-m", "odnas", "export", run_dir, "-o", str(out)], capture_output=True,
+                       text=True, check=True, cwd=ROOT)
+        card = json.loads(out.with_suffix(".json").read_text())
+        loop = [p[0] for p in plain_loop([str(out)])]
+    lat = card["metrics"]["latency_ms"]
+    return "\n".join([
+        f"Run `{run_dir}` ({len(run.rows)} candidates, {len(idx)} trained); host {os.uname().nodename}; "
+        f"{datetime.date.today()}; {time.time() - t0:.0f} s.", "",
+        f"The search's latency_ms against `odnas rescore RUN --profile {profile}` (a fresh process, later):", "",
+        "| trained candidates | Spearman | median \\|diff\\| | max \\|diff\\| | within 3 combined SE |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {len(idx)} | {spearmanr(x, y).statistic:.3f} | {np.median(d):.1%} | {d.max():.1%} | {np.mean(z <= 3):.0%} |",
+        "", f"The exported pick (trial {card['run']['trial']}): the card says {lat:.4f} ms "
+        f"(+- {card['metrics']['latency_ms_sem']:.4f}); the independent plain loop in 5 fresh processes: "
+        f"{', '.join(f'{v:.4f}' for v in loop)} ms, lowest {min(loop):.4f}; card / lowest = {lat / min(loop):.3f}."])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu-mobile")
@@ -122,8 +167,12 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--plain-models", type=int, default=5, help="models the independent loop times")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--run", help="a finished search's run dir: check it instead (rescore, export)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    if a.run:
+        print(check_run(a.run, a.profile))
+        return 0
     import yaml
 
     from odnas.cost.latency import cpu_model
