@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from odnas.errors import CalibrationError
 from odnas.records import CostRecord, LatencyKey
-from odnas.profiles import CALIBRATION_MODELS, HardwareProfile
+from odnas.profiles import CALIBRATION_MODELS, HardwareProfile, profiles_dir
 
 #: Version of the reference set. Names below are stable for a given version; a change
 #: to any reference model's architecture makes a new version.
@@ -844,8 +844,6 @@ def default_record_path(profile: HardwareProfile, table_csv: str | Path | None) 
 
 
 def _shipped_dir() -> Path:
-    from odnas.profiles import profiles_dir
-
     return profiles_dir().resolve()
 
 

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from odnas.cost.latency import OrtLatencyBackend, cpu_model
+from odnas.cost.quiet import measurement_window
 from odnas.profiles import HardwareProfile, profile_from_dict
 
 #: Retest spread above this (median |difference| between processes) is worth acting on.
@@ -71,8 +73,6 @@ def _retest(paths: Sequence[Path], profile: HardwareProfile, method: str) -> lis
 def _worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     import dataclasses
 
-    from odnas.cost.latency import OrtLatencyBackend
-
     profile = profile_from_dict(spec["profile"], source="odnas doctor")
     profile = dataclasses.replace(profile, protocol=dataclasses.replace(profile.protocol, method=spec["method"]))
     backend = OrtLatencyBackend()
@@ -84,9 +84,6 @@ def check_host(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8),
     import dataclasses
 
     import onnxruntime as ort
-
-    from odnas.cost.latency import OrtLatencyBackend, cpu_model
-    from odnas.cost.quiet import measurement_window
 
     t0 = time.perf_counter()
     shape = tuple(int(d) for d in input_shape)

@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Any, Iterable, Sequence
 
+from odnas.spaces.base import Choice
+
 #: The Ax releases this adapter was written and tested against.
 AX_VERSIONS = ">=1.3,<1.4"
 
@@ -42,8 +44,6 @@ def import_ax() -> None:
 def ax_parameters(specs: Sequence[Any]) -> list[Any]:
     """``odnas.spaces`` specs (``Range``, ``Choice``) as ``ax.api`` parameter configs."""
     from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
-
-    from odnas.spaces.base import Choice
 
     out = []
     for s in specs:
@@ -80,12 +80,6 @@ def experiment_of(client):
 def generation_strategy_of(client):
     """The ``GenerationStrategy`` behind an ``ax.api.Client`` (private in Ax 1.3)."""
     return client._generation_strategy
-
-
-def generation_nodes(gs) -> list[Any]:
-    """A generation strategy's nodes. Ax 1.3 exposes them only as ``_nodes``; odnas
-    reads them to tune the acquisition optimizer of the model-based node."""
-    return list(gs._nodes)
 
 
 def trial_property(trial, key: str, default: Any = None) -> Any:
