@@ -271,8 +271,8 @@ def test_profile_section_drives_the_fit_and_the_run_keeps_it(short, host, cache_
     _write(tmp_path / "phone.yaml", f"""
         name: phone
         runtime: {{provider: CPUExecutionProvider, intra_op_threads: 1, inter_op_threads: 1}}
-        protocol: {{warmup_runs: {p.warmup_runs}, min_runs: {p.min_runs}, min_time_s: {p.min_time_s},
-                   max_time_s: {p.max_time_s}, statistic: median}}
+        protocol: {{method: {p.method}, warmup_runs: {p.warmup_runs}, min_runs: {p.min_runs},
+                   min_time_s: {p.min_time_s}, max_time_s: {p.max_time_s}, statistic: median}}
         budgets: {{latency_ms: 0.5}}
         calibration:
           table: device.csv

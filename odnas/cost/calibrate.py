@@ -422,9 +422,9 @@ def default_cache_dir() -> Path:
 
 def host_identity(profile: HardwareProfile) -> dict[str, Any]:
     """What a host latency under ``profile`` depends on, as ``LatencyResult`` records it."""
-    from odnas.cost.latency import host_key
+    from odnas.cost.latency import host_key, statistic_of
 
-    return {**dataclasses.asdict(host_key(profile)), "statistic": profile.protocol.statistic}
+    return {**dataclasses.asdict(host_key(profile)), "statistic": statistic_of(profile)}
 
 
 def measure_references(profile: HardwareProfile, input_shape: Sequence[int] | str | None = None,

@@ -90,6 +90,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def statistic_of(profile: HardwareProfile) -> str:
+    """What a latency under ``profile`` is a statistic of, as ``LatencyResult.statistic`` records it."""
+    return "reference-ratio" if profile.protocol.method == "reference" else profile.protocol.statistic
+
+
 def host_key(profile: HardwareProfile) -> LatencyKey:
     """The comparability key of a latency this host would measure under ``profile``."""
     import onnxruntime as ort
@@ -191,7 +196,7 @@ class OrtLatencyBackend:
         return LatencyResult(
             latency_ms=ms, latency_ms_p90=ms * r.tail, latency_ms_mean=ms, latency_ms_sem=r.ratio_sem * base.ms,
             runs=r.runs, warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
-            statistic="reference-ratio", method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
+            statistic=statistic_of(profile), method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
             baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms, sessions=p.sessions,
             rounds=p.rounds, burst_runs=r.runs // (p.sessions * p.rounds), **env)
 
