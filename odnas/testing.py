@@ -195,3 +195,83 @@ def _job_args(argv: list[str]):
     ap.add_argument("--params", required=True)
     a, _ = ap.parse_known_args(argv)
     return a
+
+
+# ---------------------------------------------------------------- the space contract
+
+
+def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int = 10, samples: int = 3,
+                seed: int = 0, profiles=None) -> dict[str, Any]:
+    """The checks every shipped space passes, for a user's own space (a ``Space``
+    subclass, an instance, or a reference string), as Optuna users run its storage
+    suite in their own tests::
+
+        from odnas.testing import check_space
+        def test_my_space():
+            check_space(KwsSpace)
+
+    For ``samples`` random members and every input shape: the model builds, its
+    parameters and FLOPs are counted, it exports to ONNX (dynamic batch) and ONNX
+    Runtime agrees with PyTorch; ``arch_id`` is the same when asked twice and
+    differs whenever the exported graphs differ; ``training`` gives usable settings.
+    For every shipped profile (or ``profiles``), the cost lane builds, counts and
+    (with the fake latency backend, so no timing) prices it, int8 included.
+    Raises ``AssertionError`` naming the check and the parameters; returns a summary.
+    """
+    import random
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from odnas.cost.count import count
+    from odnas.cost.lane import measure_candidate
+    from odnas.cost.onnx import export_onnx
+    from odnas.profiles import list_profiles, load_profile
+    from odnas.spaces import as_space, get_space
+
+    space = get_space(space) if isinstance(space, str) else as_space(space)
+    rng = random.Random(seed)
+    members = [space.sample(rng) for _ in range(samples)]
+    graphs: dict[str, tuple] = {}
+    summary: dict[str, Any] = {"space": space.name, "members": len(members), "arch_ids": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, params in enumerate(members):
+            where = f"space {space.name!r}, member {params}"
+            arch = space.arch_id(params)
+            assert isinstance(arch, str) and arch and arch == space.arch_id(dict(params)), f"{where}: arch_id unstable"
+            assert arch == space.arch_id(json.loads(json.dumps(params))), f"{where}: arch_id changes through JSON"
+            hp = space.training(params)
+            assert float(hp["lr"]) > 0 and int(hp["epochs"]) >= 1 and int(hp["batch_size"]) >= 1, \
+                f"{where}: training() gave {hp}"
+            summary["arch_ids"].append(arch)
+            for shape in input_shapes:
+                torch.manual_seed(0)
+                model = space.build(params, shape, num_classes).eval()
+                c = count(model, shape)
+                assert c.num_params > 0 and c.flops >= 0, f"{where}, input {shape}: counted {c}"
+                path = export_onnx(model, shape, Path(tmp) / f"{i}-{'x'.join(map(str, shape))}.onnx")
+                x = np.random.default_rng(i).standard_normal((2, *shape)).astype(np.float32)
+                sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+                with torch.no_grad():
+                    want = model(torch.from_numpy(x)).numpy()
+                assert got.shape == (2, num_classes), f"{where}, input {shape}: output shape {got.shape}"
+                err = float(np.abs(got - want).max())
+                assert err <= 1e-3 * max(1.0, float(np.abs(want).max())), \
+                    f"{where}, input {shape}: ONNX Runtime and PyTorch differ by {err:.2e}"
+                import onnx
+
+                g = onnx.load(str(path)).graph
+                sig = (tuple(n.op_type for n in g.node), tuple(tuple(t.dims) for t in g.initializer))
+                if shape == input_shapes[0]:
+                    assert graphs.setdefault(arch, sig) == sig, f"{where}: two different networks share arch_id {arch}"
+        for name in (profiles or list_profiles()):
+            prof = load_profile(name) if isinstance(name, str) else name
+            rec = measure_candidate(space, members[0], input_shapes[0], num_classes, prof,
+                                    backend=FakeLatencyBackend())
+            assert rec.arch_id == space.arch_id(members[0]) and rec.metrics["num_params"] > 0, \
+                f"space {space.name!r} under profile {prof.name}: {rec.metrics}"
+    summary["distinct_arch_ids"] = len(set(summary["arch_ids"]))
+    return summary

@@ -39,24 +39,34 @@ def test_space_profile_contract(space_name, profile_name, short_profile):
 
 
 @pytest.mark.parametrize("space_name", list_spaces())
-@pytest.mark.parametrize("shape", SHAPES)
-def test_build_export_check_dynamic_batch(space_name, shape, tmp_path):
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+def test_every_shipped_space_passes_check_space(space_name):
+    from odnas.testing import check_space
 
-    space = get_space(space_name)
-    params = space.sample(random.Random(3))
-    model = space.build(params, shape, 10).eval()
-    path = export_onnx(model, shape, tmp_path / "m.onnx")
-    g = onnx.load(str(path))
-    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((5, *shape)).astype(np.float32)
-    got = sess.run(None, {"input": x})[0]
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    assert got.shape == (5, 10) and np.abs(got - ref).max() < 1e-4
+    summary = check_space(space_name, input_shapes=SHAPES, samples=2)  # build, count, ONNX parity, arch ids
+    assert summary["members"] == 2 and summary["distinct_arch_ids"] == 2
+
+
+def test_check_space_catches_a_broken_space():
+    from odnas.spaces import Space
+    from odnas.spaces.base import Range
+    from odnas.testing import check_space
+
+    class SharedId(Space):  # two widths, one arch id: the cost cache would mix them
+        name, specs = "shared-id", (Range("w", 4, 64, "int"), Range("lr", 1e-3, 1e-2), Range("epochs", 1, 2, "int"),
+                                    Range("batch_size", 16, 32, "int"))
+
+        def build(self, params, input_shape, num_classes):
+            from torch import nn
+
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, int(params["w"])), nn.Linear(int(params["w"]), num_classes))
+
+        def arch_id(self, params):
+            return "always-the-same"
+
+    with pytest.raises(AssertionError, match="share arch_id"):
+        check_space(SharedId, input_shapes=((1, 8, 8),), samples=4)
+    with pytest.raises(SpaceError, match="must set name and specs"):
+        check_space(type("Empty", (Space,), {}))
 
 
 def test_arch_id_is_canonical():

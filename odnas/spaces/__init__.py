@@ -2,6 +2,9 @@
 
 The registry is filled once at import by the space modules below; it is read-only
 afterwards (``get_space`` returns fresh instances, never shared mutable state).
+A user's own space needs no registration: ``get_space`` also takes a reference,
+``my_pkg.spaces:KwsSpace`` or ``path/to/file.py:KwsSpace``, and the name of an
+installed package's ``odnas.spaces`` entry point (``odnas.plugins``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import fnmatch
 from typing import Callable
 
 from odnas.errors import SpaceError
+from odnas.plugins import entry_point, entry_point_names, is_reference, load_reference
 from odnas.spaces.base import Choice, Params, Range, Space
 
 _REGISTRY: dict[str, Callable[[], Space]] = {}
@@ -23,17 +27,39 @@ def register_space(factory: Callable[[], Space]) -> Callable[[], Space]:
     return factory
 
 
+ENTRY_POINTS = "odnas.spaces"
+
+
 def list_spaces(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    """Shipped spaces and installed packages' ``odnas.spaces`` entry points."""
+    return sorted(n for n in {*_REGISTRY, *entry_point_names(ENTRY_POINTS)} if fnmatch.fnmatch(n, pattern))
 
 
 def get_space(name: str) -> Space:
-    try:
+    """A fresh space: a shipped one by name, an entry point by name, or a reference."""
+    if name in _REGISTRY:
         return _REGISTRY[name]()
-    except KeyError:
-        raise SpaceError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}") from None
+    obj = load_reference(name, "space", SpaceError) if is_reference(name) else entry_point(ENTRY_POINTS, name)
+    if obj is None:
+        raise SpaceError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}, or name your own "
+                         "as package.module:Class or path/to/file.py:Class")
+    return as_space(obj, name)
+
+
+def as_space(obj: object, ref: str = "") -> Space:
+    """A ``Space`` from a subclass, an instance, or a factory returning one; checked
+    for what every space must define."""
+    space = obj() if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Space)) else obj
+    if not isinstance(space, Space):
+        raise SpaceError(f"space {ref or obj!r} is a {type(space).__name__}, not an odnas.spaces.Space")
+    missing = [m for m in ("build", "arch_id") if getattr(type(space), m) is getattr(Space, m)]
+    if not space.name or not space.specs or missing:
+        raise SpaceError(f"space {ref or type(space).__name__!r} must set name and specs and define build and "
+                         f"arch_id ({', '.join(missing + [a for a in ('name', 'specs') if not getattr(space, a)])} "
+                         "missing); see docs/plugins.md")
+    return space
 
 
 from odnas.spaces import mlp as _mlp, mobile_cnn as _mobile_cnn  # noqa: E402,F401  (fill the registry)
 
-__all__ = ["Choice", "Params", "Range", "Space", "get_space", "list_spaces", "register_space"]
+__all__ = ["Choice", "Params", "Range", "Space", "as_space", "get_space", "list_spaces", "register_space"]
