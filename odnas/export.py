@@ -38,6 +38,8 @@ from odnas.rundir import CHECKPOINT_NAME
 from odnas.select import feasible, pick
 from odnas.spaces import get_space
 
+NORMALIZE_FORMULA = "x = (raw / scale - mean) / std, raw = the data set's pixel values"
+
 
 def check_parity(model, onnx_path: str | Path, x: np.ndarray, atol: float = 1e-3,
                  min_agreement: float = 0.999) -> dict[str, float]:
@@ -151,6 +153,8 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         calib = calibration_inputs(data.x_train, calib_samples or CALIB_SAMPLES, seed=0)
         quant = quantize_model(files["fp32"], files["int8"], calib, calibration="training split")
         logits["int8"] = onnx_logits(files["int8"], data.x_val)
+    for prec, path in files.items():  # before sizes and hashes are taken: the files describe themselves
+        set_metadata(path, describe(arch_id, space, data, profile, prec))
     counts = count(model, data.input_shape)
 
     # Every file is timed under the main profile (the side-by-side figures), and under
@@ -202,12 +206,11 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     card = ModelCard(
         arch_id=arch_id, space=space, params=dict(params), precision=profile.precision, metrics=merged,
-        budgets=budget_report(profile, merged), profile=profile.to_dict(),
+        budgets=budget_report(profile, merged), profile=portable_profile(profile),
         input={
             "name": INPUT_NAME, "shape": ["batch", *data.input_shape], "dtype": "float32",
             "layout": "NCHW",
-            "normalize": {**data.normalize,
-                          "formula": "x = (raw / scale - mean) / std, raw = the data set's pixel values"},
+            "normalize": {**data.normalize, "formula": NORMALIZE_FORMULA},
         },
         output={"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
         labels=list(data.labels), data=data.describe(), parity=parity, precisions=figures,
@@ -217,10 +220,58 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "platform": platform.platform()},
         odnas_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        onnx_sha256=deployed["sha256"], artifact=out.name, run=dict(run) if run else None,
+        onnx_sha256="", artifact=out.name, run=dict(run) if run else None,
     )
+    # The card's hash takes the placeholder's place: same length, so sizes stay as measured.
+    for prec, path in files.items():
+        set_metadata(path, {CARD_HASH_KEY: card.content_sha256()})
+        figures[prec]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    card.onnx_sha256 = figures[profile.precision]["sha256"]
     out.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2, default=float))
     return card
+
+
+def portable_profile(profile: HardwareProfile) -> dict[str, Any]:
+    """The profile as the card keeps it: file names, not the paths of the building machine."""
+    d = profile.to_dict()
+    if d.get("source"):
+        d["source"] = Path(d["source"]).name
+    cal = d.get("calibration")
+    if isinstance(cal, dict) and cal.get("table"):
+        cal["table"] = Path(cal["table"]).name
+    return d
+
+
+CARD_HASH_KEY = "odnas.card_sha256"
+
+
+def describe(arch_id: str, space: str, data, profile: HardwareProfile, precision: str) -> dict[str, str]:
+    """``metadata_props`` of an artifact: enough to feed it, and (``odnas.card_sha256``,
+    a placeholder until the card exists) to find its card."""
+    from odnas import __version__
+
+    return {
+        "odnas.arch_id": arch_id, "odnas.space": space, "odnas.precision": precision,
+        "odnas.labels": json.dumps(list(data.labels)),
+        "odnas.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", *data.input_shape], "dtype": "float32",
+                                   "layout": "NCHW"}),
+        "odnas.normalize": json.dumps({**data.normalize, "formula": NORMALIZE_FORMULA}),
+        "odnas.profile": profile.name, "odnas.version": __version__,
+        CARD_HASH_KEY: "0" * 64,
+    }
+
+
+def set_metadata(path: Path, props: Mapping[str, str]) -> None:
+    """Write ``props`` into an ONNX file's ``metadata_props`` (replacing same keys)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+    onnx.save(model, str(path))
 
 
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,

@@ -139,6 +139,8 @@ class RunSettings:
     trial_timeout_s: float | None = None
     early_stopping: bool = False
     isolation: str = "pause"
+    workers: str = "warm"  # "warm": long-lived TorchX workers fork a child per trial; "fresh": a job per trial
+    lookahead: int = 0  # warm only: trials queued per worker beyond the one it trains (generated while it trains)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -240,6 +242,22 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         return {k: v for k, v in d.items() if v is not None}
+
+    def content_sha256(self) -> str:
+        """A hash of the card's content without the files' own hashes (which change when
+        the hash is written into the files): the ONNX file's ``odnas.card_sha256``."""
+        import hashlib
+        import json
+
+        def strip(o: Any) -> Any:
+            if isinstance(o, dict):
+                return {k: strip(v) for k, v in o.items() if k not in ("sha256", "onnx_sha256")}
+            if isinstance(o, list):
+                return [strip(v) for v in o]
+            return o
+
+        text = json.dumps(strip(self.to_dict()), sort_keys=True, default=float)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "model card") -> "ModelCard":

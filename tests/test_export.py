@@ -1,9 +1,11 @@
 """The deployable artifact: trained weights, parity with PyTorch, a card that is enough to deploy."""
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,6 +46,34 @@ def test_export_artifact_and_card(trained, short_profile):
     assert on_disk["parity"]["top1_agreement"] == 1.0 and on_disk["parity"]["max_abs_diff"] < 1e-4
     assert abs(on_disk["metrics"]["val_acc_onnx"] - res["val_acc"]) < 1e-6
     assert res["val_acc"] > 0.8
+
+
+def test_the_artifact_describes_itself_and_the_card_has_no_paths(trained, short_profile, tmp_path):
+    from odnas.records import ModelCard
+
+    d, data, space, model, res = trained
+    out = tmp_path / "sub" / "k.onnx"
+    out.parent.mkdir()
+    card = export_artifact(model, out, space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS), data=data,
+                           profile=short_profile(), metrics={"val_acc": res["val_acc"]}, run={"run_dir": "r", "trial": 3})
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["odnas.labels"]) == list(data.labels) == card.labels
+    assert json.loads(props["odnas.normalize"])["scale"] == data.normalize["scale"]
+    assert json.loads(props["odnas.input"])["shape"] == ["batch", *data.input_shape]
+    assert props["odnas.arch_id"] == card.arch_id and props["odnas.profile"] == "cpu-mobile"
+    on_disk = json.loads(out.with_suffix(".json").read_text())
+    assert props["odnas.card_sha256"] == ModelCard.from_dict(on_disk).content_sha256()  # ties file and card
+    assert on_disk["onnx_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert on_disk["precisions"]["fp32"]["model_bytes"] == out.stat().st_size
+
+    def strings(o):
+        if isinstance(o, dict):
+            return [s for v in o.values() for s in strings(v)]
+        if isinstance(o, list):
+            return [s for v in o for s in strings(v)]
+        return [o] if isinstance(o, str) else []
+
+    assert [s for s in strings(on_disk) if s.startswith(("/", str(Path.home())))] == []
 
 
 def test_parity_catches_a_wrong_export(trained, tmp_path):
