@@ -270,6 +270,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     run = load_run(a.run_dir)
     settings, profile, rows = run.settings, run.profile, run.rows
+    if a.format in ("csv", "json"):  # the trials as a table: odnas.api.load_run(RUN).table()
+        df = run.table()
+        print(df.to_csv(index=False) if a.format == "csv" else df.to_json(orient="records", indent=1, double_precision=15), end="")
+        return 0
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -512,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="progress, trial states and the current front of a run")
     p.add_argument("run_dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document: counts, trials, front, proxies")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table (default: for people), or the trials alone as flat JSON records or CSV, "
+                        "the same as odnas.api.load_run(RUN).table()")
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("select", help="the feasible Pareto front and the pick")

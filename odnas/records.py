@@ -194,6 +194,13 @@ class TrialRow:
     def replace(self, **changes: Any) -> "TrialRow":
         return dataclasses.replace(self, **changes)
 
+    def flat(self) -> dict[str, Any]:
+        """One flat record: ``trial``, ``state``, ``arch_id``, ``reason``, ``retry_of``,
+        then ``p.NAME`` per parameter, the metrics by name, and ``sem.NAME``."""
+        return {"trial": self.trial, "state": self.state, "arch_id": self.arch_id, "reason": self.reason,
+                "retry_of": self.retry_of, **{f"p.{k}": v for k, v in sorted(self.params.items())},
+                **dict(sorted(self.metrics.items())), **{f"sem.{k}": v for k, v in sorted(self.sem.items())}}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

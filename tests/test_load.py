@@ -15,6 +15,7 @@ from odnas.loop.driver import create_run, run_loop
 from odnas.loop.store import load_run
 from odnas.spaces import get_space
 from odnas.testing import FakeLatencyBackend, InProcessJobs, synthetic_val_acc
+from tests.conftest import run_cli
 
 
 def test_in_process_trials_are_stored_and_read_back(tmp_path):
@@ -40,6 +41,19 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
         assert json.loads((tdir / "result.json").read_text())["synthetic"] is True
         assert not (tdir / "torchx").exists()  # no TorchX job was started
     assert len({r.metrics["val_acc"] for r in rows}) > 1
+    # The public read access: load_run's DataFrame is what `odnas status --format json|csv` prints.
+    import io
+
+    import pandas as pd
+
+    df = load_run(run_dir).table()
+    assert list(df["trial"]) == list(range(8)) and {"p.lr", "val_acc", "latency_ms", "sem.latency_ms"} <= set(df)
+    def same(d):  # an empty column reads back as NaN, not None
+        return d.astype(object).where(d.notna(), float("nan")).infer_objects()
+
+    for fmt, read in (("json", pd.read_json), ("csv", pd.read_csv)):
+        out = run_cli("status", str(run_dir), "--format", fmt, check=True).stdout
+        pd.testing.assert_frame_equal(same(df), same(read(io.StringIO(out))[list(df.columns)]), check_dtype=False)
     stats = json.loads((run_dir / "driver-stats.jsonl").read_text().splitlines()[-1])
     assert stats["calls"]["deploy"] == 8 and stats["seconds"]["storage"] > 0  # the clock saw the loop
 

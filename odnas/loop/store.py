@@ -100,6 +100,13 @@ class Run:
     rows: list[TrialRow]
     experiment: Any
 
+    def table(self):
+        """A pandas DataFrame, one row per trial (``TrialRow.flat``): what
+        ``odnas status RUN --format csv|json`` prints."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records([r.flat() for r in self.rows])
+
 
 def load_run(run_dir: str | Path) -> Run:
     """Read a run without writing to it (safe while its driver runs)."""
