@@ -59,6 +59,7 @@ class LatencyResult:
     sessions: int | None = None
     rounds: int | None = None
     burst_runs: int | None = None  # after shortening for a slow candidate
+    session_ratios: tuple[float, ...] | None = None  # per fresh session: median over its rounds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,7 +199,8 @@ class OrtLatencyBackend:
             runs=r.runs, warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
             statistic=statistic_of(profile), method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
             baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms, sessions=p.sessions,
-            rounds=p.rounds, burst_runs=r.runs // (p.sessions * p.rounds), **env)
+            rounds=p.rounds, burst_runs=r.runs // (p.sessions * p.rounds),
+            session_ratios=tuple(round(x, 5) for x in r.session_ratios), **env)
 
     def baseline(self, profile: HardwareProfile, shape: tuple[int, ...]):
         """This host's reference baseline for ``profile`` and inputs of ``shape``

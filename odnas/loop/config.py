@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
+from odnas import plugins
 from odnas.errors import SearchError, SpaceError
 from odnas.jobs.component import make_resource, trial_app
 from odnas.loop.adapter import import_ax
@@ -97,12 +98,13 @@ def ax_bounds(profile: HardwareProfile) -> list[str]:
 
 
 def default_run_dir(cfg: SearchConfig) -> Path:
-    return Path("runs") / f"{cfg.profile.split('/')[-1].removesuffix('.yaml')}-{cfg.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = cfg.space.rpartition(":")[2]  # a reference's class name, not its module path
+    return Path("runs") / f"{cfg.profile.split('/')[-1].removesuffix('.yaml')}-{space}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None) -> RunSettings:
     """Validate a config and freeze it into the JSON the run dir keeps."""
-    from odnas.data import load_data
+    from odnas.data import data_reference, load_data
     from odnas.spaces import get_space
 
     profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
@@ -138,7 +140,9 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     from odnas import __version__
 
     return RunSettings(
-        space=space.name, data=cfg.data, data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
+        # References are stored as the job will resolve them: file paths made absolute.
+        space=plugins.absolute(cfg.space) if plugins.is_reference(cfg.space) else cfg.space,
+        data=data_reference(cfg.data), data_dir=str(Path(cfg.data_dir).resolve()) if cfg.data_dir else None,
         data_seed=cfg.data_seed, input_shape=list(split.input_shape), num_classes=split.num_classes,
         trials=cfg.trials, max_candidates=cfg.max_candidates or 4 * cfg.trials, parallel=cfg.parallel,
         seed=cfg.seed, method=cfg.method, init_trials=cfg.init_trials, scheduler=cfg.scheduler,

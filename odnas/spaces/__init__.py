@@ -49,7 +49,12 @@ def get_space(name: str) -> Space:
 def as_space(obj: object, ref: str = "") -> Space:
     """A ``Space`` from a subclass, an instance, or a factory returning one; checked
     for what every space must define."""
-    space = obj() if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Space)) else obj
+    if isinstance(obj, type) and not issubclass(obj, Space):
+        raise SpaceError(f"space {ref or obj!r} is a class {obj.__name__}, not an odnas.spaces.Space subclass")
+    try:
+        space = obj() if callable(obj) and not isinstance(obj, Space) else obj
+    except Exception as e:  # the user's factory or constructor: one line on what it raised
+        raise SpaceError(f"space {ref or obj!r}: making it raised {type(e).__name__}: {e}") from None
     if not isinstance(space, Space):
         raise SpaceError(f"space {ref or obj!r} is a {type(space).__name__}, not an odnas.spaces.Space")
     missing = [m for m in ("build", "arch_id") if getattr(type(space), m) is getattr(Space, m)]

@@ -1,0 +1,124 @@
+"""A user's own space and data, in the user's own files (examples/custom_space/):
+the space passes odnas's contract, and the CLI searches, selects and exports with it
+on real TorchX local jobs; the job spec carries the reference to other schedulers too."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+import yaml
+
+from odnas.testing import check_space
+from tests.conftest import ROOT, run_cli
+
+EXAMPLE = ROOT / "examples" / "custom_space"
+SPACE = f"{EXAMPLE / 'kws_space.py'}:TinyKws"
+
+
+def test_the_example_space_passes_the_contract():
+    summary = check_space(SPACE, input_shapes=((1, 16, 16),), num_classes=4, samples=3)
+    assert summary["space"] == "tiny-kws" and summary["distinct_arch_ids"] >= 2
+
+
+@pytest.fixture(scope="module")
+def kws_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kws") / "kws.npz"
+    subprocess.run([sys.executable, str(EXAMPLE / "make_data.py"), str(path)], check=True, capture_output=True)
+    return path
+
+
+def test_search_select_export_from_the_cli(kws_npz, tmp_path):
+    run = tmp_path / "run"
+    run_cli("search", "--space", SPACE, "--data", f"npz:{kws_npz}", "--trials", "2", "--fix", "epochs=1",
+            "--parallel", "2", "--init-trials", "2", "--constraint", "latency_ms <= 1", "--run-dir", str(run),
+            "--quiet", check=True, timeout=900, cwd=tmp_path)
+    settings = json.loads((run / "odnas.json").read_text())
+    assert settings["space"] == SPACE and settings["data"] == f"npz:{kws_npz}"  # what the jobs resolved
+    assert settings["num_classes"] == 4 and settings["input_shape"] == [1, 16, 16]
+    st = json.loads(run_cli("status", str(run), "--json", check=True).stdout)
+    assert st["counts"].get("completed") == 2, st
+    sel = json.loads(run_cli("select", str(run), "--json", "--no-confirm", check=True).stdout)
+    assert sel["pick"], "the example should train a feasible model in one epoch"
+    out = tmp_path / "kws.onnx"
+    run_cli("export", str(run), "-o", str(out), check=True)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["odnas.labels"]) == ["yes", "no", "up", "down"]
+    assert props["odnas.arch_id"].startswith("kws_") and props["odnas.space"] == "tiny-kws"
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["labels"] == ["yes", "no", "up", "down"] and card["data"]["source"] == "npz:kws.npz"
+
+
+def test_the_job_spec_carries_the_reference_to_kubernetes(kws_npz):
+    pytest.importorskip("kubernetes")
+    from torchx.runner import get_runner
+
+    from odnas.loop.runner import TrialRunner
+
+    r = TrialRunner("/shared/runs/kws", {"space": SPACE, "data": f"npz:{kws_npz}", "profile": {},
+                                         "input_shape": [1, 16, 16], "num_classes": 4, "scheduler": "kubernetes",
+                                         "image": "registry.example/kws:1"})
+    params = {"width": 8, "depth": 1, "kernel": 3, "pool": "avg", "lr": 0.01, "epochs": 1, "batch_size": 32}
+    job = yaml.safe_load(repr(get_runner().dryrun(r.app_for(0, params), "kubernetes", cfg={"queue": "q"}).request))
+    cmd = job["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:3] == ["python", "-m", "odnas.jobs.trial"]
+    assert cmd[cmd.index("--space") + 1] == SPACE and cmd[cmd.index("--data") + 1] == f"npz:{kws_npz}"
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("examples/custom_space/nope.py:TinyKws", "no such file"),
+    ("examples/custom_space/kws_space.py:Nope", "has no 'Nope'"),
+    ("no_such_package.spaces:Kws", "cannot import 'no_such_package'"),
+    ("odnas.profiles:load_profile", "making it raised TypeError"),
+    ("odnas.profiles:HardwareProfile", "not an odnas.spaces.Space subclass"),
+])
+def test_a_bad_space_reference_is_one_line(bad, why):
+    proc = run_cli("search", "--space", bad, "--trials", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and why in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda d: d / "missing.npz", "does not exist"),
+    (lambda d: _npz(d, x=[[[1.0]]] * 4, y=[0, 0, 0, 0]), "only one class"),
+    (lambda d: _npz(d, x=[[[1.0]]] * 4, y=[0, 1]), "x has 4 examples but y"),
+    (lambda d: _npz(d, z=[1]), "no array x or y"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no class sub-folders"),
+    (lambda d: _images(d, ok=False), "not a readable image"),
+])
+def test_bad_data_is_one_line(tmp_path, make, why):
+    path = make(tmp_path)
+    kind = "folder" if path.is_dir() or path.suffix != ".npz" else "npz"
+    proc = run_cli("measure", "--data", f"{kind}:{path}", "--random", "1", "--space", "mlp")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and why in proc.stderr, proc.stderr
+
+
+def _npz(d, **arrays):
+    import numpy as np
+
+    np.savez(d / "bad.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    return d / "bad.npz"
+
+
+def _images(d, ok=True):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (d / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((np.random.default_rng(i).random((10, 12)) * 255).astype("uint8")).save(
+                d / "imgs" / c / f"{i}.png")
+    if not ok:
+        (d / "imgs" / "dog" / "broken.png").write_bytes(b"not a png")
+    return d / "imgs"
+
+
+def test_an_image_folder_loads_with_its_labels(tmp_path):
+    from odnas.data import load_data
+
+    d = load_data(f"folder:{_images(tmp_path)}@8x8")
+    assert d.labels == ("cat", "dog") and d.input_shape == (1, 8, 8) and d.normalize["scale"] == 255.0
+    assert len(d.y_train) + len(d.y_val) == 6
