@@ -138,3 +138,13 @@ def test_real_onnxruntime_retest_in_fresh_processes(tmp_path, short_profile):
         assert a["method"] == "reference" and a["baseline_ms"] == b["baseline_ms"]
         assert abs(a["latency_ms"] / b["latency_ms"] - 1) < 0.10, (a["latency_ms"], b["latency_ms"])
         assert a["ratio"] > 0 and a["latency_ms_sem"] > 0
+
+
+def test_sessions_are_added_only_while_they_disagree():
+    kw = dict(sessions=8, rounds=4, burst_runs=20, warmup_runs=3, max_sessions=24)
+    calm = ModeHost(slow=1.0, placement=0.005)
+    r = P.rounds(calm.opener(0.1), calm.opener(0.07, True), clock=calm.clock, **kw)
+    assert len(r.session_ratios) == 8
+    noisy = ModeHost(slow=1.0, placement=0.25, seed=3)  # another program keeps hitting sessions
+    r = P.rounds(noisy.opener(0.1), noisy.opener(0.07, True), clock=noisy.clock, **kw)
+    assert len(r.session_ratios) > 8 and r.ratio_sem / r.ratio > P.RESIDUAL_REL

@@ -192,14 +192,14 @@ class OrtLatencyBackend:
         base = self.baseline(profile, input_shape(onnx_path))
         r = proto.rounds(_opener(onnx_path, profile), _opener(base.reference_path, profile),
                          sessions=p.sessions, rounds=p.rounds, burst_runs=p.burst_runs, warmup_runs=p.warmup_runs,
-                         clock=time.perf_counter_ns, budget_s=p.max_time_s)
+                         clock=time.perf_counter_ns, budget_s=p.max_time_s, max_sessions=3 * p.sessions)
         ms = r.ratio * base.ms
         return LatencyResult(
             latency_ms=ms, latency_ms_p90=ms * r.tail, latency_ms_mean=ms, latency_ms_sem=r.ratio_sem * base.ms,
             runs=r.runs, warmup_runs=p.warmup_runs, measure_s=time.perf_counter() - t_start,
             statistic=statistic_of(profile), method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
-            baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms, sessions=p.sessions,
-            rounds=p.rounds, burst_runs=r.runs // (p.sessions * p.rounds),
+            baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms,
+            sessions=len(r.session_ratios), rounds=p.rounds, burst_runs=r.runs // (len(r.session_ratios) * p.rounds),
             session_ratios=tuple(round(x, 5) for x in r.session_ratios), **env)
 
     def baseline(self, profile: HardwareProfile, shape: tuple[int, ...]):

@@ -11,7 +11,8 @@ alternating short bursts slow down together. So:
   rounds of a candidate burst and a reference burst of ``burst_runs`` runs, in
   alternating order; a session's ratio is the median over its rounds of
   candidate burst median / reference burst median, and the figure's ratio is the
-  mean over sessions;
+  mean over sessions (trimmed of the extremes from six on; more sessions are
+  added, up to three times as many, while they disagree);
 - ``latency_ms = ratio x baseline``, where the baseline is the reference's time in
   the host's fast mode (the median of its fastest band of burst medians) over a
   calibration of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
@@ -45,6 +46,9 @@ FAST_BAND = 1.25
 MODES_RATIO = 1.25
 #: Fewest runs in a burst when a slow candidate's bursts are shortened to fit the budget.
 MIN_BURST = 5
+#: Sessions are added (up to ``max_sessions``) while the session ratios' relative
+#: standard error is above this: on a quiet host 8 sessions reach it.
+TARGET_REL_SE = 0.015
 
 
 @dataclass(frozen=True)
@@ -79,17 +83,25 @@ def burst(run: Run, n: int, clock: Clock) -> Burst:
 
 
 def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, sessions: int, rounds: int,
-           burst_runs: int, warmup_runs: int, clock: Clock, budget_s: float | None = None) -> Rounds:
+           burst_runs: int, warmup_runs: int, clock: Clock, budget_s: float | None = None,
+           max_sessions: int | None = None) -> Rounds:
     """Run the protocol on one candidate. ``open_candidate()`` and ``reference()`` open a
-    fresh session each and return its "run once" callable. With ``budget_s``, bursts
-    are shortened (to no fewer than ``MIN_BURST`` runs) so that the timed rounds of a
-    slow candidate fit in about that many seconds, judged from the first warm-ups."""
+    fresh session each and return its "run once" callable.
+
+    With ``budget_s``, bursts are shortened (to no fewer than ``MIN_BURST`` runs) so
+    that the timed rounds of a slow candidate fit in about that many seconds, judged
+    from the first session's warm-ups. With ``max_sessions``, sessions are added past
+    ``sessions`` while the ratios still disagree by more than ``TARGET_REL_SE``
+    (another program competing for the core makes sessions noisy), up to that many.
+    """
     ratios, cand_medians, tails = [], [], []
-    for s in range(sessions):
+    limit = max(sessions, max_sessions or sessions)
+    runs = 0
+    while len(ratios) < sessions or (len(ratios) < limit and _rel_se(ratios) > TARGET_REL_SE):
         cand, ref = open_candidate(), reference()
         t_c = _warm(cand, warmup_runs, clock)
         t_r = _warm(ref, warmup_runs, clock)
-        if s == 0 and budget_s is not None and t_c + t_r > 0:
+        if not ratios and budget_s is not None and t_c + t_r > 0:
             fits = int(budget_s * 1e3 / (sessions * rounds * (t_c + t_r)))
             burst_runs = max(MIN_BURST, min(burst_runs, fits))
         per_round = []
@@ -105,21 +117,34 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
             cand_medians.append(c.median_ms)
             tails.append(c.p90_ms / c.median_ms)
         ratios.append(float(np.median(per_round)))
-    return summarize(ratios, cand_medians, tails, sessions * rounds * burst_runs)
+        runs += rounds * burst_runs
+    return summarize(ratios, cand_medians, tails, runs)
 
 
 def _warm(run: Run, n: int, clock: Clock) -> float:
-    """Run ``n`` warm-ups; their mean time in ms (0 when none)."""
-    a = clock()
+    """Run ``n`` warm-ups; the median of their times in ms (0 when none). The median,
+    because a session's first runs pay for allocation and would make it look slow."""
+    times = []
     for _ in range(n):
+        a = clock()
         run()
-    return (clock() - a) / 1e6 / n if n else 0.0
+        times.append(clock() - a)
+    return float(np.median(times)) / 1e6 if times else 0.0
+
+
+def _rel_se(ratios: Sequence[float]) -> float:
+    r = np.asarray(ratios, dtype=float)
+    return float(r.std(ddof=1) / math.sqrt(len(r)) / r.mean()) if len(r) > 1 else float("inf")
 
 
 def summarize(session_ratios: Sequence[float], cand_medians: Sequence[float], tails: Sequence[float],
               runs: int) -> Rounds:
+    """The figure's ratio is the mean of the session ratios, trimmed of the highest and
+    the lowest from six sessions on (one session hit by another program should not
+    move it); its error is the untrimmed between-session error, which that session
+    does widen, plus the residual term."""
     r = np.asarray(session_ratios, dtype=float)
-    ratio = float(r.mean())
+    ratio = float(np.sort(r)[1:-1].mean() if len(r) >= 6 else r.mean())
     between = float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else ratio * RESIDUAL_REL
     return Rounds(session_ratios=tuple(float(x) for x in r), ratio=ratio,
                   ratio_sem=math.hypot(between, RESIDUAL_REL * ratio),
