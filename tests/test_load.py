@@ -54,6 +54,18 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
     for fmt, read in (("json", pd.read_json), ("csv", pd.read_csv)):
         out = run_cli("status", str(run_dir), "--format", fmt, check=True).stdout
         pd.testing.assert_frame_equal(same(df), same(read(io.StringIO(out))[list(df.columns)]), check_dtype=False)
+    # A user's own ax.api.Client loads the stored experiment as docs/plugins.md says (on a copy).
+    import shutil
+
+    from ax.api.client import Client
+    from ax.api.configs import StorageConfig
+
+    from odnas.loop.store import EXPERIMENT_NAME, registry_bundle
+
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    client = Client.load_from_database(EXPERIMENT_NAME, storage_config=StorageConfig(
+        url=f"sqlite:///{copy / 'experiment.sqlite'}", registry_bundle=registry_bundle()))
+    assert len(client.summarize()) == 8
     stats = json.loads((run_dir / "driver-stats.jsonl").read_text().splitlines()[-1])
     assert stats["calls"]["deploy"] == 8 and stats["seconds"]["storage"] > 0  # the clock saw the loop
 
