@@ -8,6 +8,7 @@ and exit with their code; our own bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any, Sequence
@@ -45,7 +46,7 @@ def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
 
 
 def cmd_profiles(a: argparse.Namespace) -> int:
-    from odnas.profiles import list_profiles, load_profile
+    from odnas.profiles import ProfileError, list_profiles, load_profile
 
     if a.action == "list":
         profs = [load_profile(n) for n in list_profiles()]
@@ -57,7 +58,7 @@ def cmd_profiles(a: argparse.Namespace) -> int:
                          for p in profs], ["name", "objective", "budgets", "description"]))
         return 0
     if not a.name:
-        raise SystemExit("odnas: error: `odnas profiles show` needs a profile name or path")
+        raise ProfileError("`odnas profiles show` needs a profile name or path (odnas profiles lists them)")
     p = load_profile(a.name)
     if a.json:
         _print_json(p.to_dict())
@@ -133,21 +134,36 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_printer(quiet: bool):
+def _progress_printer(quiet: bool, out=None):
+    """Progress lines on ``out`` (stdout; stderr when stdout carries JSON)."""
     if quiet:
         return None
-    tty = sys.stdout.isatty()
+    out = out or sys.stdout
+    tty = out.isatty()
     last = {"line": ""}
 
     def show(state) -> None:
         line = state.line()
         if tty:
-            print("\r" + line.ljust(len(last["line"])), end="\n" if state.final else "", flush=True)
+            print("\r" + line.ljust(len(last["line"])), end="\n" if state.final else "", flush=True, file=out)
         elif line != last["line"]:
-            print(line, flush=True)
+            print(line, flush=True, file=out)
         last["line"] = line
 
     return show
+
+
+def _outcome_json(run_dir) -> dict[str, Any]:
+    from odnas.loop.store import load_run
+    from odnas.select import front
+
+    run = load_run(run_dir)
+    counts: dict[str, int] = {}
+    for r in run.rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    fr = front(run.rows, run.profile)
+    return {"run_dir": str(run_dir), "counts": counts, "front": [r.to_dict() for r in fr],
+            "pick": fr[0].to_dict() if fr else None}
 
 
 def _print_outcome(run_dir, quiet: bool) -> None:
@@ -220,14 +236,32 @@ def cmd_search(a: argparse.Namespace) -> int:
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
         retries=a.retries, trial_timeout_s=a.trial_timeout, isolation=a.isolation, env=_parse_env(a.env), mounts=tuple(a.mount or ()),
     )
+    from odnas.loop.driver import create_run, run_loop
+
+    log = sys.stderr if a.json else sys.stdout
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
               f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
-              flush=True)
-    run_dir = search(cfg, progress=_progress_printer(a.quiet))
+              flush=True, file=log)
+    run_dir = create_run(cfg)
+    if not a.quiet:
+        print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
+    run_loop(run_dir, _progress_printer(a.quiet, log))
+    _finish(a, run_dir)
+    return 0
+
+
+def _finish(a: argparse.Namespace, run_dir) -> None:
+    if a.json:
+        out = _outcome_json(run_dir)
+        if a.report:
+            from odnas.report import write_report
+
+            out["report"] = str(write_report(run_dir))
+        _print_json(out)
+        return
     _print_outcome(run_dir, a.quiet)
     _maybe_report(a, run_dir)
-    return 0
 
 
 def _maybe_report(a: argparse.Namespace, run_dir) -> None:
@@ -241,6 +275,9 @@ def cmd_report(a: argparse.Namespace) -> int:
     from odnas.report import write_report
 
     out = write_report(a.run_dir, a.output)
+    if a.json:
+        _print_json({"report": str(out), "png": sorted(str(p) for p in out.parent.glob("*.png"))})
+        return 0
     print(f"Wrote {out} (offline HTML) and a PNG per figure in {out.parent}")
     return 0
 
@@ -248,9 +285,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from odnas.loop.driver import resume
 
-    run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet), trials=a.trials)
-    _print_outcome(run_dir, a.quiet)
-    _maybe_report(a, run_dir)
+    run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet, sys.stderr if a.json else None), trials=a.trials)
+    _finish(a, run_dir)
     return 0
 
 
@@ -304,6 +340,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_select(a: argparse.Namespace) -> int:
+    from odnas.errors import SearchFailed
     from odnas.select import select_bounds
 
     extra = select_bounds(a.max_latency_ms, a.min_acc)
@@ -318,7 +355,7 @@ def cmd_select(a: argparse.Namespace) -> int:
     if a.json:
         _print_json({"front": [r.to_dict() for r in fr], "pick": pick.to_dict() if pick else None,
                      "confirmed": confirmed})
-        return 0 if pick else 1
+        return 0 if pick else SearchFailed.exit_code
     if confirmed is not None:
         pr = res["protocol"]
         how = (f"{pr['sessions']} sessions x {pr['rounds']} rounds against the reference model"
@@ -333,7 +370,7 @@ def cmd_select(a: argparse.Namespace) -> int:
         print()
     if not fr:
         print("No trained model meets every budget and bound.")
-        return 1
+        return SearchFailed.exit_code
     print(_front_table(fr))
     print(f"\nPick: trial {pick.trial} ({pick.arch_id}), val_acc {pick.metrics['val_acc']:.4f}"
           + (f", {pick.metrics['latency_ms']:.4f} ms" if "latency_ms" in pick.metrics else ""))
@@ -375,6 +412,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
                         calib_samples=a.calib_samples).to_dict()
+    if a.json:
+        _print_json(card)
+        return 0
     out = a.output if a.output.endswith(".onnx") else a.output + ".onnx"
     print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']}, "
           f"{card.get('precision', 'fp32')})")
@@ -407,6 +447,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     if a.action == "export":
         man = C.export_references(a.output, load_profile(a.profile), a.input_shape, a.num_classes)
+        if a.json:
+            _print_json(man)
+            return 0
         print(f"Wrote {len(man['models'])} reference models ({man['reference_set']}, input "
               f"{'x'.join(map(str, man['input_shape']))}) and {C.TEMPLATE_CSV}, {C.BENCH_SCRIPT}, "
               f"{C.PERF_SCRIPT} to {man['dir']}")
@@ -431,28 +474,62 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
+SEARCH_EXAMPLES = """examples:
+  odnas search --profile cpu-mobile
+      the default: mobile-cnn on the bundled digits, 16 trainings, 2 at a time
+  odnas search --space mlp --data mnist --data-dir DIR --objective "val_acc, -num_params" \\
+      --constraint "val_acc >= 0.94" --constraint "num_params <= 80000" --trials 48
+      the Ax tutorial's problem (a <= bound on a cost metric is a hard budget)
+  odnas search --space my_pkg.spaces:KwsSpace --data npz:kws.npz --constraint "latency_ms <= 0.05" --json
+      your own space and data (docs/plugins.md); one JSON document on stdout at the end
+
+methods: bo (default: Sobol, then BoTorch's qLogNEHVI on a GP per metric), sobol
+(quasi-random), random (uniform), saasbo (sparse-axis-aligned GP for 15+ parameters,
+minutes per candidate; pip install 'odnas[saasbo]').
+exit codes: 0 done; 2 the input is wrong; 3 the search ran but could not succeed
+(too many failed trials, no candidate fits the budgets); 130 interrupted.
+"""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default shown (but for switches and options with none), and
+    epilogs kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "%(default)" not in text
+                and action.default not in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="odnas", description="On-device, deployment-aware neural architecture search")
+    from odnas import __version__
+
+    ap = argparse.ArgumentParser(prog="odnas", description="On-device, deployment-aware neural architecture search",
+                                 formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"odnas {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_Help)  # type: ignore[method-assign]
 
     p = sub.add_parser("profiles", help="list or show hardware profiles")
-    p.add_argument("action", choices=["list", "show"])
-    p.add_argument("name", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", help="profile name or YAML path (with show)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(fn=cmd_profiles)
 
-    p = sub.add_parser("spaces", help="list search spaces")
-    p.add_argument("action", choices=["list"])
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("spaces", help="list search spaces (shipped and installed)")
+    p.add_argument("action", nargs="?", choices=["list"], default="list")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(fn=cmd_spaces)
 
     p = sub.add_parser("measure", help="measure the costs of random candidates of a space")
-    p.add_argument("--space", default="mobile-cnn")
-    p.add_argument("--profile", default="cpu-mobile")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--data-dir")
+    p.add_argument("--space", default="mobile-cnn", help="a space name (odnas spaces) or package.module:Class")
+    p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")
+    p.add_argument("--data", default="digits", help="fixes the input shape and class count (see search --help)")
+    p.add_argument("--data-dir", help="folder of an mnist data set")
     p.add_argument("--random", type=int, default=10, help="how many random candidates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.set_defaults(fn=cmd_measure)
 
@@ -463,19 +540,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(fn=cmd_doctor)
 
-    p = sub.add_parser("search", help="run a multi-objective architecture search")
+    p = sub.add_parser("search", help="run a multi-objective architecture search", epilog=SEARCH_EXAMPLES)
     p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")
-    p.add_argument("--space", default="mobile-cnn")
-    p.add_argument("--data", default="digits", help="digits (bundled), mnist (IDX folder), mnist-tv, fashion-mnist")
-    p.add_argument("--data-dir")
+    p.add_argument("--space", default="mobile-cnn",
+                   help="a space name (odnas spaces), package.module:Class or path/to/file.py:Class")
+    p.add_argument("--data", default="digits",
+                   help="digits (bundled), mnist (IDX folder), mnist-tv, fashion-mnist, npz:PATH, "
+                        "folder:PATH[@HxW], or a LightningDataModule as package.module:make")
+    p.add_argument("--data-dir", help="folder of an mnist data set (or set ODNAS_MNIST_DIR)")
     p.add_argument("--trials", type=int, default=16, help="models to train (candidates over a budget are not counted)")
     p.add_argument("--max-candidates", type=int, help="cap on all candidates, over-budget ones included (default 4 x trials)")
-    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     p.add_argument("--objective", help="Ax objective string, e.g. 'val_acc, -latency_ms'")
     p.add_argument("--constraint", action="append", help="Ax bound, e.g. 'latency_ms <= 2' (repeatable)")
-    p.add_argument("--run-dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="bo", choices=["bo", "sobol", "random", "saasbo"])
+    p.add_argument("--run-dir", help="where the search writes (default runs/PROFILE-SPACE-TIME)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates and the trainings")
+    p.add_argument("--method", default="bo", choices=["bo", "sobol", "random", "saasbo"],
+                   help="how candidates are proposed (see below)")
     p.add_argument("--init-trials", type=int, help="quasi-random trials before Bayesian optimisation")
     p.add_argument("--fix", action="append", metavar="NAME=VALUE",
                    help="hold a parameter constant, e.g. --fix epochs=1 (repeatable)")
@@ -500,18 +581,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
+    p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue a stopped or killed search")
     p.add_argument("run_dir")
     p.add_argument("--trials", type=int, help="new total number of trials")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
+    p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("report", help="HTML report of a run: trade-offs, model fit, parameter effects")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="HTML file or folder (default RUN_DIR/report/report.html)")
+    p.add_argument("--json", action="store_true", help="the files written, as one JSON document")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("status", help="progress, trial states and the current front of a run")
@@ -544,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--also-profile", action="append", metavar="PROFILE",
                    help="also measure the artifact under this profile and record it on the card (repeatable)")
     p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")
+    p.add_argument("--json", action="store_true", help="the model card as one JSON document on stdout")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("calibrate", help="fit host latency to a real device: export reference models, "
@@ -554,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default="cpu-mobile")
     c.add_argument("--input-shape", help="e.g. 1x28x28 (default 1x8x8, the digits shape)")
     c.add_argument("--num-classes", type=int, default=10)
+    c.add_argument("--json", action="store_true", help="the manifest as one JSON document")
     c = csub.add_parser("fit", help="time the references here, fit host->device latency, report held-out error")
     c.add_argument("--profile", required=True)
     c.add_argument("--table", help="device CSV (default: the profile's calibration section)")
@@ -584,6 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OdnasError as e:
         print(f"odnas: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `odnas ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 ``OdnasError`` and its children are errors a user can cause or fix (a broken profile,
 a missing data folder, a run dir in an odd state); their message is one sentence that
-says what to do, and the CLI prints it without a traceback. Any other exception is a
-bug of ours and keeps its traceback. Standard library only.
+says what to do, and the CLI prints it without a traceback and exits with the class's
+``exit_code``: 2 for input that is wrong, 3 (``SearchFailed``) for a search that ran
+but could not succeed. Any other exception is a bug of ours and keeps its traceback.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ class RunDirError(OdnasError):
 
 class SearchError(OdnasError):
     """A search that cannot start or go on; the message says what to do."""
+
+
+class SearchFailed(OdnasError):
+    """The search ran but could not succeed: too many trials failed, no candidate fits
+    the budgets, or no trained model is feasible. Every completed trial is kept."""
+
+    exit_code = 3
 
 
 class CalibrationError(OdnasError, ValueError):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
-from odnas.errors import SearchError
+from odnas.errors import SearchError, SearchFailed
 from odnas.jobs.component import torchx_runner
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
@@ -158,7 +158,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                 if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
                     break
         except FailureRateExceededError:
-            raise SearchError(
+            raise SearchFailed(
                 f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
                 f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
                 "Completed trials are kept."
@@ -177,7 +177,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
                    f"(--max-candidates {settings.max_candidates}) was reached with {over} candidates over a budget")
             if trained == 0:
-                raise SearchError(msg + "; no candidate fits the budgets, loosen them (--constraint)")
+                raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
 
 
