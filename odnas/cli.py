@@ -503,10 +503,17 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line, as every other input error is, with where to read more."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from odnas import __version__
 
-    ap = argparse.ArgumentParser(prog="odnas", description="On-device, deployment-aware neural architecture search",
+    ap = _Parser(prog="odnas", description="On-device, deployment-aware neural architecture search",
                                  formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"odnas {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)

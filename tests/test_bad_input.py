@@ -1,0 +1,169 @@
+"""Broken invocations, as users make them: each ends with one line on stderr, the
+documented exit code, no traceback, and nothing half-written.
+
+The CLI runs in this process (``odnas.cli.main``), so forty-odd cases cost seconds;
+tests elsewhere run the same paths in fresh processes.
+"""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from odnas.cli import main
+
+GOOD = textwrap.dedent("""
+    name: t
+    runtime: {provider: CPUExecutionProvider, intra_op_threads: 1}
+    protocol: {method: plain, warmup_runs: 1, min_runs: 3, min_time_s: 0.0, max_time_s: 0.2}
+    objective: "val_acc, -latency_ms"
+    budgets: {latency_ms: 1}
+""")
+
+
+def profile(tmp_path: Path, text: str, name: str = "p.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def broken(tmp_path, change):
+    """GOOD with one line replaced or added."""
+    old, new = change
+    text = GOOD.replace(old, new) if old else GOOD + new + "\n"
+    assert text != GOOD
+    return profile(tmp_path, text)
+
+
+PROFILES = {
+    "not YAML": (None, "budgets: {latency_ms: [1, 2"),
+    "unknown key": (None, "speed: fast"),
+    "unknown runtime key": ("intra_op_threads: 1}", "intra_op_threads: 1, threads: 4}"),
+    "threads negative": ("intra_op_threads: 1", "intra_op_threads: -1"),
+    "threads a word": ("intra_op_threads: 1", "intra_op_threads: many"),
+    "unknown provider": ("CPUExecutionProvider", "TPUExecutionProvider"),
+    "unknown protocol method": ("method: plain", "method: fastest"),
+    "max time below min time": ("max_time_s: 0.2", "max_time_s: 0.0"),
+    "budget on an unknown metric": ("latency_ms: 1}", "latency_ms: 1, speed: 3}"),
+    "budget not positive": ("latency_ms: 1}", "latency_ms: 0}"),
+    "thresholds not a list": (None, "thresholds: val_acc >= 0.9"),
+    "a bound that is not a bound": (None, "thresholds: ['val_acc is high']"),
+    "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"'),
+    "runs code": (None, "description: !!python/object/apply:os.system ['touch /tmp/odnas-pwned']"),
+    "a list, not a mapping": ("name: t", "- name: t"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILES))
+def test_broken_profiles(case, tmp_path, capsys):
+    path = broken(tmp_path, PROFILES[case])
+    _fails(capsys, ["search", "--profile", path, "--run-dir", str(tmp_path / "run")], 2)
+    assert not (tmp_path / "run").exists()  # nothing half-written
+    assert not Path("/tmp/odnas-pwned").exists()
+
+
+SEARCH_FLAGS = {
+    "no trials": (["--trials", "0"], 2),
+    "no parallel slots": (["--parallel", "0"], 2),
+    "unknown method": (["--method", "guess"], 2),
+    "unknown parameter fixed": (["--fix", "epochz=1"], 2),
+    "fix without a value": (["--fix", "epochs"], 2),
+    "fix out of range": (["--fix", "dropout=3"], 2),
+    "env without a value": (["--env", "HOME"], 2),
+    "env with a bad name": (["--env", "1X=y"], 2),
+    "unknown scheduler": (["--scheduler", "nomad"], 2),
+    "scheduler config not key=value": (["--scheduler-cfg", "queue"], 2),
+    "resources not numbers": (["--resources", "cpu=x"], 2),
+    "resources with an unknown key": (["--resources", "tpu=1"], 2),
+    "a mount without a destination": (["--mount", "type=bind,src=/tmp"], 2),
+    "failure rate over 1": (["--max-failure-rate", "2"], 2),
+    "negative retries": (["--retries", "-1"], 2),
+    "zero timeout": (["--trial-timeout", "0"], 2),
+    "unknown isolation": (["--isolation", "loud"], 2),
+    "negative budget": (["--constraint", "latency_ms <= -1"], 2),
+    "bound on an unknown metric": (["--constraint", "speed <= 1"], 2),
+    "a bound that does not parse": (["--constraint", "latency_ms < 1"], 2),
+    "objective on an unknown metric": (["--objective", "val_acc, -speed"], 2),
+    "unknown space": (["--space", "resnet-9000"], 2),
+    "space file missing": (["--space", "nope/space.py:Space"], 2),
+    "unknown data set": (["--data", "imagenet"], 2),
+    "missing MNIST folder": (["--data", "mnist", "--data-dir", "/nonexistent/mnist"], 2),
+    "missing npz": (["--data", "npz:/nonexistent/x.npz"], 2),
+    "missing image folder": (["--data", "folder:/nonexistent/images"], 2),
+    "data module that does not import": (["--data", "no_such_pkg.data:make"], 2),
+    "unknown profile": (["--profile", "tpu-pod"], 2),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_FLAGS))
+def test_broken_search_flags(case, tmp_path, capsys):
+    args, code = SEARCH_FLAGS[case]
+    _fails(capsys, ["search", *args, "--run-dir", str(tmp_path / "run")], code)
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+@pytest.fixture(scope="module")
+def empty_run(tmp_path_factory):
+    """A run dir made by create_run whose search never ran a trial."""
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+
+    return create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path_factory.mktemp("r") / "run")))
+
+
+def test_run_dirs_in_odd_states(empty_run, tmp_path, capsys):
+    cases = [
+        (["status", str(tmp_path)], 2, "not an odnas run dir"),
+        (["select", str(tmp_path / "nope")], 2, "not an odnas run dir"),
+        (["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")], 2, "not an odnas run dir"),
+        (["resume", str(tmp_path)], 2, "not an odnas run dir"),
+        (["report", str(tmp_path)], 2, "not an odnas run dir"),
+        (["rescore", str(empty_run), "--profile", "tpu-pod"], 2, "no such profile"),
+        (["rescore", str(empty_run), "--profile", "cpu-desktop"], 2, "no trained model yet"),
+        (["export", str(empty_run), "-o", str(tmp_path / "m.onnx")], 2, "no trained model"),
+        (["export", str(empty_run), "--trial", "7", "-o", str(tmp_path / "m.onnx")], 2, "has no trial 7"),
+        (["select", str(empty_run), "--no-confirm"], 3, None),  # ran, but nothing is feasible
+        (["resume", str(empty_run), "--trials", "0"], 2, "--trials must be at least 1"),
+    ]
+    for args, code, why in cases:
+        _fails(capsys, args, code, why, one_line=why is not None)
+    assert not (tmp_path / "m.onnx").exists()
+    # A run dir whose settings are damaged, or written by a newer odnas.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "odnas.json").write_text("{not json")
+    _fails(capsys, ["status", str(bad)], 2, "not valid JSON")
+    settings = json.loads((empty_run / "odnas.json").read_text())
+    (bad / "odnas.json").write_text(json.dumps({**settings, "schema_version": 99}))
+    _fails(capsys, ["status", str(bad)], 2, "newer than this odnas reads")
+
+
+def test_other_commands(tmp_path, capsys):
+    cases = [
+        (["profiles", "show"], 2, "needs a profile name"),
+        (["profiles", "show", "tpu-pod"], 2, "no such profile"),
+        (["measure", "--space", "nope"], 2, "unknown space"),
+        (["measure", "--random", "1", "--profile", str(tmp_path / "missing.yaml")], 2, "not found"),
+        (["doctor", "--input-shape", "big"], 2, "--input-shape"),
+        (["doctor", "--models", "1"], 2, "--models"),
+        (["calibrate", "fit", "--profile", "cpu-mobile", "--table", str(tmp_path / "none.csv")], 2, "not found"),
+        (["calibrate", "perf-logs", str(tmp_path / "none")], 2, None),
+    ]
+    for args, code, why in cases:
+        _fails(capsys, args, code, why)
+
+
+def _fails(capsys, argv, code, why=None, one_line=True):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse: a bad flag or choice
+        rc = e.code
+    out = capsys.readouterr()
+    assert rc == code, (argv, rc, out.err[-2000:])
+    assert "Traceback" not in out.err, (argv, out.err)
+    if one_line:
+        assert len(out.err.strip().splitlines()) == 1, (argv, out.err)
+        assert out.err.strip(), argv
+    if why:
+        assert why in out.err, (argv, out.err)
