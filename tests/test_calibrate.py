@@ -157,6 +157,7 @@ def test_ratio_model_and_a_single_bad_row(short, host, cache_dir, tmp_path):
     assert cal.a_p90 is None and C.apply_calibration_p90(0.2, cal) == C.apply_calibration(0.2, cal)
 
 
+@pytest.mark.slow  # plain timings on both sides: on a host with speed modes they are two draws up to ~2x apart
 def test_this_host_as_the_device_gives_about_identity(short, exported, host, cache_dir):
     """bench_device.py (what a Linux board runs) times the exported files in a separate
     process; fitting that against this host's figures must give roughly device = host."""

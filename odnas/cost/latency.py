@@ -62,7 +62,10 @@ class LatencyResult:
     session_ratios: tuple[float, ...] | None = None  # per fresh session: median over its rounds
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["session_ratios"] is not None:
+            d["session_ratios"] = list(d["session_ratios"])  # as JSON gives it back
+        return d
 
     @property
     def key(self) -> LatencyKey:
