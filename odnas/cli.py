@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 def _finite(obj: Any) -> Any:
@@ -287,6 +288,19 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
     run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet, sys.stderr if a.json else None), trials=a.trials)
     _finish(a, run_dir)
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from odnas.errors import RunDirError
+    from odnas.rundir import STOP_NAME, driver_running, read_settings
+
+    read_settings(a.run_dir)  # a run dir, or one line saying it is not
+    if not driver_running(a.run_dir):
+        raise RunDirError(f"no driver is running on {a.run_dir}; nothing to stop")
+    (Path(a.run_dir) / STOP_NAME).write_text("stop\n")
+    print(f"Asked the driver of {a.run_dir} to stop at its next poll (about a second); running training "
+          f"jobs are left to finish, and `odnas resume {a.run_dir}` goes on.")
     return 0
 
 
@@ -599,6 +613,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_resume)
 
+    p = sub.add_parser("stop", help="ask a running search to stop cleanly (from another shell)")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_stop)
+
     p = sub.add_parser("report", help="HTML report of a run: trade-offs, model fit, parameter effects")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="HTML file or folder (default RUN_DIR/report/report.html)")
@@ -671,11 +689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except KeyboardInterrupt:
-        print("odnas: interrupted; the run dir keeps every completed trial (odnas resume RUN_DIR)", file=sys.stderr)
+    except KeyboardInterrupt:  # before a driver ran (during set-up): nothing was started
+        print("odnas: interrupted", file=sys.stderr)
         return 130
     except OdnasError as e:
-        print(f"odnas: error: {e}", file=sys.stderr)
+        print(f"odnas: {'' if e.exit_code == 130 else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `odnas ... | head`: the reader left; say nothing more
         import os

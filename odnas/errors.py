@@ -44,6 +44,13 @@ class SearchFailed(OdnasError):
     exit_code = 3
 
 
+class SearchInterrupted(OdnasError):
+    """The driver was interrupted (Ctrl-C, SIGTERM): completed trials are kept, and the
+    message says what happened to running jobs and how to resume."""
+
+    exit_code = 130
+
+
 class CalibrationError(OdnasError, ValueError):
     """A device table or calibration that cannot be used."""
 

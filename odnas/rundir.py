@@ -32,6 +32,7 @@ DB_NAME = "experiment.sqlite"
 LOG_NAME = "odnas.log"
 DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
 LOCK_NAME = "driver.lock"
+STOP_NAME = "stop"  # ``odnas stop``: the driver finishes cleanly at its next poll
 TRIALS_DIR = "trials"
 COSTS_DIR = "costs"
 # In a trial dir:

@@ -10,6 +10,7 @@ experiment and goes on. The experiment is saved by Ax after every state change.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Callable, Mapping
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
-from odnas.errors import SearchError, SearchFailed
+from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
@@ -32,7 +33,7 @@ from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_l
 from odnas.profiles import COST_METRICS, profile_from_dict
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, driver_lock, read_json, read_settings,
+    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_NAME, driver_lock, read_json, read_settings,
     write_settings,
 )
 from odnas.select import pick
@@ -107,7 +108,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Ax's GPs are tiny; with trainings busy on every core, one thread fits them fastest
     # (5x faster than 2 threads measured on 2 busy cores).
     torch.set_num_threads(1)
-    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet):
+    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term:
         if trials is not None:  # a new total, written only once this driver holds the run
             settings.trials = trials
             settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
@@ -119,7 +120,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
-        host_note(lane)
+        host_note(lane, term)
         options = OrchestratorOptions(
             max_pending_trials=settings.parallel,
             tolerated_trial_failure_rate=settings.tolerated_failure_rate,
@@ -137,6 +138,20 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         clock = DriverClock(exp, runner, lane)
         adopt_lost_jobs(exp, runner, storage)
         retries = settings.retries
+        stop = run_dir / STOP_NAME
+        stop.unlink(missing_ok=True)  # a request left from before this driver is not for it
+        signals = SignalGuard()
+        last = [0.0]
+
+        def idle(_orch) -> None:
+            """Called by the Orchestrator while it waits (about once a poll)."""
+            signals.keep()  # TorchX's local scheduler installs its own handlers when it starts
+            if stop.exists():
+                raise StopRequested()
+            if progress and time.time() - last[0] >= 1.0:
+                last[0] = time.time()
+                progress(state.refresh(exp))
+
         try:
             if progress:
                 progress(state.refresh(exp))
@@ -145,18 +160,28 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             # Lost candidates (made but never deployed before a crash) are redeployed by Ax.
             while True:
                 while (todo := trials_to_run(exp, settings)) > 0:
-                    for _ in orch.run_trials_and_yield_results(max_trials=todo):
+                    for _ in orch.run_trials_and_yield_results(max_trials=todo, idle_callback=idle):
+                        signals.keep()
+                        if stop.exists():
+                            raise StopRequested()
                         queue_retries(exp, storage, retries)
                         if progress:
                             progress(state.refresh(exp))
                 # Trials still marked RUNNING from before a restart end here; any that
                 # failed leave room for new ones.
-                orch.wait_for_completed_trials_and_report_results()
+                orch.wait_for_completed_trials_and_report_results(idle_callback=idle)
                 queue_retries(exp, storage, retries)
                 if progress:
                     progress(state.refresh(exp))
                 if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
                     break
+        except StopRequested:
+            stop.unlink(missing_ok=True)
+            print(f"odnas: stopped on request (odnas stop); {interrupt_summary(exp, run_dir)}", file=term, flush=True)
+            return
+        except KeyboardInterrupt as e:
+            how = "SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM else "interrupted"
+            raise SearchInterrupted(f"{how}: {interrupt_summary(exp, run_dir)}") from None
         except FailureRateExceededError:
             raise SearchFailed(
                 f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
@@ -166,6 +191,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None
         finally:
+            signals.restore()
             clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
             progress(state.refresh(exp, final=True))
@@ -178,16 +204,70 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                    f"(--max-candidates {settings.max_candidates}) was reached with {over} candidates over a budget")
             if trained == 0:
                 raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
-            print(f"odnas: note: {msg}", file=sys.__stdout__, flush=True)
+            print(f"odnas: note: {msg}", file=term, flush=True)
 
 
-def host_note(lane: CostLane) -> None:
+class StopRequested(Exception):
+    """``odnas stop RUN``: finish now, as after the last trial."""
+
+
+class _Signal(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised as a KeyboardInterrupt: Ax catches ``Exception`` around
+    runner calls (and TorchX's own handler raises one), which would swallow a Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalGuard:
+    """odnas's SIGINT and SIGTERM handlers while a driver runs (main thread only),
+    restored afterwards. ``keep`` puts them back if a library replaced them."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        import threading
+
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS} if self.active else {}
+        self.keep()
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise _Signal(signum)
+
+    def keep(self) -> None:
+        if self.active:
+            for s in self.SIGNALS:
+                if signal.getsignal(s) is not self._raise:
+                    signal.signal(s, self._raise)
+
+    def restore(self) -> None:
+        if self.active:
+            for s, h in self.previous.items():
+                signal.signal(s, h)
+
+
+def interrupt_summary(exp, run_dir: Path) -> str:
+    """What an interrupted or stopped search leaves: what is kept, what still runs, how to go on."""
+    rows = trial_table(exp)
+    # Trained is what has a result on disk: a job that finished since the last poll counts.
+    finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
+    done = len(finished | {r.trial for r in rows if r.state in ("completed", "early_stopped")})
+    running = sum(1 for r in rows if r.state == "running" and r.trial not in finished)
+    jobs = (f"{running} running training job{'s are' if running != 1 else ' is'} left to finish, and resume "
+            "reattaches to them" if running else "no training job was running")
+    return f"{done} trained model{'s' if done != 1 else ''} kept; {jobs}. Go on with: odnas resume {run_dir}"
+
+
+def host_note(lane: CostLane, out) -> None:
     """One line when this host switches speed modes: what odnas does about it."""
     base = lane.host_check()
     if base is not None and base.modes.present:
         print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "
               f"{base.modes.spread:.2f}); latencies are timed against it and reported for the fast mode, with "
-              "error bars that cover the switching. `odnas doctor` says more.", file=sys.__stdout__, flush=True)
+              "error bars that cover the switching. `odnas doctor` says more.", file=out, flush=True)
 
 
 class DriverClock:

@@ -118,10 +118,12 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 @contextmanager
-def quiet_logs(log_path: Path, enabled: bool = True) -> Iterator[None]:
-    """Send Ax's, BoTorch's, TorchX's and Lightning's logs and warnings to the run's log file."""
+def quiet_logs(log_path: Path, enabled: bool = True) -> Iterator[Any]:
+    """Send Ax's, BoTorch's, TorchX's and Lightning's logs and warnings to the run's log
+    file. Yields the terminal's stderr (fd 2 itself goes to the log meanwhile), for the
+    driver's own notes."""
     if not enabled:
-        yield
+        yield sys.stderr
         return
     import warnings
 
@@ -147,10 +149,12 @@ def quiet_logs(log_path: Path, enabled: bool = True) -> Iterator[None]:
     sys.stderr.flush()
     saved_fd = os.dup(2)
     os.dup2(handler.stream.fileno(), 2)
+    term = open(saved_fd, "w", closefd=False)
     try:
-        yield
+        yield term
     finally:
         sys.stderr.flush()
+        term.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         warnings.showwarning = old_showwarning

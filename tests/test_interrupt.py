@@ -1,0 +1,69 @@
+"""A clean interrupt: Ctrl-C (SIGINT) on a real search ends it with one line, exit code
+130 and the resume command, and `odnas resume` then finishes it without retraining;
+`odnas stop` from another shell ends a search cleanly."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--init-trials", "2"]
+
+
+def _start(run: Path, trials: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "odnas", "search", *FAST, "--trials", str(trials),
+                             "--run-dir", str(run)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(cond, proc, limit_s=240.0) -> None:
+    t0 = time.time()
+    while not cond():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < limit_s, "timed out"
+        time.sleep(0.2)
+
+
+def _trained(run: Path) -> list[Path]:
+    return sorted(run.glob("trials/*/result.json"))
+
+
+def test_sigint_ends_a_search_cleanly_and_resume_finishes_it(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run, 4)
+    _wait_for(lambda: len(_trained(run)) >= 1, proc)  # one model trained, others on the way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("odnas: note:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("odnas: interrupted:") and f"odnas resume {run}" in lines[0], lines[0]
+    assert "1 trained model kept" in lines[0] or "2 trained models kept" in lines[0], lines[0]
+    assert f"Run dir: {run}" in out  # printed when the search started
+    kept = {p.parent.name for p in _trained(run)}
+    res = run_cli("resume", str(run), "--quiet", "--json", check=True, timeout=900)
+    st = json.loads(run_cli("status", str(run), "--json", check=True).stdout)
+    assert st["counts"].get("completed", 0) + st["counts"].get("early_stopped", 0) >= 4, st["counts"]
+    assert json.loads(res.stdout)["run_dir"] == str(run)
+    # Nothing trained twice: one progress line per trained trial (1 epoch each).
+    for d in kept:
+        assert (run / "trials" / d / "progress.jsonl").read_text().count("\n") == 1
+
+
+def test_odnas_stop_asks_the_driver_to_finish(tmp_path):
+    run = tmp_path / "run"
+    stopped = run_cli("stop", str(tmp_path))
+    assert stopped.returncode == 2 and "not an odnas run dir" in stopped.stderr
+    proc = _start(run, 6)
+    _wait_for(lambda: len(_trained(run)) >= 1, proc)
+    ask = run_cli("stop", str(run), check=True)
+    assert "stop at its next poll" in ask.stdout
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "stopped on request" in err and f"odnas resume {run}" in err, (out, err)
+    assert not (run / "stop").exists()
+    again = run_cli("stop", str(run))
+    assert again.returncode == 2 and "no driver is running" in again.stderr
