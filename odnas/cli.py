@@ -135,23 +135,50 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_printer(quiet: bool, out=None):
-    """Progress lines on ``out`` (stdout; stderr when stdout carries JSON)."""
-    if quiet:
-        return None
-    out = out or sys.stdout
-    tty = out.isatty()
-    last = {"line": ""}
+class _Progress:
+    """The live progress line: redrawn in place on a terminal (rich, one line cut to the
+    terminal's width), a new line on change otherwise (a log, CI)."""
 
-    def show(state) -> None:
+    def __init__(self, out=None) -> None:
+        self.out = out or sys.stdout
+        self.last = ""
+        self.live = None
+        if self.out.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(file=self.out), auto_refresh=False, transient=False)
+            self.live.start()
+
+    def __call__(self, state) -> None:
         line = state.line()
-        if tty:
-            print("\r" + line.ljust(len(last["line"])), end="\n" if state.final else "", flush=True, file=out)
-        elif line != last["line"]:
-            print(line, flush=True, file=out)
-        last["line"] = line
+        if self.live is not None:
+            from rich.text import Text
 
-    return show
+            self.live.update(Text(line, no_wrap=True, overflow="ellipsis"), refresh=True)
+            if state.final:
+                self.close()
+        elif line != self.last:
+            print(line, flush=True, file=self.out)
+        self.last = line
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def _progress_printer(quiet: bool, out=None) -> _Progress | None:
+    """Progress on ``out`` (stdout; stderr when stdout carries JSON); None with --quiet."""
+    return None if quiet else _Progress(out)
+
+
+def _run_with_progress(progress: _Progress | None, fn, *args, **kwargs):
+    try:
+        return fn(*args, progress=progress, **kwargs)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _outcome_json(run_dir) -> dict[str, Any]:
@@ -247,7 +274,7 @@ def cmd_search(a: argparse.Namespace) -> int:
     run_dir = create_run(cfg)
     if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
-    run_loop(run_dir, _progress_printer(a.quiet, log))
+    _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
     _finish(a, run_dir)
     return 0
 
@@ -286,7 +313,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from odnas.loop.driver import resume
 
-    run_dir = resume(a.run_dir, progress=_progress_printer(a.quiet, sys.stderr if a.json else None), trials=a.trials)
+    run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
+                                 trials=a.trials)
     _finish(a, run_dir)
     return 0
 

@@ -33,7 +33,8 @@ from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_l
 from odnas.profiles import COST_METRICS, profile_from_dict
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_NAME, driver_lock, read_json, read_settings,
+    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_NAME, driver_lock, read_curve, read_json,
+    read_settings,
     write_settings,
 )
 from odnas.select import pick
@@ -413,6 +414,7 @@ class RunState:
     best: TrialRow | None = None
     final: bool = False
     planned: int = 0
+    running: list[tuple[int, int, float | None]] = field(default_factory=list)  # trial, epochs done, val_acc
 
     def refresh(self, exp, final: bool = False) -> "RunState":
         rows = trial_table(exp)
@@ -420,6 +422,12 @@ class RunState:
         for r in rows:
             c[r.state] = c.get(r.state, 0) + 1
         self.counts = c
+        self.running = []
+        for r in rows:
+            if r.state == "running" and r.trial_dir:
+                curve = read_curve(r.trial_dir)
+                self.running.append((r.trial, int(curve[-1]["epoch"]) if curve else 0,
+                                     float(curve[-1]["val_acc"]) if curve else None))
         settings = read_settings(self.run_dir)
         self.best = pick(rows, profile_from_dict(settings.profile))
         self.planned = settings.trials
@@ -427,16 +435,20 @@ class RunState:
         return self
 
     def line(self) -> str:
+        """One line, most important first (a narrow terminal cuts the end): time, trained,
+        the best feasible model, each running trial's epoch and val_acc, the other counts."""
         el = int(time.time() - self.t0)
         c = self.counts
         trained = c.get("completed", 0) + c.get("early_stopped", 0)
-        s = (f"[{el // 60:2d}:{el % 60:02d}] trained {trained}/{self.planned}"
-             + (f" ({c['early_stopped']} stopped early)" if c.get("early_stopped") else "")
-             + f" · running {c.get('running', 0)}"
-             f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}")
+        s = f"[{el // 60:2d}:{el % 60:02d}] trained {trained}/{self.planned}"
         if self.best:
             m = self.best.metrics
-            s += f" · best feasible: trial {self.best.trial} val_acc {m.get('val_acc', float('nan')):.3f}"
+            s += f" · best #{self.best.trial} acc {m.get('val_acc', float('nan')):.3f}"
             if "latency_ms" in m:
                 s += f" {m['latency_ms']:.3f} ms"
+        runs = [f"#{t} ep{e}" + (f" {a:.2f}" if a is not None else "") for t, e, a in self.running]
+        s += f" · running {', '.join(runs) if runs else 0}"
+        s += f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}"
+        if c.get("early_stopped"):
+            s += f" · stopped early {c['early_stopped']}"
         return s
