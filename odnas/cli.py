@@ -262,7 +262,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
-        retries=a.retries, trial_timeout_s=a.trial_timeout, isolation=a.isolation, env=_parse_env(a.env), mounts=tuple(a.mount or ()),
+        retries=a.retries, trial_timeout_s=a.trial_timeout, isolation=a.isolation, env=_parse_env(a.env),
+        mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead,
     )
     from odnas.loop.driver import create_run, run_loop
 
@@ -321,12 +322,12 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 def cmd_stop(a: argparse.Namespace) -> int:
     from odnas.errors import RunDirError
-    from odnas.rundir import STOP_NAME, driver_running, read_settings
+    from odnas.rundir import STOP_REQUEST_NAME, driver_running, read_settings
 
     read_settings(a.run_dir)  # a run dir, or one line saying it is not
     if not driver_running(a.run_dir):
         raise RunDirError(f"no driver is running on {a.run_dir}; nothing to stop")
-    (Path(a.run_dir) / STOP_NAME).write_text("stop\n")
+    (Path(a.run_dir) / STOP_REQUEST_NAME).write_text("stop\n")
     print(f"Asked the driver of {a.run_dir} to stop at its next poll (about a second); running training "
           f"jobs are left to finish, and `odnas resume {a.run_dir}` goes on.")
     return 0
@@ -623,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isolation", default="pause", choices=["pause", "lock", "none"],
                    help="while a latency is timed: pause this run's local training jobs (default), "
                         "only keep measurements from overlapping (lock), or nothing (none)")
+    p.add_argument("--workers", default="warm", choices=["warm", "fresh"],
+                   help="warm: a long-lived TorchX worker per slot forks a child per trial (no start-up per "
+                        "trial); fresh: one TorchX job per trial, full isolation")
+    p.add_argument("--lookahead", type=int, default=0,
+                   help="warm workers: candidates queued per slot beyond the one training, so the next is "
+                        "generated and measured while the slots train")
     p.add_argument("--retries", type=int, default=0, help="try a failed training again up to N times")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                    help="stop and fail a training job with no result after this long")

@@ -7,11 +7,17 @@ Everything one search writes lives under its run dir::
     costs/ARCH_ID.json   cost-lane records (``records.CostRecord``)
     trials/NNNN/         launch.json, job.json, progress.jsonl, tensorboard/, model.pt,
                          result.json or error.json, torchx logs
+    workers/K/           warm worker of slot K: worker.json (pid, token, heartbeat, current trial),
+                         inbox/NNNN.json (trial requests, removed once served), cancel/NNNN, stop.json
+    workers/driver.json  the driver serving workers (pid, host, heartbeat): idle workers outlive
+                         a driver by a grace period only
     odnas.log            the libraries' logs; driver-stats.jsonl: where the driver's time went
 
 The trial job and the driver talk only through files here: the job writes
 ``job.json`` first and ``result.json`` (or ``error.json``) last, atomically; the
-driver writes ``launch.json`` as it launches. Standard library only.
+driver writes ``launch.json`` as it launches. A warm worker (``odnas.jobs.worker``)
+serves requests the driver drops into its inbox, one forked child per trial, and the
+child writes the very same trial-dir files. Standard library only.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ DB_NAME = "experiment.sqlite"
 LOG_NAME = "odnas.log"
 DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
 LOCK_NAME = "driver.lock"
-STOP_NAME = "stop"  # ``odnas stop``: the driver finishes cleanly at its next poll
+STOP_REQUEST_NAME = "stop"  # ``odnas stop``: the driver finishes cleanly at its next poll
 TRIALS_DIR = "trials"
 COSTS_DIR = "costs"
 # In a trial dir:
@@ -44,6 +50,15 @@ PROGRESS_NAME = "progress.jsonl"  # one line per epoch
 CHECKPOINT_NAME = "model.pt"
 #: The module TorchX runs for a trial (``python -m ...``); a live job's command line names it.
 TRIAL_MODULE = "odnas.jobs.trial"
+#: The module TorchX runs for a warm worker; its forked trial children share its command line.
+WORKER_MODULE = "odnas.jobs.worker"
+# Warm workers, one folder per slot:
+WORKERS_DIR = "workers"
+WORKER_NAME = "worker.json"  # pid, host, proc_start, token, beat, trial (the trial dir it serves, or null)
+INBOX_DIR = "inbox"  # NNNN.json: a trial request (the trial job's arguments); removed once served
+CANCEL_DIR = "cancel"  # NNNN: the driver asks the worker to kill trial NNNN's child (or never start it)
+STOP_NAME = "stop.json"  # {"token": T}: the worker with that token exits when idle
+DRIVER_NAME = "driver.json"  # in workers/: pid, host, proc_start, beat of the driver using the workers
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -121,26 +136,48 @@ def driver_running(run_dir: str | Path) -> bool:
         return False
 
 
+def worker_dir(run_dir: str | Path, slot: int) -> Path:
+    return Path(run_dir) / WORKERS_DIR / str(int(slot))
+
+
+def proc_start(pid: int) -> int | None:
+    """When a process started (clock ticks since boot, ``/proc/PID/stat`` field 22), or
+    None if it is gone. With the pid it names one process for good: a reused pid differs."""
+    try:
+        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def local_job_alive(job: Mapping[str, Any] | None) -> bool:
-    """Whether the job recorded in ``job.json`` is a live trial process on this host
-    (a pid from another host, or a reused pid, is not ours)."""
+    """Whether the process recorded in ``job.json`` (or a worker's ``worker.json``) is a
+    live odnas job on this host: a trial job, or a warm worker or the trial child it
+    forked (which shares its command line). A pid from another host is not ours, nor a
+    reused pid: the process's start time must match the one recorded (``proc_start``),
+    when recorded."""
     if not job or job.get("host") != socket.gethostname():
         return False
     try:
-        cmdline = Path(f"/proc/{int(job['pid'])}/cmdline").read_bytes()
-        state = Path(f"/proc/{int(job['pid'])}/stat").read_text().split(")")[-1].split()[0]
-    except (OSError, ValueError, IndexError, KeyError):
+        pid = int(job["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
         return False
-    return TRIAL_MODULE.encode() in cmdline and state != "Z"
+    if fields[0] in ("Z", "X"):
+        return False
+    if job.get("proc_start") is not None and str(job["proc_start"]) != fields[19]:
+        return False  # the pid was reused
+    return TRIAL_MODULE.encode() in cmdline or WORKER_MODULE.encode() in cmdline
 
 
 def local_jobs(run_dir: str | Path) -> list[int]:
-    """Pids of the run's training jobs alive on this host."""
-    tdir = Path(run_dir) / TRIALS_DIR
-    if not tdir.is_dir():
-        return []
-    jobs = (read_json(p) for p in tdir.glob(f"*/{JOB_NAME}"))
-    return [int(j["pid"]) for j in jobs if local_job_alive(j)]
+    """Pids of the run's training jobs alive on this host, and of its warm workers (an
+    idle worker still wakes to look at its inbox: a quiet window pauses it too)."""
+    run_dir = Path(run_dir)
+    jobs = [read_json(p) for p in (run_dir / TRIALS_DIR).glob(f"*/{JOB_NAME}")] if (run_dir / TRIALS_DIR).is_dir() else []
+    workers = [read_json(p) for p in (run_dir / WORKERS_DIR).glob(f"*/{WORKER_NAME}")] \
+        if (run_dir / WORKERS_DIR).is_dir() else []
+    return [int(j["pid"]) for j in jobs + [w for w in workers if w and not w.get("exiting")] if local_job_alive(j)]
 
 
 def read_curve(trial_dir: str | Path) -> list[dict[str, Any]]:

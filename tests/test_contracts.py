@@ -63,10 +63,13 @@ class _Lane:
         return []
 
 
-@pytest.mark.parametrize("scheduler", ["local_cwd", InProcessJobs.SCHEDULER])
-def test_job_backend_contract(scheduler, tmp_path):
-    """A trial launched through TorchX on each backend ends COMPLETED with its result in
-    the trial dir, and the metric reads it back."""
+@pytest.mark.parametrize("scheduler,workers", [("local_cwd", "fresh"), ("local_cwd", "warm"),
+                                               (InProcessJobs.SCHEDULER, "warm")],
+                         ids=["local_cwd-fresh", "local_cwd-warm", "inprocess"])
+def test_job_backend_contract(scheduler, workers, tmp_path):
+    """A trial launched through TorchX on each backend (a job of its own, or a warm
+    worker's forked child) ends COMPLETED with its result in the trial dir, and the
+    metric reads it back."""
     from ax.core.base_trial import TrialStatus
 
     from odnas.jobs.component import torchx_runner
@@ -75,10 +78,10 @@ def test_job_backend_contract(scheduler, tmp_path):
 
     jobs = InProcessJobs(train=True)
     settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, threads=1,
-                           scheduler=scheduler)
+                           scheduler=scheduler, workers=workers)
     runner = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), torchx_runner(jobs.schedulers()))
     meta = runner.run_trial(0, PARAMS)
-    assert meta["app_handle"] and (runner.trial_dir(0) / "launch.json").is_file()
+    assert (meta.get("app_handle") or meta.get("worker") is not None) and (runner.trial_dir(0) / "launch.json").is_file()
     t0 = time.time()
     while (status := runner.poll_trial(0, meta)) == TrialStatus.RUNNING and time.time() - t0 < 240:
         time.sleep(0.5)
@@ -86,6 +89,7 @@ def test_job_backend_contract(scheduler, tmp_path):
     epochs, acc = ValAccMetric().fetch(0, meta)
     assert epochs == 1 and 0.0 <= acc <= 1.0
     assert (runner.trial_dir(0) / "model.pt").is_file() and (runner.trial_dir(0) / "job.json").is_file()
+    runner.close()
 
 
 # ------------------------------------------------------------------ the run-dir protocol

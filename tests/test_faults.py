@@ -27,24 +27,28 @@ def _status(d: Path) -> dict:
     return json.loads(run_cli("status", str(d), "--json", check=True).stdout)
 
 
-def test_each_failure_kind_is_recorded_retried_and_the_search_goes_on(tmp_path):
+@pytest.mark.parametrize("workers", ["warm", pytest.param("fresh", marks=pytest.mark.slow)])
+def test_each_failure_kind_is_recorded_retried_and_the_search_goes_on(tmp_path, workers):
     """Jobs fail in six ways (raise, OOM, NaN loss, exit without a result, hang, SIGKILL),
-    2 at a time; each failed trial has its reason and one retry with the same
-    parameters, and both candidates end up trained."""
+    and on warm workers a seventh (the worker SIGKILLed while its child trains), 2 at a
+    time; each failed trial has its reason and one retry with the same parameters, and
+    both candidates end up trained."""
     d, slots = tmp_path / "run", tmp_path / "slots"
-    kinds = ["raise", "oom", "nan", "exit0", "hang", "kill"]
+    kinds = ["raise", "oom", "nan", "exit0", "hang", "kill"] + (["killworker"] if workers == "warm" else [])
     proc = subprocess.run(
-        [sys.executable, "-m", "odnas", "search", *FAST, "--trials", "2", "--parallel", "2", "--init-trials", "2",
-         "--retries", "6", "--trial-timeout", "45", "--max-failure-rate", "0.9", "--run-dir", str(d)],
-        cwd=ROOT, env=_env(",".join(kinds), slots), capture_output=True, text=True, timeout=900)
+        [sys.executable, str(FAULTS / "driver.py"), "none", "0", "search", *FAST, "--trials", "2", "--parallel", "2",
+         "--init-trials", "2", "--retries", "7", "--trial-timeout", "45", "--max-failure-rate", "0.9",
+         "--run-dir", str(d)],
+        cwd=ROOT, env={**_env(",".join(kinds), slots), "ODNAS_TEST_WORKERS": workers}, capture_output=True,
+        text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     st = _status(d)
     rows = {r["trial"]: r for r in st["trials"]}
-    assert st["counts"] == {"failed": 6, "completed": 2}
+    assert st["counts"] == {"failed": len(kinds), "completed": 2}
     pid_kind = dict(p.read_text().split() for p in slots.glob("slot-*"))
     expected = {"raise": "injected failure", "oom": "out of memory", "nan": "NonFiniteLossError",
                 "exit0": "exited without error but wrote no result", "hang": "timed out",
-                "kill": "without writing its result (killed by a signal"}
+                "kill": "without writing its result (killed by a signal", "killworker": "warm worker serving it died"}
     seen = []
     for r in rows.values():
         job = json.loads((Path(r["trial_dir"]) / "job.json").read_text())

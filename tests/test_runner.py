@@ -1,4 +1,5 @@
-"""TrialRunner's reattach rule, with the cost lane and TorchX client faked (unit test)."""
+"""TrialRunner's reattach rule, for fresh jobs and warm workers, with the cost lane and
+TorchX client faked (unit test)."""
 
 import json
 
@@ -28,7 +29,7 @@ PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.001, "dropout": 0.1,
 
 
 def _runner(tmp_path):
-    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10)
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, workers="fresh")
     return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), _TorchX())
 
 
@@ -86,3 +87,54 @@ def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
     other = r.run_trial(0, dict(PARAMS, hidden_size_1=64))  # another candidate under this index
     assert not other.get("reattached") and len(r.torchx.launched) == 2
     assert r.torchx.cancelled == [first["app_handle"]]  # the leftover job is stopped, not left writing here
+
+
+# ------------------------------------------------------------------ warm workers (no worker process runs)
+
+
+def _warm_runner(tmp_path):
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, workers="warm")
+    return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), _TorchX())
+
+
+def test_a_warm_trial_is_a_request_in_a_workers_inbox(tmp_path):
+    r = _warm_runner(tmp_path)
+    meta = r.run_trial(0, PARAMS)
+    assert meta["worker"] == 0 and "app_handle" not in meta
+    assert [a.roles[0].args[1] for a in r.torchx.launched] == ["odnas.jobs.worker"]  # one worker for slot 0
+    launch = json.loads((r.trial_dir(0) / "launch.json").read_text())
+    req = json.loads((tmp_path / "workers" / "0" / "inbox" / "0000.json").read_text())
+    assert launch["worker"] == 0 and launch["params"] == PARAMS
+    assert req["argv"][:2] == ["--out", str(r.trial_dir(0).resolve())] and json.loads(req["argv"][5]) == PARAMS
+    r.run_trial(1, PARAMS)  # slot 0 is busy (its request is pending): slot 1 gets a worker
+    assert len(r.torchx.launched) == 2 and (tmp_path / "workers" / "1" / "inbox" / "0001.json").is_file()
+
+
+def test_a_resumed_driver_reattaches_to_a_waiting_request_and_never_doubles_it(tmp_path):
+    r = _warm_runner(tmp_path)
+    r.run_trial(0, PARAMS)
+    again = _warm_runner(tmp_path).run_trial(0, PARAMS)  # a new driver: the request still waits
+    assert again.get("reattached") and again["worker"] == 0
+    assert len(list((tmp_path / "workers").glob("*/inbox/0000.json"))) == 1
+    other = _warm_runner(tmp_path).run_trial(0, dict(PARAMS, hidden_size_1=64))  # another candidate here
+    assert not other.get("reattached")
+    reqs = list((tmp_path / "workers").glob("*/inbox/0000.json"))
+    assert len(reqs) == 1 and json.loads(json.loads(reqs[0].read_text())["argv"][5])["hidden_size_1"] == 64
+    assert len(list(tmp_path.glob("trials/0000.orphan-*"))) == 1
+
+
+def test_stopping_a_warm_trial_cancels_its_request_not_the_worker(tmp_path):
+    r = _warm_runner(tmp_path)
+    meta = r.run_trial(0, PARAMS)
+    r.stop_trial(0, meta)
+    assert not (tmp_path / "workers" / "0" / "inbox" / "0000.json").exists()
+    assert (tmp_path / "workers" / "0" / "cancel" / "0000").exists()
+
+
+def test_lookahead_queues_one_trial_behind_each_busy_worker(tmp_path):
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, workers="warm",
+                           parallel=2, lookahead=1)
+    r = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), _TorchX())
+    slots = [r.run_trial(i, dict(PARAMS, hidden_size_1=16 + i))["worker"] for i in range(4)]
+    assert slots == [0, 1, 0, 1] and len(r.torchx.launched) == 2  # two workers, two trials queued behind them
+    assert sorted(p.name for p in (tmp_path / "workers" / "0" / "inbox").iterdir()) == ["0000.json", "0002.json"]

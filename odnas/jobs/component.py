@@ -1,8 +1,9 @@
-"""The trial job as a TorchX component: one ``AppDef`` for every scheduler.
+"""The trial job and the warm worker as TorchX components: one ``AppDef`` each, for every scheduler.
 
-``trial_app`` describes one training job (``python -m odnas.jobs.trial ...``); the same
-``AppDef`` runs on ``local_cwd``, Kubernetes, Slurm or Ray by switching the scheduler.
-Nothing here knows Ax.
+``trial_app`` describes one training job (``python -m odnas.jobs.trial ...``);
+``worker_app`` a warm worker (``python -m odnas.jobs.worker ...``) that serves many
+trials of one slot from the run dir. The same ``AppDef`` runs on ``local_cwd``,
+Kubernetes, Slurm or Ray by switching the scheduler. Nothing here knows Ax.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from odnas.rundir import TRIAL_MODULE
+from odnas.rundir import TRIAL_MODULE, WORKER_MODULE
 
 
 def parse_kv(text: str | None) -> dict[str, str]:
@@ -43,6 +44,15 @@ def torchx_runner(schedulers: Mapping[str, Any] | None = None):
     from torchx.schedulers import get_scheduler_factories
 
     return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
+
+
+def warm_capable(scheduler: str) -> bool:
+    """Warm workers run on TorchX's own schedulers (``local_cwd``, Kubernetes, Slurm,
+    Ray, ...); a scheduler passed in by name (``odnas.testing``'s in-process one, which
+    runs jobs inside the driver) runs fresh jobs."""
+    from torchx.schedulers import get_scheduler_factories
+
+    return scheduler in get_scheduler_factories()
 
 
 def make_resource(resources: str | None, threads: int):
@@ -74,6 +84,17 @@ def make_resource(resources: str | None, threads: int):
     return specs.Resource(**values)
 
 
+def trial_args(trial_dir: str, space: str, params: Mapping[str, Any], data: str = "digits",
+               data_dir: str | None = None, data_seed: int = 0, seed: int = 0, threads: int = 1) -> list[str]:
+    """The trial job's own arguments (after ``python -m odnas.jobs.trial``); a warm
+    worker's request carries the same ones."""
+    args = ["--out", str(trial_dir), "--space", space, "--params", json.dumps(dict(params), sort_keys=True),
+            "--data", data, "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+    return args
+
+
 def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str = "digits",
               data_dir: str | None = None, data_seed: int = 0, seed: int = 0, threads: int = 1,
               scheduler: str = "local_cwd", image: str | None = None, resources: str | None = None,
@@ -87,13 +108,32 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
     ``requirements.txt`` there is installed by Ray). ``env`` is set in the job;
     ``mounts`` are TorchX mount strings (Kubernetes, Docker).
     """
-    from torchx import specs
+    args = ["-m", TRIAL_MODULE, *trial_args(trial_dir, space, params, data, data_dir, data_seed, seed, threads)]
+    return _app(args, Path(trial_dir), threads, scheduler, image, resources, env, mounts, name)
 
-    args = ["-m", TRIAL_MODULE, "--out", str(trial_dir), "--space", space,
-            "--params", json.dumps(dict(params), sort_keys=True), "--data", data,
-            "--data-seed", str(data_seed), "--seed", str(seed), "--threads", str(threads)]
+
+def worker_app(run_dir: str, slot: int, token: str, space: str, data: str = "digits",
+               data_dir: str | None = None, data_seed: int = 0, threads: int = 1,
+               scheduler: str = "local_cwd", image: str | None = None, resources: str | None = None,
+               env: Mapping[str, str] | None = None, mounts: Sequence[str] | None = None,
+               idle_exit_s: float = 120.0, name: str = "odnas-worker"):
+    """TorchX component for a warm worker of slot ``slot`` (``python -m odnas.jobs.worker``):
+    the same image, resources, environment and mounts as a trial job, so it runs
+    wherever trial jobs run. ``token`` names this worker among the slot's successive ones."""
+    from odnas.rundir import worker_dir
+
+    args = ["-m", WORKER_MODULE, "--run-dir", str(run_dir), "--slot", str(int(slot)), "--token", token,
+            "--space", space, "--data", data, "--data-seed", str(data_seed), "--threads", str(threads),
+            "--idle-exit", f"{float(idle_exit_s):g}"]
     if data_dir:
         args += ["--data-dir", str(data_dir)]
+    return _app(args, worker_dir(run_dir, slot), threads, scheduler, image, resources, env, mounts, name)
+
+
+def _app(args: list[str], workdir: Path, threads: int, scheduler: str, image: str | None,
+         resources: str | None, env: Mapping[str, str] | None, mounts: Sequence[str] | None, name: str):
+    from torchx import specs
+
     bad = [k for k in (env or {}) if not str(k).isidentifier()]
     if bad:
         raise ValueError(f"--env {bad[0]!r}: a variable name is letters, digits and _, not starting with a digit")
@@ -103,7 +143,7 @@ def trial_app(trial_dir: str, space: str, params: Mapping[str, Any], data: str =
         entrypoint = "python"
         if image is None:
             # Not the cwd: that may hold a virtualenv, far over Ray's upload limit.
-            image = str(Path(trial_dir) / RAY_WORKDIR)
+            image = str(workdir / RAY_WORKDIR)
             Path(image).mkdir(parents=True, exist_ok=True)
         elif not Path(image).is_dir():
             raise ValueError(f"--image {image!r}: for the ray scheduler the image is a local directory "

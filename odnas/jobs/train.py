@@ -52,6 +52,16 @@ class Classifier(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+class _FirstStep(pl.Callback):
+    """When the first training batch starts (the end of a job's start-up)."""
+
+    at: float | None = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.at is None:
+            self.at = time.time()
+
+
 class _Progress(pl.Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -64,24 +74,29 @@ class _Progress(pl.Callback):
             f.write(json.dumps(rec) + "\n")
 
 
+def _trainer(epochs: int, trial_dir: Path, callbacks: list) -> pl.Trainer:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True,
+        logger=TensorBoardLogger(str(trial_dir), name="tensorboard", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+
+
 def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: int,
         trial_dir: str | Path, seed: int = 0) -> dict[str, Any]:
     """Train ``model`` and return the final validation figures."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
     trial_dir = Path(trial_dir)
     pl.seed_everything(seed, workers=True, verbose=False)
     tr = TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
     va = TensorDataset(torch.from_numpy(data.x_val), torch.from_numpy(data.y_val))
     gen = torch.Generator().manual_seed(seed)
     module = Classifier(model, lr)
-    trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True,
-        logger=TensorBoardLogger(str(trial_dir), name="tensorboard", version=""),
-        callbacks=[_Progress(trial_dir / "progress.jsonl")],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
+    first = _FirstStep()
+    trainer = _trainer(epochs, trial_dir, [_Progress(trial_dir / "progress.jsonl"), first])
     t0 = time.time()
     trainer.fit(module, DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen),
                 DataLoader(va, batch_size=1024))
@@ -89,4 +104,16 @@ def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: i
     if not all(math.isfinite(v) for v in m.values()):
         raise NonFiniteLossError(f"non-finite metrics after training: {m}")
     return {"val_acc": m["val_acc"], "val_loss": m["val_loss"], "epochs": epochs,
-            "train_time_s": round(time.time() - t0, 3)}
+            "train_time_s": round(time.time() - t0, 3), "first_step_at": first.at}
+
+
+def warm_up(data: DataSplit, scratch: str | Path) -> None:
+    """One tiny fit (a linear model on a few samples, logs into ``scratch``): a warm
+    worker runs it once, before it forks, so that Lightning's and TensorBoard's lazy
+    imports and first-use set-up are paid once, not per trial. It does not go through
+    ``fit`` and trains nothing anyone keeps."""
+    x, y = torch.from_numpy(data.x_train[:64]), torch.from_numpy(data.y_train[:64])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(int(x[0].numel()), int(data.num_classes)))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    _trainer(1, Path(scratch), [_Progress(Path(scratch) / "progress.jsonl")]).fit(
+        Classifier(model, 1e-3), loader, loader)

@@ -17,11 +17,15 @@ import time
 import traceback
 from pathlib import Path
 
-from odnas.rundir import CHECKPOINT_NAME, ERROR_NAME, JOB_NAME, RESULT_NAME, write_json_atomic
+from odnas.rundir import CHECKPOINT_NAME, ERROR_NAME, JOB_NAME, RESULT_NAME, proc_start, write_json_atomic
+
+#: Data sets loaded in this process, by (name, dir, seed): a warm worker loads its own
+#: once, before it forks, and every trial child reads it from here.
+_DATA: dict[tuple, object] = {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m odnas.jobs.trial")
+def parser(prog: str = "python -m odnas.jobs.trial") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument("--out", required=True, help="trial dir")
     ap.add_argument("--space", required=True)
     ap.add_argument("--params", required=True, help="parameters as JSON")
@@ -30,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None, worker: dict | None = None) -> int:
+    """Run one trial. ``worker`` (slot, pid, token) is set when a warm worker's forked
+    child runs it; it is recorded in ``job.json``."""
+    a = parser().parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / JOB_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "start": time.time(),
-                                         "params": json.loads(a.params)})
+                                         "proc_start": proc_start(os.getpid()), "params": json.loads(a.params),
+                                         **({"worker": worker} if worker else {})})
     try:
         result = run(out, a.space, json.loads(a.params), a.data, a.data_dir, a.data_seed, a.seed, a.threads)
     except BaseException as e:  # record every failure kind, then fail the job
@@ -72,7 +83,10 @@ def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | Non
     from odnas.jobs.train import fit
 
     space = get_space(space_name)
-    split = load_data(data, data_dir, seed=data_seed)
+    key = (data, data_dir, data_seed)
+    if key not in _DATA:
+        _DATA[key] = load_data(data, data_dir, seed=data_seed)
+    split = _DATA[key]
     torch.manual_seed(seed)
     model = space.build(params, split.input_shape, split.num_classes)
     hp = space.training(params)

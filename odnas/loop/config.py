@@ -18,12 +18,13 @@ from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
 from odnas.errors import SearchError, SpaceError
-from odnas.jobs.component import make_resource, trial_app
+from odnas.jobs.component import make_resource, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound
 from odnas.records import RunSettings
 
 METHODS = ("bo", "sobol", "random", "saasbo")
+WORKER_MODES = ("warm", "fresh")
 OPT_RESTARTS = 4
 OPT_RAW_SAMPLES = 256
 OPT_OPTIONS = {"initialization_strategy": "random", "maxiter_alternating": 16}
@@ -61,6 +62,14 @@ class SearchConfig:
     poll_s: float = 1.0
     isolation: str = "pause"  # latency timing: pause local jobs ("pause"), only never overlap ("lock"), "none"
     early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
+    # "warm": one long-lived TorchX worker per slot forks a child per trial (no start-up per
+    # trial); "fresh": one TorchX job per trial, full isolation. Schedulers passed in by
+    # name (odnas.testing's in-process one) always run fresh jobs.
+    workers: str = "warm"
+    # Warm workers only: trials queued in each worker's inbox beyond the one it trains. The
+    # Orchestrator then generates (and the cost lane measures) the next candidate while the
+    # slots train, with the running trials as pending points; a slot frees straight into it.
+    lookahead: int = 0
 
 
 def effective_profile(profile: HardwareProfile, objective: str | None,
@@ -125,6 +134,10 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError("--trials and --parallel must be at least 1")
     if cfg.isolation not in ISOLATION_MODES:
         raise SearchError(f"--isolation {cfg.isolation!r}: choose from {', '.join(ISOLATION_MODES)}")
+    if cfg.workers not in WORKER_MODES:
+        raise SearchError(f"--workers {cfg.workers!r}: choose from {', '.join(WORKER_MODES)}")
+    if cfg.lookahead < 0:
+        raise SearchError(f"--lookahead {cfg.lookahead}: must be 0 or more")
     if cfg.retries < 0:
         raise SearchError(f"--retries {cfg.retries}: must be 0 or more")
     if cfg.trial_timeout_s is not None and not cfg.trial_timeout_s > 0:
@@ -150,6 +163,8 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         mounts=list(cfg.mounts), threads=threads, fixed=dict(cfg.fixed),
         tolerated_failure_rate=cfg.tolerated_failure_rate, poll_s=cfg.poll_s, retries=cfg.retries,
         trial_timeout_s=cfg.trial_timeout_s, early_stopping=cfg.early_stopping, isolation=cfg.isolation,
+        workers=(workers := cfg.workers if warm_capable(cfg.scheduler) else "fresh"),
+        lookahead=cfg.lookahead if workers == "warm" else 0,
         profile=profile.to_dict(), created=time.strftime("%Y-%m-%d %H:%M:%S"),
         versions={"odnas": __version__, **{p: version(p) for p in (
             "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},

@@ -33,9 +33,8 @@ from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_l
 from odnas.profiles import COST_METRICS, profile_from_dict
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_NAME, driver_lock, read_curve, read_json,
-    read_settings,
-    write_settings,
+    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_REQUEST_NAME, driver_lock,
+    read_curve, read_json, read_settings, write_settings,
 )
 from odnas.select import pick
 from odnas.spaces import get_space
@@ -122,8 +121,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
         host_note(lane, term)
+        # With warm workers and lookahead, trials beyond the slots wait in the workers' inboxes.
+        ahead = settings.lookahead * settings.parallel if runner.warm else 0
         options = OrchestratorOptions(
-            max_pending_trials=settings.parallel,
+            max_pending_trials=settings.parallel + ahead,
             tolerated_trial_failure_rate=settings.tolerated_failure_rate,
             min_failed_trials_for_failure_rate_check=3,
             init_seconds_between_polls=max(1, int(settings.poll_s)),
@@ -139,7 +140,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         clock = DriverClock(exp, runner, lane)
         adopt_lost_jobs(exp, runner, storage)
         retries = settings.retries
-        stop = run_dir / STOP_NAME
+        stop = run_dir / STOP_REQUEST_NAME
         stop.unlink(missing_ok=True)  # a request left from before this driver is not for it
         signals = SignalGuard()
         last = [0.0]
@@ -193,6 +194,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         finally:
             signals.restore()
+            runner.close()  # warm workers exit once idle; one still training finishes (resume reattaches)
             clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
             progress(state.refresh(exp, final=True))

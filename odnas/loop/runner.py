@@ -1,22 +1,27 @@
-"""The Ax runner: the cost lane in the driver, then a TorchX job per trial.
+"""The Ax runner: the cost lane in the driver, then the trial on a warm worker or a TorchX job.
 
 ``TrialRunner`` is an Ax ``IRunner``. Before launching it passes the candidate through
 the cost lane, and a candidate over a hard budget is completed at once with its costs
-only. Everything it returns is JSON (an app handle and a trial dir), never a live
-object, so the experiment can be stored and resumed.
+only. Then, with ``workers="warm"``, the trial goes to an idle warm worker of a slot
+(``odnas.loop.pool``; a worker is launched through TorchX when the slot has none),
+else to a TorchX job of its own. Everything it returns is JSON (an app handle or a
+worker slot, and a trial dir), never a live object, so the experiment can be stored
+and resumed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app
+from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app, trial_args, warm_capable
 from odnas.loop.adapter import import_ax
+from odnas.loop.pool import WorkerPool
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import (
     ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, read_json, trial_dir, write_json_atomic,
@@ -49,6 +54,9 @@ class TrialRunner(IRunner):
         self.cfg = RunSettings.from_dict(settings)
         self.cost_lane = None
         self._torchx = None
+        self._pool: WorkerPool | None = None
+        self._dead_seen: dict[str, float] = {}  # trial dir -> when its child was first seen gone
+        self._restarts: dict[str, int] = {}  # trial dir -> workers launched again to serve it
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
 
@@ -56,7 +64,24 @@ class TrialRunner(IRunner):
         """Give the runner where the run dir is now, its cost lane and its TorchX runner."""
         self.run_dir = str(run_dir)
         self.cost_lane, self._torchx = cost_lane, torchx
+        self._pool = None
         return self
+
+    @property
+    def warm(self) -> bool:
+        """Whether new trials go to warm workers (``RunSettings.workers``; only on TorchX's own schedulers)."""
+        return self.cfg.workers == "warm" and warm_capable(self.cfg.scheduler)
+
+    @property
+    def pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.run_dir, self.cfg, self.torchx)
+        return self._pool
+
+    def close(self) -> None:
+        """The driver is leaving: warm workers exit once idle (a busy one finishes its trial)."""
+        if self._pool is not None:
+            self._pool.stop_all()
 
     @property
     def torchx(self):
@@ -120,10 +145,22 @@ class TrialRunner(IRunner):
             # Another candidate's job: stop it if it still runs (it would write into the new
             # dir, which has its path), then move its dir aside.
             launch = read_json(tdir / LAUNCH_NAME) or {}
-            self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle")})
+            self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle"),
+                                          **({"worker": launch["worker"]} if "worker" in launch else {})})
             tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
             tdir.mkdir(parents=True)
         scheduler = self.cfg.scheduler
+        if self.warm:
+            s = self.cfg
+            slot = self.pool.acquire(depth=1 + max(0, int(self.cfg.lookahead)))
+            meta["worker"] = slot
+            # launch.json first: a driver killed before the request exists relaunches, never doubles.
+            write_json_atomic(tdir / LAUNCH_NAME, {"worker": slot, "params": dict(parameterization),
+                                                   "scheduler": scheduler, "time": time.time()})
+            self.pool.submit(slot, tdir.name, trial_args(
+                str(tdir.resolve()), s.space, parameterization, data=s.data, data_dir=s.data_dir,
+                data_seed=s.data_seed, seed=s.seed + trial_index, threads=s.threads), tdir.resolve())
+            return meta
         handle = self.torchx.run(self.app_for(trial_index, parameterization), scheduler,
                                  cfg=self.scheduler_cfg(trial_index))
         meta["app_handle"] = str(handle)
@@ -141,8 +178,17 @@ class TrialRunner(IRunner):
         if params is None or not _same_params(params, parameterization):
             return None
         handle = (launch or {}).get("app_handle")
+        worker = (launch or {}).get("worker")
+        how = {"app_handle": handle} if handle else {"worker": int(worker)} if worker is not None else {}
         if (tdir / RESULT_NAME).exists() or local_job_alive(job):
-            return {"reattached": True, **({"app_handle": handle} if handle else {})}
+            return {"reattached": True, **how}
+        if worker is not None:
+            # On a warm worker: its request still waits in the inbox (a worker of the slot
+            # will serve it), or a worker on another node still serves it.
+            if not (tdir / ERROR_NAME).exists() and (
+                    tdir.name in self.pool.pending(int(worker)) or self.pool.serving(int(worker), tdir.resolve())):
+                return {"reattached": True, **how}
+            return None
         if handle and not (tdir / ERROR_NAME).exists():
             from torchx.specs import AppState
 
@@ -166,6 +212,8 @@ class TrialRunner(IRunner):
             return TrialStatus.COMPLETED
         if (tdir / ERROR_NAME).exists():
             return TrialStatus.FAILED
+        if trial_metadata.get("worker") is not None:
+            return self._poll_warm(trial_metadata, tdir)
         state = self._app_state(trial_metadata.get("app_handle"))
         if state is not None:
             from torchx.specs import AppState
@@ -187,6 +235,62 @@ class TrialRunner(IRunner):
         if job is None and time.time() - float(trial_metadata.get("launched_at", 0)) < 120:
             return TrialStatus.RUNNING  # still starting up
         return TrialStatus.FAILED
+
+    def _poll_warm(self, trial_metadata: Mapping[str, Any], tdir: Path) -> TrialStatus:
+        """A trial on a warm worker: its child's pid (``job.json``) while it runs, the
+        worker's record after; a worker that died before starting it is replaced and the
+        new one serves the waiting request; one that died while serving it fails it."""
+        pool, slot, name, now = self.pool, int(trial_metadata["worker"]), tdir.name, time.time()
+        pool.beat()
+        job = read_json(tdir / JOB_NAME)
+        if job is not None:
+            remote = job.get("host") != socket.gethostname()
+            if local_job_alive(job) or (remote and pool.serving(slot, tdir.resolve())):
+                return self._check_timeout(trial_metadata, tdir)
+            if pool.serving(slot, tdir.resolve()):  # the worker has not reaped it yet
+                if now - self._dead_seen.setdefault(str(tdir), now) < 10:
+                    return TrialStatus.RUNNING
+            ended = self._ended(tdir)
+            if ended is not None:
+                return ended
+            self._record_failure(tdir, "the warm worker serving it died (killed by a signal, or out of memory); "
+                                       "the trial died with it" if not pool.alive(slot) else
+                                 "job died without writing its result (killed by a signal, or out of memory)")
+            pool.cancel(slot, name)
+            return TrialStatus.FAILED
+        if name in pool.pending(slot):
+            if pool.alive(slot):
+                return TrialStatus.RUNNING  # waiting for the worker (starting up, or reaping a child)
+            ended = self._ended(tdir)
+            if ended is not None:
+                return ended
+            tries = self._restarts.get(str(tdir), 0)
+            if tries < 3:
+                # The worker died before it started this trial: a new one takes the slot and serves it.
+                self._restarts[str(tdir)] = tries + 1
+                pool.start(slot)
+                return TrialStatus.RUNNING
+            self._record_failure(tdir, f"the warm worker of slot {slot} did not start {tries} times: "
+                                       f"{pool.log_tail(slot) or 'no log'}")
+            pool.cancel(slot, name)
+            return TrialStatus.FAILED
+        ended = self._ended(tdir)
+        if ended is not None:
+            return ended
+        if now - float(trial_metadata.get("launched_at", 0)) < 5:
+            return TrialStatus.RUNNING
+        self._record_failure(tdir, "job never started or was lost (its request left the worker's inbox)")
+        return TrialStatus.FAILED
+
+    @staticmethod
+    def _ended(tdir: Path) -> TrialStatus | None:
+        """COMPLETED or FAILED if the trial's last file has landed (checked again after a
+        liveness check: it may have landed in between), else None."""
+        if (tdir / RESULT_NAME).exists():
+            return TrialStatus.COMPLETED
+        if (tdir / ERROR_NAME).exists():
+            return TrialStatus.FAILED
+        return None
 
     def _check_timeout(self, trial_metadata: Mapping[str, Any], tdir: Path) -> TrialStatus:
         """A job running past ``trial_timeout_s`` is stopped and failed: a hung job must
@@ -220,6 +324,10 @@ class TrialRunner(IRunner):
         return failure_reason(trial.run_metadata)
 
     def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
+        if trial_metadata.get("worker") is not None:  # kill the child, never the worker
+            tdir = Path(trial_metadata["trial_dir"])
+            self.pool.cancel(int(trial_metadata["worker"]), tdir.name, read_json(tdir / JOB_NAME))
+            return {"stopped_at": time.time()}
         handle = trial_metadata.get("app_handle")
         if handle and self._app_state(handle) is not None:
             self.torchx.cancel(handle)

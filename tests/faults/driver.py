@@ -6,7 +6,10 @@ MOMENT is where the N-th event kills the driver:
 - ``generation``: a candidate was generated (model fitted, acquisition optimised)
   but not yet returned to the Orchestrator, so no trial exists for it;
 - ``deploy``: a training job was launched, but Ax has not saved that it ran;
-- ``storage``: SQL was flushed into an open SQLite transaction, not yet committed.
+- ``storage``: SQL was flushed into an open SQLite transaction, not yet committed;
+- ``running``: a poll found a trial training (its job.json written, no result yet).
+
+``ODNAS_TEST_WORKERS=fresh|warm`` overrides the search's ``workers`` setting.
 """
 
 import os
@@ -46,11 +49,26 @@ def install() -> None:
 
         def run_trial(self, *a, **k):
             out = real(self, *a, **k)
-            if "app_handle" in out:
+            if "app_handle" in out or "worker" in out:  # a job launched, or a request handed to a warm worker
                 maybe_die()
             return out
 
         TrialRunner.run_trial = run_trial
+    elif moment == "running":
+        from pathlib import Path
+
+        from odnas.loop.runner import TrialRunner
+
+        real_poll = TrialRunner.poll_trial
+
+        def poll_trial(self, trial_index, trial_metadata):
+            out = real_poll(self, trial_index, trial_metadata)
+            tdir = Path(trial_metadata.get("trial_dir", "."))
+            if out.name == "RUNNING" and (tdir / "job.json").exists() and not (tdir / "result.json").exists():
+                maybe_die()
+            return out
+
+        TrialRunner.poll_trial = poll_trial
     elif moment == "storage":
         from sqlalchemy import event
         from sqlalchemy.orm import Session
@@ -58,7 +76,7 @@ def install() -> None:
         @event.listens_for(Session, "after_flush")
         def after_flush(session, ctx):
             maybe_die()
-    else:
+    elif moment != "none":  # "none": a plain `odnas` (with ODNAS_TEST_WORKERS applied)
         raise SystemExit(f"unknown moment {moment!r}")
 
 
@@ -67,6 +85,14 @@ if __name__ == "__main__":
 
     import_ax()
     install()
+    if os.environ.get("ODNAS_TEST_WORKERS"):
+        import dataclasses
+
+        import odnas.loop.driver as _driver
+
+        _make = _driver.make_settings
+        _driver.make_settings = lambda cfg, *a, **k: _make(
+            dataclasses.replace(cfg, workers=os.environ["ODNAS_TEST_WORKERS"]), *a, **k)
     from odnas.cli import main
 
     sys.exit(main(args))

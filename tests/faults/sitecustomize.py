@@ -1,17 +1,23 @@
 """Fault injection for training jobs, used only by tests/test_faults.py.
 
 Tests put this folder on PYTHONPATH; TorchX's local scheduler passes the environment
-on, so each ``python -m odnas.jobs.trial`` job imports this module at start-up. Jobs claim
+on, so each ``python -m odnas.jobs.trial`` job (or ``odnas.jobs.worker``, whose forked
+children run the trials) imports this module at start-up. Jobs claim
 slots in ``ODNAS_TEST_FAULT_DIR`` in the order they reach training; job *i* suffers
 fault *i* of ``ODNAS_TEST_FAULTS`` (comma-separated), later jobs train normally.
 The faults are real: a raise, a failed allocation under a memory limit, NaN weights
-(the training's own check fires), an exit without a result, a hang, a SIGKILL.
+(the training's own check fires), an exit without a result, a hang, a SIGKILL, and
+(warm workers only) the worker SIGKILLed while its child trains.
 """
 
 import os
 import sys
 
-if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] == ["-m", "odnas.jobs.trial"]:
+# A fresh trial job, or a warm worker: its forked trial children call the patched ``fit``
+# (the worker's own warm-up fit does not go through ``fit``), so os.getpid() below is the
+# child's, the pid in the trial's job.json.
+_JOBS = (["-m", "odnas.jobs.trial"], ["-m", "odnas.jobs.worker"])
+if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] in _JOBS:
     import odnas.jobs.train as _train
 
     _real_fit = _train.fit
@@ -58,6 +64,16 @@ if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] == ["-m", "odnas.j
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "slow":  # trains normally, 4 s late: long enough for a poll to see it training
+            import time
+
+            time.sleep(4)
+        if kind == "killworker":  # a warm worker SIGKILLed mid-trial: its child dies with it
+            import signal
+            import time
+
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)
         return _real_fit(model, data, *args, **kwargs)
 
     _train.fit = fit

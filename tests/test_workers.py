@@ -1,0 +1,249 @@
+"""Warm workers: the file protocol and pid checks (unit), and real workers launched
+through TorchX's local_cwd scheduler serving real Lightning trials: a worker SIGKILLed
+mid-trial, a hung worker, a hung trial, and a driver killed while workers run, then
+resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.003, "dropout": 0.1, "epochs": 1, "batch_size": 64}
+FAULTS = Path(__file__).parent / "faults"
+
+
+# ------------------------------------------------------------------ unit
+
+
+def test_local_job_alive_accepts_a_worker_child_and_refuses_a_reused_pid():
+    import socket
+
+    from odnas.rundir import WORKER_MODULE, local_job_alive, proc_start
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", WORKER_MODULE])
+    try:
+        t0 = time.time()
+        while proc_start(p.pid) is None and time.time() - t0 < 5:
+            time.sleep(0.01)
+        job = {"pid": p.pid, "host": socket.gethostname(), "proc_start": proc_start(p.pid)}
+        assert local_job_alive(job)
+        assert local_job_alive({k: v for k, v in job.items() if k != "proc_start"})  # an old job.json
+        assert not local_job_alive({**job, "proc_start": job["proc_start"] - 1})  # the pid was reused
+    finally:
+        p.kill()
+        p.wait()
+    assert not local_job_alive(job)
+
+
+def test_exit_reasons_name_what_the_driver_used_to():
+    from odnas.jobs.worker import exit_reason
+
+    assert exit_reason(0) == "job exited without error but wrote no result"
+    assert "killed by SIGKILL without writing its result (killed by a signal" in exit_reason(signal.SIGKILL)
+    assert "exit code 3" in exit_reason(3 << 8)
+
+
+def test_old_settings_load_and_fresh_only_for_schedulers_passed_in():
+    from odnas.jobs.component import warm_capable
+    from odnas.records import RunSettings
+
+    old = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10).to_dict()
+    del old["workers"]
+    assert RunSettings.from_dict(old).workers == "warm"
+    assert warm_capable("local_cwd") and warm_capable("kubernetes") and warm_capable("slurm")
+    assert not warm_capable("inprocess")
+
+
+def test_worker_app_is_the_trial_apps_twin():
+    from odnas.jobs.component import trial_app, worker_app
+
+    kw = dict(scheduler="kubernetes", resources="cpu=2,memMB=4096,gpu=0", env={"A": "1"},
+              mounts=["type=volume,src=runs,dst=/runs"])
+    t = trial_app("/runs/r/trials/0000", "mlp", PARAMS, data="mnist", **kw).roles[0]
+    w = worker_app("/runs/r", 1, "tok", "mlp", data="mnist", **kw).roles[0]
+    assert w.args[:2] == ["-m", "odnas.jobs.worker"] and "--slot" in w.args and "tok" in w.args
+    assert (w.image, w.entrypoint, w.resource, w.env, w.mounts) == (t.image, t.entrypoint, t.resource, t.env, t.mounts)
+
+
+# ------------------------------------------------------------------ real workers (TorchX local_cwd)
+
+
+class _Lane:
+    def costs(self, params):
+        from odnas.records import CostRecord
+        from odnas.spaces import get_space
+
+        return CostRecord(arch_id=get_space("mlp").arch_id(params), space="mlp", profile="cpu-mobile",
+                          precision="fp32", metrics={"num_params": 1000, "latency_ms": 0.01})
+
+    def over_budget(self, metrics):
+        return []
+
+
+def _runner(tmp_path, **kw):
+    from odnas.jobs.component import torchx_runner
+    from odnas.loop.runner import TrialRunner
+    from odnas.records import RunSettings
+
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, threads=1,
+                           parallel=1, workers="warm", **kw)
+    return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), torchx_runner())
+
+
+def _wait(runner, i, meta, until=lambda: False, timeout=240):
+    from ax.core.base_trial import TrialStatus
+
+    t0 = time.time()
+    while (st := runner.poll_trial(i, meta)) == TrialStatus.RUNNING and time.time() - t0 < timeout:
+        if until():
+            return None
+        time.sleep(0.1)
+    return st
+
+
+def _worker(runner, slot=0):
+    return json.loads((runner.pool.dir(slot) / "worker.json").read_text())
+
+
+def _gone(pid, timeout=10):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_worker_sigkilled_mid_trial_fails_its_trial_and_a_new_worker_takes_the_slot(tmp_path):
+    from ax.core.base_trial import TrialStatus
+
+    from odnas.loop.runner import failure_reason
+
+    r = _runner(tmp_path)
+    try:
+        meta = r.run_trial(0, {**PARAMS, "epochs": 30})
+        job = r.trial_dir(0) / "job.json"
+        assert _wait(r, 0, meta, until=job.exists) is None, "the trial never started"
+        first = _worker(r)
+        child = json.loads(job.read_text())
+        assert child["worker"]["pid"] == first["pid"] != child["pid"]  # a forked child, not the worker
+        os.kill(first["pid"], signal.SIGKILL)
+        assert _wait(r, 0, meta) == TrialStatus.FAILED
+        assert "warm worker serving it died" in failure_reason(meta)
+        assert _gone(child["pid"]), "the trial's child outlived its worker"
+        meta1 = r.run_trial(1, PARAMS)  # the slot gets a new worker
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert meta1["worker"] == 0 and _worker(r)["token"] != first["token"] and r.pool.starts == 2
+    finally:
+        r.close()
+
+
+def test_a_hung_trial_is_stopped_by_its_timeout_and_the_worker_serves_on(tmp_path):
+    """The trial's child hangs: --trial-timeout kills the child, never the worker, and the
+    same warm worker serves the next trial at once."""
+    from ax.core.base_trial import TrialStatus
+
+    from odnas.loop.runner import failure_reason
+
+    env = {"PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_FAULTS": "hang",
+           "ODNAS_TEST_FAULT_DIR": str(tmp_path / "slots")}
+    (tmp_path / "slots").mkdir()
+    r = _runner(tmp_path / "run", trial_timeout_s=4.0, env=env)
+    try:
+        meta = r.run_trial(0, PARAMS)
+        assert _wait(r, 0, meta) == TrialStatus.FAILED
+        assert "timed out" in failure_reason(meta)
+        child = json.loads((r.trial_dir(0) / "job.json").read_text())["pid"]
+        assert _gone(child)
+        worker = _worker(r)
+        meta1 = r.run_trial(1, PARAMS)
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert _worker(r)["token"] == worker["token"] and r.pool.starts == 1
+        res = json.loads((r.trial_dir(1) / "result.json").read_text())
+        launched = json.loads((r.trial_dir(1) / "launch.json").read_text())["time"]
+        assert res["first_step_at"] - launched < 5  # no start-up paid (well under 1 s on a quiet machine)
+    finally:
+        r.close()
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path):
+    """The worker itself hangs (SIGSTOP: no heartbeat, no serving) with a trial waiting
+    in its inbox: the driver kills it and a new worker serves the trial."""
+    from ax.core.base_trial import TrialStatus
+
+    from odnas.loop.runner import failure_reason
+
+    r = _runner(tmp_path)
+    try:
+        meta = r.run_trial(0, PARAMS)
+        assert _wait(r, 0, meta) == TrialStatus.COMPLETED
+        hung = _worker(r)
+        os.kill(hung["pid"], signal.SIGSTOP)
+        r.pool.beat_timeout_s = 3.0
+        meta1 = r.run_trial(1, PARAMS)  # handed to the hung worker: it still looked alive
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert _worker(r)["token"] != hung["token"] and _gone(hung["pid"])
+    finally:
+        r.close()
+
+
+def test_driver_killed_while_workers_train_then_resume_reuses_them_and_trains_nothing_twice(tmp_path):
+    """SIGKILL the driver while warm workers train; the workers finish their trials, and
+    ``odnas resume`` reattaches to them and goes on with the same workers."""
+    d = tmp_path / "run"
+    # "slow" trials: a warm trial of 1 epoch may end before a poll sees it training
+    args = ["search", "--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--quiet",
+            "--trials", "5", "--parallel", "2", "--init-trials", "2", "--run-dir", str(d)]
+    env = {**os.environ, "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_FAULTS": ",".join(["slow"] * 4),
+           "ODNAS_TEST_FAULT_DIR": str(tmp_path / "slots")}
+    (tmp_path / "slots").mkdir()
+    drv = subprocess.run([sys.executable, str(FAULTS / "driver.py"), "running", "2", *args], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert drv.returncode == -signal.SIGKILL, drv.stderr[-2000:]
+    workers = {p.parent.name: json.loads(p.read_text()) for p in (d / "workers").glob("*/worker.json")}
+    assert workers and all(w["token"] for w in workers.values())
+    proc = run_cli("resume", str(d), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    assert st["counts"].get("completed") == 5 and st["counts"].get("running", 0) == 0, st["counts"]
+    completed = [r for r in st["trials"] if r["state"] == "completed"]
+    assert len(list((d / "trials").glob("*/result.json"))) == len(completed), "a candidate was trained twice"
+    for r in completed:
+        assert len((Path(r["trial_dir"]) / "progress.jsonl").read_text().splitlines()) == 1
+    killed_at = max(w["beat"] for w in workers.values())
+    after = [r for r in completed if json.loads((Path(r["trial_dir"]) / "launch.json").read_text())["time"] > killed_at]
+    tokens = {json.loads((Path(r["trial_dir"]) / "job.json").read_text())["worker"]["token"] for r in after}
+    assert after and tokens & {w["token"] for w in workers.values()}, "resume did not use the workers left running"
+
+
+@pytest.mark.slow
+def test_a_worker_sigkilled_in_a_search_is_retried_on_a_new_worker(tmp_path):
+    """End to end: the worker dies mid-trial, the trial fails with its reason, its retry
+    (same parameters) trains on the slot's new worker, and the search completes."""
+    d, slots = tmp_path / "run", tmp_path / "slots"
+    slots.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_FAULTS": "killworker",
+           "ODNAS_TEST_FAULT_DIR": str(slots)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "odnas", "search", "--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1",
+         "--quiet", "--trials", "3", "--parallel", "2", "--init-trials", "3", "--retries", "1",
+         "--max-failure-rate", "0.9", "--run-dir", str(d)], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    assert st["counts"] == {"failed": 1, "completed": 3}
+    failed = [r for r in st["trials"] if r["state"] == "failed"][0]
+    assert "warm worker serving it died" in failed["reason"]
+    retry = [r for r in st["trials"] if r["retry_of"] == failed["trial"]]
+    assert len(retry) == 1 and retry[0]["state"] == "completed" and retry[0]["params"] == failed["params"]
