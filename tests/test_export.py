@@ -232,3 +232,30 @@ def test_unknown_extra_profile_fails_before_writing(trained, tmp_path, short_pro
                         data=data, profile=short_profile(), metrics={"val_acc": res["val_acc"]},
                         also_profiles=["cpu-nowhere"])
     assert not list(tmp_path.iterdir())
+
+
+def test_tensorboard_holds_the_trials_hyperparameters_and_costs(tmp_path):
+    """The HParams view: a trial's parameters, its cost metrics and its val_acc."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    data = load_data("digits")
+    space = get_space("mlp")
+    params = {**PARAMS, "epochs": 1}
+    torch.manual_seed(0)
+    model = space.build(params, data.input_shape, data.num_classes)
+    fit(model, data, params["lr"], 1, params["batch_size"], tmp_path, hparams=params,
+        costs={"num_params": 1234.0, "latency_ms": 0.05})
+    hparams, metrics = {}, set()
+    for f in (tmp_path / "tensorboard").glob("events.*"):
+        for event in EventFileLoader(str(f)).Load():
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                pd = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                if pd.HasField("session_start_info"):
+                    hparams.update({k: h.number_value or h.string_value for k, h in pd.session_start_info.hparams.items()})
+                if pd.HasField("experiment"):
+                    metrics |= {m.name.tag for m in pd.experiment.metric_infos}
+    assert hparams["hidden_size_1"] == params["hidden_size_1"] and hparams["lr"] == pytest.approx(params["lr"])
+    assert {"hp/val_acc", "hp/num_params", "hp/latency_ms"} <= metrics

@@ -87,8 +87,11 @@ def _trainer(epochs: int, trial_dir: Path, callbacks: list) -> pl.Trainer:
 
 
 def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: int,
-        trial_dir: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Train ``model`` and return the final validation figures."""
+        trial_dir: str | Path, seed: int = 0, hparams: dict[str, Any] | None = None,
+        costs: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train ``model`` and return the final validation figures. ``hparams`` (the trial's
+    parameters) and ``costs`` (the cost lane's figures) go to TensorBoard's HParams view
+    with the final ``val_acc``, so ``tensorboard --logdir RUN/trials`` compares trials."""
     trial_dir = Path(trial_dir)
     pl.seed_everything(seed, workers=True, verbose=False)
     tr = TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
@@ -103,6 +106,11 @@ def fit(model: nn.Module, data: DataSplit, lr: float, epochs: int, batch_size: i
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if not all(math.isfinite(v) for v in m.values()):
         raise NonFiniteLossError(f"non-finite metrics after training: {m}")
+    if hparams is not None:
+        shown = {f"hp/{k}": float(v) for k, v in {**(costs or {}), "val_acc": m["val_acc"]}.items()}
+        trainer.logger.log_hyperparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                        for k, v in hparams.items()}, metrics=shown)
+        trainer.logger.finalize("success")
     return {"val_acc": m["val_acc"], "val_loss": m["val_loss"], "epochs": epochs,
             "train_time_s": round(time.time() - t0, 3), "first_step_at": first.at}
 

@@ -17,7 +17,9 @@ import time
 import traceback
 from pathlib import Path
 
-from odnas.rundir import CHECKPOINT_NAME, ERROR_NAME, JOB_NAME, RESULT_NAME, proc_start, write_json_atomic
+from odnas.rundir import (
+    CHECKPOINT_NAME, COSTS_DIR, ERROR_NAME, JOB_NAME, RESULT_NAME, proc_start, read_json, write_json_atomic,
+)
 
 #: Data sets loaded in this process, by (name, dir, seed): a warm worker loads its own
 #: once, before it forks, and every trial child reads it from here.
@@ -90,7 +92,11 @@ def run(out: Path, space_name: str, params: dict, data: str, data_dir: str | Non
     torch.manual_seed(seed)
     model = space.build(params, split.input_shape, split.num_classes)
     hp = space.training(params)
-    res = fit(model, split, hp["lr"], hp["epochs"], hp["batch_size"], out, seed=seed)
+    # The cost lane's figures for this architecture, from the run's cost cache, for TensorBoard.
+    cost = read_json(out.parent.parent / COSTS_DIR / f"{space.arch_id(params)}.json") or {}
+    costs = {k: v for k, v in (cost.get("metrics") or {}).items() if k in ("num_params", "flops", "model_bytes",
+                                                                           "latency_ms")}
+    res = fit(model, split, hp["lr"], hp["epochs"], hp["batch_size"], out, seed=seed, hparams=params, costs=costs)
     torch.save({"state_dict": model.state_dict(), "params": params, "space": space_name,
                 "arch_id": space.arch_id(params)}, out / CHECKPOINT_NAME)
     return {**res, "arch_id": space.arch_id(params), "status": "ok"}
