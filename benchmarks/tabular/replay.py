@@ -97,15 +97,17 @@ class Table:
     def column(self, replay_seed: int) -> str:
         return self.seeds[replay_seed % len(self.seeds)]
 
-    def score_row(self, key: str, column: str | None = None) -> dict[str, Any]:
-        """A row for ``odnas.select`` with the architecture's costs and the mean ``val_acc``
-        (or that of seed ``column``)."""
+    def score_row(self, key: str, column: str | None = None):
+        """A ``TrialRow`` for ``odnas.select`` (``arch_id`` holds the table key) with the
+        architecture's costs and the mean ``val_acc`` (or that of seed ``column``)."""
+        from odnas.records import TrialRow
+
         e = self.entries[key]
         m = dict(self.archs[e["arch_id"]]["metrics"])
         acc = e["val_acc_mean"] if column is None else e["val_acc"][column]
         if acc is not None:
             m["val_acc"] = acc
-        return {"state": "completed", "metrics": m, "key": key}
+        return TrialRow(trial=0, state="completed", arch_id=key, params={}, metrics=m)
 
     def feasible_share(self) -> float:
         from odnas.select import feasible
@@ -260,7 +262,7 @@ def discrete_safe(gs):
     ``odnas.loop.config.generation_strategy('bo', ...)`` as is stops at its first BO candidate
     with "UnsupportedError: `optimizer='optimize_acqf_discrete'` does not support the
     `options` argument"."""
-    for node in gs._nodes:
+    for node in gs.nodes_by_name.values():
         for spec in node.generator_specs:
             mgo = spec.generator_gen_kwargs.get("model_gen_options")
             if mgo and "optimizer_kwargs" in mgo:
@@ -276,12 +278,13 @@ class AxProposer:
     def __init__(self, tbl: Table, method: str, seed: int, trials: int) -> None:
         from ax.api.client import Client
 
+        from odnas.loop.adapter import ax_parameters
         from odnas.loop.config import ax_bounds, generation_strategy
         from odnas.spaces.base import Choice
 
         self.client = Client(random_seed=seed)
         self.client.configure_experiment(
-            parameters=[Choice(n, tuple(v), ordered=True).to_ax() for n, v in tbl.grid.items()],
+            parameters=ax_parameters([Choice(n, tuple(v), ordered=True) for n, v in tbl.grid.items()]),
             name=f"replay-{tbl.name}", description=f"tabular replay of {tbl.name}")
         self.client.configure_optimization(tbl.profile.objective, outcome_constraints=ax_bounds(tbl.profile) or None)
         self.client.set_generation_strategy(discrete_safe(generation_strategy(method, seed, None, trials)))
