@@ -61,6 +61,12 @@ SECTIONS: dict[str, Section] = {
     "reproducibility": Section(
         "Latency that reproduces: the same candidates measured again in fresh processes",
         (f"{PY} benchmarks/retest.py --models 20 --seed 0 --processes 2",)),
+    "reproducibility-run": Section(
+        "Latency that reproduces in a search: its figures against rescore and the exported pick",
+        (f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/repro --quiet",
+         f"{PY} benchmarks/retest.py --run {BENCH}/repro"),
+        note="The default search, then every trained candidate measured again by `odnas rescore` in a fresh "
+             "process, and the exported pick against an independent plain loop in five fresh processes."),
     "protocols": Section(
         "Timing protocols compared on a host with speed modes",
         (f"{PY} benchmarks/reproducibility.py --processes 6 --models 20",),
