@@ -20,7 +20,7 @@ import numpy as np
 
 
 def summary(run_dir: str) -> dict:
-    from odnas.profiles import METRIC_SIGN, parse_bound, profile_from_dict
+    from odnas.profiles import METRIC_SIGN, parse_bound
     from odnas.loop.store import load_run
     from odnas.select import front, hypervolume, objective_matrix
 

@@ -36,7 +36,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -147,7 +146,6 @@ def _p0(fn, warm=20, min_runs=100, min_time=0.25, max_time=2.0) -> tuple[float, 
 
 def worker(job: dict) -> dict:
     """One fresh process: floors, reference calibration, then P0 and the round protocols per model."""
-    import numpy as np
     import onnxruntime as ort
 
     if job.get("cpu") is not None:
@@ -306,17 +304,10 @@ def metrics(X, S) -> dict:
                 factor_range=(float(factor.min()), float(factor.max())), bimodal=bool(factor.max() / factor.min() > 1.2))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(procs: list[dict], a, load_start: float, wall: float) -> str:
+    from odnas.cost.latency import cpu_model
     var = variants(procs, DEFAULTS["cal_quantile"])
     loads = [x for p in procs for x in p["load"]]
     head = [f"Host: {cpu_model()} ({os.cpu_count()} CPUs); onnxruntime {procs[0]['ort']}; "
@@ -384,6 +375,8 @@ def main() -> int:
                     f"{statistics.median(r['ms'] for r in p['p0']):.4f} ms ({time.time() - t0:.0f} s)")
         wall = time.time() - t0
     if a.json:
+        from odnas.cost.latency import cpu_model
+
         print(json.dumps({"args": vars(a), "cpu_model": cpu_model(), "load_start": load_start, "processes": procs}))
     else:
         print(report(procs, a, load_start, wall))

@@ -250,7 +250,7 @@ def _parse_env(items: Sequence[str] | None) -> dict[str, str]:
 def cmd_search(a: argparse.Namespace) -> int:
     from odnas.errors import SearchError
     from odnas.jobs.component import parse_kv
-    from odnas.loop.driver import SearchConfig, search
+    from odnas.loop.driver import SearchConfig
 
     try:
         scfg = parse_kv(a.scheduler_cfg)

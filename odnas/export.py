@@ -30,7 +30,7 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import ParityError, RunDirError
+from odnas.errors import ParityError, ProfileError, RunDirError
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard

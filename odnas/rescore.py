@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from odnas.cost.calibrate import profile_calibration
 from odnas.cost.lane import CostCache, CostLane
 from odnas.cost.latency import check_runnable
-from odnas.errors import RunDirError, SearchError
+from odnas.errors import RunDirError
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
-from odnas.records import RunSettings, TrialRow
+from odnas.records import RunSettings
 from odnas.rundir import driver_running, write_json_atomic
 from odnas.select import front, meets
 

@@ -9,7 +9,7 @@ A model over any hard budget is never feasible, so never on the front or picked.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

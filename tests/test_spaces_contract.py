@@ -3,7 +3,6 @@
 import json
 import random
 
-import onnx
 import pytest
 
 from odnas.errors import SpaceError
@@ -11,7 +10,6 @@ from odnas.records import CostRecord
 
 from odnas.cost.count import count
 from odnas.cost.lane import measure_candidate
-from odnas.cost.onnx import export_onnx
 from odnas.profiles import list_profiles
 from odnas.spaces import get_space, list_spaces
 

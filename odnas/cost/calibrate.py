@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,7 +1,8 @@
 """Registry of search spaces (timm-style): ``register_space``, ``list_spaces``, ``get_space``.
 
-The registry is filled once at import by the space modules below; it is read-only
-afterwards (``get_space`` returns fresh instances, never shared mutable state).
+The registry is filled once, here, with the shipped spaces (their modules import only
+``odnas.spaces.base``); it is read-only afterwards (``get_space`` returns fresh
+instances, never shared mutable state).
 A user's own space needs no registration: ``get_space`` also takes a reference,
 ``my_pkg.spaces:KwsSpace`` or ``path/to/file.py:KwsSpace``, and the name of an
 installed package's ``odnas.spaces`` entry point (``odnas.plugins``).
@@ -65,6 +66,10 @@ def as_space(obj: object, ref: str = "") -> Space:
     return space
 
 
-from odnas.spaces import mlp as _mlp, mobile_cnn as _mobile_cnn  # noqa: E402,F401  (fill the registry)
+from odnas.spaces.mlp import MLPSpace  # noqa: E402
+from odnas.spaces.mobile_cnn import MobileCNNSpace, MobileCNNXLSpace  # noqa: E402
+
+for _space in (MLPSpace, MobileCNNSpace, MobileCNNXLSpace):
+    register_space(_space)
 
 __all__ = ["Choice", "Params", "Range", "Space", "as_space", "get_space", "list_spaces", "register_space"]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 
-from odnas.spaces import register_space
 from odnas.spaces.base import Choice, Params, Range, Space
 
 
-@register_space
 class MLPSpace(Space):
     name = "mlp"
     description = "Ax tutorial MLP: two hidden widths, lr, dropout, epochs, batch size"

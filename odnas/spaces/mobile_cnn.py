@@ -12,7 +12,6 @@ purpose: see ``docs/design.md`` for why Ax's dependent parameters were not used.
 
 from __future__ import annotations
 
-from odnas.spaces import register_space
 from odnas.spaces.base import Choice, Params, Range, Space
 
 WIDTHS = (8, 12, 16, 24, 32)
@@ -43,7 +42,6 @@ def _specs(per_stage_blocks: bool) -> tuple:
     return (*out, *TRAINING_SPECS)
 
 
-@register_space
 class MobileCNNSpace(Space):
     """Per-stage depth and width; kernel, expansion and squeeze-excite shared by all
     stages (14 parameters: Bayesian optimisation stays at a few seconds a candidate)."""
@@ -80,7 +78,6 @@ class MobileCNNSpace(Space):
         )
 
 
-@register_space
 class MobileCNNXLSpace(MobileCNNSpace):
     """Every stage has its own kernel, expansion and squeeze-excite: 20 parameters,
     for high-dimensional methods such as SAASBO (``--method saasbo``)."""
