@@ -5,6 +5,7 @@ on real TorchX local jobs; the job spec carries the reference to other scheduler
 import json
 import subprocess
 import sys
+import textwrap
 
 import onnx
 import pytest
@@ -122,3 +123,52 @@ def test_an_image_folder_loads_with_its_labels(tmp_path):
     d = load_data(f"folder:{_images(tmp_path)}@8x8")
     assert d.labels == ("cat", "dog") and d.input_shape == (1, 8, 8) and d.normalize["scale"] == 255.0
     assert len(d.y_train) + len(d.y_val) == 6
+
+
+def test_a_lightning_datamodule_by_reference(tmp_path):
+    """--data file.py:make, a function returning a LightningDataModule: its loaders are
+    read once, its labels named by the module, its inputs taken as they come."""
+    (tmp_path / "dm.py").write_text(textwrap.dedent("""
+        import numpy as np
+        import pytorch_lightning as pl
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        class Shapes(pl.LightningDataModule):
+            labels = ["ring", "bar", "dot"]
+
+            def setup(self, stage=None):
+                rng = np.random.default_rng(0)
+                y = rng.integers(0, 3, 90)
+                x = rng.normal(0, 1, (90, 1, 6, 6)).astype("float32") + y[:, None, None, None]
+                self.train = TensorDataset(torch.from_numpy(x[:60]), torch.from_numpy(y[:60]))
+                self.val = TensorDataset(torch.from_numpy(x[60:]), torch.from_numpy(y[60:]))
+
+            def train_dataloader(self):
+                return DataLoader(self.train, batch_size=16)
+
+            def val_dataloader(self):
+                return DataLoader(self.val, batch_size=16)
+
+        def make():
+            return Shapes()
+    """))
+    from odnas.data import load_data
+
+    d = load_data(f"{tmp_path / 'dm.py'}:make")
+    assert d.labels == ("ring", "bar", "dot") and d.input_shape == (1, 6, 6)
+    assert len(d.y_train) == 60 and len(d.y_val) == 30 and d.settings["validation"] == "given"
+    assert d.normalize == {"scale": 1.0, "mean": 0.0, "std": 1.0}
+
+
+def test_an_installed_packages_space_by_entry_point(monkeypatch):
+    """A package that declares [project.entry-points."odnas.spaces"] tiny-kws = "...":
+    the name alone finds it, and odnas spaces lists it (entry points stood in for)."""
+    import importlib.metadata
+
+    from odnas import plugins
+    from odnas.spaces import get_space, list_spaces
+
+    ep = importlib.metadata.EntryPoint(name="tiny-kws-ep", value="odnas.spaces.mlp:MLPSpace", group="odnas.spaces")
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == "odnas.spaces" else [])
+    assert "tiny-kws-ep" in list_spaces() and get_space("tiny-kws-ep").name == "mlp"
