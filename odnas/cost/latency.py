@@ -176,15 +176,10 @@ class OrtLatencyBackend:
         self._baselines: dict[tuple, Any] = {}
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
-        import onnxruntime as ort
-
         t_start = time.perf_counter()
         p = profile.protocol
-        env = dict(batch_size=profile.batch_size, provider=profile.runtime.provider,
-                   intra_op_threads=profile.runtime.intra_op_threads or (os.cpu_count() or 1),
-                   inter_op_threads=profile.runtime.inter_op_threads,
-                   graph_optimization=profile.runtime.graph_optimization, ort_version=ort.__version__,
-                   cpu_model=cpu_model(), host=socket.gethostname())
+        key = host_key(profile)
+        env = asdict(key)  # the record's environment is its comparability key
         if p.method == "plain":
             samples = plain_samples(_opener(onnx_path, profile)(), p.warmup_runs, p.min_runs, p.min_time_s,
                                     p.max_time_s)
@@ -209,10 +204,11 @@ class OrtLatencyBackend:
         """This host's reference baseline for ``profile`` and inputs of ``shape``
         (calibrated on first use on a host, then read from the cache)."""
         p = profile.protocol
-        memo = (host_key(profile), shape, p.burst_runs, p.calibration_s)
+        key = host_key(profile)
+        memo = (key, shape, p.burst_runs, p.calibration_s)
         if memo not in self._baselines:
             path = reference_onnx(shape)
-            self._baselines[memo] = reference_baseline(host_key(profile), path, _opener(path, profile),
+            self._baselines[memo] = reference_baseline(key, path, _opener(path, profile),
                                                        calibration_s=p.calibration_s, burst_runs=p.burst_runs,
                                                        warmup_runs=p.warmup_runs)
         return self._baselines[memo]
