@@ -336,6 +336,12 @@ def cmd_stop(a: argparse.Namespace) -> int:
 def _note(row) -> str:
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)
+    if row.state == "running" and row.trial_dir:
+        from odnas.rundir import read_curve
+
+        curve = read_curve(row.trial_dir)
+        if curve:
+            return f"epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
     note = (row.reason or "")[:90]
     if row.retry_of is not None:
         note = f"retry of trial {row.retry_of}" + (f"; {note}" if note else "")
@@ -510,7 +516,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         else:
             print(C.format_calibration(cal) + f"\nWrote {out}")
     else:  # perf-logs
-        print(f"Wrote {C.perf_logs_to_csv(a.log_dir, a.output, a.statistic)}")
+        out = C.perf_logs_to_csv(a.log_dir, a.output, a.statistic)
+        _print_json({"csv": str(out)}) if a.json else print(f"Wrote {out}")
     return 0
 
 
@@ -714,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("log_dir")
     c.add_argument("-o", "--output", help="CSV to write (default LOG_DIR/../device_latency.csv)")
     c.add_argument("--statistic", choices=["median", "mean"])
+    c.add_argument("--json", action="store_true", help="the file written, as one JSON document")
     p.set_defaults(fn=cmd_calibrate)
     return ap
 
