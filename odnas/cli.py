@@ -268,12 +268,11 @@ def cmd_search(a: argparse.Namespace) -> int:
     from odnas.loop.driver import create_run, run_loop
 
     log = sys.stderr if a.json else sys.stdout
+    run_dir = create_run(cfg)  # every check on the input first: a bad one is the only line printed
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
               f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
               flush=True, file=log)
-    run_dir = create_run(cfg)
-    if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
     _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
     _finish(a, run_dir)
