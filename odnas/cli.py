@@ -158,9 +158,9 @@ class _Progress:
             self.live.update(Text(line, no_wrap=True, overflow="ellipsis"), refresh=True)
             if state.final:
                 self.close()
-        elif line != self.last:
+        elif line.partition("]")[2] != self.last.partition("]")[2]:  # a log: a new line when more than the clock moved
             print(line, flush=True, file=self.out)
-        self.last = line
+            self.last = line
 
     def close(self) -> None:
         if self.live is not None:
