@@ -29,6 +29,24 @@ def _known(cls, d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k in names}
 
 
+class _Versioned:
+    """``to_dict`` and a ``from_dict`` that reads every version up to ``SCHEMA_VERSION``
+    (unknown keys ignored, missing ones defaulted) and refuses a newer one."""
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "record"
+    KEEP_NONE: ClassVar[bool] = False  # keep fields that are None in to_dict
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return d if self.KEEP_NONE else {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None):
+        _check_version(cls.WHAT, d, cls.SCHEMA_VERSION, source or cls.WHAT)
+        return cls(**{**_known(cls, d), "schema_version": cls.SCHEMA_VERSION})
+
+
 # ------------------------------------------------------------------ latency
 
 
@@ -60,7 +78,7 @@ class LatencyKey:
 
 
 @dataclass(frozen=True)
-class CostRecord:
+class CostRecord(_Versioned):
     """One candidate's costs, as the cost lane measured them (``costs/ARCH_ID.json``).
 
     ``metrics`` carry units in their names (``num_params``, ``flops`` with one
@@ -70,7 +88,7 @@ class CostRecord:
     ``host_metrics`` keeps what the host measured.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "cost record"
 
     arch_id: str
     space: str
@@ -83,20 +101,11 @@ class CostRecord:
     quantization: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     host_metrics: dict[str, float] | None = None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = _Versioned.SCHEMA_VERSION
 
     @property
     def latency_key(self) -> LatencyKey:
         return LatencyKey.of(self.latency)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "cost record") -> "CostRecord":
-        _check_version("cost record", d, cls.SCHEMA_VERSION, source)
-        return cls(**{**_known(cls, d), "schema_version": cls.SCHEMA_VERSION})
 
 
 # ------------------------------------------------------------------ run settings
@@ -168,14 +177,15 @@ TRIAL_STATES = ("running", "completed", "over_budget", "failed", "early_stopped"
 
 
 @dataclass(frozen=True)
-class TrialRow:
+class TrialRow(_Versioned):
     """One trial of a run as selection, status and the report see it.
 
     ``metrics`` hold ``val_acc`` (trained trials) and the cost metrics; ``sem`` their
     standard errors; ``over_budget`` the budgets a candidate broke (it was never trained).
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "trial row"
+    KEEP_NONE: ClassVar[bool] = True
 
     trial: int
     state: str
@@ -189,7 +199,7 @@ class TrialRow:
     retry_of: int | None = None
     latency_confirmed: bool = False
     search_metrics: dict[str, float] | None = None  # the search's figures, when these were measured again
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = _Versioned.SCHEMA_VERSION
 
     def replace(self, **changes: Any) -> "TrialRow":
         return dataclasses.replace(self, **changes)
@@ -201,25 +211,18 @@ class TrialRow:
                 "retry_of": self.retry_of, **{f"p.{k}": v for k, v in sorted(self.params.items())},
                 **dict(sorted(self.metrics.items())), **{f"sem.{k}": v for k, v in sorted(self.sem.items())}}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "trial row") -> "TrialRow":
-        _check_version("trial row", d, cls.SCHEMA_VERSION, source)
-        return cls(**{**_known(cls, d), "schema_version": cls.SCHEMA_VERSION})
 
 
 # ------------------------------------------------------------------ model card
 
 
 @dataclass
-class ModelCard:
+class ModelCard(_Versioned):
     """What an artifact is (``NAME.json`` beside ``NAME.onnx``): the model, its figures
     under each profile with their error bars, budgets met, input contract and provenance.
     Paths on the card are relative to the card's folder or the run dir, never absolute."""
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "model card"
 
     arch_id: str
     space: str
@@ -244,11 +247,7 @@ class ModelCard:
     artifact: str
     quantization: dict[str, Any] | None = None
     run: dict[str, Any] | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if v is not None}
+    schema_version: int = _Versioned.SCHEMA_VERSION
 
     def content_sha256(self) -> str:
         """A hash of the card's content without the files' own hashes (which change when
@@ -265,8 +264,3 @@ class ModelCard:
 
         text = json.dumps(strip(self.to_dict()), sort_keys=True, default=float)
         return hashlib.sha256(text.encode()).hexdigest()
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "model card") -> "ModelCard":
-        _check_version("model card", d, cls.SCHEMA_VERSION, source)
-        return cls(**{**_known(cls, d), "schema_version": cls.SCHEMA_VERSION})
