@@ -49,6 +49,24 @@ class FakeLatencyBackend:
         )
 
 
+class FixedCostLane:
+    """A cost lane stand-in for job tests: the same small costs for every candidate of
+    ``space``, never over a budget (the runner's jobs are what is under test)."""
+
+    def __init__(self, space: str = "mlp") -> None:
+        self.space = space
+
+    def costs(self, params):
+        from odnas.records import CostRecord
+        from odnas.spaces import get_space
+
+        return CostRecord(arch_id=get_space(self.space).arch_id(params), space=self.space, profile="cpu-mobile",
+                          precision="fp32", metrics={"num_params": 1000, "latency_ms": 0.01})
+
+    def over_budget(self, metrics):
+        return []
+
+
 # ---------------------------------------------------------------- in-process jobs
 
 

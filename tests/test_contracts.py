@@ -17,7 +17,7 @@ from odnas.cost.onnx import export_onnx
 from odnas.errors import RunDirError
 from odnas.records import CostRecord, LatencyKey, RunSettings, TrialRow
 from odnas.spaces import get_space
-from odnas.testing import FakeLatencyBackend, InProcessJobs
+from odnas.testing import FakeLatencyBackend, FixedCostLane, InProcessJobs
 
 PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.003, "dropout": 0.1, "epochs": 1, "batch_size": 64}
 
@@ -52,17 +52,6 @@ def test_latency_backend_contract(backend: LatencyBackend, small_onnx, short_pro
 # ------------------------------------------------------------------ job backends
 
 
-class _Lane:
-    """Cost lane stand-in: fixed costs, nothing over budget."""
-
-    def costs(self, params):
-        return CostRecord(arch_id=get_space("mlp").arch_id(params), space="mlp", profile="cpu-mobile",
-                          precision="fp32", metrics={"num_params": 1000, "latency_ms": 0.01})
-
-    def over_budget(self, metrics):
-        return []
-
-
 @pytest.mark.parametrize("scheduler,workers", [("local_cwd", "fresh"), ("local_cwd", "warm"),
                                                (InProcessJobs.SCHEDULER, "warm")],
                          ids=["local_cwd-fresh", "local_cwd-warm", "inprocess"])
@@ -79,7 +68,7 @@ def test_job_backend_contract(scheduler, workers, tmp_path):
     jobs = InProcessJobs(train=True)
     settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, threads=1,
                            scheduler=scheduler, workers=workers)
-    runner = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), torchx_runner(jobs.schedulers()))
+    runner = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, FixedCostLane(), torchx_runner(jobs.schedulers()))
     meta = runner.run_trial(0, PARAMS)
     assert (meta.get("app_handle") or meta.get("worker") is not None) and (runner.trial_dir(0) / "launch.json").is_file()
     t0 = time.time()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from odnas.testing import FixedCostLane
 from tests.conftest import ROOT, run_cli
 
 PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.003, "dropout": 0.1, "epochs": 1, "batch_size": 64}
@@ -75,18 +76,6 @@ def test_worker_app_is_the_trial_apps_twin():
 # ------------------------------------------------------------------ real workers (TorchX local_cwd)
 
 
-class _Lane:
-    def costs(self, params):
-        from odnas.records import CostRecord
-        from odnas.spaces import get_space
-
-        return CostRecord(arch_id=get_space("mlp").arch_id(params), space="mlp", profile="cpu-mobile",
-                          precision="fp32", metrics={"num_params": 1000, "latency_ms": 0.01})
-
-    def over_budget(self, metrics):
-        return []
-
-
 def _runner(tmp_path, **kw):
     from odnas.jobs.component import torchx_runner
     from odnas.loop.runner import TrialRunner
@@ -94,7 +83,7 @@ def _runner(tmp_path, **kw):
 
     settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, threads=1,
                            parallel=1, workers="warm", **kw)
-    return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, _Lane(), torchx_runner())
+    return TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, FixedCostLane(), torchx_runner())
 
 
 def _wait(runner, i, meta, until=lambda: False, timeout=240):
