@@ -68,6 +68,10 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
     assert len(client.summarize()) == 8
     stats = json.loads((run_dir / "driver-stats.jsonl").read_text().splitlines()[-1])
     assert stats["calls"]["deploy"] == 8 and stats["seconds"]["storage"] > 0  # the clock saw the loop
+    # Candidates were made on the background thread while trials were pending, and each one
+    # made ahead was deployed (none thrown away, none failed).
+    ahead = stats["ahead"]
+    assert ahead["made_ahead"] >= 1 and ahead["used"] == ahead["made_ahead"] and ahead["failed"] == 0
 
 
 def test_synthetic_val_acc_is_deterministic_and_bounded():

@@ -115,6 +115,7 @@ class CostLane:
         self.calibration = calibration  # host -> device mapping (odnas.cost.calibrate), or None
         self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
         self.local_jobs = local_jobs or (lambda: [])  # pids of the jobs to pause while timing
+        self.holds: list[Callable[[], Any]] = []  # context managers that keep other work still while timing
         self.measured = 0  # measurements made by this process (cache misses)
         self.seconds = 0.0  # wall time spent measuring (cache misses)
         self._key: LatencyKey | None = None
@@ -130,8 +131,14 @@ class CostLane:
                    profile, Path(run_dir) / COSTS_DIR, backend, calibration,
                    isolation=settings.isolation, local_jobs=lambda: local_jobs(run_dir))
 
+    @contextlib.contextmanager
     def window(self):
-        return measurement_window(self.isolation, self.local_jobs)
+        """Quiet for a timing: the run's local jobs paused (``odnas.cost.quiet``) and
+        whatever the owner holds still (the driver's candidate generation)."""
+        with contextlib.ExitStack() as stack:
+            for hold in self.holds:
+                stack.enter_context(hold())
+            yield stack.enter_context(measurement_window(self.isolation, self.local_jobs))
 
     def host_check(self):
         """The reference baseline this lane's timings are scaled by (``odnas.cost.reference

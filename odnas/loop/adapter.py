@@ -90,3 +90,18 @@ def trial_property(trial, key: str, default: Any = None) -> Any:
 
 def set_trial_property(trial, key: str, value: Any) -> None:
     trial._properties[key] = value
+
+
+def wrap_generation(generation_strategy, gen):
+    """Route a generation strategy's ``gen`` calls (the Orchestrator's requests for new
+    candidates) through ``gen``; returns the strategy's own bound ``gen``. Ax 1.3 has no
+    hook between its Orchestrator and ``GenerationStrategy.gen``, and a subclass of the
+    strategy could not be stored, so the method is shadowed on this one instance (it is
+    not stored: Ax's encoder writes named fields only)."""
+    real = type(generation_strategy).gen.__get__(generation_strategy)
+    generation_strategy.gen = gen
+    return real
+
+
+def unwrap_generation(generation_strategy) -> None:
+    generation_strategy.__dict__.pop("gen", None)

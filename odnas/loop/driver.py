@@ -21,6 +21,7 @@ from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
+from odnas.loop.ahead import Ahead, AheadOrchestrator
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -100,7 +101,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     import torch
     from ax.api.utils.storage import db_settings_from_storage_config
     from ax.exceptions.core import UserInputError
-    from ax.orchestration.orchestrator import FailureRateExceededError, Orchestrator, OrchestratorOptions
+    from ax.orchestration.orchestrator import FailureRateExceededError, OrchestratorOptions
 
     settings = read_settings(run_dir)
     t0 = time.time()
@@ -121,9 +122,9 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
         host_note(lane, term)
         # With warm workers and lookahead, trials beyond the slots wait in the workers' inboxes.
-        ahead = settings.lookahead * settings.parallel if runner.warm else 0
+        queued = settings.lookahead * settings.parallel if runner.warm else 0
         options = OrchestratorOptions(
-            max_pending_trials=settings.parallel + ahead,
+            max_pending_trials=settings.parallel + queued,
             tolerated_trial_failure_rate=settings.tolerated_failure_rate,
             min_failed_trials_for_failure_rate_check=3,
             init_seconds_between_polls=max(1, int(settings.poll_s)),
@@ -133,10 +134,16 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             wait_for_running_trials=True,
             early_stopping_strategy=early_stopping_strategy() if settings.early_stopping else None,
         )
-        orch = Orchestrator(experiment=exp, generation_strategy=generation_strategy_of(client),
-                            options=options, db_settings=db_settings_from_storage_config(storage))
+        gs = generation_strategy_of(client)
+        orch = AheadOrchestrator(experiment=exp, generation_strategy=gs, options=options,
+                                 db_settings=db_settings_from_storage_config(storage))
+        # The next candidate is made on a background thread while trials train (loop.ahead);
+        # a latency is timed only while none is being made.
+        ahead = orch.ahead = Ahead(gs, exp, wanted=lambda: new_trials_wanted(exp, settings) > 0,
+                                   running=lambda: bool(orch.pending_trials))
+        lane.holds.append(ahead.still)
         state = RunState(run_dir, t0)
-        clock = DriverClock(exp, runner, lane)
+        clock = DriverClock(exp, runner, lane, ahead)
         adopt_lost_jobs(exp, runner, storage)
         retries = settings.retries
         stop = run_dir / STOP_REQUEST_NAME
@@ -153,6 +160,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                 last[0] = time.time()
                 progress(state.refresh(exp))
 
+        clean = False
         try:
             if progress:
                 progress(state.refresh(exp))
@@ -176,6 +184,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                     progress(state.refresh(exp))
                 if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
                     break
+            clean = True
         except StopRequested:
             stop.unlink(missing_ok=True)
             print(f"odnas: stopped on request (odnas stop); {interrupt_summary(exp, run_dir)}", file=term, flush=True)
@@ -193,6 +202,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         finally:
             signals.restore()
+            ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
             runner.close()  # warm workers exit once idle; one still training finishes (resume reattaches)
             clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
@@ -278,11 +288,11 @@ class DriverClock:
     poll times, the cost lane's measuring time, and the time SQLite spent executing
     Ax's storage statements (SQLAlchemy's engine events). Written to ``driver-stats.jsonl``."""
 
-    def __init__(self, exp, runner: TrialRunner, lane: CostLane) -> None:
+    def __init__(self, exp, runner: TrialRunner, lane: CostLane, ahead: Ahead | None = None) -> None:
         from ax.storage.sqa_store.db import get_engine
         from sqlalchemy import event
 
-        self.exp, self.runner, self.lane = exp, runner, lane
+        self.exp, self.runner, self.lane, self.ahead = exp, runner, lane, ahead
         self.known = set(exp.trials)
         self.sql_s, self.sql_n = 0.0, 0
         self._started: list[float] = []
@@ -317,6 +327,8 @@ class DriverClock:
         rec = {"start": t0, "end": time.time(), "wall_s": time.time() - t0,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "seconds": {k: round(v, 3) for k, v in seconds.items()}, "calls": calls}
+        if self.ahead is not None:  # generation made ahead, and what of it the driver's thread waited for
+            rec["ahead"] = self.ahead.stats()
         with open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         return rec
@@ -385,6 +397,14 @@ def early_stopping_strategy():
 
     return PercentileEarlyStoppingStrategy(metric_signatures=["val_acc"], percentile_threshold=50.0,
                                            min_progression=1, min_curves=4)
+
+
+def new_trials_wanted(exp, settings: RunSettings) -> int:
+    """New candidates still to make: ``trials_to_run`` less the ones waiting already."""
+    from ax.core.trial_status import TrialStatus
+
+    waiting = sum(1 for t in exp.trials.values() if t.status == TrialStatus.CANDIDATE)
+    return trials_to_run(exp, settings) - waiting
 
 
 def trials_to_run(exp, settings: RunSettings) -> int:

@@ -1,0 +1,179 @@
+"""The next candidate, made while trials train; the driver polling all the while.
+
+Ax's Orchestrator asks its generation strategy for a candidate when a slot has room, in
+the driver's one thread. A BoTorch candidate takes seconds (model fits and acquisition
+optimisation), and while it is made the driver notices no finished trial and the free
+slot waits. Here the candidate is made on a background thread instead:
+
+- ``Ahead`` owns that thread. It starts it as soon as the last candidate is deployed,
+  so the experiment then holds every trial made so far and the running ones are its
+  pending points (Ax's own ``extract_pending_observations``, as for any candidate).
+  Asked for a candidate, it hands over the one made ahead; while one is being made it
+  answers "not yet" (Ax's ``DataRequiredError``, which the Orchestrator takes as
+  "nothing to deploy now, wait"), unless nothing is running: then it waits for it.
+- ``AheadOrchestrator`` is Ax's Orchestrator with its documented waiting hook
+  (``wait_for_completed_trials_and_report_results``) overridden: it polls every
+  ``poll_s`` as before, starts the next candidate when one is wanted, and returns to
+  deploy as soon as a candidate is ready and there is room for it.
+
+A candidate made ahead is always deployed (never thrown away, so the generation
+strategy's record of what it made stays true); at worst it was made without the
+result of a trial that finished while it was made, which is what asynchronous
+Bayesian optimisation does anyway. A candidate that fails to be made ahead (an error
+in the thread) is made again in the driver's thread, where Ax handles the error as
+it always does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from odnas.loop.adapter import import_ax, unwrap_generation, wrap_generation
+
+import_ax()
+
+from ax.exceptions.core import DataRequiredError  # noqa: E402
+from ax.orchestration.orchestrator import MAX_SECONDS_BETWEEN_REPORTS, Orchestrator  # noqa: E402
+
+
+class NotYet(DataRequiredError):
+    """The next candidate is still being made (the Orchestrator waits and asks again)."""
+
+
+class Ahead:
+    """Makes one candidate at a time on a background thread (see the module doc).
+
+    ``wanted()`` says whether another new candidate will be needed (the driver's
+    trial budget); ``running()`` whether any trial is pending, so that "not yet" is
+    never the answer when nothing else could happen. ``blocked_s`` is the time the
+    driver's thread spent in generation calls; ``background_s`` the thread's time.
+    """
+
+    def __init__(self, generation_strategy, experiment, wanted: Callable[[], bool],
+                 running: Callable[[], bool], fixed_features: Callable[[Any], Any] | None = None) -> None:
+        from ax.orchestration.orchestrator import get_fixed_features_from_experiment
+
+        self.gs, self.exp = generation_strategy, experiment
+        self.wanted, self.running = wanted, running
+        # What the Orchestrator passes for a trial (Ax's own function), for candidates made ahead.
+        self._fixed = fixed_features or get_fixed_features_from_experiment
+        self._gen = wrap_generation(generation_strategy, self.gen)
+        self._lock = threading.Lock()  # held while a candidate is being made
+        self.done = threading.Event()  # set when a candidate (or an error) is there
+        self._thread: threading.Thread | None = None
+        self._ready: list[list[Any]] | None = None
+        self._error: BaseException | None = None
+        self.made = self.used = self.failed = self.not_yet = 0
+        self.blocked_s = self.background_s = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready is not None
+
+    def start(self) -> bool:
+        """Start making the next candidate, if one is wanted and none is made or being made."""
+        if self.busy or self._ready is not None or self._error is not None or not self.wanted():
+            return False
+        self._begin()
+        return True
+
+    def _begin(self) -> None:
+        self.done.clear()
+        self._thread = threading.Thread(target=self._make, name="odnas-ahead", daemon=True)
+        self._thread.start()
+
+    def _make(self) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            try:
+                grs = self._gen(experiment=self.exp, n=1, num_trials=1, fixed_features=self._fixed(self.exp))
+            except BaseException as e:  # made again in the driver's thread, where Ax handles it
+                self._error = e
+                self.failed += 1
+            else:
+                self._ready = grs
+                self.made += 1
+        self.background_s += time.perf_counter() - t0
+        self.done.set()
+
+    def gen(self, experiment, data=None, n=None, fixed_features=None, num_trials: int = 1):
+        """What the Orchestrator calls for new candidates (in place of the strategy's ``gen``)."""
+        t0 = time.perf_counter()
+        try:
+            if self.busy:
+                if self.running():
+                    self.not_yet += 1
+                    raise NotYet("the next candidate is being made")
+                self._thread.join()  # nothing else can happen meanwhile
+            if self._ready is not None:
+                grs, self._ready = self._ready, None
+                self.used += 1
+                return grs
+            if self._error is None and self.running():
+                self._begin()
+                self.not_yet += 1
+                raise NotYet("the next candidate is being made")
+            self._error = None
+            return self._gen(experiment=experiment, data=data, n=n, fixed_features=fixed_features,
+                             num_trials=num_trials)
+        finally:
+            self.blocked_s += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def still(self) -> Iterator[None]:
+        """Hold candidate generation still (wait for one being made; start none) while a
+        latency is timed: the thread would compete with the measurement for the CPU."""
+        with self._lock:
+            yield
+
+    def close(self, wait: bool = True) -> None:
+        """Stop routing the strategy's calls here; ``wait`` for a candidate being made."""
+        if wait and self._thread is not None:
+            self._thread.join()
+        unwrap_generation(self.gs)
+
+    def stats(self) -> dict[str, float]:
+        return {"made_ahead": self.made, "used": self.used, "failed": self.failed, "not_yet": self.not_yet,
+                "blocked_s": round(self.blocked_s, 3), "background_s": round(self.background_s, 3)}
+
+
+class AheadOrchestrator(Orchestrator):
+    """Ax's Orchestrator whose waits keep polling while ``ahead`` makes the next
+    candidate, and end as soon as that candidate can be deployed."""
+
+    ahead: Ahead | None = None
+
+    def wait_for_completed_trials_and_report_results(self, idle_callback=None, force_refit: bool = False):
+        poll_s = float(self.options.init_seconds_between_polls or 1)
+        waited = 0.0
+        ahead = self.ahead
+        while self.pending_trials:
+            if self.poll_and_process_results():
+                break
+            if ahead is not None:
+                ahead.start()
+                if ahead.ready and len(self.pending_trials) < (self.options.max_pending_trials or 1):
+                    break
+            if idle_callback is not None:
+                idle_callback(self)  # odnas's callback raises to stop; Ax's own loop would swallow it
+            if waited > MAX_SECONDS_BETWEEN_REPORTS:
+                break
+            t0 = time.monotonic()
+            if ahead is not None and ahead.busy:
+                ahead.done.wait(poll_s)  # wake when the candidate is ready, else poll again
+            else:
+                time.sleep(poll_s)
+            waited += time.monotonic() - t0
+        else:
+            if ahead is not None and ahead.busy:
+                ahead.done.wait()  # nothing runs: the candidate is all there is to wait for
+        if idle_callback is not None:
+            idle_callback(self)
+        return self.report_results(force_refit=force_refit)

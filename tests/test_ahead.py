@@ -1,0 +1,131 @@
+"""The next candidate made on a background thread (``odnas.loop.ahead``).
+
+Unit tests drive ``Ahead`` with a stand-in generation strategy whose ``gen`` blocks
+until the test lets it go, so every interleaving is forced, not timed. The loop's own
+use of it (a real Ax Orchestrator and generation strategy) is checked in
+``tests/test_load.py`` and the end-to-end searches.
+"""
+
+import threading
+
+import pytest
+
+from odnas.loop.ahead import Ahead, NotYet
+
+
+class Strategy:
+    """Stands in for Ax's GenerationStrategy: ``gen`` returns [[n]] for its n-th call,
+    each call waiting for ``go`` (set it to let calls through) and recording its thread."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.calls = 0
+        self.go = threading.Event()
+        self.entered = threading.Event()
+        self.threads: list[str] = []
+        self.fail_first = fail_first
+
+    def gen(self, experiment=None, data=None, n=None, fixed_features=None, num_trials=1):
+        self.calls += 1
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        assert self.go.wait(10)
+        if self.fail_first and self.calls == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return [[f"gr{self.calls}"]]
+
+
+def make(strategy, running=True, wanted=True):
+    state = {"running": running, "wanted": wanted}
+    ahead = Ahead(strategy, experiment=object(), wanted=lambda: state["wanted"],
+                  running=lambda: state["running"], fixed_features=lambda exp: None)
+    return ahead, state
+
+
+def test_a_candidate_made_ahead_is_handed_over_made_on_another_thread():
+    gs = Strategy()
+    ahead, _ = make(gs)
+    assert gs.gen == ahead.gen  # the Orchestrator's calls now come here
+    assert ahead.start() and not ahead.start()  # one at a time
+    gs.go.set()
+    assert ahead.done.wait(10)
+    assert ahead.ready
+    assert gs.gen(experiment=None, num_trials=1) == [["gr1"]]
+    assert gs.threads == ["odnas-ahead"] and gs.calls == 1
+    ahead.close()
+    assert "gen" not in vars(gs)  # the strategy's own method again
+
+
+def test_not_yet_while_a_candidate_is_made_and_trials_run():
+    gs = Strategy()
+    ahead, state = make(gs)
+    with pytest.raises(NotYet):  # nothing made: it starts one and says so
+        gs.gen(experiment=None)
+    assert gs.entered.wait(10) and ahead.busy
+    with pytest.raises(NotYet):  # still being made
+        gs.gen(experiment=None)
+    gs.go.set()
+    ahead.done.wait(10)
+    assert gs.gen(experiment=None) == [["gr1"]] and gs.calls == 1
+    assert ahead.stats()["not_yet"] == 2 and ahead.stats()["used"] == 1
+    ahead.close()
+
+
+def test_with_nothing_running_the_driver_waits_for_the_candidate_instead():
+    gs = Strategy()
+    ahead, state = make(gs)
+    ahead.start()
+    assert gs.entered.wait(10)
+    state["running"] = False  # "not yet" now would leave the Orchestrator nothing to wait for
+    threading.Timer(0.2, gs.go.set).start()
+    assert gs.gen(experiment=None) == [["gr1"]]
+    assert ahead.stats()["blocked_s"] > 0
+    ahead.close()
+
+
+def test_with_nothing_running_and_nothing_made_it_generates_in_the_driver_thread():
+    gs = Strategy()
+    gs.go.set()
+    ahead, _ = make(gs, running=False)
+    assert gs.gen(experiment=None) == [["gr1"]]
+    assert gs.threads == [threading.current_thread().name]
+    ahead.close()
+
+
+def test_a_candidate_that_fails_ahead_is_made_again_in_the_driver_thread():
+    gs = Strategy(fail_first=True)
+    gs.go.set()
+    ahead, _ = make(gs)
+    ahead.start()
+    ahead.done.wait(10)
+    assert not ahead.ready and ahead.stats()["failed"] == 1
+    assert not ahead.start()  # the error is dealt with first, where Ax can handle it
+    assert gs.gen(experiment=None) == [["gr2"]]
+    assert gs.threads == ["odnas-ahead", threading.current_thread().name]
+    ahead.close()
+
+
+def test_nothing_is_made_ahead_when_no_more_candidates_are_wanted():
+    gs = Strategy()
+    ahead, _ = make(gs, wanted=False)
+    assert not ahead.start() and gs.calls == 0
+    ahead.close()
+
+
+def test_a_latency_is_timed_only_while_no_candidate_is_being_made():
+    gs = Strategy()
+    ahead, _ = make(gs)
+    ahead.start()
+    assert gs.entered.wait(10)
+    entered = threading.Event()
+
+    def time_a_latency():
+        with ahead.still():
+            entered.set()
+
+    t = threading.Thread(target=time_a_latency)
+    t.start()
+    assert not entered.wait(0.3)  # held back while the candidate is made
+    gs.go.set()
+    assert entered.wait(10)
+    t.join()
+    ahead.close()
