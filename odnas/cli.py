@@ -220,13 +220,18 @@ def _front_table(rows) -> str:
                   for r in rows], ["trial", "val_acc", "latency_ms", "num_params", "flops", "model_bytes", "arch_id"])
 
 
+def _hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw: Any) -> None:
+    """An old spelling of a flag, still accepted, not shown in ``--help``."""
+    p.add_argument(flag, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
 def _parse_fixed(items: Sequence[str] | None) -> dict[str, Any]:
     from odnas.errors import SearchError
 
     out: dict[str, Any] = {}
     for item in items or ():
         if "=" not in item:
-            raise SearchError(f"--fix {item!r}: expected NAME=VALUE, e.g. --fix epochs=1")
+            raise SearchError(f"--fixed {item!r}: expected NAME=VALUE, e.g. --fixed epochs=1")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -261,9 +266,10 @@ def cmd_search(a: argparse.Namespace) -> int:
         parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective, constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
-        tolerated_failure_rate=a.max_failure_rate, fixed=_parse_fixed(a.fix), early_stopping=a.early_stopping,
-        retries=a.retries, trial_timeout_s=a.trial_timeout, isolation=a.isolation, env=_parse_env(a.env),
-        mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead,
+        tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed), early_stopping=a.early_stopping,
+        retries=a.retries, trial_timeout_s=a.trial_timeout_s, isolation=a.isolation, env=_parse_env(a.env),
+        mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead, data_seed=a.data_seed,
+        threads=a.threads, poll_s=a.poll_s,
     )
     from odnas.loop.driver import create_run, run_loop
 
@@ -604,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits (bundled), mnist (IDX folder), mnist-tv, fashion-mnist, npz:PATH, "
                         "folder:PATH[@HxW], or a LightningDataModule as package.module:make")
     p.add_argument("--data-dir", help="folder of an mnist data set (or set ODNAS_MNIST_DIR)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--trials", type=int, default=16, help="models to train (candidates over a budget are not counted)")
     p.add_argument("--max-candidates", type=int, help="cap on all candidates, over-budget ones included (default 4 x trials)")
     p.add_argument("--parallel", type=int, default=2, help="trainings at a time")
@@ -614,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="bo", choices=["bo", "sobol", "random", "saasbo"],
                    help="how candidates are proposed (see below)")
     p.add_argument("--init-trials", type=int, help="quasi-random trials before Bayesian optimisation")
-    p.add_argument("--fix", action="append", metavar="NAME=VALUE",
-                   help="hold a parameter constant, e.g. --fix epochs=1 (repeatable)")
+    p.add_argument("--fixed", action="append", metavar="NAME=VALUE",
+                   help="hold a parameter constant, e.g. --fixed epochs=1 (repeatable)")
+    _hidden_alias(p, "--fix", "fixed", action="append")
     p.add_argument("--scheduler", default="local_cwd", help="TorchX scheduler (local_cwd, kubernetes, slurm, ray)")
     p.add_argument("--scheduler-cfg", help="TorchX scheduler config, key=value[,key=value]")
     p.add_argument("--resources", help="TorchX named resource or cpu=N,memMB=M,gpu=G per trial")
@@ -625,8 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment variable in every training job (repeatable)")
     p.add_argument("--mount", action="append", metavar="type=volume,src=CLAIM,dst=/path",
                    help="TorchX mount in every training job, Kubernetes/Docker (repeatable)")
-    p.add_argument("--max-failure-rate", type=float, default=0.5,
-                   help="tolerated share of failed trials before the search stops (default 0.5)")
+    p.add_argument("--tolerated-failure-rate", type=float, default=0.5, metavar="F",
+                   help="share of failed trials tolerated before the search stops")
+    _hidden_alias(p, "--max-failure-rate", "tolerated_failure_rate", type=float)
     p.add_argument("--isolation", default="pause", choices=["pause", "lock", "none"],
                    help="while a latency is timed: pause this run's local training jobs (default), "
                         "only keep measurements from overlapping (lock), or nothing (none)")
@@ -637,8 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm workers: candidates queued per slot beyond the one training, so the next is "
                         "generated and measured while the slots train")
     p.add_argument("--retries", type=int, default=0, help="try a failed training again up to N times")
-    p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+    p.add_argument("--threads", type=int, help="torch threads per training job (default: cores // parallel)")
+    p.add_argument("--poll-s", type=float, default=1.0, metavar="SECONDS", help="how often the driver polls its jobs")
+    p.add_argument("--trial-timeout-s", type=float, metavar="SECONDS",
                    help="stop and fail a training job with no result after this long")
+    _hidden_alias(p, "--trial-timeout", "trial_timeout_s", type=float)
     p.add_argument("--early-stopping", action="store_true",
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
     p.add_argument("--quiet", action="store_true", help="no live progress")

@@ -16,8 +16,8 @@ def test_saasbo_without_jax_and_numpyro_fails_before_the_run(monkeypatch, tmp_pa
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("retries", -1, "--retries"), ("trial_timeout_s", 0.0, "--trial-timeout"),
-    ("tolerated_failure_rate", 1.5, "--max-failure-rate"), ("isolation", "loud", "--isolation"),
+    ("retries", -1, "--retries"), ("trial_timeout_s", 0.0, "--trial-timeout-s"),
+    ("tolerated_failure_rate", 1.5, "--tolerated-failure-rate"), ("isolation", "loud", "--isolation"),
     ("env", {"1BAD": "x"}, "1BAD"),
 ])
 def test_bad_fault_and_isolation_settings_are_one_line_errors(field, value, match):
@@ -36,3 +36,30 @@ def test_a_space_without_float_parameters_gets_discrete_safe_optimizer_settings(
     assert all("options" in kw for kw in opt_kwargs(generation_strategy("bo", 0, 2, 5)))
     discrete = opt_kwargs(generation_strategy("bo", 0, 2, 5, discrete=True))
     assert discrete and all("options" not in kw and kw["num_restarts"] > 0 for kw in discrete)
+
+
+def test_search_flags_and_search_config_fields_match_one_to_one():
+    """Every SearchConfig field is a `search` flag of the same name (dashes for
+    underscores; a repeatable flag is the singular of its plural field), and every
+    flag but the CLI's own is a field. Old spellings are hidden aliases."""
+    import argparse
+    from dataclasses import fields
+
+    from odnas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    search = sub.choices["search"]
+    shown = {o for a in search._actions if a.help != argparse.SUPPRESS for o in a.option_strings
+             if o.startswith("--")}
+    cli_only = {"--help", "--quiet", "--report", "--json"}
+
+    def flag(name: str) -> str:
+        dashed = "--" + name.replace("_", "-")
+        return dashed if dashed in shown or not dashed.endswith("s") else dashed[:-1]
+
+    expected = {flag(f.name) for f in fields(SearchConfig)}
+    assert expected == shown - cli_only
+    # the old spellings still parse, onto the same fields
+    a = search.parse_args(["--fix", "epochs=1", "--max-failure-rate", "0.2", "--trial-timeout", "9"])
+    assert (a.fixed, a.tolerated_failure_rate, a.trial_timeout_s) == (["epochs=1"], 0.2, 9.0)
+    assert search.parse_args([]).tolerated_failure_rate == 0.5  # the hidden alias leaves the default alone

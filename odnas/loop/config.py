@@ -121,7 +121,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     try:
         space.check_fixed(cfg.fixed)
     except SpaceError as e:
-        raise SearchError(f"--fix: {e}") from None
+        raise SearchError(f"--fixed: {e}") from None
     if cfg.method not in METHODS:
         raise SearchError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.method == "saasbo":
@@ -141,9 +141,13 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     if cfg.retries < 0:
         raise SearchError(f"--retries {cfg.retries}: must be 0 or more")
     if cfg.trial_timeout_s is not None and not cfg.trial_timeout_s > 0:
-        raise SearchError(f"--trial-timeout {cfg.trial_timeout_s}: must be a positive number of seconds")
+        raise SearchError(f"--trial-timeout-s {cfg.trial_timeout_s}: must be a positive number of seconds")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise SearchError(f"--threads {cfg.threads}: must be at least 1")
+    if not cfg.poll_s > 0:
+        raise SearchError(f"--poll-s {cfg.poll_s}: must be a positive number of seconds")
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
-        raise SearchError(f"--max-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
+        raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_with_ax(profile)
     check_runtime(profile, cfg, schedulers)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)

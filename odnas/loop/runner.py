@@ -301,7 +301,7 @@ class TrialRunner(IRunner):
         if not job or time.time() - float(job.get("start", time.time())) <= float(limit):
             return TrialStatus.RUNNING
         self._record_failure(tdir, f"timed out: no result {float(limit):g} s after the job started "
-                                   "(--trial-timeout); job stopped")
+                                   "(--trial-timeout-s); job stopped")
         self.stop_trial(-1, trial_metadata)
         return TrialStatus.FAILED
 
