@@ -36,7 +36,7 @@ def log(*a) -> None:
 
 def analyze(run_dir: Path) -> dict:
     from odnas.loop.store import load_run
-    from odnas.rundir import DRIVER_STATS_NAME, read_settings
+    from odnas.rundir import DRIVER_STATS_NAME, read_settings, resolve_trial_dir
 
     settings = read_settings(run_dir)
     sessions = [json.loads(x) for x in (run_dir / DRIVER_STATS_NAME).read_text().splitlines() if x.strip()]
@@ -49,7 +49,7 @@ def analyze(run_dir: Path) -> dict:
     trials, notice = [], []
     for t in exp.trials.values():
         meta = t.run_metadata or {}
-        tdir = Path(meta.get("trial_dir", ""))
+        tdir = resolve_trial_dir(run_dir, meta.get("trial_dir")) or Path("")
         res = tdir / "result.json"
         if meta.get("over_budget") or not res.is_file():
             continue

@@ -115,7 +115,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 def build_sections(run_dir: Path, settings: RunSettings, client) -> list[Section]:
     """Every section of the report, from a loaded ``ax.api.Client``."""
     profile = profile_from_dict(settings.profile)
-    typed = trial_table(experiment_of(client))
+    typed = trial_table(experiment_of(client), run_dir)
     fr = [r.to_dict() for r in front(typed, profile)]
     # The sections below render plain dicts (one per trial, ``TrialRow.to_dict``).
     rows = [r.to_dict() for r in typed]

@@ -81,6 +81,26 @@ def trial_dir(run_dir: str | Path, trial_index: int) -> Path:
     return Path(run_dir) / TRIALS_DIR / f"{trial_index:04d}"
 
 
+def stored_trial_dir(run_dir: str | Path, path: str | Path) -> str:
+    """A trial dir as the run's stored metadata keeps it: relative to the run dir
+    (``trials/0003``), so a copied or moved run dir still finds its trials."""
+    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+
+
+def resolve_trial_dir(run_dir: str | Path | None, stored: str | Path | None) -> Path | None:
+    """A stored trial dir where the run dir is now. Runs from before relative paths
+    stored absolute ones: their last two parts (``trials/NNNN``) are taken, since a
+    trial dir always lives there; without a run dir the stored path is all there is."""
+    if not stored:
+        return None
+    p = Path(stored)
+    if run_dir is None:
+        return p
+    if p.is_absolute():
+        p = Path(*p.parts[-2:])
+    return Path(run_dir) / p
+
+
 def read_settings(run_dir: str | Path) -> RunSettings:
     """The run's settings; one line if the folder is not a run dir or they are damaged."""
     p = Path(run_dir) / SETTINGS_NAME

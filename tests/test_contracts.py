@@ -9,6 +9,7 @@ against every implementation of an extension point.
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,8 +75,9 @@ def test_job_backend_contract(scheduler, workers, tmp_path):
     t0 = time.time()
     while (status := runner.poll_trial(0, meta)) == TrialStatus.RUNNING and time.time() - t0 < 240:
         time.sleep(0.5)
-    assert status == TrialStatus.COMPLETED, failure_reason(meta)
-    epochs, acc = ValAccMetric().fetch(0, meta)
+    assert status == TrialStatus.COMPLETED, failure_reason(meta, runner.run_dir)
+    assert not Path(meta["trial_dir"]).is_absolute()  # stored relative to the run dir
+    epochs, acc = ValAccMetric().fetch(0, {**meta, "trial_dir": str(runner.trial_dir(0))})
     assert epochs == 1 and 0.0 <= acc <= 1.0
     assert (runner.trial_dir(0) / "model.pt").is_file() and (runner.trial_dir(0) / "job.json").is_file()
     runner.close()

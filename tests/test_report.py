@@ -261,7 +261,7 @@ def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
     run = make_run(tmp_path / "sobol", 5, method="sobol")
     client, _ = load_client(run, readonly=True)
     with quiet_logs(run / "odnas.log"):
-        model = Surrogate.fit(client, [r.to_dict() for r in trial_table(experiment_of(client))])
+        model = Surrogate.fit(client, [r.to_dict() for r in trial_table(experiment_of(client), run)])
     assert model.adapter is not None and not model.own, model.why_not
     assert "fitted for this report" in model.source
 

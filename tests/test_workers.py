@@ -129,10 +129,10 @@ def test_a_worker_sigkilled_mid_trial_fails_its_trial_and_a_new_worker_takes_the
         assert child["worker"]["pid"] == first["pid"] != child["pid"]  # a forked child, not the worker
         os.kill(first["pid"], signal.SIGKILL)
         assert _wait(r, 0, meta) == TrialStatus.FAILED
-        assert "warm worker serving it died" in failure_reason(meta)
+        assert "warm worker serving it died" in failure_reason(meta, r.run_dir)
         assert _gone(child["pid"]), "the trial's child outlived its worker"
         meta1 = r.run_trial(1, PARAMS)  # the slot gets a new worker
-        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1, r.run_dir)
         assert meta1["worker"] == 0 and _worker(r)["token"] != first["token"] and r.pool.starts == 2
     finally:
         r.close()
@@ -152,12 +152,12 @@ def test_a_hung_trial_is_stopped_by_its_timeout_and_the_worker_serves_on(tmp_pat
     try:
         meta = r.run_trial(0, PARAMS)
         assert _wait(r, 0, meta) == TrialStatus.FAILED
-        assert "timed out" in failure_reason(meta)
+        assert "timed out" in failure_reason(meta, r.run_dir)
         child = json.loads((r.trial_dir(0) / "job.json").read_text())["pid"]
         assert _gone(child)
         worker = _worker(r)
         meta1 = r.run_trial(1, PARAMS)
-        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1, r.run_dir)
         assert _worker(r)["token"] == worker["token"] and r.pool.starts == 1
         res = json.loads((r.trial_dir(1) / "result.json").read_text())
         launched = json.loads((r.trial_dir(1) / "launch.json").read_text())["time"]
@@ -181,7 +181,7 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path):
         os.kill(hung["pid"], signal.SIGSTOP)
         r.pool.beat_timeout_s = 3.0
         meta1 = r.run_trial(1, PARAMS)  # handed to the hung worker: it still looked alive
-        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1)
+        assert _wait(r, 1, meta1) == TrialStatus.COMPLETED, failure_reason(meta1, r.run_dir)
         assert _worker(r)["token"] != hung["token"] and _gone(hung["pid"])
     finally:
         r.close()

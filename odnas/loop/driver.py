@@ -263,7 +263,7 @@ class SignalGuard:
 
 def interrupt_summary(exp, run_dir: Path) -> str:
     """What an interrupted or stopped search leaves: what is kept, what still runs, how to go on."""
-    rows = trial_table(exp)
+    rows = trial_table(exp, run_dir)
     # Trained is what has a result on disk: a job that finished since the last poll counts.
     finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
     done = len(finished | {r.trial for r in rows if r.state in ("completed", "early_stopped")})
@@ -438,7 +438,7 @@ class RunState:
     running: list[tuple[int, int, float | None]] = field(default_factory=list)  # trial, epochs done, val_acc
 
     def refresh(self, exp, final: bool = False) -> "RunState":
-        rows = trial_table(exp)
+        rows = trial_table(exp, self.run_dir)
         c = {"running": 0, "completed": 0, "over_budget": 0, "failed": 0, "early_stopped": 0}
         for r in rows:
             c[r.state] = c.get(r.state, 0) + 1

@@ -8,11 +8,10 @@ with the experiment.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from odnas.loop.adapter import import_ax
-from odnas.rundir import RESULT_NAME, read_curve, read_json
+from odnas.rundir import RESULT_NAME, read_curve, read_json, resolve_trial_dir
 
 import_ax()
 
@@ -31,7 +30,8 @@ class ValAccMetric(IMetric):
         self.lower_is_better = False  # set here, not stored: a reloaded metric gets it too
 
     def fetch(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> tuple[int, float]:
-        tdir = Path(trial_metadata["trial_dir"])
+        # Stored trial dirs are relative to the run dir; where it is now, the runner knows.
+        tdir = resolve_trial_dir(getattr(self, "_run_dir", None), trial_metadata["trial_dir"])
         res = read_json(tdir / RESULT_NAME)
         if res is not None:
             return int(res["epochs"]), float(res["val_acc"])
@@ -44,6 +44,7 @@ class ValAccMetric(IMetric):
         # A candidate over a budget is never trained: it has no accuracy, on purpose.
         if trial.run_metadata.get("over_budget"):
             return Ok(value=Data())
+        self._run_dir = getattr(trial.experiment.runner, "run_dir", None)  # not stored: Ax keeps init args only
         return super().fetch_trial_data(trial, **kwargs)
 
     @classmethod

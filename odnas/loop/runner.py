@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import (
-    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, read_json, trial_dir, write_json_atomic,
+    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, read_json, resolve_trial_dir, stored_trial_dir,
+    trial_dir, write_json_atomic,
 )
 
 import_ax()
@@ -35,6 +37,19 @@ from ax.core.base_trial import BaseTrial, TrialStatus  # noqa: E402
 
 def _same_params(a: Any, b: Mapping[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(dict(b), sort_keys=True)
+
+
+@dataclass
+class _Live:
+    """A runner's live parts (see ``TrialRunner.__init__``)."""
+
+    cost_lane: Any = None
+    torchx: Any = None
+    pool: WorkerPool | None = None
+    dead_seen: dict[str, float] = field(default_factory=dict)  # trial dir -> when its child was first seen gone
+    restarts: dict[str, int] = field(default_factory=dict)  # trial dir -> workers launched again to serve it
+    seconds: dict[str, float] = field(default_factory=dict)  # where the runner's time went (deploy, poll)
+    calls: dict[str, int] = field(default_factory=dict)
 
 
 class TrialRunner(IRunner):
@@ -52,20 +67,31 @@ class TrialRunner(IRunner):
         self.run_dir = str(run_dir)
         self.settings = dict(settings)
         self.cfg = RunSettings.from_dict(settings)
-        self.cost_lane = None
-        self._torchx = None
-        self._pool: WorkerPool | None = None
-        self._dead_seen: dict[str, float] = {}  # trial dir -> when its child was first seen gone
-        self._restarts: dict[str, int] = {}  # trial dir -> workers launched again to serve it
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
+        # Live parts, never stored: one plain object, the same type in the runner Ax decodes
+        # after a save, so Ax's db-id copy passes it by (no warning per save).
+        self._live = _Live()
 
     def attach(self, run_dir: str | Path, cost_lane, torchx) -> "TrialRunner":
         """Give the runner where the run dir is now, its cost lane and its TorchX runner."""
         self.run_dir = str(run_dir)
-        self.cost_lane, self._torchx = cost_lane, torchx
-        self._pool = None
+        self._live = _Live(cost_lane=cost_lane, torchx=torchx)
         return self
+
+    @property
+    def cost_lane(self):
+        return self._live.cost_lane
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self._live.seconds
+
+    @property
+    def calls(self) -> dict[str, int]:
+        return self._live.calls
+
+    def tdir(self, trial_metadata: Mapping[str, Any]) -> Path:
+        """The trial dir of a trial's metadata, where the run dir is now."""
+        return resolve_trial_dir(self.run_dir, trial_metadata["trial_dir"])
 
     @property
     def warm(self) -> bool:
@@ -74,21 +100,21 @@ class TrialRunner(IRunner):
 
     @property
     def pool(self) -> WorkerPool:
-        if self._pool is None:
-            self._pool = WorkerPool(self.run_dir, self.cfg, self.torchx)
-        return self._pool
+        if self._live.pool is None:
+            self._live.pool = WorkerPool(self.run_dir, self.cfg, self.torchx)
+        return self._live.pool
 
     def close(self) -> None:
         """The driver is leaving: warm workers exit once idle (a busy one finishes its trial)."""
-        if self._pool is not None:
-            self._pool.stop_all()
+        if self._live.pool is not None:
+            self._live.pool.stop_all()
 
     @property
     def torchx(self):
         """The TorchX runner (TorchX's own schedulers unless the driver attached another)."""
-        if self._torchx is None:
-            self._torchx = torchx_runner()
-        return self._torchx
+        if self._live.torchx is None:
+            self._live.torchx = torchx_runner()
+        return self._live.torchx
 
     def _timed(self, key: str, t0: float) -> None:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
@@ -126,7 +152,7 @@ class TrialRunner(IRunner):
         tdir.mkdir(parents=True, exist_ok=True)
         record: CostRecord = self.cost_lane.costs(parameterization)
         meta: dict[str, Any] = {
-            "trial_dir": str(tdir), "arch_id": record.arch_id, "costs": record.metrics,
+            "trial_dir": stored_trial_dir(self.run_dir, tdir), "arch_id": record.arch_id, "costs": record.metrics,
             "costs_sem": record.sem, "launched_at": time.time(),
             "params": dict(parameterization),
         }
@@ -207,7 +233,7 @@ class TrialRunner(IRunner):
     def _poll(self, trial_metadata: Mapping[str, Any]) -> TrialStatus:
         if trial_metadata.get("over_budget"):
             return TrialStatus.COMPLETED
-        tdir = Path(trial_metadata["trial_dir"])
+        tdir = self.tdir(trial_metadata)
         if (tdir / RESULT_NAME).exists():
             return TrialStatus.COMPLETED
         if (tdir / ERROR_NAME).exists():
@@ -248,7 +274,7 @@ class TrialRunner(IRunner):
             if local_job_alive(job) or (remote and pool.serving(slot, tdir.resolve())):
                 return self._check_timeout(trial_metadata, tdir)
             if pool.serving(slot, tdir.resolve()):  # the worker has not reaped it yet
-                if now - self._dead_seen.setdefault(str(tdir), now) < 10:
+                if now - self._live.dead_seen.setdefault(str(tdir), now) < 10:
                     return TrialStatus.RUNNING
             ended = self._ended(tdir)
             if ended is not None:
@@ -264,10 +290,10 @@ class TrialRunner(IRunner):
             ended = self._ended(tdir)
             if ended is not None:
                 return ended
-            tries = self._restarts.get(str(tdir), 0)
+            tries = self._live.restarts.get(str(tdir), 0)
             if tries < 3:
                 # The worker died before it started this trial: a new one takes the slot and serves it.
-                self._restarts[str(tdir)] = tries + 1
+                self._live.restarts[str(tdir)] = tries + 1
                 pool.start(slot)
                 return TrialStatus.RUNNING
             self._record_failure(tdir, f"the warm worker of slot {slot} did not start {tries} times: "
@@ -321,28 +347,29 @@ class TrialRunner(IRunner):
         return None if status is None else status.state
 
     def poll_exception(self, trial: BaseTrial) -> str:
-        return failure_reason(trial.run_metadata)
+        return failure_reason(trial.run_metadata, self.run_dir)
 
     def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
         if trial_metadata.get("worker") is not None:  # kill the child, never the worker
-            tdir = Path(trial_metadata["trial_dir"])
+            tdir = self.tdir(trial_metadata)
             self.pool.cancel(int(trial_metadata["worker"]), tdir.name, read_json(tdir / JOB_NAME))
             return {"stopped_at": time.time()}
         handle = trial_metadata.get("app_handle")
         if handle and self._app_state(handle) is not None:
             self.torchx.cancel(handle)
         else:
-            job = read_json(Path(trial_metadata["trial_dir"]) / JOB_NAME)
+            job = read_json(self.tdir(trial_metadata) / JOB_NAME)
             if local_job_alive(job):
                 os.kill(int(job["pid"]), 15)
         return {"stopped_at": time.time()}
 
 
-def failure_reason(trial_metadata: Mapping[str, Any]) -> str:
-    """Why a trial failed, from its trial dir: the job's own error record; else, if it
-    had started, that it died (a kill or the OOM killer leave no record); else the
-    last line of its TorchX log (it never got as far as starting)."""
-    tdir = Path(trial_metadata.get("trial_dir", "."))
+def failure_reason(trial_metadata: Mapping[str, Any], run_dir: str | Path | None = None) -> str:
+    """Why a trial failed, from its trial dir (``run_dir``: where the run is now): the
+    job's own error record; else, if it had started, that it died (a kill or the OOM
+    killer leave no record); else the last line of its TorchX log (it never got as far
+    as starting)."""
+    tdir = resolve_trial_dir(run_dir, trial_metadata.get("trial_dir")) or Path(".")
     err = read_json(tdir / ERROR_NAME)
     if err:
         return str(err.get("reason", "job failed"))[:500]

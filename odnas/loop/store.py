@@ -21,7 +21,7 @@ from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
 from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import RunSettings, TrialRow
-from odnas.rundir import DB_NAME, LOG_NAME, read_settings
+from odnas.rundir import DB_NAME, LOG_NAME, read_settings, resolve_trial_dir
 
 EXPERIMENT_NAME = "odnas"
 
@@ -114,7 +114,7 @@ def load_run(run_dir: str | Path) -> Run:
     settings = read_settings(run_dir)
     client, _ = load_client(run_dir, readonly=True)
     exp = experiment_of(client)
-    return Run(run_dir, settings, profile_from_dict(settings.profile), trial_table(exp), exp)
+    return Run(run_dir, settings, profile_from_dict(settings.profile), trial_table(exp, run_dir), exp)
 
 
 @contextmanager
@@ -168,8 +168,9 @@ _STATE = {"COMPLETED": "completed", "RUNNING": "running", "CANDIDATE": "running"
           "FAILED": "failed", "ABANDONED": "failed", "EARLY_STOPPED": "early_stopped"}
 
 
-def trial_table(exp) -> list[TrialRow]:
-    """One row per trial of a stored experiment: state, arch id, parameters, metrics."""
+def trial_table(exp, run_dir: str | Path) -> list[TrialRow]:
+    """One row per trial of a stored experiment: state, arch id, parameters, metrics,
+    and its trial dir where the run dir (``run_dir``) is now."""
     data = exp.lookup_data()
     df = data.full_df if hasattr(data, "full_df") else data.df
     latest: dict[int, dict[str, float]] = {}
@@ -194,6 +195,7 @@ def trial_table(exp) -> list[TrialRow]:
             params=dict(meta.get("params") or (t.arm.parameters if t.arm else {})), metrics=metrics,
             sem=sems.get(idx, {}), over_budget=list(meta.get("over_budget", [])),
             reason=getattr(t, "status_reason", None) or meta.get("failed_reason"),
-            trial_dir=meta.get("trial_dir"), retry_of=trial_property(t, "retry_of"),
+            trial_dir=str(tdir) if (tdir := resolve_trial_dir(run_dir, meta.get("trial_dir"))) else None,
+            retry_of=trial_property(t, "retry_of"),
         ))
     return rows
