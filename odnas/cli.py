@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,12 +93,14 @@ def cmd_measure(a: argparse.Namespace) -> int:
     data = load_data(a.data, a.data_dir)
     rng = random.Random(a.seed)
     records = []
-    for _ in range(a.random):
-        params = space.sample(rng)
-        rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
-        records.append(rec)
-        if a.json:
-            print(json.dumps(_finite({**rec.to_dict(), "params": params}), default=float), flush=True)
+    with _Steps(a.quiet) as steps:
+        for i in range(a.random):
+            params = space.sample(rng)
+            steps(f"measuring candidate {i + 1}/{a.random} ({space.arch_id(params)})")
+            rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
+            records.append(rec)
+            if a.json:
+                print(json.dumps(_finite({**rec.to_dict(), "params": params}), default=float), flush=True)
     if not a.json:
         print(table([{"arch_id": r.arch_id, **r.metrics, "latency_ms_sem": r.sem["latency_ms"]}
                      for r in records],
@@ -133,6 +136,47 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     report = check_host(profile, shape, a.models)
     _print_json(report) if a.json else print(format_report(report))
     return 0
+
+
+class _Steps:
+    """What a long command is doing, on stderr: a spinner and the current step on a
+    terminal (rich), a line per step otherwise (a log, CI), nothing with ``--quiet``.
+    Called with the step's text (``odnas.steps.Step``). It writes to its own copy of
+    stderr, taken on entry: Ax's chatter is later sent to the run's log by pointing
+    stderr there, and the steps still reach the person."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet, self.t0, self.status, self.out = quiet, time.monotonic(), None, None
+
+    def __enter__(self) -> "_Steps":
+        if self.quiet:
+            return self
+        import os
+
+        sys.stderr.flush()
+        self.out = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        if self.out.isatty():
+            from rich.console import Console
+
+            self.status = Console(file=self.out).status("starting")
+            self.status.start()
+        return self
+
+    def __call__(self, text: str) -> None:
+        if self.out is None:
+            return
+        if self.status is not None:
+            self.status.update(f"{text} [{time.monotonic() - self.t0:.0f} s]")
+        else:
+            print(f"odnas: {text}", file=self.out, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        if self.out is not None:
+            self.out.close()
+            self.out = None
 
 
 class _Progress:
@@ -308,7 +352,8 @@ def _maybe_report(a: argparse.Namespace, run_dir) -> None:
 def cmd_report(a: argparse.Namespace) -> int:
     from odnas.report import write_report
 
-    out = write_report(a.run_dir, a.output)
+    with _Steps(a.quiet) as steps:
+        out = write_report(a.run_dir, a.output, progress=steps)
     if a.json:
         _print_json({"report": str(out), "png": sorted(str(p) for p in out.parent.glob("*.png"))})
         return 0
@@ -403,7 +448,8 @@ def cmd_select(a: argparse.Namespace) -> int:
     else:
         from odnas.rescore import confirm_front
 
-        res = confirm_front(a.run_dir, extra)
+        with _Steps(a.quiet) as steps:
+            res = confirm_front(a.run_dir, extra, progress=steps)
         fr, confirmed = res["front"], res["confirmed"]
     pick = fr[0] if fr else None
     if a.json:
@@ -435,7 +481,8 @@ def cmd_select(a: argparse.Namespace) -> int:
 def cmd_rescore(a: argparse.Namespace) -> int:
     from odnas.rescore import rescore
 
-    res = rescore(a.run_dir, a.profile)
+    with _Steps(a.quiet) as steps:
+        res = rescore(a.run_dir, a.profile, progress=steps)
     if a.json:
         _print_json({k: v for k, v in res.items() if k != "front_rows"})
         return 0
@@ -464,8 +511,9 @@ def cmd_rescore(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from odnas.export import export_trial
 
-    card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
-                        calib_samples=a.calib_samples).to_dict()
+    with _Steps(a.quiet) as steps:
+        card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
+                            calib_samples=a.calib_samples, progress=steps).to_dict()
     if a.json:
         _print_json(card)
         return 0
@@ -593,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", type=int, default=10, help="how many random candidates")
     p.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_measure)
 
     p = sub.add_parser("doctor", help="check whether this host times latency reproducibly, and what to do if not")
@@ -674,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="HTML file or folder (default RUN_DIR/report/report.html)")
     p.add_argument("--json", action="store_true", help="the files written, as one JSON document")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("status", help="progress, trial states and the current front of a run")
@@ -686,17 +736,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="the feasible Pareto front and the pick")
     p.add_argument("run_dir")
-    p.add_argument("--max-latency-ms", type=float)
-    p.add_argument("--min-acc", type=float)
+    p.add_argument("--max-latency-ms", type=float, help="only models at most this fast, e.g. 2")
+    p.add_argument("--min-acc", type=float, help="only models at least this accurate (val_acc), e.g. 0.95")
     p.add_argument("--no-confirm", action="store_true",
                    help="skip re-timing the front with a longer protocol before the pick")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document: front, pick, confirmed latencies")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_select)
 
     p = sub.add_parser("rescore", help="measure a run's trained candidates under another profile (no retraining)")
     p.add_argument("run_dir")
     p.add_argument("--profile", required=True, help="profile name or YAML path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document: every trained model, front, pick")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_rescore)
 
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
@@ -707,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the artifact under this profile and record it on the card (repeatable)")
     p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")
     p.add_argument("--json", action="store_true", help="the model card as one JSON document on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("calibrate", help="fit host latency to a real device: export reference models, "

@@ -37,6 +37,7 @@ from odnas.records import ModelCard
 from odnas.rundir import CHECKPOINT_NAME
 from odnas.select import feasible, pick
 from odnas.spaces import get_space
+from odnas.steps import Step, silent
 
 NORMALIZE_FORMULA = "x = (raw / scale - mean) / std, raw = the data set's pixel values"
 
@@ -109,7 +110,8 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
                     data, profile: HardwareProfile, metrics: Mapping[str, Any],
                     atol: float = 1e-3,
                     also_profiles: Sequence[str | HardwareProfile] = (),
-                    calib_samples: int | None = None, run: Mapping[str, Any] | None = None) -> ModelCard:
+                    calib_samples: int | None = None, run: Mapping[str, Any] | None = None,
+                    progress: Step | None = None) -> ModelCard:
     """Write ``out`` (.onnx, the deployed file) and its card ``out.with_suffix('.json')``; return the card.
 
     ``metrics`` are the search's figures for the trial (``val_acc`` and costs). Under
@@ -128,7 +130,10 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
 
     from odnas import __version__
 
+    step = progress or silent
+
     def measure_latency(path, prof):  # one timing at a time on this host, as in the cost lane
+        step(f"timing {path.name} under {prof.name}")
         with measurement_window("lock"):
             return _measure(path, prof)
 
@@ -142,6 +147,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     if "int8" in precisions:
         files["int8"] = out if profile.precision == "int8" else stem.with_name(stem.name + ".int8.onnx")
 
+    step(f"exporting {files['fp32'].name} and checking it against PyTorch")
     export_onnx(model, data.input_shape, files["fp32"])
     parity = check_parity(model, files["fp32"], data.x_val, atol=atol)
     parity["file"] = files["fp32"].name
@@ -151,6 +157,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         from odnas.cost.quantize import CALIB_SAMPLES, calibration_inputs, quantize_model
 
         calib = calibration_inputs(data.x_train, calib_samples or CALIB_SAMPLES, seed=0)
+        step(f"quantizing to int8 on {len(calib)} training inputs")
         quant = quantize_model(files["fp32"], files["int8"], calib, calibration="training split")
         logits["int8"] = onnx_logits(files["int8"], data.x_val)
     for prec, path in files.items():  # before sizes and hashes are taken: the files describe themselves
@@ -276,7 +283,7 @@ def set_metadata(path: Path, props: Mapping[str, str]) -> None:
 
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
                  also_profiles: Sequence[str | HardwareProfile] = (),
-                 calib_samples: int | None = None) -> ModelCard:
+                 calib_samples: int | None = None, progress: Step | None = None) -> ModelCard:
     """Export a trained trial of a run (the pick by default) as an artifact.
 
     The run's own (effective) profile decides the deployed precision and budgets;
@@ -284,6 +291,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     """
     import torch
 
+    (progress or silent)("loading the run")
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
     if trial is None:
@@ -313,4 +321,5 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,
         calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial},
+        progress=progress,
     )

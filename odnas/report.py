@@ -27,6 +27,7 @@ from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_fr
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import LOG_NAME, read_settings
 from odnas.select import front, proxy_correlations
+from odnas.steps import Step, silent
 
 REPORT_DIR = "report"
 REPORT_NAME = "report.html"
@@ -74,13 +75,15 @@ class Section:
 # ----------------------------------------------------------------- entry point
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path, out: str | Path | None = None, progress: Step | None = None) -> Path:
     """Write the HTML report of ``run_dir`` and a PNG per figure; returns the HTML path.
 
     ``out`` is the HTML file (``.html``) or a folder to put ``report.html`` in;
     by default ``RUN_DIR/report/report.html``. PNGs go beside the HTML file.
     Works on running, partial and failed runs: what cannot be shown is named.
+    ``progress(text)`` is told each step.
     """
+    step = progress or silent
     run_dir = Path(run_dir)
     settings = read_settings(run_dir)
     out = Path(out) if out is not None else run_dir / REPORT_DIR / REPORT_NAME
@@ -88,8 +91,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         out = out / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_logs(run_dir / LOG_NAME), _torch_threads(1):
+        step("loading the run")
         client, _ = load_client(run_dir, readonly=True)
-        sections = build_sections(run_dir, settings, client)
+        sections = build_sections(run_dir, settings, client, step)
+        step(f"writing {out.name} and a PNG per figure")
         for sec in sections:
             for fig in sec.figures:
                 save_png(fig, out.parent / f"{fig.key}.png")
@@ -112,7 +117,7 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def build_sections(run_dir: Path, settings: RunSettings, client) -> list[Section]:
+def build_sections(run_dir: Path, settings: RunSettings, client, step: Step = silent) -> list[Section]:
     """Every section of the report, from a loaded ``ax.api.Client``."""
     profile = profile_from_dict(settings.profile)
     typed = trial_table(experiment_of(client), run_dir)
@@ -122,8 +127,11 @@ def build_sections(run_dir: Path, settings: RunSettings, client) -> list[Section
     settings = settings.to_dict()
     overview = overview_section(rows, fr, settings, profile)
     sections = [overview, front_section(rows, fr, profile, run_dir), tradeoff_section(rows, fr, profile)]
+    step("fitting the surrogate model")
     model = Surrogate.fit(client, rows)
+    step("cross-validating the surrogate (leave one out)")
     sections.append(cv_section(client, model, profile))
+    step("contour plots of the surrogate")
     sections.append(effects_section(client, model, profile))
     sections += [proxies_section(rows, profile, run_dir), trials_section(rows), settings_section(settings)]
     return sections

@@ -24,6 +24,7 @@ from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import RunSettings
 from odnas.rundir import driver_running, write_json_atomic
 from odnas.select import front, meets
+from odnas.steps import Step, silent
 
 #: The confirming protocol runs this many times longer than the search's.
 CONFIRM_FACTOR = 4
@@ -50,16 +51,18 @@ def _lane(run_dir: Path, settings: RunSettings, profile: HardwareProfile, cache:
 
 
 def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
-                  factor: int = CONFIRM_FACTOR) -> dict[str, Any]:
+                  factor: int = CONFIRM_FACTOR, progress: Step | None = None) -> dict[str, Any]:
     """Re-time the front under a ``factor`` x longer protocol and select again.
 
     Front members get their confirmed latencies; a member pushed over a budget (or an
     ``extra`` bound) leaves the front, which may let another feasible model in; that
     one is confirmed too, until the front holds confirmed members only. Returns the
     confirmed front, the pick, and per confirmed trial the search's and the confirmed
-    latency and the budgets it crossed.
+    latency and the budgets it crossed. ``progress(text)`` is told each step.
     """
+    step = progress or silent
     run_dir = Path(run_dir)
+    step("loading the run")
     run = load_run(run_dir)
     profile = run.profile
     lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
@@ -72,6 +75,7 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
         if not todo:
             break
         for r in todo:
+            step(f"timing trial {r.trial} ({len(confirmed) + 1} of the front) with a {factor}x longer protocol")
             rec = lane.costs(r.params)
             new = {k: rec.metrics[k] for k in LATENCY_KEYS if k in rec.metrics}
             old = {k: r.metrics.get(k) for k in new}
@@ -93,11 +97,13 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
             "driver_running": driver_running(run_dir)}
 
 
-def rescore(run_dir: str | Path, profile_name: str, backend=None) -> dict[str, Any]:
+def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step | None = None) -> dict[str, Any]:
     """Every trained candidate of a run measured under ``profile_name`` (no retraining);
     that profile's budgets and thresholds give its feasible front and pick. The result
-    is also written to ``RUN_DIR/rescore/PROFILE.json``."""
+    is also written to ``RUN_DIR/rescore/PROFILE.json``. ``progress(text)`` is told each step."""
+    step = progress or silent
     run_dir = Path(run_dir)
+    step("loading the run")
     run = load_run(run_dir)
     profile = load_profile(profile_name)
     check_runnable(profile)
@@ -107,7 +113,8 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None) -> dict[str, A
     if not trained:
         raise RunDirError(f"{run_dir} has no trained model yet; nothing to rescore")
     out_rows = []
-    for r in trained:
+    for i, r in enumerate(trained, 1):
+        step(f"measuring trial {r.trial} under {profile.name} ({i}/{len(trained)})")
         rec = lane.costs(r.params)
         metrics = {**r.metrics, **rec.metrics}
         out_rows.append(r.replace(metrics=metrics, over_budget=profile.over_budget(metrics),

@@ -167,3 +167,14 @@ def _fails(capsys, argv, code, why=None, one_line=True):
         assert out.err.strip(), argv
     if why:
         assert why in out.err, (argv, out.err)
+
+
+def test_steps_go_to_stderr_as_lines_and_quiet_silences_them(capfd):
+    from odnas.cli import _Steps
+
+    with _Steps() as steps:
+        steps("loading the run")
+    with _Steps(quiet=True) as steps:
+        steps("timing")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "odnas: loading the run\n"

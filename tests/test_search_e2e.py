@@ -44,7 +44,9 @@ def test_status_select_export(run, tmp_path):
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
     assert st["counts"]["completed"] == 5 and sum(st["counts"].values()) == len(st["trials"])
     assert len(st["trials"]) <= 20  # max_candidates = 4 x trials
-    sel = json.loads(run_cli("select", str(d), "--json", check=True).stdout)
+    proc = run_cli("select", str(d), "--json", check=True)
+    sel = json.loads(proc.stdout)  # stdout holds the JSON alone; the steps go to stderr
+    assert "odnas: timing trial" in proc.stderr
     pick = sel["pick"]
     assert pick and pick["trial"] in st["front"]
     budgets = json.loads((d / "odnas.json").read_text())["profile"]["budgets"]

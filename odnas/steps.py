@@ -1,0 +1,18 @@
+"""What a long command is doing now, told to whoever shows it.
+
+Library calls that take seconds to minutes (``select``'s confirmation, ``rescore``,
+``export``, ``report``, ``measure``) take ``progress: Step | None`` and call it with a
+few words before each step; the CLI draws it (a spinner on a terminal, a line per
+step in a log, nothing with ``--quiet``). Stdlib only: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+#: A progress callback: told, in a few words, what is being done now.
+Step = Callable[[str], None]
+
+
+def silent(text: str) -> None:
+    """The callback when nobody watches."""
