@@ -146,7 +146,7 @@ class _Steps:
     stderr there, and the steps still reach the person."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet, self.t0, self.status, self.out = quiet, time.monotonic(), None, None
+        self.quiet, self.t0, self.status, self.out, self.own = quiet, time.monotonic(), None, None, False
 
     def __enter__(self) -> "_Steps":
         if self.quiet:
@@ -154,7 +154,10 @@ class _Steps:
         import os
 
         sys.stderr.flush()
-        self.out = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        try:
+            self.out, self.own = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1), True
+        except (OSError, ValueError):  # a stderr with no file behind it (captured): write to it as is
+            self.out, self.own = sys.stderr, False
         if self.out.isatty():
             from rich.console import Console
 
@@ -174,9 +177,9 @@ class _Steps:
         if self.status is not None:
             self.status.stop()
             self.status = None
-        if self.out is not None:
+        if self.out is not None and self.own:
             self.out.close()
-            self.out = None
+        self.out = None
 
 
 class _Progress:

@@ -291,7 +291,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     """
     import torch
 
-    (progress or silent)("loading the run")
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
     if trial is None:
@@ -312,6 +311,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     ckpt_path = Path(row.trial_dir or "") / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         raise RunDirError(f"trial {row.trial} has no checkpoint at {ckpt_path}")
+    (progress or silent)(f"loading trial {row.trial}'s weights and its data")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     space = get_space(settings.space)
     data = load_data(settings.data, settings.data_dir, seed=settings.data_seed)

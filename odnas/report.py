@@ -91,7 +91,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress: S
         out = out / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_logs(run_dir / LOG_NAME), _torch_threads(1):
-        step("loading the run")
         client, _ = load_client(run_dir, readonly=True)
         sections = build_sections(run_dir, settings, client, step)
         step(f"writing {out.name} and a PNG per figure")

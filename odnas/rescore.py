@@ -62,7 +62,6 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     """
     step = progress or silent
     run_dir = Path(run_dir)
-    step("loading the run")
     run = load_run(run_dir)
     profile = run.profile
     lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
@@ -103,7 +102,6 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
     is also written to ``RUN_DIR/rescore/PROFILE.json``. ``progress(text)`` is told each step."""
     step = progress or silent
     run_dir = Path(run_dir)
-    step("loading the run")
     run = load_run(run_dir)
     profile = load_profile(profile_name)
     check_runnable(profile)

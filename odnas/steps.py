@@ -2,7 +2,8 @@
 
 Library calls that take seconds to minutes (``select``'s confirmation, ``rescore``,
 ``export``, ``report``, ``measure``) take ``progress: Step | None`` and call it with a
-few words before each step; the CLI draws it (a spinner on a terminal, a line per
+few words before each step, once the input is checked (a bad input is one line
+and nothing else); the CLI draws it (a spinner on a terminal, a line per
 step in a log, nothing with ``--quiet``). Stdlib only: every layer may use it.
 """
 

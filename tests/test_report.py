@@ -314,5 +314,5 @@ def test_report_of_a_real_search(tmp_path):
 def test_the_report_tells_its_steps(partial_run, tmp_path):
     steps: list[str] = []
     write_report(partial_run, tmp_path / "r.html", progress=steps.append)
-    assert steps[0] == "loading the run" and steps[-1].startswith("writing r.html")
+    assert steps[0] == "fitting the surrogate model" and steps[-1].startswith("writing r.html")
     assert any("surrogate" in s for s in steps)
