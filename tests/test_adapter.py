@@ -48,3 +48,31 @@ def test_trial_properties_are_stored_with_the_trial(tmp_path):
     client.save_to_json_file(str(path))
     again = Client.load_from_json_file(str(path))
     assert adapter.trial_property(adapter.experiment_of(again).trials[idx], "retry_of") == 3
+
+
+def test_generation_is_routed_through_odnas_and_back():
+    """``wrap_generation`` shadows ``gen`` on one strategy instance: the Client's own
+    requests for candidates then pass through odnas (here a counter), and unwrapping
+    leaves the class's method."""
+    adapter.import_ax()
+    from ax.api.client import Client
+    from ax.api.configs import RangeParameterConfig
+
+    client = Client()
+    client.configure_experiment(parameters=[RangeParameterConfig(name="x", bounds=(0.0, 1.0), parameter_type="float")])
+    client.configure_optimization("y")
+    client.get_next_trials(max_trials=1)
+    gs = adapter.generation_strategy_of(client)
+    calls = []
+
+    def gen(*args, **kwargs):
+        calls.append(kwargs.get("num_trials"))
+        return real(*args, **kwargs)
+
+    real = adapter.wrap_generation(gs, gen)
+    client.get_next_trials(max_trials=1)
+    assert calls == [1]
+    adapter.unwrap_generation(gs)
+    assert "gen" not in vars(gs)
+    client.get_next_trials(max_trials=1)
+    assert calls == [1]
