@@ -40,7 +40,7 @@ class Section:
 
 SECTIONS: dict[str, Section] = {
     "overhead": Section(
-        "Overhead of a real search: the default search and the tutorial problem",
+        "Overhead of a real search, warm workers against fresh jobs: the default search and the tutorial problem",
         (f"{PY} benchmarks/overhead.py --out {BENCH}/overhead",)),
     "tabular": Section(
         "Sample efficiency on a tabular benchmark from real training",
