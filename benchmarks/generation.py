@@ -24,25 +24,29 @@ import_ax()
 def make_client(space, settings: str, seed: int):
     from ax.api.client import Client
 
-    from odnas import search
+    from odnas.loop.config import generation_strategy
 
     c = Client(random_seed=seed)
     c.configure_experiment(parameters=ax_parameters(space.searched()))
     c.configure_optimization("val_acc, -latency_ms",
                              outcome_constraints=["val_acc >= 0.85", "latency_ms <= 0.13", "num_params <= 100000"])
-    gs = search.generation_strategy("bo", seed, 5, 16)
-    if settings == "ax-default":
-        for node in gs.nodes_by_name.values():
-            for spec in node.generator_specs:
+    gs = generation_strategy("bo", seed, 5, 16)
+    for node in gs.nodes_by_name.values():
+        for spec in node.generator_specs:
+            if settings == "ax-default":
                 spec.generator_gen_kwargs.pop("model_gen_options", None)
+            if node.name == "MBM" and settings in ("ax-default", "odnas-tracking"):
+                spec.generator_kwargs = {**spec.generator_kwargs, "fit_tracking_metrics": True}
     c.set_generation_strategy(gs)
     return c
 
 
 def outcome(p, rng):
     x = sum(float(v) for v in p.values() if isinstance(v, (int, float)))
-    return {"latency_ms": 0.05 + 0.002 * x * rng.random(), "num_params": 1000 * x,
-            "val_acc": 0.7 + 0.25 * rng.random()}
+    lat = 0.05 + 0.002 * x * rng.random()
+    # the tracking metrics a search records beside them (not in the objective or the bounds)
+    return {"latency_ms": lat, "num_params": 1000 * x, "val_acc": 0.7 + 0.25 * rng.random(),
+            "flops": 900 * x, "model_bytes": 4000 * x, "latency_ms_p90": 1.2 * lat}
 
 
 def main() -> None:
@@ -50,13 +54,16 @@ def main() -> None:
     ap.add_argument("--space", default="mobile-cnn")
     ap.add_argument("--trials", type=int, default=12, help="completed trials before timing")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--settings", default="ax-default,odnas",
+                    help="ax-default (Ax's acquisition settings, every metric modelled), odnas-tracking "
+                         "(odnas's settings, tracking metrics modelled too), odnas")
     a = ap.parse_args()
     logging.getLogger("ax").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
     from odnas.spaces import get_space
 
     space = get_space(a.space)
-    times: dict[str, list[float]] = {"ax-default": [], "odnas": []}
+    times: dict[str, list[float]] = {k: [] for k in a.settings.split(",")}
     for r in range(a.repeats):
         for settings in times:
             rng = random.Random(r)
@@ -73,7 +80,9 @@ def main() -> None:
           f"{a.repeats} repeats")
     for k, v in med.items():
         print(f"median seconds per candidate, {k}: {v:.2f}")
-    print(f"ratio ax-default / odnas: {med['ax-default'] / med['odnas']:.2f}")
+    for k in med:
+        if k != "odnas" and "odnas" in med:
+            print(f"ratio {k} / odnas: {med[k] / med['odnas']:.2f}")
 
 
 if __name__ == "__main__":

@@ -245,6 +245,10 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
                     opt["options"] = OPT_OPTIONS
                 spec.generator_gen_kwargs = {**spec.generator_gen_kwargs,
                                              "model_gen_options": {"optimizer_kwargs": opt}}
+                # Only the metrics in the objective and bounds are modelled: the tracking
+                # ones (flops, model_bytes, latency_ms_p90) steer nothing, and each would
+                # add a GP to fit and to sample in every acquisition evaluation.
+                spec.generator_kwargs = {**spec.generator_kwargs, "fit_tracking_metrics": False}
     return gs
 
 
