@@ -78,7 +78,7 @@ class _RemoteTorchX(_TorchX):
 
 def test_reattaches_to_a_remote_job_by_its_app_handle(tmp_path):
     r = _runner(tmp_path)
-    r._torchx = _RemoteTorchX()
+    r.attach(r.run_dir, r.cost_lane, _RemoteTorchX())
     first = r.run_trial(0, PARAMS)  # launches app1 and records its handle
     assert json.loads((r.trial_dir(0) / "launch.json").read_text())["app_handle"] == first["app_handle"]
     again = r.run_trial(0, PARAMS)  # a resumed driver, before the job wrote anything

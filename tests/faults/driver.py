@@ -55,15 +55,13 @@ def install() -> None:
 
         TrialRunner.run_trial = run_trial
     elif moment == "running":
-        from pathlib import Path
-
         from odnas.loop.runner import TrialRunner
 
         real_poll = TrialRunner.poll_trial
 
         def poll_trial(self, trial_index, trial_metadata):
             out = real_poll(self, trial_index, trial_metadata)
-            tdir = Path(trial_metadata.get("trial_dir", "."))
+            tdir = self.tdir(trial_metadata)
             if out.name == "RUNNING" and (tdir / "job.json").exists() and not (tdir / "result.json").exists():
                 maybe_die()
             return out
