@@ -582,7 +582,10 @@ class Surrogate:
         else:
             gs_error = ""
         node = gs.current_node_name
-        if isinstance(adapter, TorchAdapter) and adapter.can_predict:
+        # The search models only the metrics that steer it (odnas.loop.config); the
+        # report checks and plots every metric, so a model of them all is fitted here.
+        partial = isinstance(adapter, TorchAdapter) and bool(set(exp.metrics) - set(adapter.outcomes))
+        if isinstance(adapter, TorchAdapter) and adapter.can_predict and not partial:
             return cls(adapter, True, (
                 f"the run's own surrogate (Ax generation node <code>{html.escape(node)}</code>, "
                 f"{type(adapter.generator).__name__}), fitted on {_plural(len(trained), 'trained trial')}"))
@@ -599,10 +602,11 @@ class Surrogate:
         except Exception as e:  # noqa: BLE001
             return cls(why_not=f"Ax could not fit a surrogate to this run's data ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else 'no message'}).")
+        why = ("its model (the run's own surrogate) covers only the metrics in the objective and bounds"
+               if partial else "which has no model (quasi-random methods never have one)")
         return cls(adapter, False, (
-            f"a BoTorch surrogate fitted for this report on {_plural(len(trained), 'trained trial')}: the run's "
-            f"generation strategy is at node <code>{html.escape(node)}</code>, which has no model "
-            "(quasi-random methods never have one)"))
+            f"a BoTorch surrogate fitted for this report on {_plural(len(trained), 'trained trial')}, every metric: "
+            f"the run's generation strategy is at node <code>{html.escape(node)}</code>, {why}"))
 
     def compute(self, client, analysis):
         """One Ax analysis card (an error card if it cannot be computed)."""
