@@ -626,13 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=_Help)  # type: ignore[method-assign]
 
     p = sub.add_parser("profiles", help="list or show hardware profiles")
-    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list",
+                   help="list the profiles, or show one (with its name)")
     p.add_argument("name", nargs="?", help="profile name or YAML path (with show)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(fn=cmd_profiles)
 
     p = sub.add_parser("spaces", help="list search spaces (shipped and installed)")
-    p.add_argument("action", nargs="?", choices=["list"], default="list")
+    p.add_argument("action", nargs="?", choices=["list"], default="list", help="list the spaces")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(fn=cmd_spaces)
 
@@ -711,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue a stopped or killed search")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trials", type=int, help="new total number of trials")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
@@ -719,18 +720,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("stop", help="ask a running search to stop cleanly (from another shell)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.set_defaults(fn=cmd_stop)
 
     p = sub.add_parser("report", help="HTML report of a run: trade-offs, model fit, parameter effects")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("-o", "--output", help="HTML file or folder (default RUN_DIR/report/report.html)")
     p.add_argument("--json", action="store_true", help="the files written, as one JSON document")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("status", help="progress, trial states and the current front of a run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--json", action="store_true", help="one JSON document: counts, trials, front, proxies")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table",
                    help="table (default: for people), or the trials alone as flat JSON records or CSV, "
@@ -738,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_status)
 
     p = sub.add_parser("select", help="the feasible Pareto front and the pick")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--max-latency-ms", type=float, help="only models at most this fast, e.g. 2")
     p.add_argument("--min-acc", type=float, help="only models at least this accurate (val_acc), e.g. 0.95")
     p.add_argument("--no-confirm", action="store_true",
@@ -748,14 +749,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_select)
 
     p = sub.add_parser("rescore", help="measure a run's trained candidates under another profile (no retraining)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--profile", required=True, help="profile name or YAML path")
     p.add_argument("--json", action="store_true", help="one JSON document: every trained model, front, pick")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_rescore)
 
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trial", type=int, help="trial index (default: the pick)")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     p.add_argument("--also-profile", action="append", metavar="PROFILE",
@@ -770,24 +771,27 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="action", required=True)
     c = csub.add_parser("export", help="export the reference models, a CSV template and device-side scripts")
     c.add_argument("-o", "--output", required=True, help="folder to write")
-    c.add_argument("--profile", default="cpu-mobile")
+    c.add_argument("--profile", default="cpu-mobile", help="profile whose session settings the scripts use")
     c.add_argument("--input-shape", help="e.g. 1x28x28 (default 1x8x8, the digits shape)")
-    c.add_argument("--num-classes", type=int, default=10)
+    c.add_argument("--num-classes", type=int, default=10, help="output classes of the reference models")
     c.add_argument("--json", action="store_true", help="the manifest as one JSON document")
     c = csub.add_parser("fit", help="time the references here, fit host->device latency, report held-out error")
-    c.add_argument("--profile", required=True)
+    c.add_argument("--profile", required=True, help="profile name or YAML path to calibrate")
     c.add_argument("--table", help="device CSV (default: the profile's calibration section)")
-    c.add_argument("--model", choices=["loglinear", "ratio"])
-    c.add_argument("--input-shape")
+    c.add_argument("--model", choices=["loglinear", "ratio"],
+                   help="host -> device mapping (default: the profile's, else loglinear)")
+    c.add_argument("--input-shape", help="C x H x W of the reference models (default: as exported beside the table, "
+                        "else the profile's calibration section)")
     c.add_argument("--device", help="free text naming the device")
     c.add_argument("-o", "--output", help="JSON record to write (default beside the table)")
     c.add_argument("--remeasure", action="store_true", help="time the references on this host again")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="the fit as one JSON document")
     c = csub.add_parser("perf-logs", help="turn onnxruntime_perf_test logs (one NAME.txt per reference) "
                                           "into the device CSV")
-    c.add_argument("log_dir")
+    c.add_argument("log_dir", help="folder of onnxruntime_perf_test outputs from the device, one NAME.txt per reference")
     c.add_argument("-o", "--output", help="CSV to write (default LOG_DIR/../device_latency.csv)")
-    c.add_argument("--statistic", choices=["median", "mean"])
+    c.add_argument("--statistic", choices=["median", "mean"], help="how a model's runs are summarised (default: the profile's, from the export's "
+                        "manifest.json, else median)")
     c.add_argument("--json", action="store_true", help="the file written, as one JSON document")
     p.set_defaults(fn=cmd_calibrate)
     return ap

@@ -178,3 +178,22 @@ def test_steps_go_to_stderr_as_lines_and_quiet_silences_them(capfd):
         steps("timing")
     out, err = capfd.readouterr()
     assert out == "" and err == "odnas: loading the run\n"
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+
+    from odnas.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*path, name])
+            elif a.help is None:
+                missing.append(f"odnas {' '.join(path)} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), [])
+    assert not missing, missing
