@@ -257,7 +257,7 @@ def variants(procs: list[dict], q: int) -> dict:
     """name -> (figures [K][M], SEs [K][M], s/candidate, floor ms)."""
     import numpy as np
 
-    from odnas.cost.protocol import RESIDUAL_REL
+    from odnas_device.protocol import RESIDUAL_REL
 
     out = {"P0 current (sess.run)": ([[r["ms"] for r in p["p0"]] for p in procs],
                                      [[r["se"] for r in p["p0"]] for p in procs],

@@ -61,7 +61,7 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Protocol:
-    """How latency is measured (``odnas.cost.protocol``).
+    """How latency is measured (``odnas_device.protocol``).
 
     ``method: reference`` (the default) times the candidate against a fixed reference
     model: ``sessions`` fresh sessions of ``rounds`` alternating bursts of

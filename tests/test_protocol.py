@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from odnas.cost import protocol as P
+from odnas_device import protocol as P
 
 
 class ModeHost:
