@@ -85,10 +85,10 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
     from odnas.cost.lane import measure_candidate
     from odnas.data import load_data
-    from odnas.profiles import load_profile
+    from odnas.profiles import load_profile, with_device
     from odnas.spaces import get_space
 
-    profile = load_profile(a.profile)
+    profile = with_device(load_profile(a.profile), a.device)
     space = get_space(a.space)
     data = load_data(a.data, a.data_dir)
     rng = random.Random(a.seed)
@@ -316,7 +316,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed), early_stopping=a.early_stopping,
         retries=a.retries, trial_timeout_s=a.trial_timeout_s, isolation=a.isolation, env=_parse_env(a.env),
         mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead, data_seed=a.data_seed,
-        threads=a.threads, poll_s=a.poll_s,
+        threads=a.threads, poll_s=a.poll_s, device=a.device,
     )
     from odnas.loop.driver import create_run, run_loop
 
@@ -533,6 +533,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  int8 against fp32: val_acc {q['val_acc_onnx']:.4f} vs {f['val_acc_onnx']:.4f}, latency_ms "
               f"{q['latency_ms']:.4g} vs {f['latency_ms']:.4g}, model_bytes {q['model_bytes']} vs {f['model_bytes']}, "
               f"top-1 agreement {q.get('top1_agreement_vs_fp32', float('nan')):.4f}")
+    lat = card["latency"]
+    print(f"  latency_ms {lat['latency_ms']:.4g} (+- {lat['latency_ms_sem']:.2g}), timed on {lat.get('timed_on')}")
     for m, b in card["budgets"].items():
         print(f"  budget {m} <= {b['limit']:g}: {b['value']:.4g} ({'met' if b['met'] else 'NOT met'})")
     for name, pr in (card.get("profiles") or {}).items():
@@ -616,7 +618,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def cmd_device(a: argparse.Namespace) -> int:
+    from odnas_device.agent import run_serve
+
+    return run_serve(a)
+
+
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="URL",
+                   help="time latency on the device agent at URL (odnas-device serve prints it; the token is "
+                        "read from $ODNAS_DEVICE_TOKEN) instead of on this host")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from odnas_device.options import add_serve_arguments
+
     from odnas import __version__
 
     ap = _Parser(prog="odnas", description="On-device, deployment-aware neural architecture search",
@@ -646,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random candidates")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _device_flag(p)
     p.set_defaults(fn=cmd_measure)
 
     p = sub.add_parser("doctor", help="check whether this host times latency reproducibly, and what to do if not")
@@ -706,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hidden_alias(p, "--trial-timeout", "trial_timeout_s", type=float)
     p.add_argument("--early-stopping", action="store_true",
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
+    _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
@@ -765,6 +783,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the model card as one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("device", help="the device agent: serve latency timings from the phone or board itself")
+    dsub = p.add_subparsers(dest="action", required=True)
+    d = dsub.add_parser("serve", formatter_class=_Help, help="time ONNX models here for searches elsewhere (prints the address and a "
+                                      "token; on a device without odnas: pip install odnas-device, then "
+                                      "odnas-device serve)")
+    add_serve_arguments(d)
+    d.set_defaults(fn=cmd_device)
 
     p = sub.add_parser("calibrate", help="fit host latency to a real device: export reference models, "
                                          "read their device timings, fit")

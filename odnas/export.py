@@ -15,6 +15,7 @@ judged on the deployed file's own, freshly measured, figures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -25,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from odnas.cost.count import count
+from odnas.cost.device import backend_for
 from odnas.cost.latency import check_runnable
 from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
@@ -132,10 +134,10 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
 
     step = progress or silent
 
-    def measure_latency(path, prof):  # one timing at a time on this host, as in the cost lane
-        step(f"timing {path.name} under {prof.name}")
-        with measurement_window("lock"):
-            return _measure(path, prof)
+    def measure_latency(path, prof):  # one timing at a time on this host (or on its device), as in the cost lane
+        step(f"timing {path.name} under {prof.name}" + (f" on the device at {prof.device.url}" if prof.device else ""))
+        with measurement_window("lock") if prof.device is None else contextlib.nullcontext():
+            return _measure(path, prof, backend_for(prof))
 
     out = Path(out)
     if out.suffix != ".onnx":
@@ -207,7 +209,8 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
             "model_bytes": figures[prec]["model_bytes"], "val_acc_onnx": figures[prec]["val_acc_onnx"],
             "batch_size": prof.batch_size, "intra_op_threads": plat.intra_op_threads,
             "budgets": budgets, "met": all(b["met"] for b in budgets.values()),
-            "latency": plat.to_dict(), "source": Path(prof.source).name if prof.source else None,
+            "latency": plat.to_dict(), "timed_on": plat.source,
+            "source": Path(prof.source).name if prof.source else None,
         }
 
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
@@ -221,7 +224,8 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         },
         output={"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
         labels=list(data.labels), data=data.describe(), parity=parity, precisions=figures,
-        quantization=quant.to_dict() if quant is not None else None, profiles=per_profile, latency=lat.to_dict(),
+        quantization=quant.to_dict() if quant is not None else None, profiles=per_profile,
+        latency={**lat.to_dict(), "timed_on": lat.source},
         onnx={"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
         environment={"python": platform.python_version(), "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,

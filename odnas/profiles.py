@@ -104,6 +104,31 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """Time candidates on a device through its agent (``odnas-device serve``) instead of
+    on the search's host. The token is read from the environment variable ``token_env``
+    when a timing is asked for, and is never stored. A timing that fails (the device went
+    away, timed out past ``timeout_s``) is tried ``retries`` more times, ``retry_wait_s``
+    apart and doubling, before the search stops."""
+
+    url: str
+    token_env: str = "ODNAS_DEVICE_TOKEN"
+    timeout_s: float = 300.0
+    retries: int = 3
+    retry_wait_s: float = 5.0
+
+
+_URL = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
+
+
+def check_device_url(url: str) -> str:
+    """``url`` without a trailing slash, or ProfileError: the agent's base address."""
+    if not isinstance(url, str) or not _URL.match(url.strip()):
+        raise ProfileError(f"device url {url!r}: expected http://HOST:PORT, as odnas-device serve prints it")
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """A deployment target. Frozen: a loaded profile never changes under a search."""
 
@@ -119,6 +144,8 @@ class HardwareProfile:
     source: str = ""
     #: device latencies of reference models; when set, latency_ms means device milliseconds
     calibration: CalibrationSpec | None = None
+    #: a device agent that times every candidate; when set, latency_ms is timed on the device
+    device: DeviceSpec | None = None
 
     @property
     def objective_metrics(self) -> tuple[str, ...]:
@@ -145,6 +172,8 @@ class HardwareProfile:
         else:
             d["calibration"]["references"] = dict(self.calibration.references)
             d["calibration"]["input_shape"] = list(self.calibration.input_shape)
+        if self.device is None:
+            del d["device"]
         return d
 
 
@@ -197,7 +226,7 @@ def profile_from_dict(
     v = _Validator(source)
     top = v.keys(raw, "", {
         "name", "description", "runtime", "batch_size", "protocol",
-        "objective", "thresholds", "budgets", "precision", "source", "calibration",
+        "objective", "thresholds", "budgets", "precision", "source", "calibration", "device",
     })
     name = v.typed(top, "name", str, default_name)
     runtime_raw = v.keys(top.get("runtime") or {}, "runtime.", {f.name for f in dataclasses.fields(Runtime)})
@@ -251,7 +280,37 @@ def profile_from_dict(
         precision=v.choice(top, "precision", PRECISIONS, "fp32"),
         source=source,
         calibration=_calibration(v, top.get("calibration"), base_dir),
+        device=_device(v, top.get("device")),
     )
+
+
+def _device(v: "_Validator", raw: Any) -> DeviceSpec | None:
+    if raw is None:
+        return None
+    raw = v.keys(raw, "device.", {f.name for f in dataclasses.fields(DeviceSpec)})
+    url = v.typed(raw, "device.url", str, "")
+    try:
+        url = check_device_url(url)
+    except ProfileError as e:
+        v.fail("device.url", url, str(e).split(": ", 1)[1])
+    token_env = v.typed(raw, "device.token_env", str, DeviceSpec.token_env)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token_env):
+        v.fail("device.token_env", token_env, "must be the name of an environment variable")
+    return DeviceSpec(url=url, token_env=token_env,
+                      timeout_s=v.number(raw, "device.timeout_s", DeviceSpec.timeout_s, lo=0.0, strict=True),
+                      retries=v.integer(raw, "device.retries", DeviceSpec.retries, lo=0),
+                      retry_wait_s=v.number(raw, "device.retry_wait_s", DeviceSpec.retry_wait_s, lo=0.0))
+
+
+def with_device(profile: HardwareProfile, url: str | None) -> HardwareProfile:
+    """``profile`` timed on the agent at ``url`` (``--device``), keeping the profile's other
+    device settings; ``url`` None leaves it as it is. A device's own figures replace a
+    host -> device calibration, so the calibration section is dropped."""
+    if not url:
+        return profile
+    spec = dataclasses.replace(profile.device, url=check_device_url(url)) if profile.device \
+        else DeviceSpec(url=check_device_url(url))
+    return dataclasses.replace(profile, device=spec, calibration=None)
 
 
 def _calibration(v: "_Validator", raw: Any, base_dir: str | Path | None) -> CalibrationSpec | None:

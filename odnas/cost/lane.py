@@ -19,11 +19,12 @@ import numpy as np
 
 from odnas.cost.calibrate import apply_to_record, run_calibration
 from odnas.cost.count import count
+from odnas.cost.device import DeviceLatencyBackend, backend_for
 from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, host_key, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.profiles import HardwareProfile, profile_from_dict
-from odnas.records import CostRecord, LatencyKey, RunSettings
+from odnas.records import CostRecord, RunSettings
 from odnas.rundir import COSTS_DIR, SETTINGS_NAME, local_jobs, read_json, write_json_atomic
 from odnas.spaces import get_space
 
@@ -68,7 +69,7 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
             quant = quantize_model(path, int8, x, mode="static", per_channel=True, calibration=source)
             path = int8
         with window() if window is not None else contextlib.nullcontext():
-            lat = measure_latency(path, profile, backend)
+            lat = measure_latency(path, profile, backend or backend_for(profile))
         model_bytes = path.stat().st_size
     return CostRecord(
         arch_id=space.arch_id(params), space=space.name, profile=profile.name, precision=profile.precision,
@@ -98,9 +99,11 @@ class CostCache:
 class CostLane:
     """Costs of a candidate, measured on the driver one at a time, cached by arch id.
 
-    A cached record is reused only when its latency was taken under the same
-    ``LatencyKey`` (host, CPU, ONNX Runtime version, session settings) this host
-    has now; otherwise the candidate is measured again.
+    Latency is timed on this host, or on the device agent of the profile's ``device``
+    section (``odnas.cost.device``). A cached record is reused only when its latency
+    was taken under the same ``LatencyKey`` (host or device, CPU, ONNX Runtime
+    version, session settings) the lane would time under now; otherwise the
+    candidate is measured again.
     """
 
     def __init__(self, space, input_shape, num_classes: int, profile: HardwareProfile,
@@ -109,8 +112,10 @@ class CostLane:
         self.space, self.input_shape, self.num_classes = space, tuple(input_shape), num_classes
         self.profile = profile
         self.cache = CostCache(cache_dir)
-        # One backend for the lane's life: it keeps the host's reference baseline in memory.
-        self.backend: LatencyBackend = backend or OrtLatencyBackend()
+        # One host backend for the lane's life: it keeps the host's reference baseline in memory.
+        self._given = backend
+        self._host = OrtLatencyBackend()
+        self._device: DeviceLatencyBackend | None = None
         self._trust_cache = backend is not None  # a test backend's records are valid where it made them
         self.calibration = calibration  # host -> device mapping (odnas.cost.calibrate), or None
         self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
@@ -118,7 +123,6 @@ class CostLane:
         self.holds: list[Callable[[], Any]] = []  # context managers that keep other work still while timing
         self.measured = 0  # measurements made by this process (cache misses)
         self.seconds = 0.0  # wall time spent measuring (cache misses)
-        self._key: LatencyKey | None = None
 
     @classmethod
     def for_run(cls, run_dir: str | Path, settings: RunSettings,
@@ -126,10 +130,27 @@ class CostLane:
         """The lane of a run dir: its space, data shape and effective profile, its cost
         cache, its calibration, and its local jobs to pause while timing."""
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
-        calibration = run_calibration(run_dir, profile) if backend is None else None
+        # A device's own figures need no host -> device mapping.
+        calibration = run_calibration(run_dir, profile) if backend is None and profile.device is None else None
         return cls(get_space(settings.space), settings.input_shape, settings.num_classes,
                    profile, Path(run_dir) / COSTS_DIR, backend, calibration,
                    isolation=settings.isolation, local_jobs=lambda: local_jobs(run_dir))
+
+    @property
+    def backend(self) -> LatencyBackend:
+        """What times a candidate under the lane's profile now: the backend given, the
+        profile's device agent, or this host."""
+        if self._given is not None:
+            return self._given
+        if self.profile.device is not None:
+            if self._device is None or self._device.spec != self.profile.device:
+                self._device = DeviceLatencyBackend.of(self.profile)
+            return self._device
+        return self._host
+
+    @property
+    def on_device(self) -> bool:
+        return self._given is None and self.profile.device is not None
 
     @contextlib.contextmanager
     def window(self):
@@ -152,9 +173,9 @@ class CostLane:
     def _comparable(self, rec: CostRecord) -> bool:
         if self._trust_cache:
             return True
-        if self._key is None:
-            self._key = host_key(self.profile)
-        return not rec.latency_key.differs(self._key)
+        backend = self.backend
+        key = backend.key(self.profile) if isinstance(backend, DeviceLatencyBackend) else host_key(self.profile)
+        return not rec.latency_key.differs(key)
 
     def costs(self, params: Mapping[str, Any]) -> CostRecord:
         arch = self.space.arch_id(params)
@@ -162,8 +183,9 @@ class CostLane:
         # A latency from another host, ORT build or setting is not comparable: measure again.
         if rec is None or not self._comparable(rec):
             t0 = time.perf_counter()
-            rec = measure_candidate(self.space, params, self.input_shape, self.num_classes,
-                                    self.profile, backend=self.backend, window=self.window)
+            # A device is timed where it is: nothing here needs to hold still for it.
+            rec = measure_candidate(self.space, params, self.input_shape, self.num_classes, self.profile,
+                                    backend=self.backend, window=None if self.on_device else self.window)
             self.cache.put(rec)  # host figures: the cache never holds device estimates
             self.measured += 1
             self.seconds += time.perf_counter() - t0

@@ -20,7 +20,7 @@ from odnas import plugins
 from odnas.errors import SearchError, SpaceError
 from odnas.jobs.component import make_resource, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
-from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound
+from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound, with_device
 from odnas.records import RunSettings
 
 METHODS = ("bo", "sobol", "random", "saasbo")
@@ -70,6 +70,7 @@ class SearchConfig:
     # Orchestrator then generates (and the cost lane measures) the next candidate while the
     # slots train, with the running trials as pending points; a slot frees straight into it.
     lookahead: int = 0
+    device: str | None = None  # a device agent's address: latency is timed there (overrides the profile's)
 
 
 def effective_profile(profile: HardwareProfile, objective: str | None,
@@ -117,6 +118,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     from odnas.spaces import get_space
 
     profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
+    profile = with_device(profile, cfg.device)
     space = get_space(cfg.space)
     try:
         space.check_fixed(cfg.fixed)

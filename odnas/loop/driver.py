@@ -274,7 +274,14 @@ def interrupt_summary(exp, run_dir: Path) -> str:
 
 
 def host_note(lane: CostLane, out) -> None:
-    """One line when this host switches speed modes: what odnas does about it."""
+    """Where latency is timed: on a device, one line naming it (after checking the link,
+    so a wrong address or token stops the search before anything runs); on this host,
+    one line when it switches speed modes, and what odnas does about it."""
+    if lane.on_device:
+        info = lane.backend.check(lane.profile)
+        print(f"odnas: timing latency on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']}) "
+              f"through the device agent at {lane.profile.device.url}", file=out, flush=True)
+        return
     base = lane.host_check()
     if base is not None and base.modes.present:
         print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "

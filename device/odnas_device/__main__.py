@@ -1,0 +1,5 @@
+import sys
+
+from odnas_device.agent import main
+
+sys.exit(main())

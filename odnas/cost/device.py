@@ -1,0 +1,181 @@
+"""Timing on the device: the client side of ``odnas_device.agent``.
+
+``DeviceLatencyBackend`` is a latency backend like ``OrtLatencyBackend``, but it sends
+the ONNX file, the profile's settings and the reference model to a device agent and
+returns the device's figure, with the device's environment as the record's key. A
+timing that fails because the device went away (refused connection, reset, timeout,
+an error inside the agent) is logged with its reason and tried again, ``retries``
+times with a doubling wait; then ``DeviceUnreachable`` stops whatever asked. A refusal
+(wrong token, a file the agent will not take) is not retried: it would fail again.
+Standard library only, over ``urllib``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from odnas_device import API_VERSION
+
+from odnas.cost.latency import LatencyResult, input_shape
+from odnas.cost.reference import reference_onnx
+from odnas.errors import OdnasError
+from odnas.profiles import DeviceSpec, HardwareProfile
+from odnas.records import LatencyKey
+
+
+class DeviceError(OdnasError):
+    """The device agent refused a request: the message says what and why."""
+
+
+class DeviceUnreachable(DeviceError):
+    """The device agent could not be reached or failed, past the retries."""
+
+    exit_code = 3
+
+
+class DeviceClient:
+    """One agent at ``url``, with ``token``; every call raises ``DeviceError`` (refused) or
+    ``DeviceUnreachable`` (not there, too slow, failed)."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 300.0) -> None:
+        self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+              timeout_s: float | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            try:
+                reason = json.loads(e.read()).get("error") or e.reason
+            except (ValueError, AttributeError, OSError):
+                reason = e.reason
+            if e.code >= 500:
+                raise DeviceUnreachable(f"the device agent at {self.url} failed: {reason}") from None
+            if e.code == 401:
+                raise DeviceError(f"the device agent at {self.url} refused the token ({reason}); set the token "
+                                  "it printed at start in the profile's token variable (ODNAS_DEVICE_TOKEN by "
+                                  "default)") from None
+            raise DeviceError(f"the device agent at {self.url} refused the request ({e.code}): {reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError,
+                OSError) as e:
+            why = getattr(e, "reason", None) or e
+            if isinstance(why, (socket.timeout, TimeoutError)) or "timed out" in str(why):
+                why = f"no answer within {timeout_s or self.timeout_s:g} s"
+            raise DeviceUnreachable(f"the device agent at {self.url} is not reachable: {why}") from None
+        except ValueError:
+            raise DeviceUnreachable(f"{self.url} answered with something that is not JSON; is it an odnas "
+                                    "device agent?") from None
+
+    def info(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The agent's identity; refuses an agent of another API version."""
+        info = self._call("GET", "/v1/info", timeout_s=timeout_s)
+        if info.get("agent") != "odnas-device" or info.get("api") != API_VERSION:
+            raise DeviceError(f"{self.url} is not an odnas device agent of API {API_VERSION} "
+                              f"(it says {info.get('agent')!r}, API {info.get('api')!r}); install the same "
+                              "odnas-device version on the device")
+        return info
+
+    def measure(self, model: bytes, settings: Mapping[str, Any], reference: bytes | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"settings": dict(settings), "model": base64.b64encode(model).decode()}
+        if reference is not None:
+            body["reference"] = base64.b64encode(reference).decode()
+        return self._call("POST", "/v1/measure", body)
+
+
+def settings_of(profile: HardwareProfile) -> dict[str, Any]:
+    """What the agent needs of a profile: its runtime, protocol and batch size."""
+    return {"runtime": dataclasses.asdict(profile.runtime), "protocol": dataclasses.asdict(profile.protocol),
+            "batch_size": profile.batch_size}
+
+
+def token_of(spec: DeviceSpec) -> str:
+    token = os.environ.get(spec.token_env, "")
+    if not token:
+        raise DeviceError(f"no token for the device agent at {spec.url}: set ${spec.token_env} to the token "
+                          "`odnas-device serve` printed")
+    return token
+
+
+class DeviceLatencyBackend:
+    """Times on the device agent of ``spec``, retrying a device that went away."""
+
+    def __init__(self, spec: DeviceSpec, token: str | None = None, log: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.spec = spec
+        self.client = DeviceClient(spec.url, token if token is not None else token_of(spec), spec.timeout_s)
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.sleep = sleep
+        self._info: dict[str, Any] | None = None
+        self.failures = 0  # timings that failed and were tried again
+
+    @classmethod
+    def of(cls, profile: HardwareProfile, **kw) -> "DeviceLatencyBackend":
+        assert profile.device is not None
+        return cls(profile.device, **kw)
+
+    def check(self, profile: HardwareProfile) -> dict[str, Any]:
+        """The agent's identity, checked to have the profile's provider; ``DeviceError`` if not."""
+        info = self._retrying("reaching the agent", lambda: self.client.info())
+        if profile.runtime.provider not in info.get("providers", []):
+            raise DeviceError(f"the device {info.get('device')} at {self.spec.url} has no "
+                              f"{profile.runtime.provider} (it has {', '.join(info.get('providers', []))})")
+        self._info = info
+        return info
+
+    def key(self, profile: HardwareProfile) -> LatencyKey:
+        """The comparability key of a figure this device would give under ``profile``."""
+        info = self._info or self.check(profile)
+        rt = profile.runtime
+        return LatencyKey(host=info["host"], cpu_model=info["cpu_model"], ort_version=info["ort_version"],
+                          provider=rt.provider, intra_op_threads=rt.intra_op_threads or int(info.get("cores") or 1),
+                          inter_op_threads=rt.inter_op_threads, batch_size=profile.batch_size,
+                          graph_optimization=rt.graph_optimization)
+
+    def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
+        model = Path(onnx_path).read_bytes()
+        ref = reference_onnx(input_shape(onnx_path)).read_bytes() if profile.protocol.method == "reference" else None
+        d = self._retrying(f"timing {Path(onnx_path).name}",
+                           lambda: self.client.measure(model, settings_of(profile), ref))
+        return LatencyResult.from_dict({**d, "agent": self.spec.url})
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        wait, t0 = self.spec.retry_wait_s, time.monotonic()
+        for attempt in range(self.spec.retries + 1):
+            try:
+                return call()
+            except DeviceUnreachable as e:
+                if attempt == self.spec.retries:
+                    raise DeviceUnreachable(f"{e}; gave up {what} after {attempt + 1} attempts over "
+                                            f"{time.monotonic() - t0:.0f} s. Completed trials are kept: start "
+                                            "the agent again, then resume") from None
+                self.failures += 1
+                self.log(f"odnas: device: {what} failed ({e}); trying again in {wait:g} s "
+                         f"(attempt {attempt + 2} of {self.spec.retries + 1})")
+                self.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable")
+
+
+def backend_for(profile: HardwareProfile):
+    """The latency backend a profile asks for: its device agent, else this host."""
+    if profile.device is not None:
+        return DeviceLatencyBackend.of(profile)
+    from odnas.cost.latency import OrtLatencyBackend
+
+    return OrtLatencyBackend()
