@@ -129,6 +129,15 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     if len(shape) != 3 or min(shape) < 1 or a.models < 2:
         raise SearchError("--input-shape takes three positive sizes (1x28x28) and --models at least 2")
     profile = load_profile(a.profile)
+    if a.device:
+        from odnas.cost.doctor import check_device, format_device_report
+        from odnas.profiles import with_device
+
+        if not a.json:
+            print(f"Timing on the device at {a.device} under {profile.name}...", file=sys.stderr, flush=True)
+        report = check_device(with_device(profile, a.device), shape, a.models)
+        _print_json(report) if a.json else print(format_device_report(report))
+        return 0
     if not a.json:
         print(f"Timing on this host under {profile.name} (about a minute; the first run on a host also "
               f"calibrates the reference model for {profile.protocol.calibration_s:g} s)...", file=sys.stderr,
@@ -573,6 +582,24 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             _print_json(cal.to_dict())
         else:
             print(C.format_calibration(cal) + f"\nWrote {out}")
+    elif a.action == "run":
+        import dataclasses
+
+        from odnas.profiles import with_device
+
+        profile = with_device(load_profile(a.profile), a.device)
+        with _Steps(a.quiet) as steps:
+            table, device = C.time_on_device(a.output, profile, a.input_shape, a.num_classes, progress=steps)
+            steps("timing the same references on this host, and fitting")
+            out = Path(a.output) / "calibration.json"
+            cal = C.fit_calibration(dataclasses.replace(profile, device=None, calibration=None), table,
+                                    model=a.model, device=device, out=out)
+        if a.json:
+            _print_json({**cal.to_dict(), "table": str(table)})
+            return 0
+        print(C.format_calibration(cal) + f"\nWrote {table} and {out}")
+        print(f"To search without the device, add to the profile:\n  calibration:\n    table: {Path(table).resolve()}"
+              f"\n    model: {cal.model}\n    device: {device!r}")
     else:  # perf-logs
         out = C.perf_logs_to_csv(a.log_dir, a.output, a.statistic)
         _print_json({"csv": str(out)}) if a.json else print(f"Wrote {out}")
@@ -670,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default="1x8x8", help="C x H x W of the models timed (default 1x8x8, digits)")
     p.add_argument("--models", type=int, default=3, help="candidates timed twice in fresh processes (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--device", metavar="URL", help="check a device agent instead: the link, its onnxruntime and "
+                   "its retest spread (the token is read from $ODNAS_DEVICE_TOKEN)")
     p.set_defaults(fn=cmd_doctor)
 
     p = sub.add_parser("search", help="run a multi-objective architecture search", epilog=SEARCH_EXAMPLES)
@@ -811,6 +840,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="free text naming the device")
     c.add_argument("-o", "--output", help="JSON record to write (default beside the table)")
     c.add_argument("--remeasure", action="store_true", help="time the references on this host again")
+    c.add_argument("--json", action="store_true", help="the fit as one JSON document")
+    c = csub.add_parser("run", help="time the references on a device agent and fit, with no hand-timing")
+    c.add_argument("--profile", required=True, help="profile name or YAML path to calibrate")
+    c.add_argument("--device", metavar="URL", help="the device agent (default: the profile's device section); "
+                   "the token is read from $ODNAS_DEVICE_TOKEN")
+    c.add_argument("-o", "--output", required=True, help="folder for the references, the device table and the fit")
+    c.add_argument("--input-shape", help="e.g. 1x28x28 (default 1x8x8, the digits shape)")
+    c.add_argument("--num-classes", type=int, default=10, help="output classes of the reference models")
+    c.add_argument("--model", choices=["loglinear", "ratio"], help="host -> device mapping (default loglinear)")
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
     c.add_argument("--json", action="store_true", help="the fit as one JSON document")
     c = csub.add_parser("perf-logs", help="turn onnxruntime_perf_test logs (one NAME.txt per reference) "
                                           "into the device CSV")

@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from odnas.errors import CalibrationError
 from odnas.records import CostRecord, LatencyKey
@@ -344,6 +344,41 @@ def write_device_table(rows: Iterable[DeviceRow], path: str | Path) -> Path:
             w.writerow([r.model, repr(r.latency_ms), "" if r.latency_ms_p90 is None else repr(r.latency_ms_p90),
                         "" if r.runs is None else r.runs, r.notes])
     return path
+
+
+# ---------------------------------------------------------------- step 2, from a device agent
+
+
+def time_on_device(out_dir: str | Path, profile: HardwareProfile, input_shape: Sequence[int] | str | None = None,
+                   num_classes: int = DEFAULT_NUM_CLASSES, *, backend=None,
+                   progress: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """Export the reference set to ``out_dir`` and time every model on the device agent of
+    ``profile.device`` (or ``backend``), under the profile's protocol: the device table
+    ``odnas calibrate fit`` reads, filled with no hand-timing. Returns the table's path
+    and what the device calls itself. Each model's full latency record is kept beside
+    it (``device_latency.json``)."""
+    from odnas.cost.device import DeviceLatencyBackend
+
+    step = progress or (lambda _text: None)
+    if backend is None:
+        if profile.device is None:
+            raise CalibrationError("no device agent to time on: pass --device URL or give the profile a device: section")
+        backend = DeviceLatencyBackend.of(profile)
+        info = backend.check(profile)
+        step(f"timing on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']})")
+    step(f"exporting the {len(REFERENCES)} reference models")
+    man = export_references(out_dir, profile, input_shape, num_classes)
+    rows, records = [], {}
+    for i, m in enumerate(man["models"]):
+        step(f"timing {m['name']} on the device ({i + 1} of {len(man['models'])})")
+        lat = backend.measure(Path(out_dir) / m["file"], profile)
+        records[m["name"]] = lat.to_dict()
+        rows.append(DeviceRow(model=m["name"], latency_ms=lat.latency_ms, latency_ms_p90=lat.latency_ms_p90,
+                              runs=lat.runs, notes=f"odnas-device on {lat.device or lat.host}"))
+    table = write_device_table(rows, Path(out_dir) / TEMPLATE_CSV)
+    _write_json(Path(out_dir) / "device_latency.json", records)
+    first = next(iter(records.values()))
+    return table, str(first.get("device") or first.get("host"))
 
 
 # ---------------------------------------------------------------- onnxruntime_perf_test logs

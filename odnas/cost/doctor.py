@@ -115,6 +115,57 @@ def check_host(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8),
     return out
 
 
+def check_device(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8), models: int = 3,
+                 backend=None) -> dict[str, Any]:
+    """The link to ``profile.device`` and its timings: the agent's identity and ONNX
+    Runtime, the link's round trip, and the retest spread of a few fixed candidates
+    timed twice on the device under the profile's protocol (each timing opens fresh
+    sessions there). ``DeviceError`` if the agent cannot be reached or refuses."""
+    from odnas.cost.device import DeviceLatencyBackend
+
+    t0 = time.perf_counter()
+    backend = backend or DeviceLatencyBackend.of(profile)
+    info = backend.check(profile)
+    trips = []
+    for _ in range(5):
+        a = time.perf_counter()
+        backend.client.info()
+        trips.append((time.perf_counter() - a) * 1e3)
+    shape = tuple(int(d) for d in input_shape)
+    out: dict[str, Any] = {"profile": profile.name, "input_shape": list(shape), "device": info,
+                           "url": profile.device.url if profile.device else None,
+                           "round_trip_ms": float(np.median(trips))}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _candidates(Path(tmp), models, shape)
+        a = [backend.measure(p, profile).to_dict() for p in paths]
+        b = [backend.measure(p, profile).to_dict() for p in paths]
+    diffs = [abs(x["latency_ms"] / y["latency_ms"] - 1.0) for x, y in zip(a, b)]
+    z = [abs(x["latency_ms"] - y["latency_ms"]) / max(1e-12, np.hypot(x["latency_ms_sem"], y["latency_ms_sem"]))
+         for x, y in zip(a, b)]
+    out["retest"] = {"median_abs_diff": float(np.median(diffs)), "max_abs_diff": float(max(diffs)),
+                     "max_z": float(max(z)), "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
+                     "latency_ms": [[x["latency_ms"], y["latency_ms"]] for x, y in zip(a, b)]}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def format_device_report(r: dict[str, Any]) -> str:
+    d, s = r["device"], r["retest"]
+    lines = [f"odnas doctor --device {r['url']}: {d['device']} ({d['cpu_model']}, {d['cores']} cores, "
+             f"{d['machine']}), onnxruntime {d['ort_version']} ({', '.join(d['providers'])}), "
+             f"odnas-device {d['version']}",
+             f"  link:            round trip {r['round_trip_ms']:.1f} ms (median of 5)",
+             f"  retest:          median |diff| {s['median_abs_diff']:.1%}, max {s['max_abs_diff']:.1%} between two "
+             f"timings of {len(s['latency_ms'])} models (max |diff|/SE {s['max_z']:.1f}, "
+             f"{s['seconds_per_candidate']:.2f} s per candidate on the device)"]
+    if s["median_abs_diff"] > SPREAD_TOLERANCE:
+        lines.append(f"  - The retest spread is over {SPREAD_TOLERANCE:.0%}: raise protocol.sessions in the profile, "
+                     "or stop other work on the device.")
+    else:
+        lines.append("  The device times reproducibly under this profile.")
+    return "\n".join(lines)
+
+
 def advice(r: dict[str, Any]) -> list[str]:
     """What a user can do about what the check found."""
     tips = []
