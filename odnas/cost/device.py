@@ -162,8 +162,7 @@ class DeviceLatencyBackend:
             except DeviceUnreachable as e:
                 if attempt == self.spec.retries:
                     raise DeviceUnreachable(f"{e}; gave up {what} after {attempt + 1} attempts over "
-                                            f"{time.monotonic() - t0:.0f} s. Completed trials are kept: start "
-                                            "the agent again, then resume") from None
+                                            f"{time.monotonic() - t0:.0f} s") from None
                 self.failures += 1
                 self.log(f"odnas: device: {what} failed ({e}); trying again in {wait:g} s "
                          f"(attempt {attempt + 2} of {self.spec.retries + 1})")

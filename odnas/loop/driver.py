@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
+from odnas.cost.device import DeviceUnreachable
 from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
@@ -120,7 +121,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
-        host_note(lane, term)
+        try:
+            host_note(lane, term)
+        except DeviceUnreachable as e:  # nothing started: say how to go on once the device is back
+            raise DeviceUnreachable(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         # With warm workers and lookahead, trials beyond the slots wait in the workers' inboxes.
         queued = settings.lookahead * settings.parallel if runner.warm else 0
         options = OrchestratorOptions(
@@ -200,6 +204,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             ) from None
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None
+        except DeviceUnreachable as e:
+            raise DeviceUnreachable(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         finally:
             signals.restore()
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from odnas.cost.device import DeviceUnreachable
 from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app, trial_args, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
@@ -50,6 +51,7 @@ class _Live:
     restarts: dict[str, int] = field(default_factory=dict)  # trial dir -> workers launched again to serve it
     seconds: dict[str, float] = field(default_factory=dict)  # where the runner's time went (deploy, poll)
     calls: dict[str, int] = field(default_factory=dict)
+    device_gone: Exception | None = None  # the device agent stayed away: every deployment fails now
 
 
 class TrialRunner(IRunner):
@@ -141,8 +143,15 @@ class TrialRunner(IRunner):
 
     def run_trial(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
+        # A device that stayed away past its retries ends the search: Ax retries a failed
+        # deployment three times, and each would wait out the device's retries again.
+        if self._live.device_gone is not None:
+            raise self._live.device_gone
         try:
             return self._deploy(trial_index, parameterization)
+        except DeviceUnreachable as e:
+            self._live.device_gone = e
+            raise
         finally:
             self._timed("deploy", t0)
 
