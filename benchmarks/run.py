@@ -67,6 +67,12 @@ SECTIONS: dict[str, Section] = {
          f"{PY} benchmarks/retest.py --run {BENCH}/repro"),
         note="The default search, then every trained candidate measured again by `odnas rescore` in a fresh "
              "process, and the exported pick against an independent plain loop in five fresh processes."),
+    "device": Section(
+        "The device agent against the host's own measurement, on one machine",
+        (f"{PY} benchmarks/device.py --profile cpu-mobile --repeats 2",),
+        note="`odnas-device serve` on loopback, timing the shipped reference set under cpu-mobile, against "
+             "the host's own backend in the benchmark's process; both calibrate their reference baseline "
+             "afresh in each repeat."),
     "protocols": Section(
         "Timing protocols compared on a host with speed modes",
         (f"{PY} benchmarks/reproducibility.py --processes 6 --models 20",),

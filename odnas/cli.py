@@ -377,7 +377,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from odnas.loop.driver import resume
 
     run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
-                                 trials=a.trials)
+                                 trials=a.trials, device=a.device)
     _finish(a, run_dir)
     return 0
 
@@ -761,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a stopped or killed search")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trials", type=int, help="new total number of trials")
+    p.add_argument("--device", metavar="URL", help="the device agent's new address, for a search timed on a device "
+                   "whose agent has moved")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")

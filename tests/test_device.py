@@ -296,8 +296,7 @@ def test_a_slow_agent_past_the_timeout_fails_the_measurement(agent, quick, onnx_
 
 
 def test_a_search_timed_on_the_agent_completes_stops_when_it_goes_and_resumes_when_it_is_back(tmp_path, quick):
-    port = free_port()
-    a = Agent(tmp_path, port)
+    a = Agent(tmp_path)
     prof = dataclasses.replace(quick, budgets={})
     raw = prof.to_dict()
     raw["device"] = {"url": a.url, "retries": 1, "retry_wait_s": 0.2}  # the profile's device section
@@ -326,11 +325,13 @@ def test_a_search_timed_on_the_agent_completes_stops_when_it_goes_and_resumes_wh
         assert len(err) == 1 and "not reachable" in err[0] and f"odnas resume {run}" in err[0]
         assert "trying again" in proc.stderr + (run / "odnas.log").read_text()  # the failed attempt, with its reason
 
-        a = Agent(tmp_path, port)  # back at the same address
-        assert run_cli("resume", str(run), "--trials", "3", "--quiet").returncode == 0
+        a = Agent(tmp_path)  # back, at a new address (a phone's new IP): resume is told where
+        proc = run_cli("resume", str(run), "--trials", "3", "--device", a.url, "--quiet")
+        assert proc.returncode == 0, proc.stderr
         from odnas.loop.store import load_run
 
         assert sum(r.state == "completed" for r in load_run(run).rows) == 3  # the first two kept, one more
+        assert json.loads((run / "odnas.json").read_text())["profile"]["device"]["url"] == a.url
     finally:
         a.kill()
         if env_before is None:
@@ -383,3 +384,43 @@ def test_a_device_gone_mid_search_stops_it_once_with_one_reason_and_keeps_what_w
     # do not wait for the device again.
     assert len(lines) == 1 and "trying again" in lines[0] and "Connection refused" in lines[0]
     assert sum(r.state == "completed" for r in load_run(run_dir).rows) == 2  # both timed candidates kept
+
+
+# ---------------------------------------------------------------- the profile's device section
+
+
+def test_a_profile_device_section_is_checked_and_kept_without_its_token(tmp_path):
+    from odnas.errors import ProfileError
+    from odnas.profiles import load_profile, profile_from_dict
+
+    base = load_profile("cpu-mobile").to_dict()
+    p = profile_from_dict({**base, "device": {"url": "http://127.0.0.1:8765/", "timeout_s": 60}})
+    assert p.device.url == "http://127.0.0.1:8765" and p.device.token_env == "ODNAS_DEVICE_TOKEN"
+    assert profile_from_dict(p.to_dict()).device == p.device  # stored in a run dir, read back
+    assert "token" not in json.dumps(p.to_dict()).replace("token_env", "")  # the name of the variable only
+    for bad, key in (({"url": "ftp://pi"}, "device.url"), ({"url": "http://pi:1", "token_env": "not a name"},
+                                                           "device.token_env"),
+                     ({"url": "http://pi:1", "timeout_s": 0}, "device.timeout_s"),
+                     ({"url": "http://pi:1", "pasword": "x"}, "device.pasword")):
+        with pytest.raises(ProfileError, match=re.escape(f"key '{key}'")):
+            profile_from_dict({**base, "device": bad})
+
+
+def test_device_flag_replaces_the_profiles_address_and_its_calibration():
+    from odnas.profiles import CalibrationSpec, load_profile
+
+    p = dataclasses.replace(load_profile("cpu-mobile"), calibration=CalibrationSpec(references={"floor": 0.1}))
+    q = with_device(p, "http://[::1]:9000")
+    assert q.device.url == "http://[::1]:9000" and q.calibration is None  # the device's figures need no mapping
+    assert with_device(p, None) is p
+
+
+def test_search_with_a_device_but_no_token_is_one_line_and_leaves_no_run(tmp_path):
+    env_token = os.environ.pop("ODNAS_DEVICE_TOKEN", None)
+    try:
+        proc = run_cli("search", "--device", "http://127.0.0.1:9", "--run-dir", str(tmp_path / "run"), "--quiet")
+    finally:
+        if env_token is not None:
+            os.environ["ODNAS_DEVICE_TOKEN"] = env_token
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "ODNAS_DEVICE_TOKEN" in lines[0], proc.stderr

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from odnas.cost.device import DeviceClient, token_of
 from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
@@ -196,6 +197,8 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mappi
     from torchx.schedulers import get_scheduler_factories
 
     check_runnable(profile)
+    if profile.device is not None:  # a wrong address or token is one line now, before a run dir exists
+        DeviceClient(profile.device.url, token_of(profile.device)).info()
     if cfg.scheduler not in {**get_scheduler_factories(), **(schedulers or {})}:
         raise SearchError(f"--scheduler {cfg.scheduler!r}: TorchX knows {', '.join(get_scheduler_factories())}")
     try:

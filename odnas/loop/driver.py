@@ -31,10 +31,11 @@ from odnas.loop.config import SearchConfig, ax_bounds, default_run_dir, generati
 from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
 from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_logs, trial_table
-from odnas.profiles import COST_METRICS, profile_from_dict
+from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, STOP_REQUEST_NAME, driver_lock,
+    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
+    driver_lock,
     read_curve, read_json, read_settings, write_settings,
 )
 from odnas.select import pick
@@ -87,12 +88,21 @@ def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = No
 
 def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
            cost_backend=None, quiet: bool = True, trials: int | None = None,
-           schedulers: Schedulers | None = None) -> Path:
-    """Continue a stopped or killed search; completed trials are kept, never retrained."""
+           schedulers: Schedulers | None = None, device: str | None = None) -> Path:
+    """Continue a stopped or killed search; completed trials are kept, never retrained.
+    ``device`` is the device agent's address when it has moved (a phone's new address)."""
     run_dir = Path(run_dir).resolve()
-    read_settings(run_dir)
+    settings = read_settings(run_dir)
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
+    if device:
+        profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
+        if profile.device is None:
+            raise SearchError(f"--device: {run_dir} times latency on its host; a search keeps where it times, "
+                              "so its figures stay comparable")
+        settings.profile = with_device(profile, device).to_dict()
+        with driver_lock(run_dir):
+            write_settings(run_dir, settings)
     run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers)
     return run_dir
 
