@@ -424,3 +424,28 @@ def test_search_with_a_device_but_no_token_is_one_line_and_leaves_no_run(tmp_pat
             os.environ["ODNAS_DEVICE_TOKEN"] = env_token
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "ODNAS_DEVICE_TOKEN" in lines[0], proc.stderr
+
+
+def test_timings_on_one_device_are_queued_one_at_a_time(agent, quick, onnx_file):
+    # Tried: two searches' timings sent to one device at once; the second waits for the first.
+    backend = DeviceLatencyBackend(_spec(agent.url), token=TOKEN)
+    prof = dataclasses.replace(_slow(quick), protocol=dataclasses.replace(_slow(quick).protocol, sessions=3))
+    results, busy = [], []
+    errors: list[Exception] = []
+
+    def one() -> None:
+        try:
+            results.append(backend.measure(onnx_file, prof))
+        except Exception as e:  # shown by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        busy.append(DeviceClient(agent.url, TOKEN).info()["busy_s"])  # the agent answers while it times
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    assert not errors and len(results) == 2 and any(b is not None for b in busy)
+    assert wall >= 0.9 * sum(r.measure_s for r in results)  # one after the other, not side by side

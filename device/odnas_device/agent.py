@@ -269,6 +269,10 @@ def serve(bind: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None =
     shown = f"[{host}]" if ":" in str(host) else host
     print(f"odnas-device {__version__}: serving http://{shown}:{port} ({timing.device_model()}, onnxruntime "
           f"{agent.ort_version}, {', '.join(agent.providers)})", file=out, flush=True)
+    if host in ("0.0.0.0", "::"):
+        print(f"odnas-device: listening on every interface: the search's machine uses this device's own address "
+              f"(http://DEVICE-ADDRESS:{port}); the token travels in clear, so only on a network you trust",
+              file=out, flush=True)
     print(f"odnas-device: token {token}", file=out, flush=True)
     print(f"odnas-device: on the search's machine: export {TOKEN_ENV}={token}; "
           f"odnas search --device http://{shown}:{port} ...", file=out, flush=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,16 @@ def reference_onnx(input_shape: Sequence[int]) -> Path:
     path = cache_root() / "reference" / f"{REFERENCE_VERSION}-{'x'.join(map(str, shape))}.onnx"
     if path.is_file():
         return path
+    with _EXPORTING:  # torch's ONNX export is not thread-safe
+        if path.is_file():
+            return path
+        return _export_reference(shape, path)
+
+
+_EXPORTING = threading.Lock()
+
+
+def _export_reference(shape: tuple[int, ...], path: Path) -> Path:
     import torch
 
     from odnas.cost.onnx import export_onnx
