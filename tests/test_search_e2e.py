@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_cli
 
@@ -97,10 +98,12 @@ def test_select_confirms_the_front_with_a_longer_protocol(run, tmp_path):
     assert text.returncode == 3 and "confirmed" in text.stdout  # the front emptied: exit 3
 
 
-def test_rescore_under_another_profile_without_retraining(run):
+def test_rescore_under_another_profile_without_retraining(run, tmp_path, short_profile):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
-    res = json.loads(run_cli("rescore", str(d), "--profile", "cpu-desktop", "--json", check=True).stdout)
+    desktop = tmp_path / "cpu-desktop.yaml"  # the shipped profile with a short timing protocol
+    desktop.write_text(yaml.safe_dump(short_profile("cpu-desktop").to_dict()))
+    res = json.loads(run_cli("rescore", str(d), "--profile", str(desktop), "--json", check=True).stdout)
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
     trained = {r["trial"] for r in st["trials"] if r["state"] == "completed"}
     assert {r["trial"] for r in res["rows"]} == trained and res["profile"]["name"] == "cpu-desktop"
@@ -109,7 +112,7 @@ def test_rescore_under_another_profile_without_retraining(run):
         assert r["over_budget"] == (["latency_ms"] if r["metrics"]["latency_ms"] > 2 else [])
     assert set(res["front"]) <= trained and (d / "rescore" / "cpu-desktop.json").is_file()
     assert {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")} == before  # nothing retrained
-    text = run_cli("rescore", str(d), "--profile", "cpu-desktop", check=True).stdout
+    text = run_cli("rescore", str(d), "--profile", str(desktop), check=True).stdout
     assert "Feasible Pareto front under cpu-desktop" in text and "0 new measurements" in text
     bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
@@ -135,15 +138,12 @@ def test_budget_is_hard(tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
+    # In fresh processes, as a user meets them; tests/test_bad_input.py runs forty-odd more
+    # cases (these among them) through the same entry point in-process, in seconds.
     cases = [
         (["search", "--profile", "nope"], "no such profile"),
         (["search", "--data", "mnist", "--data-dir", str(tmp_path / "missing")], "does not exist"),
-        (["search", "--constraint", "latency_ms <= -1"], "budget must be > 0"),
-        (["search", "--objective", "val_acc, -speed"], "unknown metric"),
-        (["search", "--fix", "epochz=1"], "no parameter"),
-        (["search", "--objective", "val_acc"], "objective"),
-        (["search", "--scheduler", "nomad"], "TorchX knows"),
-        (["search", "--resources", "cpu=x"], "--resources"),
+        (["search", "--scheduler", "nomad"], "TorchX knows"),  # found only after Ax and TorchX are imported
         (["status", str(tmp_path)], "not an odnas run dir"),
     ]
     for args, expect in cases:
