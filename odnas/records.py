@@ -63,6 +63,7 @@ class LatencyKey:
     inter_op_threads: int
     batch_size: int
     graph_optimization: str
+    device_id: str | None = None  # a device agent's machine id (None: the search's own host)
 
     @classmethod
     def of(cls, latency: Mapping[str, Any]) -> "LatencyKey":

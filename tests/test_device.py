@@ -187,6 +187,9 @@ def test_refused_a_file_that_is_not_onnx_with_a_reason(agent, quick):
     # Tried: a shell script sent as the model.
     status, answer = agent.raw("POST", "/v1/measure", measure_body(b"#!/bin/sh\necho hi > /tmp/x\n", quick, b"x"),
                                AUTH)
+    assert status == 422 and "not an ONNX model" in answer["error"]
+    # Tried: bytes that read as a protobuf message but not as a model; ONNX Runtime's own reason.
+    status, answer = agent.raw("POST", "/v1/measure", measure_body(b"\x08\x07", quick, b"x"), AUTH)
     assert status == 422 and "ONNX Runtime cannot open it" in answer["error"]
 
 
@@ -449,3 +452,47 @@ def test_timings_on_one_device_are_queued_one_at_a_time(agent, quick, onnx_file)
     wall = time.perf_counter() - t0
     assert not errors and len(results) == 2 and any(b is not None for b in busy)
     assert wall >= 0.9 * sum(r.measure_s for r in results)  # one after the other, not side by side
+
+
+def test_external_data_is_found_in_the_protobuf_itself_even_inside_a_subgraph():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from odnas_device.agent import uses_external_data
+
+    def tensor(external: bool):
+        w = numpy_helper.from_array(np.ones((4,), np.float32), "w")
+        if external:
+            w.ClearField("raw_data")
+            w.data_location = TensorProto.EXTERNAL
+            e = w.external_data.add()
+            e.key, e.value = "location", "weights.bin"
+        return w
+
+    def model(external: bool):
+        inner = helper.make_graph([helper.make_node("Identity", ["w"], ["z"])], "then", [],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+                                  initializer=[tensor(external)])
+        node = helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+        return helper.make_model(g).SerializeToString()
+
+    assert uses_external_data(model(True)) and not uses_external_data(model(False))
+
+
+def test_a_wrong_token_with_a_body_is_refused_not_mistaken_for_a_device_gone(agent, quick, onnx_file):
+    # Tried: a whole timing request with a wrong token; the client hears 401, not a reset.
+    backend = DeviceLatencyBackend(_spec(agent.url), token="wrong")
+    backend._info = DeviceClient(agent.url, TOKEN).info()  # as if the token had changed since the check
+    with pytest.raises(DeviceError, match="refused the token") as e:
+        backend.measure(onnx_file, quick)
+    assert not isinstance(e.value, DeviceUnreachable)
+
+
+def test_a_model_over_the_agents_cap_is_refused_before_it_is_sent(tmp_path, quick, onnx_file):
+    a = Agent(tmp_path, 0, "--max-mb", "0.01")  # tried: a 10 KiB cap, below the model and the reference
+    try:
+        with pytest.raises(DeviceError, match="larger --max-mb"):
+            DeviceLatencyBackend(_spec(a.url), token=TOKEN).measure(onnx_file, quick)
+    finally:
+        a.kill()

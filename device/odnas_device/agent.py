@@ -27,11 +27,14 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import os
 import platform
+import re
 import secrets
+import socket
 import sys
 import tempfile
 import threading
@@ -45,8 +48,10 @@ from odnas_device.options import DEFAULT_MAX_MB, DEFAULT_PORT, MAX_MEASURE_S, TO
 #: Longest first baseline calibration a client may ask for (``protocol.calibration_s``), in seconds.
 MAX_CALIBRATION_S = 600.0
 
-_PROTOCOL_INTS = {"warmup_runs": (0, 100_000), "sessions": (2, 64), "rounds": (1, 100), "burst_runs": (5, 100_000),
-                  "min_runs": (3, 1_000_000)}
+#: Ranges of the protocol's counts. ``max_time_s`` bounds the timed rounds; these bound
+#: what it does not (warm-ups, the counts a plain timing runs at least).
+_PROTOCOL_INTS = {"warmup_runs": (0, 1_000), "sessions": (2, 64), "rounds": (1, 100), "burst_runs": (5, 10_000),
+                  "min_runs": (3, 100_000)}
 
 
 class Refused(Exception):
@@ -110,12 +115,83 @@ def _decode(body: Mapping[str, Any], key: str) -> bytes:
         raise Refused(400, f"{key}: not valid base64") from None
 
 
+def _fields(buf: bytes):
+    """The fields of one protobuf message: (number, wire type, value), with length-delimited
+    values as bytes. ``ValueError`` when ``buf`` is not a protobuf message."""
+    i, n = 0, len(buf)
+
+    def varint() -> int:
+        nonlocal i
+        shift = out = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ValueError("truncated varint")
+            b = buf[i]
+            i += 1
+            out |= (b & 0x7F) << shift
+            if b < 0x80:
+                return out
+            shift += 7
+
+    while i < n:
+        key = varint()
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            yield num, wire, varint()
+        elif wire == 2:
+            size = varint()
+            if i + size > n:
+                raise ValueError("truncated field")
+            yield num, wire, buf[i:i + size]
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+#: Where ONNX messages hold tensors and graphs (onnx.proto field numbers): a tensor is
+#: external when its data_location (14) is 1 or it has external_data (13).
+_TENSOR, _GRAPH, _NODE, _ATTR, _SPARSE, _FUNCTION, _TRAINING = range(7)
+_CHILDREN = {
+    "model": {7: _GRAPH, 25: _FUNCTION, 20: _TRAINING},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _NODE: {5: _ATTR},
+    _ATTR: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _FUNCTION: {7: _NODE},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+}
+
+
+def uses_external_data(model: bytes) -> bool:
+    """Whether any tensor of the ONNX model points at data outside the file. Read from the
+    protobuf itself, so it does not depend on which ONNX Runtime version checks paths."""
+    stack: list[tuple[Any, bytes]] = [("model", model)]
+    while stack:
+        kind, buf = stack.pop()
+        for num, wire, value in _fields(buf):
+            if kind == _TENSOR:
+                if (num == 14 and wire == 0 and value == 1) or (num == 13 and wire == 2):
+                    return True
+            elif wire == 2 and num in _CHILDREN.get(kind, {}):
+                stack.append((_CHILDREN[kind][num], value))
+    return False
+
+
 def open_model(model: bytes, runtime: Mapping[str, Any], what: str = "model"):
     """An ONNX Runtime session of ``model``'s bytes, or ``Refused`` (422) with why it is not
     a model this agent times: not ONNX, external data, unknown ops, or not one float input
     of fixed size after the batch dimension."""
     if not model:
         raise Refused(422, f"{what}: the file is empty")
+    try:
+        external = uses_external_data(model)
+    except ValueError as e:
+        raise Refused(422, f"{what}: not an ONNX model (it does not read as a protobuf message: {e})") from None
+    if external:
+        raise Refused(422, f"{what}: its weights are external data (files outside the model); this agent "
+                           "times only self-contained ONNX files")
     try:
         sess = timing.make_session(model, runtime)
     except Exception as e:  # ONNX Runtime's own reason, first line: INVALID_PROTOBUF, external data, ops...
@@ -129,6 +205,19 @@ def open_model(model: bytes, runtime: Mapping[str, Any], what: str = "model"):
         raise Refused(422, f"{what}: input {inputs[0].name} must have fixed sizes after the batch dimension, "
                            f"got {inputs[0].shape}")
     return sess
+
+
+def device_id() -> str:
+    """A stable id of this device: a hash of its machine id (``/etc/machine-id``), else of
+    its name and host name. Two boards with the same name and CPU still differ by it."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = open(path, "rb").read().strip()
+        except OSError:
+            continue
+        if text:
+            return hashlib.sha256(text).hexdigest()[:16]
+    return hashlib.sha256(f"{timing.device_model()}|{platform.node()}".encode()).hexdigest()[:16]
 
 
 class Agent:
@@ -153,14 +242,31 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         return {"agent": "odnas-device", "version": __version__, "api": API_VERSION,
-                "device": timing.device_model(), "cpu_model": timing.cpu_model(),
+                "device": timing.device_model(), "device_id": device_id(), "cpu_model": timing.cpu_model(),
                 "host": platform.node(), "machine": platform.machine(), "system": platform.platform(),
                 "python": platform.python_version(), "ort_version": self.ort_version, "providers": self.providers,
                 "cores": os.cpu_count(), "max_bytes": self.max_bytes, "max_measure_s": self.max_measure_s,
                 "busy_s": None if self.busy_since is None else round(time.time() - self.busy_since, 1),
                 "served": self.served}
 
-    def measure(self, body: Any) -> dict[str, Any]:
+    def measure(self, raw: bytes) -> dict[str, Any]:
+        """Time the request's model. Everything, the JSON and the sessions included, runs
+        under the lock, so nothing of a second request runs beside a timing."""
+        with self.lock:
+            self.busy_since = time.time()
+            try:
+                fields, runtime, batch = self._measure(raw)
+            finally:
+                self.busy_since = None
+            self.served += 1
+        return {**fields, **timing.environment(runtime, batch), "device": timing.device_model(),
+                "device_id": device_id(), "agent_version": __version__}
+
+    def _measure(self, raw: bytes):
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise Refused(400, "the body is not JSON") from None
         if not isinstance(body, dict):
             raise Refused(400, "the body must be a JSON object with settings, model and reference")
         runtime, protocol, batch = check_settings(body.get("settings"), self.providers, self.max_measure_s)
@@ -170,17 +276,8 @@ class Agent:
         if protocol["method"] == "reference":
             reference = _decode(body, "reference")
             shape = tuple(int(d) for d in open_model(reference, runtime, "reference").get_inputs()[0].shape[1:])
-            with self.lock:
-                ref = (timing.opener(reference, runtime, batch), self._baseline(reference, runtime, protocol, batch, shape))
-        with self.lock:
-            self.busy_since = time.time()
-            try:
-                fields = timing.measure(timing.opener(model, runtime, batch), protocol, ref)
-            finally:
-                self.busy_since = None
-            self.served += 1
-        return {**fields, **timing.environment(runtime, batch), "device": timing.device_model(),
-                "agent_version": __version__}
+            ref = (timing.opener(reference, runtime, batch), self._baseline(reference, runtime, protocol, batch, shape))
+        return timing.measure(timing.opener(model, runtime, batch), protocol, ref), runtime, batch
 
     def _baseline(self, reference: bytes, runtime, protocol, batch: int, shape) -> timing.Baseline:
         key = timing.environment(runtime, batch)
@@ -205,51 +302,75 @@ def make_handler(agent: Agent, log=None):
 
         def _answer(self, status: int, obj: Mapping[str, Any], what: str) -> None:
             data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client left before its answer: nothing more to say to it
+                what += " (the client had gone)"
             log(f"{time.strftime('%H:%M:%S')} {self.client_address[0]} {self.command} {self.path} {status} {what}")
 
+        def _length(self) -> int | None:
+            text = self.headers.get("Content-Length")
+            return int(text) if text is not None and re.fullmatch(r"[0-9]{1,15}", text) else None
+
         def _refuse(self, e: Refused) -> None:
+            # A body of allowed size is read before the refusal, so the client reads the
+            # answer instead of a reset connection; a larger one is never read.
+            n = self._length()
+            if n is not None and n <= agent.max_bytes and e.status not in (411, 413) and not self._read:
+                try:
+                    self.rfile.read(n)
+                except OSError:
+                    pass
             self.close_connection = True
             self._answer(e.status, {"error": e.reason}, e.reason)
 
         def _gate(self, path: str) -> None:
-            if self.path != path:
-                raise Refused(404, f"no such endpoint {self.command} {self.path}; see /v1/info")
+            """The token first, whatever was asked: without it, nothing else is said."""
             if not agent.authorized(self.headers.get("Authorization")):
                 raise Refused(401, "missing or wrong token (send Authorization: Bearer TOKEN)")
+            if self.path != path or self.command != {"/v1/info": "GET", "/v1/measure": "POST"}.get(path):
+                raise Refused(404, f"no such endpoint {self.command} {self.path}; see GET /v1/info")
+
+        def _serve(self, path: str, action) -> None:
+            self._read = False  # whether the body was read (a refusal reads it, so the client gets the answer)
+            try:
+                self._gate(path)
+                action()
+            except Refused as e:
+                self._refuse(e)
+            except Exception as e:  # a bug, or ONNX Runtime failing mid-timing: the client hears why
+                line = str(e).splitlines()[0] if str(e) else ""
+                self._refuse(Refused(500, f"timing failed: {type(e).__name__}: {line}"))
 
         def do_GET(self) -> None:  # noqa: N802
-            try:
-                self._gate("/v1/info")
-                self._answer(200, agent.info(), "info")
-            except Refused as e:
-                self._refuse(e)
+            self._serve("/v1/info" if self.path == "/v1/info" else "", lambda: self._answer(200, agent.info(), "info"))
 
         def do_POST(self) -> None:  # noqa: N802
-            try:
-                self._gate("/v1/measure")
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise Refused(411, "a Content-Length is required")
-                if int(length) > agent.max_bytes:
-                    raise Refused(413, f"the request is {int(length)} bytes; this agent takes at most "
-                                       f"{agent.max_bytes} (odnas-device serve --max-mb)")
-                raw = self.rfile.read(int(length))
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    raise Refused(400, "the body is not JSON") from None
-                t0 = time.perf_counter()
-                rec = agent.measure(body)
-                self._answer(200, rec, f"{rec['latency_ms']:.4g} ms in {time.perf_counter() - t0:.1f} s")
-            except Refused as e:
-                self._refuse(e)
-            except Exception as e:  # a bug or ONNX Runtime failing mid-timing: the client hears why
-                self._refuse(Refused(500, f"timing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            self._serve("/v1/measure" if self.path == "/v1/measure" else "", self._measure)
+
+        def _other(self) -> None:
+            self._serve("", lambda: None)
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815
+
+        def _measure(self) -> None:
+            if self.headers.get("Content-Length") is None:
+                raise Refused(411, "a Content-Length is required")
+            n = self._length()
+            if n is None:
+                raise Refused(400, "Content-Length must be a whole number of bytes")
+            if n > agent.max_bytes:
+                raise Refused(413, f"the request is {n} bytes; this agent takes at most "
+                                   f"{agent.max_bytes} (odnas-device serve --max-mb)")
+            raw = self.rfile.read(n)
+            self._read = True
+            t0 = time.perf_counter()
+            rec = agent.measure(raw)
+            self._answer(200, rec, f"{rec['latency_ms']:.4g} ms in {time.perf_counter() - t0:.1f} s")
 
     return Handler
 
@@ -263,7 +384,10 @@ def serve(bind: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None =
     # Models come from memory, never from disk; an empty working directory of our own
     # leaves nothing for an external-data reference to point at.
     os.chdir(tempfile.mkdtemp(prefix="odnas-device-"))
-    server = ThreadingHTTPServer((bind, port), make_handler(agent))
+    server_class = ThreadingHTTPServer
+    if ":" in bind:  # an IPv6 address, such as :: or ::1
+        server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    server = server_class((bind, port), make_handler(agent))
     server.daemon_threads = True
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host

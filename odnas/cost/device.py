@@ -44,12 +44,23 @@ class DeviceUnreachable(DeviceError):
     exit_code = 3
 
 
+class DeviceTooSlow(DeviceUnreachable):
+    """The device agent did not answer within the timeout; not retried."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # answered as the HTTP error it is
+
+
 class DeviceClient:
     """One agent at ``url``, with ``token``; every call raises ``DeviceError`` (refused) or
     ``DeviceUnreachable`` (not there, too slow, failed)."""
 
     def __init__(self, url: str, token: str, timeout_s: float = 300.0) -> None:
         self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+        # No proxy (the token would go to it) and no redirects (they would carry it elsewhere).
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
               timeout_s: float | None = None) -> dict[str, Any]:
@@ -58,12 +69,15 @@ class DeviceClient:
                                      headers={"Authorization": f"Bearer {self.token}",
                                               "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
-                return json.loads(resp.read())
+            with self._opener.open(req, timeout=timeout_s or self.timeout_s) as resp:
+                answer = json.loads(resp.read())
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+            return answer
         except urllib.error.HTTPError as e:
             try:
                 reason = json.loads(e.read()).get("error") or e.reason
-            except (ValueError, AttributeError, OSError):
+            except (ValueError, AttributeError, OSError, http.client.HTTPException):
                 reason = e.reason
             if e.code >= 500:
                 raise DeviceUnreachable(f"the device agent at {self.url} failed: {reason}") from None
@@ -76,7 +90,10 @@ class DeviceClient:
                 OSError) as e:
             why = getattr(e, "reason", None) or e
             if isinstance(why, (socket.timeout, TimeoutError)) or "timed out" in str(why):
-                why = f"no answer within {timeout_s or self.timeout_s:g} s"
+                # Not tried again: the agent may still be timing, and a retry would queue behind it.
+                raise DeviceTooSlow(f"the device agent at {self.url} gave no answer within "
+                                    f"{timeout_s or self.timeout_s:g} s; raise the profile's device.timeout_s "
+                                    "if the device is this slow") from None
             raise DeviceUnreachable(f"the device agent at {self.url} is not reachable: {why}") from None
         except ValueError:
             raise DeviceUnreachable(f"{self.url} answered with something that is not JSON; is it an odnas "
@@ -96,6 +113,28 @@ class DeviceClient:
         if reference is not None:
             body["reference"] = base64.b64encode(reference).decode()
         return self._call("POST", "/v1/measure", body)
+
+
+def check_agent(info: Mapping[str, Any], profile: HardwareProfile, url: str) -> dict[str, Any]:
+    """``info`` from the agent at ``url``, checked to take timings under ``profile``: its
+    provider, and a protocol within what the agent allows; ``DeviceError`` if not."""
+    if profile.runtime.provider not in info.get("providers", []):
+        raise DeviceError(f"the device {info.get('device')} at {url} has no {profile.runtime.provider} "
+                          f"(it has {', '.join(info.get('providers', []))})")
+    limit = info.get("max_measure_s")
+    if limit is not None and profile.protocol.max_time_s > float(limit):
+        raise DeviceError(f"profile {profile.name!r} asks for timings of up to {profile.protocol.max_time_s:g} s "
+                          f"(protocol.max_time_s); the agent at {url} allows {float(limit):g} s (odnas-device "
+                          "serve --max-measure-s)")
+    return dict(info)
+
+
+def check_link(profile: HardwareProfile) -> dict[str, Any]:
+    """One try at the profile's device agent, before a search makes its run dir: the token,
+    the link, the agent's version, and whether it takes the profile."""
+    assert profile.device is not None
+    return check_agent(DeviceClient(profile.device.url, token_of(profile.device), 10.0).info(), profile,
+                       profile.device.url)
 
 
 def settings_of(profile: HardwareProfile) -> dict[str, Any]:
@@ -130,13 +169,10 @@ class DeviceLatencyBackend:
         return cls(profile.device, **kw)
 
     def check(self, profile: HardwareProfile) -> dict[str, Any]:
-        """The agent's identity, checked to have the profile's provider; ``DeviceError`` if not."""
-        info = self._retrying("reaching the agent", lambda: self.client.info())
-        if profile.runtime.provider not in info.get("providers", []):
-            raise DeviceError(f"the device {info.get('device')} at {self.spec.url} has no "
-                              f"{profile.runtime.provider} (it has {', '.join(info.get('providers', []))})")
-        self._info = info
-        return info
+        """The agent's identity, checked to take the profile; ``DeviceError`` if not."""
+        self._info = check_agent(self._retrying("reaching the agent", lambda: self.client.info()), profile,
+                                 self.spec.url)
+        return self._info
 
     def key(self, profile: HardwareProfile) -> LatencyKey:
         """The comparability key of a figure this device would give under ``profile``."""
@@ -145,11 +181,16 @@ class DeviceLatencyBackend:
         return LatencyKey(host=info["host"], cpu_model=info["cpu_model"], ort_version=info["ort_version"],
                           provider=rt.provider, intra_op_threads=rt.intra_op_threads or int(info.get("cores") or 1),
                           inter_op_threads=rt.inter_op_threads, batch_size=profile.batch_size,
-                          graph_optimization=rt.graph_optimization)
+                          graph_optimization=rt.graph_optimization, device_id=info.get("device_id"))
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         model = Path(onnx_path).read_bytes()
         ref = reference_onnx(input_shape(onnx_path)).read_bytes() if profile.protocol.method == "reference" else None
+        cap = (self._info or self.check(profile)).get("max_bytes")
+        size = 4 * (len(model) + len(ref or b"")) // 3 + 4096  # base64 and the settings
+        if cap and size > cap:
+            raise DeviceError(f"{Path(onnx_path).name} is about {size} bytes to send, over what the agent at "
+                              f"{self.spec.url} takes ({cap}); start it with a larger --max-mb")
         d = self._retrying(f"timing {Path(onnx_path).name}",
                            lambda: self.client.measure(model, settings_of(profile), ref))
         return LatencyResult.from_dict({**d, "agent": self.spec.url})
@@ -159,6 +200,8 @@ class DeviceLatencyBackend:
         for attempt in range(self.spec.retries + 1):
             try:
                 return call()
+            except DeviceTooSlow:
+                raise
             except DeviceUnreachable as e:
                 if attempt == self.spec.retries:
                     raise DeviceUnreachable(f"{e}; gave up {what} after {attempt + 1} attempts over "

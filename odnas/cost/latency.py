@@ -55,6 +55,7 @@ class LatencyResult:
     burst_runs: int | None = None  # after shortening for a slow candidate
     session_ratios: tuple[float, ...] | None = None  # per fresh session: median over its rounds
     device: str | None = None  # timed by a device agent: what the device calls itself
+    device_id: str | None = None  # ... its machine id, part of the comparability key
     agent: str | None = None  # ... and the agent's address; None: timed on the search's own host
 
     @classmethod

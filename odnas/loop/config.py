@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from odnas.cost.device import DeviceClient, token_of
+from odnas.cost.device import check_link
 from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
@@ -198,7 +198,7 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mappi
 
     check_runnable(profile)
     if profile.device is not None:  # a wrong address or token is one line now, before a run dir exists
-        DeviceClient(profile.device.url, token_of(profile.device)).info()
+        check_link(profile)
     if cfg.scheduler not in {**get_scheduler_factories(), **(schedulers or {})}:
         raise SearchError(f"--scheduler {cfg.scheduler!r}: TorchX knows {', '.join(get_scheduler_factories())}")
     try:

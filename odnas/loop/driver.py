@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
-from odnas.cost.device import DeviceUnreachable
+from odnas.cost.device import DeviceError
 from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
@@ -133,8 +133,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
         try:
             host_note(lane, term)
-        except DeviceUnreachable as e:  # nothing started: say how to go on once the device is back
-            raise DeviceUnreachable(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        except DeviceError as e:  # nothing started: say how to go on once the device is back
+            raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         # With warm workers and lookahead, trials beyond the slots wait in the workers' inboxes.
         queued = settings.lookahead * settings.parallel if runner.warm else 0
         options = OrchestratorOptions(
@@ -214,8 +214,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             ) from None
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None
-        except DeviceUnreachable as e:
-            raise DeviceUnreachable(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
+            raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         finally:
             signals.restore()
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odnas.cost.device import DeviceUnreachable
+from odnas.cost.device import DeviceError
 from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app, trial_args, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
@@ -143,13 +143,13 @@ class TrialRunner(IRunner):
 
     def run_trial(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        # A device that stayed away past its retries ends the search: Ax retries a failed
-        # deployment three times, and each would wait out the device's retries again.
+        # A device that stayed away past its retries (or refused) ends the search: Ax retries
+        # a failed deployment three times, and each would wait out the device's retries again.
         if self._live.device_gone is not None:
             raise self._live.device_gone
         try:
             return self._deploy(trial_index, parameterization)
-        except DeviceUnreachable as e:
+        except DeviceError as e:  # gone past its retries, or refusing: deploying again would not help
             self._live.device_gone = e
             raise
         finally:
