@@ -496,3 +496,42 @@ def test_a_model_over_the_agents_cap_is_refused_before_it_is_sent(tmp_path, quic
             DeviceLatencyBackend(_spec(a.url), token=TOKEN).measure(onnx_file, quick)
     finally:
         a.kill()
+
+
+def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(tmp_path):
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run, run_loop
+    from odnas.loop.store import load_run
+    from odnas.testing import InProcessJobs
+
+    a = Agent(tmp_path)
+
+    from onnx import TensorProto, helper, save
+
+    odd = tmp_path / "odd.onnx"  # valid ONNX, with an op this onnxruntime does not have
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1, 8, 8]) for n in ("input", "logits")]
+    save(helper.make_model(helper.make_graph([helper.make_node("Foo", ["input"], ["logits"], domain="com.example")],
+                                             "odd", io[:1], io[1:]),
+                           opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+         str(odd))
+
+    class OneBad(DeviceLatencyBackend):
+        """The real agent; the second candidate reaches it as a model its onnxruntime
+        cannot run, as an older onnxruntime on a device meets a newer op."""
+
+        def measure(self, onnx_path, profile):
+            self.n = getattr(self, "n", 0) + 1
+            return super().measure(odd if self.n == 2 else onnx_path, profile)  # tried: refused mid-search
+
+    jobs = InProcessJobs(train=False)
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", data="digits", trials=3, parallel=1,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    try:
+        run_loop(run_dir, cost_backend=OneBad(_spec(a.url), token=TOKEN), schedulers=jobs.schedulers())
+    finally:
+        a.kill()
+    rows = load_run(run_dir).rows
+    failed = [r for r in rows if r.state == "failed"]
+    assert sum(r.state == "completed" for r in rows) == 3 and len(failed) == 1
+    assert "could not time it" in failed[0].reason and "Foo" in failed[0].reason

@@ -44,6 +44,11 @@ class DeviceUnreachable(DeviceError):
     exit_code = 3
 
 
+class DeviceRefusedModel(DeviceError):
+    """The device could not time this one model (its onnxruntime cannot open it, or it
+    failed while timing it): the candidate fails, and the search goes on."""
+
+
 class DeviceTooSlow(DeviceUnreachable):
     """The device agent did not answer within the timeout; not retried."""
 
@@ -79,6 +84,8 @@ class DeviceClient:
                 reason = json.loads(e.read()).get("error") or e.reason
             except (ValueError, AttributeError, OSError, http.client.HTTPException):
                 reason = e.reason
+            if e.code == 500 and path == "/v1/measure" or e.code == 422 and str(reason).startswith("model:"):
+                raise DeviceRefusedModel(f"the device at {self.url} could not time it: {reason}") from None
             if e.code >= 500:
                 raise DeviceUnreachable(f"the device agent at {self.url} failed: {reason}") from None
             if e.code == 401:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odnas.cost.device import DeviceError
+from odnas.cost.device import DeviceError, DeviceRefusedModel
 from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app, trial_args, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
@@ -159,7 +159,12 @@ class TrialRunner(IRunner):
         parameterization = {**parameterization, **self.cfg.fixed}
         tdir = self.trial_dir(trial_index)
         tdir.mkdir(parents=True, exist_ok=True)
-        record: CostRecord = self.cost_lane.costs(parameterization)
+        try:
+            record: CostRecord = self.cost_lane.costs(parameterization)
+        except DeviceRefusedModel as e:  # this candidate only: it fails with the device's reason
+            self._record_failure(tdir, str(e))
+            return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "params": dict(parameterization),
+                    "launched_at": time.time(), "device_refused": True}
         meta: dict[str, Any] = {
             "trial_dir": stored_trial_dir(self.run_dir, tdir), "arch_id": record.arch_id, "costs": record.metrics,
             "costs_sem": record.sem, "launched_at": time.time(),
