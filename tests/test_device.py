@@ -176,11 +176,13 @@ def test_refused_a_body_over_the_size_cap_before_reading_it(agent):
 
 
 def test_refused_a_body_without_a_length(agent):
-    # Tried: a chunked upload, whose size is not known before it is read.
-    conn = http.client.HTTPConnection(LOOPBACK, agent.port, timeout=30)
-    conn.request("POST", "/v1/measure", body=iter([b"{}"]), headers={**AUTH, "Transfer-Encoding": "chunked"},
-                 encode_chunked=True)
-    assert conn.getresponse().status == 411
+    # Tried: a chunked upload, whose size is not known before it is read. The headers alone
+    # are sent: the answer comes before any of the body.
+    with socket.create_connection((LOOPBACK, agent.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/measure HTTP/1.1\r\nHost: {LOOPBACK}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        status_line = sock.makefile("rb").readline().decode()
+    assert status_line.split()[1] == "411", status_line
 
 
 def test_refused_a_file_that_is_not_onnx_with_a_reason(agent, quick):

@@ -186,7 +186,7 @@ class CostLane:
             # A device is timed where it is: nothing here needs to hold still for it.
             rec = measure_candidate(self.space, params, self.input_shape, self.num_classes, self.profile,
                                     backend=self.backend, window=None if self.on_device else self.window)
-            self.cache.put(rec)  # host figures: the cache never holds device estimates
+            self.cache.put(rec)  # measured figures (host or device): never calibrated estimates
             self.measured += 1
             self.seconds += time.perf_counter() - t0
         if self.calibration is not None:
