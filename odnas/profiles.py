@@ -107,9 +107,10 @@ class CalibrationSpec:
 class DeviceSpec:
     """Time candidates on a device through its agent (``odnas-device serve``) instead of
     on the search's host. The token is read from the environment variable ``token_env``
-    when a timing is asked for, and is never stored. A timing that fails (the device went
-    away, timed out past ``timeout_s``) is tried ``retries`` more times, ``retry_wait_s``
-    apart and doubling, before the search stops."""
+    when a timing is asked for, and is never stored. A timing that fails because the
+    device went away is tried ``retries`` more times, ``retry_wait_s`` apart and
+    doubling, before the search stops; one that takes longer than ``timeout_s`` stops it
+    at once. A device's figures need no ``calibration``: a profile with both ignores it."""
 
     url: str
     token_env: str = "ODNAS_DEVICE_TOKEN"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -166,8 +167,9 @@ _CHILDREN = {
 
 def uses_external_data(model: bytes) -> bool:
     """Whether any tensor of the ONNX model points at data outside the file. Read from the
-    protobuf itself, so it does not depend on which ONNX Runtime version checks paths."""
-    stack: list[tuple[Any, bytes]] = [("model", model)]
+    protobuf itself, so it does not depend on which ONNX Runtime version checks paths
+    (through a memoryview: nested messages are walked without copying them)."""
+    stack: list[tuple[Any, memoryview]] = [("model", memoryview(model))]
     while stack:
         kind, buf = stack.pop()
         for num, wire, value in _fields(buf):
@@ -207,6 +209,7 @@ def open_model(model: bytes, runtime: Mapping[str, Any], what: str = "model"):
     return sess
 
 
+@functools.lru_cache(maxsize=1)
 def device_id() -> str:
     """A stable id of this device: a hash of its machine id (``/etc/machine-id``), else of
     its name and host name. Two boards with the same name and CPU still differ by it."""
@@ -242,10 +245,10 @@ class Agent:
 
     def info(self) -> dict[str, Any]:
         return {"agent": "odnas-device", "version": __version__, "api": API_VERSION,
-                "device": timing.device_model(), "device_id": device_id(), "cpu_model": timing.cpu_model(),
-                "host": platform.node(), "machine": platform.machine(), "system": platform.platform(),
-                "python": platform.python_version(), "ort_version": self.ort_version, "providers": self.providers,
-                "cores": os.cpu_count(), "max_bytes": self.max_bytes, "max_measure_s": self.max_measure_s,
+                "device": timing.device_model(), "device_id": device_id(), **timing.identity(),
+                "machine": platform.machine(), "system": platform.platform(),
+                "python": platform.python_version(), "providers": self.providers,
+                "max_bytes": self.max_bytes, "max_measure_s": self.max_measure_s,
                 "busy_s": None if self.busy_since is None else round(time.time() - self.busy_since, 1),
                 "served": self.served}
 
@@ -275,14 +278,14 @@ class Agent:
         ref = None
         if protocol["method"] == "reference":
             reference = _decode(body, "reference")
-            shape = tuple(int(d) for d in open_model(reference, runtime, "reference").get_inputs()[0].shape[1:])
-            ref = (timing.opener(reference, runtime, batch), self._baseline(reference, runtime, protocol, batch, shape))
+            open_model(reference, runtime, "reference")
+            ref = (timing.opener(reference, runtime, batch), self._baseline(reference, runtime, protocol, batch))
         return timing.measure(timing.opener(model, runtime, batch), protocol, ref), runtime, batch
 
-    def _baseline(self, reference: bytes, runtime, protocol, batch: int, shape) -> timing.Baseline:
+    def _baseline(self, reference: bytes, runtime, protocol, batch: int) -> timing.Baseline:
         key = timing.environment(runtime, batch)
         memo = (json.dumps(key, sort_keys=True), timing.sha12(reference), protocol["burst_runs"],
-                protocol["calibration_s"], shape)
+                protocol["calibration_s"])
         if memo not in self._baselines:
             self._baselines[memo] = timing.baseline(
                 key, reference, timing.opener(reference, runtime, batch), calibration_s=protocol["calibration_s"],

@@ -69,14 +69,23 @@ def device_model() -> str:
     return cpu_model()
 
 
-def environment(runtime: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
-    """What a latency taken here under ``runtime`` depends on: host, CPU, ONNX Runtime
-    build and session settings (the fields of ``odnas.records.LatencyKey``)."""
+def identity() -> dict[str, Any]:
+    """This machine as a latency depends on it: host name, CPU, ONNX Runtime build, cores."""
     import onnxruntime as ort
 
     return {"host": socket.gethostname(), "cpu_model": cpu_model(), "ort_version": ort.__version__,
+            "cores": os.cpu_count() or 1}
+
+
+def environment(runtime: Mapping[str, Any], batch_size: int,
+                machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a latency taken under ``runtime`` depends on: host, CPU, ONNX Runtime build and
+    session settings (the fields of ``odnas.records.LatencyKey``), on this machine or on
+    the one ``machine`` (an ``identity()``, as a device agent reports it) describes."""
+    m = machine or identity()
+    return {"host": m["host"], "cpu_model": m["cpu_model"], "ort_version": m["ort_version"],
             "provider": runtime["provider"],
-            "intra_op_threads": int(runtime["intra_op_threads"]) or (os.cpu_count() or 1),
+            "intra_op_threads": int(runtime["intra_op_threads"]) or int(m["cores"]),
             "inter_op_threads": int(runtime["inter_op_threads"]), "batch_size": int(batch_size),
             "graph_optimization": runtime["graph_optimization"]}
 

@@ -838,9 +838,10 @@ def apply_to_record(record: CostRecord, calibration: Calibration | Mapping[str, 
 
 def profile_calibration(profile: HardwareProfile, *, cache_dir: str | Path | None = None, refresh: bool = False,
                         backend=None) -> Calibration | None:
-    """The fitted mapping for a profile with a ``calibration`` section (else None). The
+    """The fitted mapping for a profile with a ``calibration`` section (else None; also
+    None when the profile times on a device, whose own figures need no mapping). The
     host side is measured once per host and cached, so this is cheap after the first call."""
-    if profile.calibration is None:
+    if profile.calibration is None or profile.device is not None:
         return None
     return fit_calibration(profile, cache_dir=cache_dir, refresh=refresh, backend=backend)
 
@@ -849,8 +850,8 @@ def run_calibration(run_dir: str | Path, profile: HardwareProfile, *, cache_dir:
                     backend=None) -> Calibration | None:
     """The calibration a run uses, kept in ``RUN_DIR/calibration.json``: read back when it
     was fitted on this host with these settings, else fitted (from the profile's table)
-    and written there. None when the profile has no calibration section."""
-    if profile.calibration is None:
+    and written there. None when the profile has no calibration section, or times on a device."""
+    if profile.calibration is None or profile.device is not None:
         return None
     path = Path(run_dir) / "calibration.json"
     if path.is_file():

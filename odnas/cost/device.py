@@ -3,11 +3,12 @@
 ``DeviceLatencyBackend`` is a latency backend like ``OrtLatencyBackend``, but it sends
 the ONNX file, the profile's settings and the reference model to a device agent and
 returns the device's figure, with the device's environment as the record's key. A
-timing that fails because the device went away (refused connection, reset, timeout,
-an error inside the agent) is logged with its reason and tried again, ``retries``
-times with a doubling wait; then ``DeviceUnreachable`` stops whatever asked. A refusal
-(wrong token, a file the agent will not take) is not retried: it would fail again.
-Standard library only, over ``urllib``.
+timing that fails because the device went away (refused connection, reset) is logged
+with its reason and tried again, ``retries`` times with a doubling wait; then
+``DeviceUnreachable`` stops whatever asked. A timeout is not tried again (the agent may
+still be timing), nor is a refusal (a wrong token): either would fail again. A model
+the device cannot take or time raises ``DeviceRefusedModel``: that candidate fails
+alone. Over ``urllib``, with the agent's own timing module for the record's key.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from odnas_device import API_VERSION
+from odnas_device import API_VERSION, timing
 
-from odnas.cost.latency import LatencyResult, input_shape
+from odnas.cost.latency import LatencyResult, OrtLatencyBackend, input_shape
 from odnas.cost.reference import reference_onnx
 from odnas.errors import OdnasError
 from odnas.profiles import DeviceSpec, HardwareProfile
@@ -184,11 +185,8 @@ class DeviceLatencyBackend:
     def key(self, profile: HardwareProfile) -> LatencyKey:
         """The comparability key of a figure this device would give under ``profile``."""
         info = self._info or self.check(profile)
-        rt = profile.runtime
-        return LatencyKey(host=info["host"], cpu_model=info["cpu_model"], ort_version=info["ort_version"],
-                          provider=rt.provider, intra_op_threads=rt.intra_op_threads or int(info.get("cores") or 1),
-                          inter_op_threads=rt.inter_op_threads, batch_size=profile.batch_size,
-                          graph_optimization=rt.graph_optimization, device_id=info.get("device_id"))
+        return LatencyKey(**timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size, info),
+                          device_id=info.get("device_id"))
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         model = Path(onnx_path).read_bytes()
@@ -196,8 +194,8 @@ class DeviceLatencyBackend:
         cap = (self._info or self.check(profile)).get("max_bytes")
         size = 4 * (len(model) + len(ref or b"")) // 3 + 4096  # base64 and the settings
         if cap and size > cap:
-            raise DeviceError(f"{Path(onnx_path).name} is about {size} bytes to send, over what the agent at "
-                              f"{self.spec.url} takes ({cap}); start it with a larger --max-mb")
+            raise DeviceRefusedModel(f"{Path(onnx_path).name} is about {size} bytes to send, over what the agent "
+                                     f"at {self.spec.url} takes ({cap}); start it with a larger --max-mb")
         d = self._retrying(f"timing {Path(onnx_path).name}",
                            lambda: self.client.measure(model, settings_of(profile), ref))
         return LatencyResult.from_dict({**d, "agent": self.spec.url})
@@ -223,8 +221,4 @@ class DeviceLatencyBackend:
 
 def backend_for(profile: HardwareProfile):
     """The latency backend a profile asks for: its device agent, else this host."""
-    if profile.device is not None:
-        return DeviceLatencyBackend.of(profile)
-    from odnas.cost.latency import OrtLatencyBackend
-
-    return OrtLatencyBackend()
+    return DeviceLatencyBackend.of(profile) if profile.device is not None else OrtLatencyBackend()

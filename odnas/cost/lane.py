@@ -20,7 +20,7 @@ import numpy as np
 from odnas.cost.calibrate import apply_to_record, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import DeviceLatencyBackend, backend_for
-from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, host_key, measure_latency
+from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.profiles import HardwareProfile, profile_from_dict
@@ -130,8 +130,7 @@ class CostLane:
         """The lane of a run dir: its space, data shape and effective profile, its cost
         cache, its calibration, and its local jobs to pause while timing."""
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
-        # A device's own figures need no host -> device mapping.
-        calibration = run_calibration(run_dir, profile) if backend is None and profile.device is None else None
+        calibration = run_calibration(run_dir, profile) if backend is None else None
         return cls(get_space(settings.space), settings.input_shape, settings.num_classes,
                    profile, Path(run_dir) / COSTS_DIR, backend, calibration,
                    isolation=settings.isolation, local_jobs=lambda: local_jobs(run_dir))
@@ -171,11 +170,10 @@ class CostLane:
             return self.backend.baseline(self.profile, self.input_shape)
 
     def _comparable(self, rec: CostRecord) -> bool:
+        """Whether a cached record was timed where the lane times now (its backend's ``key``)."""
         if self._trust_cache:
             return True
-        backend = self.backend
-        key = backend.key(self.profile) if isinstance(backend, DeviceLatencyBackend) else host_key(self.profile)
-        return not rec.latency_key.differs(key)
+        return not rec.latency_key.differs(self.backend.key(self.profile))
 
     def costs(self, params: Mapping[str, Any]) -> CostRecord:
         arch = self.space.arch_id(params)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from odnas_device import timing
-from odnas_device.timing import cpu_model, plain_samples, summarize  # noqa: F401  (odnas's names for them)
+from odnas_device.timing import cpu_model  # noqa: F401  (odnas's name for it: benchmarks and doctor use it)
 
 from odnas.cost.reference import reference_onnx
 from odnas.errors import ProfileError
@@ -106,10 +106,6 @@ def host_key(profile: HardwareProfile) -> LatencyKey:
     return LatencyKey(**timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size))
 
 
-def session_options(profile: HardwareProfile):
-    return timing.session_options(dataclasses.asdict(profile.runtime))
-
-
 def check_runnable(profile: HardwareProfile) -> None:
     """A profile this host can measure under: its provider exists, and int8 files can be
     made when it asks for int8. Raises ``ProfileError`` with what to do."""
@@ -128,11 +124,6 @@ def check_runnable(profile: HardwareProfile) -> None:
                                f"quantization tool does not import ({e}); use an fp32 profile") from None
 
 
-def make_session(onnx_path: str | Path, profile: HardwareProfile):
-    check_runnable(profile)
-    return timing.make_session(onnx_path, dataclasses.asdict(profile.runtime))
-
-
 class OrtLatencyBackend:
     """Times ``session.run`` on random inputs of the profile's batch size, under the
     profile's protocol (``odnas_device.timing``, the code a device agent times with too):
@@ -143,25 +134,30 @@ class OrtLatencyBackend:
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         check_runnable(profile)
-        env = dataclasses.asdict(host_key(profile))  # the record's environment is its comparability key
         ref = None
         if profile.protocol.method == "reference":
-            base = self.baseline(profile, input_shape(onnx_path))
-            ref = (_opener(reference_onnx(input_shape(onnx_path)), profile), base)
+            shape = input_shape(onnx_path)
+            ref = (_opener(reference_onnx(shape), profile), self.baseline(profile, shape))
         fields = timing.measure(_opener(onnx_path, profile), dataclasses.asdict(profile.protocol), ref)
-        return LatencyResult.from_dict({**fields, **env})
+        # The record's environment is its comparability key.
+        return LatencyResult.from_dict({**fields, **dataclasses.asdict(self.key(profile))})
+
+    def key(self, profile: HardwareProfile) -> LatencyKey:
+        """The comparability key of a figure this host would give under ``profile``."""
+        return host_key(profile)
 
     def baseline(self, profile: HardwareProfile, shape: tuple[int, ...]) -> timing.Baseline:
         """This host's reference baseline for ``profile`` and inputs of ``shape``
         (calibrated on first use on a host, then read from the cache)."""
         p = profile.protocol
-        key = host_key(profile)
-        memo = (key, shape, p.burst_runs, p.calibration_s)
+        env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size)  # as a device keys its own
+        memo = (tuple(sorted(env.items())), shape, p.burst_runs, p.calibration_s)
         if memo not in self._baselines:
+            check_runnable(profile)
             path = reference_onnx(shape)
-            self._baselines[memo] = timing.baseline(dataclasses.asdict(key), path.read_bytes(),
-                                                    _opener(path, profile), calibration_s=p.calibration_s,
-                                                    burst_runs=p.burst_runs, warmup_runs=p.warmup_runs)
+            self._baselines[memo] = timing.baseline(env, path.read_bytes(), _opener(path, profile),
+                                                    calibration_s=p.calibration_s, burst_runs=p.burst_runs,
+                                                    warmup_runs=p.warmup_runs)
         return self._baselines[memo]
 
 
@@ -175,7 +171,6 @@ def input_shape(onnx_path: str | Path) -> tuple[int, ...]:
 
 def _opener(onnx_path: str | Path, profile: HardwareProfile) -> Callable[[], Callable[[], object]]:
     """A function that opens a fresh session of ``onnx_path`` and returns "run once"."""
-    check_runnable(profile)
     return timing.opener(onnx_path, dataclasses.asdict(profile.runtime), profile.batch_size)
 
 
