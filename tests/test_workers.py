@@ -30,8 +30,10 @@ def test_local_job_alive_accepts_a_worker_child_and_refuses_a_reused_pid():
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", WORKER_MODULE])
     try:
+        # Popen returns once exec has begun, a moment before the kernel has set the new
+        # command line; wait until the child's command line is its own.
         t0 = time.time()
-        while proc_start(p.pid) is None and time.time() - t0 < 5:
+        while WORKER_MODULE.encode() not in Path(f"/proc/{p.pid}/cmdline").read_bytes() and time.time() - t0 < 10:
             time.sleep(0.01)
         job = {"pid": p.pid, "host": socket.gethostname(), "proc_start": proc_start(p.pid)}
         assert local_job_alive(job)
