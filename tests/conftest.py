@@ -10,11 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
 
 # One cache for the whole test session (reference models, latency baselines, calibration
-# figures), apart from the user's; subprocesses (the CLI, jobs) inherit it.
-if "ODNAS_TEST_KEEP_CACHE" not in os.environ:
+# figures), apart from the user's. pytest-xdist's workers and the tests' subprocesses (the
+# CLI, jobs) inherit it from the process that made it, so a baseline is calibrated once
+# per session, not once per worker (its file lock keeps two from calibrating at once).
+if "ODNAS_TEST_KEEP_CACHE" not in os.environ and "ODNAS_TEST_CACHE_DIR" not in os.environ:
     import tempfile
 
-    os.environ["ODNAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="odnas-test-cache-")
+    os.environ["ODNAS_CACHE_DIR"] = os.environ["ODNAS_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="odnas-test-cache-")
 
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
@@ -38,3 +40,16 @@ def short_profile():
             sessions=2, rounds=2, burst_runs=5, calibration_s=0.5))
 
     return make
+
+
+@pytest.fixture
+def short_profile_file(short_profile, tmp_path):
+    """A shipped profile with the short protocol, as a YAML file for ``--profile``."""
+    import yaml
+
+    def write(name: str = "cpu-mobile") -> Path:
+        path = tmp_path / f"{name}-short.yaml"
+        path.write_text(yaml.safe_dump(short_profile(name).to_dict()))
+        return path
+
+    return write

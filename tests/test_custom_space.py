@@ -30,9 +30,10 @@ def kws_npz(tmp_path_factory):
     return path
 
 
-def test_search_select_export_from_the_cli(kws_npz, tmp_path):
+def test_search_select_export_from_the_cli(kws_npz, tmp_path, short_profile_file):
     run = tmp_path / "run"
     run_cli("search", "--space", SPACE, "--data", f"npz:{kws_npz}", "--trials", "2", "--fix", "epochs=1",
+            "--profile", str(short_profile_file()),
             "--parallel", "2", "--init-trials", "2", "--constraint", "latency_ms <= 1", "--run-dir", str(run),
             "--quiet", check=True, timeout=900, cwd=tmp_path)
     settings = json.loads((run / "odnas.json").read_text())

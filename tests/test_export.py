@@ -197,7 +197,8 @@ def test_multi_profile_card(trained, short_profile, tmp_path):
     search = {"val_acc": res["val_acc"], "latency_ms": 99.0, "latency_ms_p90": 99.0}
     card = export_artifact(model, tmp_path / "m.onnx", space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS),
                            data=data, profile=main, metrics=search,
-                           also_profiles=["cpu-desktop", _int8(short_profile), main, "cpu-mobile"]).to_dict()
+                           also_profiles=[short_profile("cpu-desktop"), _int8(short_profile), main,
+                                          "cpu-mobile"]).to_dict()
     m = card["metrics"]
     limit = main.budgets["latency_ms"]
     assert m["latency_ms_search"] == 99.0 and m["latency_ms"] == card["latency"]["latency_ms"] < limit

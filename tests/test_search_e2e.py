@@ -10,7 +10,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-import yaml
 
 from tests.conftest import ROOT, run_cli
 
@@ -98,11 +97,10 @@ def test_select_confirms_the_front_with_a_longer_protocol(run, tmp_path):
     assert text.returncode == 3 and "confirmed" in text.stdout  # the front emptied: exit 3
 
 
-def test_rescore_under_another_profile_without_retraining(run, tmp_path, short_profile):
+def test_rescore_under_another_profile_without_retraining(run, short_profile_file):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
-    desktop = tmp_path / "cpu-desktop.yaml"  # the shipped profile with a short timing protocol
-    desktop.write_text(yaml.safe_dump(short_profile("cpu-desktop").to_dict()))
+    desktop = short_profile_file("cpu-desktop")  # the shipped profile with a short timing protocol
     res = json.loads(run_cli("rescore", str(d), "--profile", str(desktop), "--json", check=True).stdout)
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
     trained = {r["trial"] for r in st["trials"] if r["state"] == "completed"}
