@@ -1,13 +1,15 @@
 """Early stopping: training time saved and front quality, same seed with and without.
 
-Reads two finished run dirs of the same search (one with ``--early-stopping``) and
-prints the summed job time (start to last epoch record), the number of epochs
-trained, and the feasible hypervolume (reference: the profile's thresholds and
-budgets on the objectives).
+Reads pairs of finished run dirs of the same search (the second of each with
+``--early-stopping``) and prints, per run, the summed job time (start to last epoch
+record), the number of epochs trained and the feasible hypervolume (reference: the
+profile's thresholds and budgets on the objectives); per pair, the ratios; and over
+several pairs (seeds), the median ratios and how far the hypervolume moves between
+seeds without early stopping, which is the noise a ratio has to beat.
 
     odnas search --profile cpu-mobile --run-dir R0 --seed 0
     odnas search --profile cpu-mobile --run-dir R1 --seed 0 --early-stopping
-    python benchmarks/early_stopping.py R0 R1
+    python benchmarks/early_stopping.py R0 R1 [R0' R1' ...]
 """
 
 from __future__ import annotations
@@ -49,11 +51,25 @@ def summary(run_dir: str) -> dict:
 
 
 def main() -> None:
-    base, es = summary(sys.argv[1]), summary(sys.argv[2])
-    for s in (base, es):
-        print(json.dumps(s))
-    print(f"job time with/without early stopping: {es['job_s'] / base['job_s']:.2f}; "
-          f"epochs {es['epochs']}/{base['epochs']}; hypervolume {es['hypervolume'] / base['hypervolume']:.2f}")
+    dirs = sys.argv[1:]
+    if not dirs or len(dirs) % 2:
+        sys.exit("usage: early_stopping.py OFF ON [OFF ON ...]")
+    time_r, hv_r, offs = [], [], []
+    for off, on in zip(dirs[::2], dirs[1::2]):
+        base, es = summary(off), summary(on)
+        for s in (base, es):
+            print(json.dumps(s))
+        t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
+        time_r.append(t)
+        hv_r.append(hv)
+        offs.append(base["hypervolume"])
+        print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
+              f"hypervolume {hv:.2f}")
+    if len(time_r) > 1:
+        print(f"over {len(time_r)} seeds: median job time ratio {np.median(time_r):.2f} "
+              f"({min(time_r):.2f}-{max(time_r):.2f}), median hypervolume ratio {np.median(hv_r):.2f} "
+              f"({min(hv_r):.2f}-{max(hv_r):.2f}); without early stopping the hypervolume ranges "
+              f"{min(offs):.4g}-{max(offs):.4g} across seeds ({max(offs) / min(offs):.2f}x)")
 
 
 if __name__ == "__main__":

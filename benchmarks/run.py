@@ -83,11 +83,12 @@ SECTIONS: dict[str, Section] = {
         "Candidate generation time: odnas's optimizer settings against Ax's defaults",
         (f"{PY} benchmarks/generation.py --space mobile-cnn --trials 10 --repeats 2",), markdown=False),
     "early-stopping": Section(
-        "Early stopping: training time saved and front quality, same seed",
-        (f"rm -rf {BENCH}/es-off {BENCH}/es-on",
-         f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-off --seed 0 --quiet",
-         f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-on --seed 0 --quiet --early-stopping",
-         f"{PY} benchmarks/early_stopping.py {BENCH}/es-off {BENCH}/es-on"), markdown=False),
+        "Early stopping: training time saved and front quality, seeds 0-2, each seed with and without",
+        (f"rm -rf {BENCH}/es-*",
+         *(f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-{s}-{tag} --seed {s} --quiet{flag}"
+           for s in range(3) for tag, flag in (("off", ""), ("on", " --early-stopping"))),
+         f"{PY} benchmarks/early_stopping.py "
+         + " ".join(f"{BENCH}/es-{s}-{tag}" for s in range(3) for tag in ("off", "on"))), markdown=False),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

@@ -129,3 +129,41 @@ def test_a_latency_is_timed_only_while_no_candidate_is_being_made():
     assert entered.wait(10)
     t.join()
     ahead.close()
+
+
+def test_what_a_candidate_leaves_in_reference_cycles_is_freed_when_it_is_made():
+    """A model left in a reference cycle is freed right after its candidate, not at
+    Python's next oldest-generation collection (automatic collection is off here, so
+    only Ahead's own collection can free it)."""
+    import gc
+    import weakref
+
+    class Model:  # stands in for a fitted model whose tensors sit in a cycle
+        pass
+
+    left: list = []
+
+    class Cyclic(Strategy):
+        def gen(self, **kwargs):
+            m = Model()
+            m.me = m
+            left.append(weakref.ref(m))
+            return super().gen(**kwargs)
+
+    gs = Cyclic()
+    gs.go.set()
+    ahead, state = make(gs)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        ahead.start()
+        assert ahead.done.wait(10) and ahead.ready
+        state["running"] = False
+        assert gs.gen(experiment=None) == [["gr1"]]  # handed over
+        assert gs.gen(experiment=None) == [["gr2"]]  # made in the driver's thread
+        assert len(left) == 2 and all(r() is None for r in left)
+        assert ahead.stats()["collect_s"] > 0
+    finally:
+        if was:
+            gc.enable()
+        ahead.close()
