@@ -1,14 +1,18 @@
 """Driver memory probe: make candidates from a finished run, as its driver did, and
 read this process's RSS after each.
 
-Loads a run dir (for example one `benchmarks/load.py` kept), hides every trial from
-``--from`` on, then gives them back ``--step`` at a time and makes one candidate after
-each step with the run's own generation strategy, on a thread as the driver's
-``Ahead`` does. ``--after`` says what runs after every candidate:
+Loads a run dir (for example the ``RUN/run`` that ``benchmarks/load.py`` prints and
+keeps), hides every trial from ``--from`` on, then gives them back ``--step`` at a time
+and makes one candidate after each step with the run's own generation strategy, on a
+thread as the driver's ``Ahead`` does. A hidden trial is neither modelled (it is marked
+abandoned) nor a pending point (Ax would count an abandoned trial as pending; the probe
+drops hidden trials from the pending points), so a candidate at n models n trials, as
+the driver's would. ``--after`` says what runs after every candidate:
 
     nothing    what the driver did before it released memory
     gc         gc.collect()
-    gc-trim    gc.collect() + malloc_trim(0): what the driver does now (release_memory)
+    gc-trim    odnas.loop.ahead.release_memory: gc.collect() + glibc's malloc_trim(0),
+               what the driver does now
     mmap       glibc's mmap threshold fixed at 1 MiB (set once, before the first)
     gc-mmap    both
 
@@ -47,33 +51,54 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    import ax.generation_strategy.generation_strategy as gs_module
     from ax.core.trial_status import TrialStatus
+    from ax.orchestration.orchestrator import get_fixed_features_from_experiment
 
+    from odnas.loop.ahead import release_memory
     from odnas.loop.store import load_client
-
     client, _ = load_client(a.run_dir, readonly=True)
     exp, gs = client._experiment, client._generation_strategy
+    if not a.start <= a.stop <= len(exp.trials):
+        raise SystemExit(f"memory.py: the run has {len(exp.trials)} trials; --from/--to must lie within")
     status = {i: t.status for i, t in exp.trials.items()}
-    for i, t in exp.trials.items():
-        if i >= a.start:
-            t._status = TrialStatus.ABANDONED  # not modelled until given back
-    libc = ctypes.CDLL(None)
+    hidden = {i for i in exp.trials if i >= a.start}
+    for i in hidden:
+        exp.trials[i]._status = TrialStatus.ABANDONED  # not modelled until given back
+    pending = gs_module.extract_pending_observations
+
+    def visible_pending(experiment, **kwargs):
+        found = pending(experiment=experiment, **kwargs) or {}
+        return {m: [f for f in fs if f.trial_index not in hidden] for m, fs in found.items()}
+
+    gs_module.extract_pending_observations = visible_pending
     if "mmap" in a.after:
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     ns, rss = [], []
     shown = a.start
     for n in range(a.start, a.stop + 1, a.step):
         for i in range(shown, n):
             exp.trials[i]._status = status[i]
+            hidden.discard(i)
         shown = n
         for _ in range(a.repeat):
-            th = threading.Thread(target=lambda: gs.gen(experiment=exp, n=1, num_trials=1))
+            errors: list[BaseException] = []
+
+            def make() -> None:
+                try:
+                    gs.gen(experiment=exp, n=1, num_trials=1, fixed_features=get_fixed_features_from_experiment(exp))
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    errors.append(e)
+
+            th = threading.Thread(target=make)
             th.start()
             th.join()
-            if "gc" in a.after:
+            if errors:
+                raise errors[0]
+            if a.after == "gc-trim":
+                release_memory()
+            elif "gc" in a.after:
                 gc.collect()
-            if "trim" in a.after:
-                libc.malloc_trim(0)
             ns.append(n)
             rss.append(rss_mb())
             print(n, round(rss[-1]), flush=True)

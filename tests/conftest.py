@@ -13,10 +13,12 @@ MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
 # figures), apart from the user's. pytest-xdist's workers and the tests' subprocesses (the
 # CLI, jobs) inherit it from the process that made it, so a baseline is calibrated once
 # per session, not once per worker (its file lock keeps two from calibrating at once).
-if "ODNAS_TEST_KEEP_CACHE" not in os.environ and "ODNAS_TEST_CACHE_DIR" not in os.environ:
+# ODNAS_TEST_CACHE_DIR names it when set (a CI job may keep one between runs).
+if "ODNAS_TEST_KEEP_CACHE" not in os.environ:
     import tempfile
 
-    os.environ["ODNAS_CACHE_DIR"] = os.environ["ODNAS_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="odnas-test-cache-")
+    os.environ["ODNAS_CACHE_DIR"] = os.environ["ODNAS_TEST_CACHE_DIR"] = \
+        os.environ.get("ODNAS_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="odnas-test-cache-")
 
 
 def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:

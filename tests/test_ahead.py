@@ -153,16 +153,21 @@ def test_what_a_candidate_leaves_in_reference_cycles_is_freed_when_it_is_made():
     gs = Cyclic()
     gs.go.set()
     ahead, state = make(gs)
+    ahead.collect_after_s = 0.0  # the stand-in's candidates take no time
     was = gc.isenabled()
     gc.disable()
     try:
         ahead.start()
         assert ahead.done.wait(10) and ahead.ready
+        assert len(left) == 1 and left[0]() is None  # freed on the thread that made it
         state["running"] = False
         assert gs.gen(experiment=None) == [["gr1"]]  # handed over
         assert gs.gen(experiment=None) == [["gr2"]]  # made in the driver's thread
-        assert len(left) == 2 and all(r() is None for r in left)
-        assert ahead.stats()["collect_s"] > 0
+        assert len(left) == 2 and left[1]() is None
+        assert ahead.collect_s > 0
+        ahead.collect_after_s = 60.0  # a quick (quasi-random) candidate: no collection
+        assert gs.gen(experiment=None) == [["gr3"]]
+        assert len(left) == 3 and left[2]() is not None
     finally:
         if was:
             gc.enable()

@@ -35,6 +35,7 @@ def test_local_job_alive_accepts_a_worker_child_and_refuses_a_reused_pid():
         t0 = time.time()
         while WORKER_MODULE.encode() not in Path(f"/proc/{p.pid}/cmdline").read_bytes() and time.time() - t0 < 10:
             time.sleep(0.01)
+        assert WORKER_MODULE.encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes(), "the child never ran"
         job = {"pid": p.pid, "host": socket.gethostname(), "proc_start": proc_start(p.pid)}
         assert local_job_alive(job)
         assert local_job_alive({k: v for k, v in job.items() if k != "proc_start"})  # an old job.json

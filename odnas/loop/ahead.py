@@ -23,15 +23,16 @@ Bayesian optimisation does anyway. A candidate that fails to be made ahead (an e
 in the thread) is made again in the driver's thread, where Ax handles the error as
 it always does.
 
-Every candidate is followed by a full garbage collection (``gc.collect``) and, on
-glibc, ``malloc_trim(0)``. A BoTorch candidate leaves its model, acquisition function
-and their tensors in reference cycles, which only Python's oldest-generation
-collection frees; that collection runs when the number of long-lived objects has grown
-by a quarter, so ever more rarely as a run's experiment grows, and the tensors' native
-memory piled up in between. Once freed, glibc keeps the pages in its arenas unless
-asked to hand them back. Without both, the driver grew about 95 MB per 100 trials
-(docs/benchmarks.md, "Driver memory"). They take a fraction of a second against
-seconds for the candidate.
+A model's candidate (one that took at least ``COLLECT_AFTER_S``; a quasi-random one
+takes milliseconds and leaves no model behind) is followed by a full garbage collection
+(``gc.collect``) and, on glibc, ``malloc_trim(0)``. A BoTorch candidate leaves its
+model, acquisition function and their tensors in reference cycles, which only Python's
+oldest-generation collection frees; that collection runs when the number of long-lived
+objects has grown by a quarter, so ever more rarely as a run's experiment grows, and
+the tensors' native memory piled up in between. Once freed, glibc keeps the pages in
+its arenas unless asked to hand them back. Without both, the driver grew 95-133 MB per
+100 trials (docs/benchmarks.md, "Driver memory"). They take about 0.2 s, against 1-8 s
+for the candidate.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def _malloc_trim() -> Callable[[], Any] | None:
 
 
 MALLOC_TRIM = _malloc_trim()
+COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
 
 
 def release_memory() -> None:
@@ -81,7 +83,8 @@ class Ahead:
     ``wanted()`` says whether another new candidate will be needed (the driver's
     trial budget); ``running()`` whether any trial is pending, so that "not yet" is
     never the answer when nothing else could happen. ``blocked_s`` is the time the
-    driver's thread spent in generation calls; ``background_s`` the thread's time.
+    driver's thread spent in generation calls; ``background_s`` the thread's time;
+    ``collect_s`` the part of both spent releasing memory after candidates.
     """
 
     def __init__(self, generation_strategy, experiment, wanted: Callable[[], bool],
@@ -100,6 +103,7 @@ class Ahead:
         self._error: BaseException | None = None
         self.made = self.used = self.failed = self.not_yet = 0
         self.blocked_s = self.background_s = self.collect_s = 0.0
+        self.collect_after_s = COLLECT_AFTER_S
 
     @property
     def busy(self) -> bool:
@@ -122,13 +126,16 @@ class Ahead:
         self._thread.start()
 
     def _gen(self, **kwargs: Any) -> Any:
-        """The strategy's own ``gen``, then the memory it left behind released."""
+        """The strategy's own ``gen``, then the memory a model's candidate left behind
+        released."""
+        t0 = time.perf_counter()
         try:
             return self._real_gen(**kwargs)
         finally:
-            t0 = time.perf_counter()
-            release_memory()
-            self.collect_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if t1 - t0 >= self.collect_after_s:
+                release_memory()
+                self.collect_s += time.perf_counter() - t1
 
     def _make(self) -> None:
         t0 = time.perf_counter()
