@@ -505,11 +505,9 @@ def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(t
     from odnas.loop.driver import create_run, run_loop
     from odnas.loop.store import load_run
     from odnas.testing import InProcessJobs
-
-    a = Agent(tmp_path)
-
     from onnx import TensorProto, helper, save
 
+    a = Agent(tmp_path)
     odd = tmp_path / "odd.onnx"  # valid ONNX, with an op this onnxruntime does not have
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 1, 8, 8]) for n in ("input", "logits")]
     save(helper.make_model(helper.make_graph([helper.make_node("Foo", ["input"], ["logits"], domain="com.example")],

@@ -85,7 +85,7 @@ class DeviceClient:
                 reason = json.loads(e.read()).get("error") or e.reason
             except (ValueError, AttributeError, OSError, http.client.HTTPException):
                 reason = e.reason
-            if e.code == 500 and path == "/v1/measure" or e.code == 422 and str(reason).startswith("model:"):
+            if (e.code == 500 and path == "/v1/measure") or (e.code == 422 and str(reason).startswith("model:")):
                 raise DeviceRefusedModel(f"the device at {self.url} could not time it: {reason}") from None
             if e.code >= 500:
                 raise DeviceUnreachable(f"the device agent at {self.url} failed: {reason}") from None
