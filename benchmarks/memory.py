@@ -19,15 +19,22 @@ the driver's would. ``--after`` says what runs after every candidate:
     python benchmarks/memory.py RUN_DIR --from 25 --to 100 --step 3 --after gc-trim
     python benchmarks/memory.py RUN_DIR --from 100 --to 100 --repeat 30   # a fixed n
 
-It prints one "n RSS_MB" line per candidate, then the slope in MB per 100 trials.
+``--frozen`` makes the candidates inside ``odnas.loop.ahead.frozen_heap``, as the
+driver's loop does since it freezes what it loaded (the libraries, the experiment).
+
+It prints one "n RSS_MB candidate_s release_s" line per candidate, then the slope in MB
+per 100 trials and the median seconds of a candidate and of what follows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
+import statistics
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +53,7 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="candidates made at each n")
     ap.add_argument("--after", default="gc-trim", choices=["nothing", "gc", "gc-trim", "mmap", "gc-mmap"])
+    ap.add_argument("--frozen", action="store_true", help="inside frozen_heap, as the driver's loop")
     a = ap.parse_args()
 
     import torch
@@ -55,7 +63,7 @@ def main() -> None:
     from ax.core.trial_status import TrialStatus
     from ax.orchestration.orchestrator import get_fixed_features_from_experiment
 
-    from odnas.loop.ahead import release_memory
+    from odnas.loop.ahead import frozen_heap, release_memory
     from odnas.loop.store import load_client
     client, _ = load_client(a.run_dir, readonly=True)
     exp, gs = client._experiment, client._generation_strategy
@@ -74,39 +82,47 @@ def main() -> None:
     gs_module.extract_pending_observations = visible_pending
     if "mmap" in a.after:
         ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    ns, rss = [], []
-    shown = a.start
-    for n in range(a.start, a.stop + 1, a.step):
-        for i in range(shown, n):
-            exp.trials[i]._status = status[i]
-            hidden.discard(i)
-        shown = n
-        for _ in range(a.repeat):
-            errors: list[BaseException] = []
+    ns, rss, secs = [], [], []
+    heap = frozen_heap() if a.frozen else contextlib.nullcontext()
+    with heap:
+        shown = a.start
+        for n in range(a.start, a.stop + 1, a.step):
+            for i in range(shown, n):
+                exp.trials[i]._status = status[i]
+                hidden.discard(i)
+            shown = n
+            for _ in range(a.repeat):
+                errors: list[BaseException] = []
 
-            def make() -> None:
-                try:
-                    gs.gen(experiment=exp, n=1, num_trials=1, fixed_features=get_fixed_features_from_experiment(exp))
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    errors.append(e)
+                def make() -> None:
+                    try:
+                        gs.gen(experiment=exp, n=1, num_trials=1,
+                               fixed_features=get_fixed_features_from_experiment(exp))
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                        errors.append(e)
 
-            th = threading.Thread(target=make)
-            th.start()
-            th.join()
-            if errors:
-                raise errors[0]
-            if a.after == "gc-trim":
-                release_memory()
-            elif "gc" in a.after:
-                gc.collect()
-            ns.append(n)
-            rss.append(rss_mb())
-            print(n, round(rss[-1]), flush=True)
+                t0 = time.perf_counter()
+                th = threading.Thread(target=make)
+                th.start()
+                th.join()
+                t1 = time.perf_counter()
+                if errors:
+                    raise errors[0]
+                if a.after == "gc-trim":
+                    release_memory()
+                elif "gc" in a.after:
+                    gc.collect()
+                ns.append(n)
+                rss.append(rss_mb())
+                secs.append((t1 - t0, time.perf_counter() - t1))
+                print(n, round(rss[-1]), f"{secs[-1][0]:.2f}", f"{secs[-1][1]:.3f}", flush=True)
     if len(set(ns)) > 1:
         print(f"after {a.after}: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB (max {max(rss):.0f}); "
               f"slope {np.polyfit(ns, rss, 1)[0] * 100:+.1f} MB per 100 trials")
     else:
         print(f"after {a.after}, n={ns[0]}: RSS {min(rss):.0f}-{max(rss):.0f} MB over {len(rss)} candidates")
+    print(f"{'frozen' if a.frozen else 'not frozen'}: candidate {statistics.median(c for c, _ in secs):.2f} s, "
+          f"then {statistics.median(r for _, r in secs):.3f} s (medians of {len(secs)})")
 
 
 if __name__ == "__main__":

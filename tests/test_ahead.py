@@ -172,3 +172,39 @@ def test_what_a_candidate_leaves_in_reference_cycles_is_freed_when_it_is_made():
         if was:
             gc.enable()
         ahead.close()
+
+
+def test_within_a_frozen_heap_a_collection_walks_only_what_was_made_since_and_still_frees_it():
+    """The driver's loop runs in ``frozen_heap``: what was alive at entry is out of the
+    collector's sight (so a collection after each candidate is cheap), a cycle made
+    within is still freed by ``release_memory``, and everything is handed back on exit,
+    even when the loop raises."""
+    import gc
+    import weakref
+
+    from odnas.loop.ahead import frozen_heap, release_memory
+
+    class Node:
+        pass
+
+    before = Node()
+    before.me = before  # alive at entry: frozen
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError):
+            with frozen_heap():
+                assert gc.get_freeze_count() > 0
+                assert all(o is not before for o in gc.get_objects())  # not walked
+                made = Node()
+                made.me = made
+                ref = weakref.ref(made)
+                del made
+                release_memory()
+                assert ref() is None  # made within, freed within
+                raise RuntimeError("the loop fails")
+        assert gc.get_freeze_count() == 0
+        assert any(o is before for o in gc.get_objects())
+    finally:
+        if was:
+            gc.enable()
