@@ -139,6 +139,18 @@ def drive(a) -> None:
             log(f"trial {index}: {rec['t_s']:.0f} s, rss {rec['rss_mb']:.0f} MB, "
                 f"db {(rec['db'] + rec['db_wal']) / 1e6:.2f} MB")
 
+    # What the driver keeps between candidates: RSS right after each model candidate and
+    # the release that follows it (odnas.loop.ahead calls release_memory by this name).
+    import odnas.loop.ahead as ahead_module
+
+    released: list[dict] = []
+    release = ahead_module.release_memory
+
+    def release_and_read() -> None:
+        release()
+        released.append({"trials_done": len(per_trial), **proc_status()})
+
+    ahead_module.release_memory = release_and_read
     calls: list[dict] = []
     jobs = InProcessJobs(train=a.train, after=after)
     run_dir = create_run(cfg, schedulers=jobs.schedulers())
@@ -154,7 +166,8 @@ def drive(a) -> None:
     if jobs.launched != len(per_trial):
         raise SystemExit("in-process jobs were not used for every trial")
     out = {"wall_s": round(wall, 1), "jobs": jobs.launched, "failed_jobs": jobs.failed, "search_error": error,
-           "per_trial": per_trial, "gen_calls": calls, "final": {**proc_status(), **db_bytes(run_dir)}}
+           "per_trial": per_trial, "gen_calls": calls, "released": released,
+           "final": {**proc_status(), **db_bytes(run_dir)}}
     Path(a.out).write_text(json.dumps(out))
     log(f"driver done: {jobs.launched} jobs in {wall:.0f} s")
 
@@ -268,6 +281,12 @@ def analyse(drv: dict, chk: dict, trials: int) -> dict:
         slope, _ = np.polyfit([r["trial"] for r in warm], [r["rss_mb"] for r in warm], 1)
         res["rss_slope_mb_per_100"] = float(slope * 100)
         res["rss_warm_from"] = warm[0]["trial"]
+    kept = [r for r in drv.get("released", []) if r["trials_done"] >= min(50, trials // 4)]
+    if len(kept) >= 4:
+        slope, _ = np.polyfit([r["trials_done"] for r in kept], [r["rss_mb"] for r in kept], 1)
+        res["kept_slope_mb_per_100"] = float(slope * 100)
+        res["kept_at"] = (kept[0]["trials_done"], kept[0]["rss_mb"], kept[-1]["trials_done"], kept[-1]["rss_mb"])
+        res["kept_n"] = len(kept)
     size = {r["trial"]: r["db"] + r["db_wal"] for r in pt}
     res["db_at"] = {k: size[k - 1] for k in (1, 20, 100, 200) if k - 1 in size}
     return res
@@ -325,6 +344,13 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
         L.append(f"\nRSS slope from trial {res['rss_warm_from']} on: {res['rss_slope_mb_per_100']:+.1f} MB per "
                  f"100 trials; peak RSS {drv['final']['peak_rss_mb']:.0f} MB. Final sqlite "
                  f"{drv['final']['db'] / 1e6:.2f} MB + WAL {drv['final']['db_wal'] / 1e6:.2f} MB.\n")
+    if "kept_slope_mb_per_100" in res:
+        n0, r0, n1, r1 = res["kept_at"]
+        L.append(f"What the driver keeps between candidates (VmRSS right after each of the {res['kept_n']} model "
+                 f"candidates from trial {n0} on, and the memory release that follows it): {r0:.0f} MB at "
+                 f"{n0} trials done, {r1:.0f} MB at {n1}; slope {res['kept_slope_mb_per_100']:+.1f} MB per 100 "
+                 "trials. The reading when a job ends usually falls while the next candidate is being made, so "
+                 "it also holds that candidate's working set.\n")
     L.append("**Verdict**: " + verdict(a, res, ok))
     return "\n".join(L)
 
@@ -351,7 +377,8 @@ def verdict(a, res: dict, ok: bool) -> str:
     if "rss_slope_mb_per_100" in res:
         s = res["rss_slope_mb_per_100"]
         parts.append(f"driver memory {'is flat' if abs(s) < 5 else 'grows'} after warm-up ({s:+.1f} MB per 100 "
-                     "trials)")
+                     "trials when a job ends" + (f", {res['kept_slope_mb_per_100']:+.1f} kept between candidates"
+                                                if "kept_slope_mb_per_100" in res else "") + ")")
     return "; ".join(parts) + "."
 
 
