@@ -208,3 +208,18 @@ def test_within_a_frozen_heap_a_collection_walks_only_what_was_made_since_and_st
     finally:
         if was:
             gc.enable()
+
+
+def test_a_frozen_heap_leaves_a_callers_own_freeze_alone():
+    import gc
+
+    from odnas.loop.ahead import frozen_heap
+
+    gc.freeze()  # the caller's
+    try:
+        count = gc.get_freeze_count()
+        with frozen_heap():
+            assert gc.get_freeze_count() == count
+        assert gc.get_freeze_count() == count  # not unfrozen by frozen_heap
+    finally:
+        gc.unfreeze()

@@ -19,8 +19,16 @@ from tests.conftest import run_cli
 
 
 def test_in_process_trials_are_stored_and_read_back(tmp_path):
+    import gc
+
     ended: list[int] = []
-    jobs = InProcessJobs(after=lambda index, seconds: ended.append(index))
+    frozen: list[int] = []  # objects out of the collector's sight while each job ended
+
+    def after(index: int, seconds: float) -> None:
+        ended.append(index)
+        frozen.append(gc.get_freeze_count())
+
+    jobs = InProcessJobs(after=after)
     cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=8, max_candidates=8, parallel=2,
                        run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1,
                        scheduler=InProcessJobs.SCHEDULER)
@@ -28,6 +36,8 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
     # The in-process jobs reach the driver as a TorchX scheduler passed in by name.
     run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
     assert jobs.launched == 8 and sorted(ended) == list(range(8))
+    # The loop ran with what it loaded frozen (loop.ahead.frozen_heap), and handed it back.
+    assert min(frozen) > 100_000 and gc.get_freeze_count() == 0
 
     rows = load_run(run_dir).rows  # read-only, from SQLite
     assert [r.trial for r in rows] == list(range(8))
