@@ -36,7 +36,7 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
     # The in-process jobs reach the driver as a TorchX scheduler passed in by name.
     run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
     assert jobs.launched == 8 and sorted(ended) == list(range(8))
-    # The loop ran with what it loaded frozen (loop.ahead.frozen_heap), and handed it back.
+    # The loop ran with the imported libraries frozen (loop.ahead.frozen_heap), and handed them back.
     assert min(frozen) > 100_000 and gc.get_freeze_count() == 0
 
     rows = load_run(run_dir).rows  # read-only, from SQLite

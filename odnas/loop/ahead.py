@@ -35,10 +35,10 @@ its arenas unless asked to hand them back. Without both, the driver grew 95-133 
 for the candidate.
 
 That collection is cheaper because the driver runs inside ``frozen_heap``: the objects
-alive when its loop starts (about 400,000, nearly all of them torch, Ax, BoTorch and
-the rest of the imported libraries, plus the experiment as loaded) are moved out of the
-collector's sight with ``gc.freeze``, so a full collection walks only what the loop has
-made since. That grows with the trials it makes (about 160 objects a trial). In the
+alive when it starts (about 400,000, nearly all of them torch, Ax, BoTorch and the rest
+of the imported libraries) are moved out of the collector's sight with ``gc.freeze``, so
+a full collection walks only what the driver has made since: the client and experiment
+it loads, and about 160 objects for each trial it makes. In the
 tutorial example's 48-candidate searches the release took about 0.02 s a candidate,
 against 0.25 s before (docs/benchmarks.md, "Driver memory").
 """
@@ -86,9 +86,8 @@ def frozen_heap() -> Iterator[None]:
     """Within: every object alive at entry is exempt from cyclic garbage collection
     (``gc.freeze``), so full collections walk only what was made since. Garbage left at
     entry is collected first. An object alive at entry that becomes cyclic garbage
-    within is freed only after exit, when ``gc.unfreeze`` hands everything back (what
-    a driver loads before its loop, the libraries and the experiment, does not become
-    garbage while the loop runs; data Ax replaces is freed by reference counting).
+    within is freed only after exit, when ``gc.unfreeze`` hands everything back (the
+    driver enters it with the libraries imported and nothing else loaded yet).
     If anything is frozen already (a caller's own ``gc.freeze``, or an enclosing
     ``frozen_heap``), this does nothing, so it never unfreezes what it did not freeze."""
     if gc.get_freeze_count():

@@ -119,7 +119,9 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Ax's GPs are tiny; with trainings busy on every core, one thread fits them fastest
     # (5x faster than 2 threads measured on 2 busy cores).
     torch.set_num_threads(1)
-    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term:
+    # Full collections (one after each model's candidate) walk only what the driver makes
+    # from here on: the imported libraries are frozen out of their sight (loop.ahead).
+    with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
         if trials is not None:  # a new total, written only once this driver holds the run
             settings.trials = trials
             settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
@@ -175,56 +177,52 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                 progress(state.refresh(exp))
 
         clean = False
-        # Full collections (after each model's candidate) walk only what the loop makes:
-        # the libraries and the loaded experiment are frozen out of their sight (loop.ahead).
-        with frozen_heap():
-            try:
+        try:
+            if progress:
+                progress(state.refresh(exp))
+            # ``trials`` counts trainings: a candidate over a budget costs seconds, not a
+            # training, so it does not use up the trial budget (``max_candidates`` caps them).
+            # Lost candidates (made but never deployed before a crash) are redeployed by Ax.
+            while True:
+                while (todo := trials_to_run(exp, settings)) > 0:
+                    for _ in orch.run_trials_and_yield_results(max_trials=todo, idle_callback=idle):
+                        signals.keep()
+                        if stop.exists():
+                            raise StopRequested()
+                        queue_retries(exp, storage, retries)
+                        if progress:
+                            progress(state.refresh(exp))
+                # Trials still marked RUNNING from before a restart end here; any that
+                # failed leave room for new ones.
+                orch.wait_for_completed_trials_and_report_results(idle_callback=idle)
+                queue_retries(exp, storage, retries)
                 if progress:
                     progress(state.refresh(exp))
-                # ``trials`` counts trainings: a candidate over a budget costs seconds, not a
-                # training, so it does not use up the trial budget (``max_candidates`` caps them).
-                # Lost candidates (made but never deployed before a crash) are redeployed by Ax.
-                while True:
-                    while (todo := trials_to_run(exp, settings)) > 0:
-                        for _ in orch.run_trials_and_yield_results(max_trials=todo, idle_callback=idle):
-                            signals.keep()
-                            if stop.exists():
-                                raise StopRequested()
-                            queue_retries(exp, storage, retries)
-                            if progress:
-                                progress(state.refresh(exp))
-                    # Trials still marked RUNNING from before a restart end here; any that
-                    # failed leave room for new ones.
-                    orch.wait_for_completed_trials_and_report_results(idle_callback=idle)
-                    queue_retries(exp, storage, retries)
-                    if progress:
-                        progress(state.refresh(exp))
-                    if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
-                        break
-                clean = True
-            except StopRequested:
-                stop.unlink(missing_ok=True)
-                print(f"odnas: stopped on request (odnas stop); {interrupt_summary(exp, run_dir)}",
-                      file=term, flush=True)
-                return
-            except KeyboardInterrupt as e:
-                how = "SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM else "interrupted"
-                raise SearchInterrupted(f"{how}: {interrupt_summary(exp, run_dir)}") from None
-            except FailureRateExceededError:
-                raise SearchFailed(
-                    f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
-                    f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
-                    "Completed trials are kept."
-                ) from None
-            except UserInputError as e:
-                raise SearchError(str(e).splitlines()[0]) from None
-            except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
-                raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
-            finally:
-                signals.restore()
-                ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
-                runner.close()  # warm workers exit once idle; one still training finishes (resume reattaches)
-                clock.write(run_dir / DRIVER_STATS_NAME, t0)
+                if trials_to_run(exp, settings) == 0 and not orch.pending_trials:
+                    break
+            clean = True
+        except StopRequested:
+            stop.unlink(missing_ok=True)
+            print(f"odnas: stopped on request (odnas stop); {interrupt_summary(exp, run_dir)}", file=term, flush=True)
+            return
+        except KeyboardInterrupt as e:
+            how = "SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM else "interrupted"
+            raise SearchInterrupted(f"{how}: {interrupt_summary(exp, run_dir)}") from None
+        except FailureRateExceededError:
+            raise SearchFailed(
+                f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
+                f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
+                "Completed trials are kept."
+            ) from None
+        except UserInputError as e:
+            raise SearchError(str(e).splitlines()[0]) from None
+        except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
+            raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        finally:
+            signals.restore()
+            ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
+            runner.close()  # warm workers exit once idle; one still training finishes (resume reattaches)
+            clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
             progress(state.refresh(exp, final=True))
         trained = sum(1 for t in exp.trials.values() if t.status.is_completed
