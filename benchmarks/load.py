@@ -22,6 +22,7 @@ checks every trial is there. Markdown on stdout, logs on stderr, raw data in
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -44,14 +45,39 @@ def log(msg: str) -> None:
     print(f"[load] {msg}", file=_TERM, flush=True)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc 2.33 and later
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+MALLINFO2 = _mallinfo2()
+
+
 def proc_status() -> dict[str, float]:
-    """This process's resident memory now and at its peak, in MB (from /proc)."""
+    """This process's resident memory now and at its peak, in MB (from /proc); on glibc
+    also what malloc holds over all its arenas: in use (``malloc_used_mb``, small blocks
+    and mmapped ones) and free but kept (``malloc_free_mb``). Growth in use is memory
+    something still refers to; growth in free is fragmentation."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, val = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(val.split()[0]) / 1024
-    return {"rss_mb": round(out["VmRSS"], 1), "peak_rss_mb": round(out["VmHWM"], 1)}
+    res = {"rss_mb": round(out["VmRSS"], 1), "peak_rss_mb": round(out["VmHWM"], 1)}
+    if MALLINFO2 is not None:
+        m = MALLINFO2()
+        res["malloc_used_mb"] = round((m.uordblks + m.hblkhd) / 2**20, 1)
+        res["malloc_free_mb"] = round(m.fordblks / 2**20, 1)
+    return res
 
 
 def db_bytes(run_dir: Path) -> dict[str, int]:
@@ -287,6 +313,10 @@ def analyse(drv: dict, chk: dict, trials: int) -> dict:
         res["kept_slope_mb_per_100"] = float(slope * 100)
         res["kept_at"] = (kept[0]["trials_done"], kept[0]["rss_mb"], kept[-1]["trials_done"], kept[-1]["rss_mb"])
         res["kept_n"] = len(kept)
+        for key in ("malloc_used_mb", "malloc_free_mb"):
+            if all(key in r for r in kept):
+                slope, _ = np.polyfit([r["trials_done"] for r in kept], [r[key] for r in kept], 1)
+                res[f"kept_{key}_slope_per_100"] = float(slope * 100)
     size = {r["trial"]: r["db"] + r["db_wal"] for r in pt}
     res["db_at"] = {k: size[k - 1] for k in (1, 20, 100, 200) if k - 1 in size}
     return res
@@ -350,7 +380,11 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
                  f"candidates from trial {n0} on, and the memory release that follows it): {r0:.0f} MB at "
                  f"{n0} trials done, {r1:.0f} MB at {n1}; slope {res['kept_slope_mb_per_100']:+.1f} MB per 100 "
                  "trials. The reading when a job ends usually falls while the next candidate is being made, so "
-                 "it also holds that candidate's working set.\n")
+                 "it also holds that candidate's working set."
+                 + (f" Of that, what glibc's malloc holds in use (all arenas) grew "
+                    f"{res['kept_malloc_used_mb_slope_per_100']:+.1f} MB per 100 trials and what it holds free "
+                    f"{res['kept_malloc_free_mb_slope_per_100']:+.1f}; the rest is memory outside malloc."
+                    if "kept_malloc_used_mb_slope_per_100" in res else "") + "\n")
     L.append("**Verdict**: " + verdict(a, res, ok))
     return "\n".join(L)
 

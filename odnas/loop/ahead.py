@@ -126,7 +126,9 @@ class Ahead:
         self._real_gen = wrap_generation(generation_strategy, self.gen)
         self._lock = threading.Lock()  # held while a candidate is being made
         self.done = threading.Event()  # set when a candidate (or an error) is there
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # one for the whole run, made at first use
+        self._go = threading.Event()  # set to have the thread make a candidate (or stop)
+        self._busy = self._closing = False
         self._ready: list[list[Any]] | None = None
         self._error: BaseException | None = None
         self.made = self.used = self.failed = self.not_yet = 0
@@ -135,7 +137,7 @@ class Ahead:
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._busy
 
     @property
     def ready(self) -> bool:
@@ -150,8 +152,22 @@ class Ahead:
 
     def _begin(self) -> None:
         self.done.clear()
-        self._thread = threading.Thread(target=self._make, name="odnas-ahead", daemon=True)
-        self._thread.start()
+        self._busy = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="odnas-ahead", daemon=True)
+            self._thread.start()
+        self._go.set()
+
+    def _serve(self) -> None:
+        """The thread: make a candidate each time one is asked for, until closed. One
+        thread for the run, not one per candidate: each new thread may be given another
+        of glibc's malloc arenas, and the memory freed in them is kept apart."""
+        while True:
+            self._go.wait()
+            self._go.clear()
+            if self._closing:
+                return
+            self._make()
 
     def _gen(self, **kwargs: Any) -> Any:
         """The strategy's own ``gen``, then the memory a model's candidate left behind
@@ -176,6 +192,7 @@ class Ahead:
             else:
                 self._ready = grs
                 self.made += 1
+            self._busy = False
         self.background_s += time.perf_counter() - t0
         self.done.set()
 
@@ -187,7 +204,7 @@ class Ahead:
                 if self.running():
                     self.not_yet += 1
                     raise NotYet("the next candidate is being made")
-                self._thread.join()  # nothing else can happen meanwhile
+                self.done.wait()  # nothing else can happen meanwhile
             if self._ready is not None:
                 grs, self._ready = self._ready, None
                 self.used += 1
@@ -211,8 +228,10 @@ class Ahead:
 
     def close(self, wait: bool = True) -> None:
         """Stop routing the strategy's calls here; ``wait`` for a candidate being made."""
-        if wait and self._thread is not None:
-            self._thread.join()
+        if wait and self._busy:
+            self.done.wait()
+        self._closing = True
+        self._go.set()
         unwrap_generation(self.gs)
 
     def stats(self) -> dict[str, float]:
