@@ -29,7 +29,7 @@ def summary(run_dir: str) -> dict:
     run = load_run(run_dir)
     profile, typed = run.profile, run.rows
     rows = [r.to_dict() for r in typed]
-    job_s, epochs = 0.0, 0
+    job_s, epochs, curves = 0.0, 0, []
     for r in rows:
         tdir = Path(r["trial_dir"] or "")
         job, prog = tdir / "job.json", tdir / "progress.jsonl"
@@ -38,6 +38,8 @@ def summary(run_dir: str) -> dict:
             if recs:
                 job_s += recs[-1]["time"] - json.loads(job.read_text())["start"]
                 epochs += len(recs)
+                if r["state"] == "completed":
+                    curves.append([x["val_acc"] for x in recs])
     bounds = {m: v for m, _, v in map(parse_bound, list(profile.thresholds) + profile.budget_constraints())}
     objs = profile.objective_metrics
     ref = np.array([METRIC_SIGN[o] * bounds[o] for o in objs])
@@ -47,7 +49,23 @@ def summary(run_dir: str) -> dict:
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     return {"run_dir": run_dir, "states": states, "job_s": round(job_s, 1), "epochs": epochs,
-            "front": len(fr), "hypervolume": hv, "best_val_acc": max((r["metrics"]["val_acc"] for r in fr), default=None)}
+            "front": len(fr), "hypervolume": hv, "best_val_acc": max((r["metrics"]["val_acc"] for r in fr), default=None),
+            "curves": curves}
+
+
+def early_ranks(curves: list[list[float]], upto: int = 3) -> str:
+    """How well a trial's val_acc after epoch k ranks trials by their last one: Spearman's
+    rho over the completed trials that trained more than k epochs. Early stopping can only
+    be right as often as this is high."""
+    from scipy.stats import spearmanr
+
+    parts = []
+    for k in range(1, upto + 1):
+        longer = [c for c in curves if len(c) > k]
+        if len(longer) >= 5:
+            rho = spearmanr([c[k - 1] for c in longer], [c[-1] for c in longer]).statistic
+            parts.append(f"after epoch {k}: rho {rho:.2f} over {len(longer)} trials")
+    return "; ".join(parts) or "too few trials trained past epoch 1"
 
 
 def main() -> None:
@@ -58,7 +76,7 @@ def main() -> None:
     for off, on in zip(dirs[::2], dirs[1::2]):
         base, es = summary(off), summary(on)
         for s in (base, es):
-            print(json.dumps(s))
+            print(json.dumps({k: v for k, v in s.items() if k != "curves"}))
         t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
         time_r.append(t)
         hv_r.append(hv)
@@ -70,6 +88,8 @@ def main() -> None:
               f"({min(time_r):.2f}-{max(time_r):.2f}), median hypervolume ratio {np.median(hv_r):.2f} "
               f"({min(hv_r):.2f}-{max(hv_r):.2f}); without early stopping the hypervolume ranges "
               f"{min(offs):.4g}-{max(offs):.4g} across seeds ({max(offs) / min(offs):.2f}x)")
+    print("how an early val_acc ranks trials by their last one (runs without early stopping, trials trained "
+          "to the end): " + early_ranks([c for off in dirs[::2] for c in summary(off)["curves"]]))
 
 
 if __name__ == "__main__":

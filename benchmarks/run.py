@@ -89,6 +89,13 @@ SECTIONS: dict[str, Section] = {
            for s in range(3) for tag, flag in (("off", ""), ("on", " --early-stopping"))),
          f"{PY} benchmarks/early_stopping.py "
          + " ".join(f"{BENCH}/es-{s}-{tag}" for s in range(3) for tag in ("off", "on"))), markdown=False),
+    "early-stopping-long": Section(
+        "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it allows), seeds 0-2",
+        (f"rm -rf {BENCH}/es4-*",
+         *(f"{PY} -m odnas search --profile cpu-mobile --fixed epochs=4 --run-dir {BENCH}/es4-{s}-{tag} --seed {s} "
+           f"--quiet{flag}" for s in range(3) for tag, flag in (("off", ""), ("on", " --early-stopping"))),
+         f"{PY} benchmarks/early_stopping.py "
+         + " ".join(f"{BENCH}/es4-{s}-{tag}" for s in range(3) for tag in ("off", "on"))), markdown=False),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

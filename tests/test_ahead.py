@@ -244,3 +244,46 @@ def test_a_frozen_heap_leaves_a_callers_own_freeze_alone():
         del made_since
     finally:
         gc.unfreeze()
+
+
+_MMAPPED_AGAIN = """
+import ctypes, sys
+if sys.argv[1] == "fix":  # Ax and torch come with it; the default case needs neither
+    from odnas.loop.ahead import fix_mmap_threshold
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
+size = 40 << 20  # above glibc's highest dynamic threshold (32 MB): mmapped the first time either way
+libc.free(libc.malloc(size))  # unfixed, glibc now raises its threshold above this size
+size = 3 << 20
+libc.free(libc.malloc(size))
+before = libc.mallinfo2().hblks
+p = libc.malloc(size)
+print(fixed, libc.mallinfo2().hblks - before)
+libc.free(p)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"), reason="needs glibc 2.33+")
+def test_with_the_mmap_threshold_fixed_a_large_block_is_mmapped_even_after_glibc_would_have_raised_it():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = {}
+    for mode in ("fix", "default"):
+        r = subprocess.run([sys.executable, "-c", _MMAPPED_AGAIN, mode], capture_output=True, text=True, env=env,
+                           check=True)
+        out[mode] = r.stdout.split()
+    assert out["fix"] == ["True", "1"]  # its own mapping, handed back when freed
+    assert out["default"] == ["False", "0"]  # cut from the heap: glibc's threshold had risen
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the user's own setting is left alone
+    r = subprocess.run([sys.executable, "-c", _MMAPPED_AGAIN, "fix"], capture_output=True, text=True, env=env,
+                       check=True)
+    assert r.stdout.split()[0] == "False"
