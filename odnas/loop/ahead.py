@@ -181,8 +181,8 @@ class Ahead:
 
     def _serve(self) -> None:
         """The thread: make a candidate each time one is asked for, until closed. One
-        thread for the run, not one per candidate: each new thread may be given another
-        of glibc's malloc arenas, and the memory freed in them is kept apart."""
+        thread for the run, not one per candidate (a new thread may be handed another
+        glibc arena; in the load benchmark the two kept the same memory within noise)."""
         while True:
             self._go.wait()
             self._go.clear()
