@@ -10,6 +10,7 @@ seeds without early stopping, which is the noise a ratio has to beat.
     odnas search --profile cpu-mobile --run-dir R0 --seed 0
     odnas search --profile cpu-mobile --run-dir R1 --seed 0 --early-stopping
     python benchmarks/early_stopping.py R0 R1 [R0' R1' ...]
+    python benchmarks/early_stopping.py --ranks RUN [RUN ...]   # only the rank correlations
 """
 
 from __future__ import annotations
@@ -69,10 +70,14 @@ def early_ranks(curves: list[list[float]], upto: int = 3) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--ranks"]:  # any finished runs: how early val_acc ranks their trials
+        for d in sys.argv[2:]:
+            print(f"{d}: {early_ranks(summary(d)['curves'])}")
+        return
     dirs = sys.argv[1:]
     if not dirs or len(dirs) % 2:
         sys.exit("usage: early_stopping.py OFF ON [OFF ON ...]")
-    time_r, hv_r, offs = [], [], []
+    time_r, hv_r, offs, curves = [], [], [], []
     for off, on in zip(dirs[::2], dirs[1::2]):
         base, es = summary(off), summary(on)
         for s in (base, es):
@@ -81,6 +86,7 @@ def main() -> None:
         time_r.append(t)
         hv_r.append(hv)
         offs.append(base["hypervolume"])
+        curves += base["curves"]
         print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
               f"hypervolume {hv:.2f}")
     if len(time_r) > 1:
@@ -89,7 +95,7 @@ def main() -> None:
               f"({min(hv_r):.2f}-{max(hv_r):.2f}); without early stopping the hypervolume ranges "
               f"{min(offs):.4g}-{max(offs):.4g} across seeds ({max(offs) / min(offs):.2f}x)")
     print("how an early val_acc ranks trials by their last one (runs without early stopping, trials trained "
-          "to the end): " + early_ranks([c for off in dirs[::2] for c in summary(off)["curves"]]))
+          "to the end): " + early_ranks(curves))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _mallinfo2():
         fn = ctypes.CDLL(None).mallinfo2  # glibc 2.33 and later
     except (OSError, AttributeError):
         return None
-    fn.restype = _MallInfo2
+    fn.argtypes, fn.restype = [], _MallInfo2
     return fn
 
 
@@ -65,7 +65,8 @@ MALLINFO2 = _mallinfo2()
 def proc_status() -> dict[str, float]:
     """This process's resident memory now and at its peak, in MB (from /proc); on glibc
     also what malloc holds over all its arenas: in use (``malloc_used_mb``, small blocks
-    and mmapped ones) and free but kept (``malloc_free_mb``). Growth in use is memory
+    and mmapped ones) and free (``malloc_free_mb``: free chunks, including pages
+    ``malloc_trim`` has handed back, so only partly resident). Growth in use is memory
     something still refers to; growth in free is fragmentation."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -383,7 +384,8 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
                  "it also holds that candidate's working set."
                  + (f" Of that, what glibc's malloc holds in use (all arenas) grew "
                     f"{res['kept_malloc_used_mb_slope_per_100']:+.1f} MB per 100 trials and what it holds free "
-                    f"{res['kept_malloc_free_mb_slope_per_100']:+.1f}; the rest is memory outside malloc."
+                    f"{res['kept_malloc_free_mb_slope_per_100']:+.1f} (free bytes include pages handed back "
+                    "by malloc_trim, so only part of them is resident)."
                     if "kept_malloc_used_mb_slope_per_100" in res else "") + "\n")
     L.append("**Verdict**: " + verdict(a, res, ok))
     return "\n".join(L)

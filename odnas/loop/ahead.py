@@ -5,8 +5,8 @@ the driver's one thread. A BoTorch candidate takes seconds (model fits and acqui
 optimisation), and while it is made the driver notices no finished trial and the free
 slot waits. Here the candidate is made on a background thread instead:
 
-- ``Ahead`` owns that thread. It starts it as soon as the last candidate is deployed,
-  so the experiment then holds every trial made so far and the running ones are its
+- ``Ahead`` owns that thread (one for the run). It has it make the next candidate as
+  soon as the last one is deployed, so the experiment then holds every trial made so far and the running ones are its
   pending points (Ax's own ``extract_pending_observations``, as for any candidate).
   Asked for a candidate, it hands over the one made ahead; while one is being made it
   answers "not yet" (Ax's ``DataRequiredError``, which the Orchestrator takes as
@@ -78,13 +78,17 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 
 def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Have glibc serve every block of ``nbytes`` or more from its own ``mmap``, handed
-    back to the system when freed. glibc's threshold starts at 128 KB and rises (up to
-    32 MB) each time such a block is freed, after which a candidate's large tensors are
-    cut from the arenas and leave holes there that RSS keeps; fixed, the driver's malloc
-    kept +8.5 MB free per 100 trials in the load benchmark against +32-35
-    (docs/benchmarks.md, "Driver memory"). A user's own ``MALLOC_MMAP_THRESHOLD_`` is
-    left alone. Returns whether the threshold is now fixed by this call."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    back to the system when freed. glibc's threshold starts at 128 KiB and rises (up to
+    32 MiB) each time such a block is freed, after which a candidate's large tensors are
+    cut from the arenas and leave holes there. In the load benchmark, the free space
+    glibc held grew +8.5 MB per 100 trials with the threshold fixed, against +32-35
+    without (docs/benchmarks.md, "Driver memory").
+
+    This is process-wide and stays after the search: a program that calls ``run_loop``
+    keeps the setting. A threshold the user set (``MALLOC_MMAP_THRESHOLD_``, or
+    ``glibc.malloc.mmap_threshold`` in ``GLIBC_TUNABLES``) is left alone. Returns whether
+    this call fixed it."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -92,6 +96,8 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, int(nbytes)) == 1
+
+
 COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
 
 
@@ -146,10 +152,11 @@ class Ahead:
         self._fixed = fixed_features or get_fixed_features_from_experiment
         self._real_gen = wrap_generation(generation_strategy, self.gen)
         self._lock = threading.Lock()  # held while a candidate is being made
-        self.done = threading.Event()  # set when a candidate (or an error) is there
+        self.done = threading.Event()  # clear while a candidate is being made on the thread
+        self.done.set()
         self._thread: threading.Thread | None = None  # one for the whole run, made at first use
         self._go = threading.Event()  # set to have the thread make a candidate (or stop)
-        self._busy = self._closing = False
+        self._closing = False
         self._ready: list[list[Any]] | None = None
         self._error: BaseException | None = None
         self.made = self.used = self.failed = self.not_yet = 0
@@ -158,7 +165,7 @@ class Ahead:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return not self.done.is_set()
 
     @property
     def ready(self) -> bool:
@@ -166,14 +173,13 @@ class Ahead:
 
     def start(self) -> bool:
         """Start making the next candidate, if one is wanted and none is made or being made."""
-        if self.busy or self._ready is not None or self._error is not None or not self.wanted():
+        if self._closing or self.busy or self._ready is not None or self._error is not None or not self.wanted():
             return False
         self._begin()
         return True
 
     def _begin(self) -> None:
         self.done.clear()
-        self._busy = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="odnas-ahead", daemon=True)
             self._thread.start()
@@ -187,6 +193,7 @@ class Ahead:
             self._go.wait()
             self._go.clear()
             if self._closing:
+                self.done.set()  # nothing will be made: no one waits for it
                 return
             self._make()
 
@@ -213,9 +220,8 @@ class Ahead:
             else:
                 self._ready = grs
                 self.made += 1
-            self._busy = False
-        self.background_s += time.perf_counter() - t0
-        self.done.set()
+            self.background_s += time.perf_counter() - t0
+            self.done.set()  # last: until now the candidate is not there to take
 
     def gen(self, experiment, data=None, n=None, fixed_features=None, num_trials: int = 1):
         """What the Orchestrator calls for new candidates (in place of the strategy's ``gen``)."""
@@ -249,7 +255,7 @@ class Ahead:
 
     def close(self, wait: bool = True) -> None:
         """Stop routing the strategy's calls here; ``wait`` for a candidate being made."""
-        if wait and self._busy:
+        if wait:
             self.done.wait()
         self._closing = True
         self._go.set()
