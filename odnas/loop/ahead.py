@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -72,32 +71,6 @@ def _malloc_trim() -> Callable[[], Any] | None:
 
 
 MALLOC_TRIM = _malloc_trim()
-M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Have glibc serve every block of ``nbytes`` or more from its own ``mmap``, handed
-    back to the system when freed. glibc's threshold starts at 128 KiB and rises (up to
-    32 MiB) each time such a block is freed, after which a candidate's large tensors are
-    cut from the arenas and leave holes there. In the load benchmark, the free space
-    glibc held grew +8.5 MB per 100 trials with the threshold fixed, against +32-35
-    without (docs/benchmarks.md, "Driver memory").
-
-    This is process-wide and stays after the search: a program that calls ``run_loop``
-    keeps the setting. A threshold the user set (``MALLOC_MMAP_THRESHOLD_``, or
-    ``glibc.malloc.mmap_threshold`` in ``GLIBC_TUNABLES``) is left alone. Returns whether
-    this call fixed it."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, int(nbytes)) == 1
-
-
 COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
 
 

@@ -22,7 +22,7 @@ from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
-from odnas.loop.ahead import Ahead, AheadOrchestrator, fix_mmap_threshold, frozen_heap
+from odnas.loop.ahead import Ahead, AheadOrchestrator, frozen_heap
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -119,7 +119,6 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Ax's GPs are tiny; with trainings busy on every core, one thread fits them fastest
     # (5x faster than 2 threads measured on 2 busy cores).
     torch.set_num_threads(1)
-    fix_mmap_threshold()  # a candidate's large tensors leave no holes in malloc's arenas
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
