@@ -114,7 +114,8 @@ def test_modes_are_detected_from_the_calibration():
 
 def test_real_onnxruntime_retest_in_fresh_processes(tmp_path, short_profile):
     """Three candidates timed by the real backend in two fresh processes (sharing the
-    host's baseline, as every odnas process does) agree within 10%."""
+    host's baseline, as every odnas process does) agree within 20%, not the ~60% of a
+    speed mode."""
     import dataclasses
     import random
 
@@ -136,7 +137,11 @@ def test_real_onnxruntime_retest_in_fresh_processes(tmp_path, short_profile):
                                       text=True, check=True, timeout=300).stdout) for _ in range(2)]
     for a, b in zip(*runs):
         assert a["method"] == "reference" and a["baseline_ms"] == b["baseline_ms"]
-        assert abs(a["latency_ms"] / b["latency_ms"] - 1) < 0.10, (a["latency_ms"], b["latency_ms"])
+        # The speed modes this guards against put fresh processes about 60% apart. This
+        # short protocol, beside the other test worker's trainings, has put a 0.02 ms model
+        # 14% apart once in CI; the full protocol's reproducibility is measured by
+        # benchmarks/reproducibility.py (docs/benchmarks.md), not here.
+        assert abs(a["latency_ms"] / b["latency_ms"] - 1) < 0.20, (a["latency_ms"], b["latency_ms"])
         assert a["ratio"] > 0 and a["latency_ms_sem"] > 0
 
 
