@@ -31,6 +31,7 @@ per 100 trials and the median seconds of a candidate and of what follows it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import statistics
@@ -84,39 +85,39 @@ def main() -> None:
     if "mmap" in a.after:
         ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     ns, rss, secs = [], [], []
-    heap = frozen_heap() if a.frozen else None
-    if heap is not None:
-        heap.__enter__()  # frozen while ``heap`` lives: until main returns
-    shown = a.start
-    for n in range(a.start, a.stop + 1, a.step):
-        for i in range(shown, n):
-            exp.trials[i]._status = status[i]
-            hidden.discard(i)
-        shown = n
-        for _ in range(a.repeat):
-            errors: list[BaseException] = []
+    heap = frozen_heap() if a.frozen else contextlib.nullcontext()
+    with heap:
+        shown = a.start
+        for n in range(a.start, a.stop + 1, a.step):
+            for i in range(shown, n):
+                exp.trials[i]._status = status[i]
+                hidden.discard(i)
+            shown = n
+            for _ in range(a.repeat):
+                errors: list[BaseException] = []
 
-            def make() -> None:
-                try:
-                    gs.gen(experiment=exp, n=1, num_trials=1, fixed_features=get_fixed_features_from_experiment(exp))
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    errors.append(e)
+                def make() -> None:
+                    try:
+                        gs.gen(experiment=exp, n=1, num_trials=1,
+                               fixed_features=get_fixed_features_from_experiment(exp))
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                        errors.append(e)
 
-            t0 = time.perf_counter()
-            th = threading.Thread(target=make)
-            th.start()
-            th.join()
-            t1 = time.perf_counter()
-            if errors:
-                raise errors[0]
-            if a.after == "gc-trim":
-                release_memory()
-            elif "gc" in a.after:
-                gc.collect()
-            ns.append(n)
-            rss.append(rss_mb())
-            secs.append((t1 - t0, time.perf_counter() - t1))
-            print(n, round(rss[-1]), f"{secs[-1][0]:.2f}", f"{secs[-1][1]:.3f}", flush=True)
+                t0 = time.perf_counter()
+                th = threading.Thread(target=make)
+                th.start()
+                th.join()
+                t1 = time.perf_counter()
+                if errors:
+                    raise errors[0]
+                if a.after == "gc-trim":
+                    release_memory()
+                elif "gc" in a.after:
+                    gc.collect()
+                ns.append(n)
+                rss.append(rss_mb())
+                secs.append((t1 - t0, time.perf_counter() - t1))
+                print(n, round(rss[-1]), f"{secs[-1][0]:.2f}", f"{secs[-1][1]:.3f}", flush=True)
     if len(set(ns)) > 1:
         print(f"after {a.after}: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB (max {max(rss):.0f}); "
               f"slope {np.polyfit(ns, rss, 1)[0] * 100:+.1f} MB per 100 trials")

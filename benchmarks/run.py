@@ -38,6 +38,18 @@ class Section:
     note: str = ""
 
 
+def early_stopping_section(title: str, tag: str, flags: str = "") -> Section:
+    """The default search, seeds 0-2, each without and with ``--early-stopping``, then
+    ``benchmarks/early_stopping.py`` over the pairs."""
+    runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}", es) for seed in range(3)
+            for mode, es in (("off", ""), ("on", " --early-stopping"))]
+    return Section(title, (
+        f"rm -rf {BENCH}/{tag}-*",
+        *(f"{PY} -m odnas search --profile cpu-mobile{flags} --run-dir {d} --seed {seed} --quiet{es}"
+          for seed, d, es in runs),
+        f"{PY} benchmarks/early_stopping.py " + " ".join(d for _, d, _ in runs)), markdown=False)
+
+
 SECTIONS: dict[str, Section] = {
     "overhead": Section(
         "Overhead of a real search, warm workers against fresh jobs: the default search and the tutorial problem",
@@ -82,20 +94,11 @@ SECTIONS: dict[str, Section] = {
     "generation": Section(
         "Candidate generation time: odnas's optimizer settings against Ax's defaults",
         (f"{PY} benchmarks/generation.py --space mobile-cnn --trials 10 --repeats 2",), markdown=False),
-    "early-stopping": Section(
-        "Early stopping: training time saved and front quality, seeds 0-2, each seed with and without",
-        (f"rm -rf {BENCH}/es-*",
-         *(f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/es-{s}-{tag} --seed {s} --quiet{flag}"
-           for s in range(3) for tag, flag in (("off", ""), ("on", " --early-stopping"))),
-         f"{PY} benchmarks/early_stopping.py "
-         + " ".join(f"{BENCH}/es-{s}-{tag}" for s in range(3) for tag in ("off", "on"))), markdown=False),
-    "early-stopping-long": Section(
-        "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it allows), seeds 0-2",
-        (f"rm -rf {BENCH}/es4-*",
-         *(f"{PY} -m odnas search --profile cpu-mobile --fixed epochs=4 --run-dir {BENCH}/es4-{s}-{tag} --seed {s} "
-           f"--quiet{flag}" for s in range(3) for tag, flag in (("off", ""), ("on", " --early-stopping"))),
-         f"{PY} benchmarks/early_stopping.py "
-         + " ".join(f"{BENCH}/es4-{s}-{tag}" for s in range(3) for tag in ("off", "on"))), markdown=False),
+    "early-stopping": early_stopping_section(
+        "Early stopping: training time saved and front quality, seeds 0-2, each seed with and without", "es"),
+    "early-stopping-long": early_stopping_section(
+        "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it "
+        "allows), seeds 0-2", "es4", " --fixed epochs=4"),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

@@ -245,4 +245,3 @@ def test_a_frozen_heap_leaves_a_callers_own_freeze_alone():
         del made_since
     finally:
         gc.unfreeze()
-

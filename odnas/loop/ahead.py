@@ -6,8 +6,9 @@ optimisation), and while it is made the driver notices no finished trial and the
 slot waits. Here the candidate is made on a background thread instead:
 
 - ``Ahead`` owns that thread (one for the run). It has it make the next candidate as
-  soon as the last one is deployed, so the experiment then holds every trial made so far and the running ones are its
-  pending points (Ax's own ``extract_pending_observations``, as for any candidate).
+  soon as the last one is deployed, so the experiment then holds every trial made so
+  far and the running ones are its pending points (Ax's own
+  ``extract_pending_observations``, as for any candidate).
   Asked for a candidate, it hands over the one made ahead; while one is being made it
   answers "not yet" (Ax's ``DataRequiredError``, which the Orchestrator takes as
   "nothing to deploy now, wait"), unless nothing is running: then it waits for it.
