@@ -62,12 +62,27 @@ def _mallinfo2():
 MALLINFO2 = _mallinfo2()
 
 
+def _sqlite_memory_used():
+    """SQLite's own count of the heap bytes it holds (page caches, schemas, statements)
+    over every connection in the process, or None where libsqlite3 cannot be loaded."""
+    try:
+        fn = ctypes.CDLL("libsqlite3.so.0").sqlite3_memory_used
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], ctypes.c_int64
+    return fn
+
+
+SQLITE_MEMORY_USED = _sqlite_memory_used()
+
+
 def proc_status() -> dict[str, float]:
     """This process's resident memory now and at its peak, in MB (from /proc); on glibc
     also what malloc holds over all its arenas: in use (``malloc_used_mb``, small blocks
     and mmapped ones) and free (``malloc_free_mb``: free chunks, including pages
     ``malloc_trim`` has handed back, so only partly resident). Growth in use is memory
-    something still refers to; growth in free is fragmentation."""
+    something still refers to; growth in free is fragmentation. Where libsqlite3 loads,
+    ``sqlite_used_mb`` is the part of malloc's in-use bytes SQLite holds."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, val = line.partition(":")
@@ -78,6 +93,8 @@ def proc_status() -> dict[str, float]:
         m = MALLINFO2()
         res["malloc_used_mb"] = round((m.uordblks + m.hblkhd) / 2**20, 1)
         res["malloc_free_mb"] = round(m.fordblks / 2**20, 1)
+    if SQLITE_MEMORY_USED is not None:
+        res["sqlite_used_mb"] = round(SQLITE_MEMORY_USED() / 2**20, 2)
     return res
 
 
@@ -314,10 +331,11 @@ def analyse(drv: dict, chk: dict, trials: int) -> dict:
         res["kept_slope_mb_per_100"] = float(slope * 100)
         res["kept_at"] = (kept[0]["trials_done"], kept[0]["rss_mb"], kept[-1]["trials_done"], kept[-1]["rss_mb"])
         res["kept_n"] = len(kept)
-        for key in ("malloc_used_mb", "malloc_free_mb"):
+        for key in ("malloc_used_mb", "malloc_free_mb", "sqlite_used_mb"):
             if all(key in r for r in kept):
                 slope, _ = np.polyfit([r["trials_done"] for r in kept], [r[key] for r in kept], 1)
                 res[f"kept_{key}_slope_per_100"] = float(slope * 100)
+                res[f"kept_{key}_at"] = (kept[0][key], kept[-1][key])
     size = {r["trial"]: r["db"] + r["db_wal"] for r in pt}
     res["db_at"] = {k: size[k - 1] for k in (1, 20, 100, 200) if k - 1 in size}
     return res
@@ -386,7 +404,11 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
                     f"{res['kept_malloc_used_mb_slope_per_100']:+.1f} MB per 100 trials and what it holds free "
                     f"{res['kept_malloc_free_mb_slope_per_100']:+.1f} (free bytes include pages handed back "
                     "by malloc_trim, so only part of them is resident)."
-                    if "kept_malloc_used_mb_slope_per_100" in res else "") + "\n")
+                    if "kept_malloc_used_mb_slope_per_100" in res else "")
+                 + (f" SQLite's own heap (`sqlite3_memory_used`, every connection) grew "
+                    f"{res['kept_sqlite_used_mb_slope_per_100']:+.2f} MB per 100 trials, from "
+                    "{:.2f} to {:.2f} MB.".format(*res["kept_sqlite_used_mb_at"])
+                    if "kept_sqlite_used_mb_slope_per_100" in res else "") + "\n")
     L.append("**Verdict**: " + verdict(a, res, ok))
     return "\n".join(L)
 

@@ -11,8 +11,10 @@ the driver's would. ``--after`` says what runs after every candidate:
 
     nothing    what the driver did before it released memory
     gc         gc.collect()
-    gc-trim    odnas.loop.ahead.release_memory: gc.collect() + glibc's malloc_trim(0),
-               what the driver does now
+    gc-trim    odnas.loop.ahead.release_memory, what the driver does now: gc.collect(),
+               MKL's mkl_free_buffers and glibc's malloc_trim(0)
+    gc-trim-keep-mkl
+               the same without mkl_free_buffers (what the driver did before)
     mmap       glibc's mmap threshold fixed at 1 MiB (set once, before the first)
     gc-mmap    both
 
@@ -24,8 +26,9 @@ driver does. The driver freezes before it loads its run; the probe freezes after
 the loaded trials are frozen too and a release here walks fewer objects than the
 driver's.
 
-It prints one "n RSS_MB candidate_s release_s" line per candidate, then the slope in MB
-per 100 trials and the median seconds of a candidate and of what follows it.
+It prints one "n RSS_MB candidate_s release_s malloc_in_use_MB" line per candidate, then
+the slopes in MB per 100 trials and the median seconds of a candidate and of what
+follows it.
 """
 
 from __future__ import annotations
@@ -42,11 +45,6 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mb() -> float:
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
@@ -54,7 +52,7 @@ def main() -> None:
     ap.add_argument("--to", dest="stop", type=int, default=100)
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="candidates made at each n")
-    ap.add_argument("--after", default="gc-trim", choices=["nothing", "gc", "gc-trim", "mmap", "gc-mmap"])
+    ap.add_argument("--after", default="gc-trim", choices=["nothing", "gc", "gc-trim", "gc-trim-keep-mkl", "mmap", "gc-mmap"])
     ap.add_argument("--frozen", action="store_true", help="inside frozen_heap, as the driver's loop")
     a = ap.parse_args()
 
@@ -65,7 +63,12 @@ def main() -> None:
     from ax.core.trial_status import TrialStatus
     from ax.orchestration.orchestrator import get_fixed_features_from_experiment
 
+    import odnas.loop.ahead as ahead
+    from load import proc_status  # benchmarks/load.py: RSS and glibc's malloc counters
     from odnas.loop.ahead import frozen_heap, release_memory
+
+    if a.after == "gc-trim-keep-mkl":
+        ahead.MKL_FREE_BUFFERS = None
     from odnas.loop.store import load_client
     client, _ = load_client(a.run_dir, readonly=True)
     exp, gs = client._experiment, client._generation_strategy
@@ -84,7 +87,7 @@ def main() -> None:
     gs_module.extract_pending_observations = visible_pending
     if "mmap" in a.after:
         ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    ns, rss, secs = [], [], []
+    ns, rss, used, secs = [], [], [], []
     heap = frozen_heap() if a.frozen else contextlib.nullcontext()
     with heap:
         shown = a.start
@@ -110,17 +113,20 @@ def main() -> None:
                 t1 = time.perf_counter()
                 if errors:
                     raise errors[0]
-                if a.after == "gc-trim":
+                if a.after.startswith("gc-trim"):
                     release_memory()
                 elif "gc" in a.after:
                     gc.collect()
                 ns.append(n)
-                rss.append(rss_mb())
                 secs.append((t1 - t0, time.perf_counter() - t1))
-                print(n, round(rss[-1]), f"{secs[-1][0]:.2f}", f"{secs[-1][1]:.3f}", flush=True)
+                status_now = proc_status()
+                rss.append(status_now["rss_mb"])
+                used.append(status_now.get("malloc_used_mb", float("nan")))
+                print(n, round(rss[-1]), f"{secs[-1][0]:.2f}", f"{secs[-1][1]:.3f}", used[-1], flush=True)
     if len(set(ns)) > 1:
         print(f"after {a.after}: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB (max {max(rss):.0f}); "
-              f"slope {np.polyfit(ns, rss, 1)[0] * 100:+.1f} MB per 100 trials")
+              f"slope {np.polyfit(ns, rss, 1)[0] * 100:+.1f} MB per 100 trials; malloc in use {used[0]:.1f} -> "
+              f"{used[-1]:.1f} MB, slope {np.polyfit(ns, used, 1)[0] * 100:+.1f}")
     else:
         print(f"after {a.after}, n={ns[0]}: RSS {min(rss):.0f}-{max(rss):.0f} MB over {len(rss)} candidates")
     print(f"{'frozen' if a.frozen else 'not frozen'}: candidate {statistics.median(c for c, _ in secs):.2f} s, "

@@ -245,3 +245,45 @@ def test_a_frozen_heap_leaves_a_callers_own_freeze_alone():
         del made_since
     finally:
         gc.unfreeze()
+
+
+def test_the_release_after_a_candidate_hands_back_mkls_matrix_product_buffers():
+    """MKL keeps work buffers for its matrix products, sized by the largest product so
+    far; a GP's grow with the trials, so the driver's in-use memory grew with them.
+    ``release_memory`` frees them (malloc's in-use bytes fall, read through glibc)."""
+    import ctypes
+    import gc
+
+    import torch
+
+    from odnas.loop import ahead
+
+    if ahead.MKL_FREE_BUFFERS is None:
+        pytest.skip("this torch runs without MKL")
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        pytest.skip("no glibc mallinfo2 to read malloc's in-use bytes")
+
+    class Info(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2.argtypes, mallinfo2.restype = [], Info
+
+    def in_use() -> int:
+        m = mallinfo2()
+        return m.uordblks + m.hblkhd
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(64, 400, 400, dtype=torch.float64)
+        (a @ a.transpose(-1, -2)).sum()
+        del a
+        gc.collect()
+        before = in_use()
+        ahead.release_memory()
+        assert before - in_use() > 1 << 20  # MKL held over 1 MiB for the product (2.3 MiB here)
+    finally:
+        torch.set_num_threads(threads)

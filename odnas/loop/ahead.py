@@ -51,6 +51,7 @@ import ctypes
 import gc
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from odnas.loop.adapter import import_ax, unwrap_generation, wrap_generation
@@ -71,13 +72,37 @@ def _malloc_trim() -> Callable[[], Any] | None:
     return lambda: trim(0)
 
 
+def _mkl_free_buffers() -> Callable[[], Any] | None:
+    """Intel MKL's ``mkl_free_buffers``, from the MKL torch links statically (PyTorch's
+    x86 wheels, as ``mkl_serv_free_buffers`` in ``libtorch_cpu``) or from a shared MKL
+    already loaded; None where torch runs without MKL (OpenBLAS, Accelerate)."""
+    import torch
+
+    candidates = [Path(torch.__file__).parent / "lib" / "libtorch_cpu.so", None]
+    for lib in candidates:
+        try:
+            dll = ctypes.CDLL(str(lib) if lib is not None else None)
+        except OSError:
+            continue
+        for name in ("mkl_serv_free_buffers", "mkl_free_buffers"):
+            fn = getattr(dll, name, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [], None
+                return fn
+    return None
+
+
 MALLOC_TRIM = _malloc_trim()
+MKL_FREE_BUFFERS = _mkl_free_buffers()
 COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
 
 
 def release_memory() -> None:
-    """Free what reference cycles hold, then hand the freed pages back to the system."""
+    """Free what reference cycles hold and the work buffers MKL keeps for its matrix
+    products, then hand the freed pages back to the system."""
     gc.collect()
+    if MKL_FREE_BUFFERS is not None:
+        MKL_FREE_BUFFERS()
     if MALLOC_TRIM is not None:
         MALLOC_TRIM()
 
