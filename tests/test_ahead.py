@@ -1,12 +1,17 @@
 """The next candidate made on a background thread (``odnas.loop.ahead``).
 
 Unit tests drive ``Ahead`` with a stand-in generation strategy whose ``gen`` blocks
-until the test lets it go, so every interleaving is forced, not timed. The loop's own
-use of it (a real Ax Orchestrator and generation strategy) is checked in
+until the test lets it go, so every interleaving is forced, not timed. Candidates made
+in a forked child are checked with Ax's own generation strategy (the ``*_child*``
+tests). The loop's own use of it (a real Ax Orchestrator) is checked in
 ``tests/test_load.py`` and the end-to-end searches.
 """
 
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -38,8 +43,9 @@ class Strategy:
 
 def make(strategy, running=True, wanted=True):
     state = {"running": running, "wanted": wanted}
+    # In this process: the stand-in's events cannot reach a forked child.
     ahead = Ahead(strategy, experiment=object(), wanted=lambda: state["wanted"],
-                  running=lambda: state["running"], fixed_features=lambda exp: None)
+                  running=lambda: state["running"], fixed_features=lambda exp: None, in_child=False)
     return ahead, state
 
 
@@ -287,3 +293,151 @@ def test_the_release_after_a_candidate_hands_back_mkls_matrix_product_buffers():
         assert before - in_use() > 1 << 20  # MKL held over 1 MiB for the product (2.3 MiB here)
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ candidates made in a child process
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+
+def ax_problem(seed: int = 0):
+    """A two-parameter Ax problem with odnas's own "bo" strategy (3 quasi-random
+    candidates, then BoTorch once one of them has a result)."""
+    from ax.api.client import Client
+    from ax.api.configs import RangeParameterConfig
+
+    from odnas.loop.adapter import experiment_of, generation_strategy_of
+    from odnas.loop.config import generation_strategy
+
+    client = Client(random_seed=seed)
+    client.configure_experiment(parameters=[RangeParameterConfig(name=x, bounds=(0.0, 1.0), parameter_type="float")
+                                            for x in ("a", "b")])
+    client.configure_optimization("f")
+    client.set_generation_strategy(generation_strategy("bo", seed=seed, init_trials=3, trials=10))
+    return client, experiment_of(client), generation_strategy_of(client)
+
+
+def deploy(exp, grs):
+    trial = exp.new_trial(generator_run=grs[0][0])
+    trial.mark_running(no_runner_required=True)
+    return trial
+
+
+def in_child(gs, exp) -> Ahead:
+    return Ahead(gs, exp, wanted=lambda: True, running=lambda: True, fixed_features=lambda e: None, in_child=True)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@needs_fork
+def test_candidates_made_in_a_child_are_the_ones_made_here_and_leave_the_strategy_as_here():
+    """The parent's strategy is left as ``gen`` left the child's: the quasi-random
+    sequence continues exactly as in-process, the strategy moves to its BoTorch node,
+    and it records every generator run (what storage saves), while the model lives
+    and dies in the child (none is fitted in the parent)."""
+    _, exp_here, gs_here = ax_problem()
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    for _ in range(3):
+        here = deploy(exp_here, gs_here.gen(experiment=exp_here, n=1, num_trials=1, fixed_features=None))
+        there = deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
+        assert there.arm.parameters == here.arm.parameters
+    assert gs.current_node_name == gs_here.current_node_name
+    nodes = [gr._generation_node_name for gr in gs._generator_runs]
+    assert nodes == [gr._generation_node_name for gr in gs_here._generator_runs] and "Sobol" in nodes
+    assert all(a is b for a, b in zip(gs._generator_runs, (t.generator_runs[0] for t in exp.trials.values())))
+    for t in list(exp.trials.values())[:2]:
+        t.mark_completed()
+        exp.attach_data(_data(exp, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
+    trial = deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
+    assert gs.current_node_name == "MBM" and trial.generator_runs[0]._generation_node_name == "MBM"
+    assert gs._generator_runs[-1] is trial.generator_runs[0] and len(gs._generator_runs) == 4
+    assert gs.adapter is None  # fitted in the child only
+    assert ahead.child is None and ahead.child_peak_mb > 0
+
+
+def _data(exp, index, value):
+    from ax.core.data import Data
+    import pandas as pd
+
+    return Data(df=pd.DataFrame([{"trial_index": index, "arm_name": exp.trials[index].arm.name,
+                                  "metric_name": "f", "metric_signature": "f", "mean": value, "sem": 0.0}]))
+
+
+@needs_fork
+def test_what_a_candidate_allocates_in_the_child_is_not_kept_by_the_driver():
+    """300 MB held on to by the call that makes the candidate: the child peaks above
+    that, the driver's RSS does not grow by it."""
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    real, kept = ahead._real_gen, []
+
+    def fat(**kwargs):
+        kept.append(bytearray(300 << 20))
+        kept[-1][:: 4096] = b"x" * len(kept[-1][:: 4096])  # touched, so resident
+        return real(**kwargs)
+
+    ahead._real_gen = fat
+    before = rss_mb()
+    deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
+    assert ahead.child_peak_mb > 300 + 0.5 * before
+    assert rss_mb() - before < 50 and kept == []
+
+
+@needs_fork
+def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
+    from ax.exceptions.core import DataRequiredError
+
+    from odnas.loop.ahead import CandidateProcessDied
+
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+
+    def needs_data(**kwargs):
+        raise DataRequiredError("need 2 completed trials")
+
+    class Odd(Exception):
+        def __init__(self, a, b):  # does not survive pickling (rebuilt from one arg)
+            super().__init__(f"{a} {b}")
+
+    def odd(**kwargs):
+        raise Odd(1, 2)
+
+    ahead._real_gen = needs_data
+    with pytest.raises(DataRequiredError, match="need 2 completed trials"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    ahead._real_gen = odd
+    with pytest.raises(RuntimeError, match="Odd: 1 2"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    ahead._real_gen = lambda **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+    with pytest.raises(CandidateProcessDied, match="killed by signal 9"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    assert len(gs._generator_runs) == 0 and not exp.trials
+
+
+@needs_fork
+def test_closing_without_waiting_ends_a_child_that_hangs_and_the_next_candidate_is_made_in_the_driver():
+    """A candidate nobody will take (the driver is interrupted) does not keep its
+    process; a failed candidate made ahead is made again by the driver's own call."""
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    real = ahead._real_gen
+    ahead._real_gen = lambda **kwargs: time.sleep(120)
+    assert ahead.start()
+    deadline = time.monotonic() + 10
+    while ahead.child is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = ahead.child
+    assert pid is not None
+    ahead._real_gen = real
+    ahead.close(wait=False)
+    assert ahead.done.wait(10) and ahead.failed == 1 and ahead.child is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended and reaped
+    grs = ahead.gen(experiment=exp, n=1, num_trials=1, fixed_features=None)  # made in the driver's call
+    assert deploy(exp, grs).generator_runs[0] is gs._generator_runs[-1] and len(gs._generator_runs) == 1

@@ -105,3 +105,32 @@ def wrap_generation(generation_strategy, gen):
 
 def unwrap_generation(generation_strategy) -> None:
     generation_strategy.__dict__.pop("gen", None)
+
+
+def generation_count(generation_strategy) -> int:
+    """How many generator runs the strategy has made (its private record, Ax 1.3)."""
+    return len(generation_strategy._generator_runs)
+
+
+def strategy_state(generation_strategy, since: int) -> dict[str, Any]:
+    """What ``GenerationStrategy.gen`` changed on the strategy (Ax 1.3), besides the
+    models it fitted: the generator runs it made after the first ``since``, the node it
+    is at, and each node's transition marks. ``restore_strategy_state`` applies it to the
+    same strategy in another process."""
+    gs = generation_strategy
+    return {"runs": gs._generator_runs[since:], "current": gs._curr.name,
+            "nodes": {name: (node._previous_node_name, node._should_skip) for name, node in gs.nodes_by_name.items()}}
+
+
+def restore_strategy_state(generation_strategy, experiment, state: dict[str, Any]) -> None:
+    """Leave the strategy as a ``gen`` on ``experiment`` left its copy in another process
+    (``strategy_state`` there). Its next quasi-random candidate then continues the
+    sequence (Ax reads a generator's state from its last generator run) and its record
+    of generator runs is what storage saves."""
+    gs = generation_strategy
+    gs.experiment = experiment
+    for name, (previous, skip) in state["nodes"].items():
+        node = gs.nodes_by_name[name]
+        node._previous_node_name, node._should_skip = previous, skip
+    gs._curr = gs.nodes_by_name[state["current"]]
+    gs._generator_runs.extend(state["runs"])
