@@ -9,8 +9,10 @@ in-process). The cost lane is real (ONNX export + ONNX Runtime under the profile
 unless ``--fake-latency``.
 
 Per trial it records the driver's RSS and the size of experiment.sqlite (with its
-WAL) when the trial's job ends, and, per call of ``GenerationStrategy.gen``, its
-wall and CPU time beside Ax's own ``fit_time``/``gen_time`` on each generator run.
+WAL) when the trial's job ends, and, per candidate (each ``GenerationStrategy.gen``
+call, made by ``odnas.loop.ahead.Ahead``), its wall and CPU time (the driver's and the
+forked child's that made it) beside Ax's own ``fit_time``/``gen_time`` on each
+generator run.
 ``benchmarks/saasbo.py`` uses the same driver.
 At the end a fresh process loads the run read-only (``odnas.loop.store.load_run``) and
 checks every trial is there. Markdown on stdout, logs on stderr, raw data in
@@ -110,34 +112,44 @@ def db_bytes(run_dir: Path) -> dict[str, int]:
 
 @contextmanager
 def timed_generation(calls: list[dict]):
-    """Time every ``GenerationStrategy.gen`` call made while active (a pass-through
-    wrapper: the Orchestrator inside ``run_loop`` is not touched otherwise)."""
-    from ax.generation_strategy.generation_strategy import GenerationStrategy
+    """Time every candidate the driver's ``Ahead`` makes while active (a pass-through
+    wrapper of ``Ahead._gen``, which every ``GenerationStrategy.gen`` call of the
+    Orchestrator goes through: the loop inside ``run_loop`` is not touched otherwise).
+    CPU time is this process's plus, where the candidate is made in a forked child
+    (``odnas.loop.ahead``), the child's; the memory release after a candidate is left
+    out of both."""
+    from odnas.loop.ahead import Ahead
 
-    real = GenerationStrategy.gen
+    real = Ahead._gen
 
-    def gen(self, experiment, *args, **kwargs):
+    def gen(self, **kwargs):
+        experiment = kwargs["experiment"]
         first = len(experiment.trials)
         done = sum(1 for t in experiment.trials.values() if t.status.is_completed)
-        t0, c0 = time.perf_counter(), time.process_time()
-        rec = {"first_trial": first, "completed": done, "asked": kwargs.get("num_trials", 1)}
+        t0, c0, k0, r0 = time.perf_counter(), time.process_time(), self.child_cpu_s, self.collect_s
+
+        def took() -> dict:
+            released = self.collect_s - r0
+            return {"wall_s": time.perf_counter() - t0 - released,
+                    "cpu_s": time.process_time() - c0 + self.child_cpu_s - k0 - released}
+
+        rec = {"first_trial": first, "completed": done, "asked": kwargs.get("num_trials", 1),
+               "in_child": self.in_child}
         try:
-            out = real(self, experiment, *args, **kwargs)
+            out = real(self, **kwargs)
         except Exception as e:  # Ax's "not now" signals (e.g. more data required) are calls too
-            calls.append({**rec, "made": 0, "wall_s": time.perf_counter() - t0,
-                          "cpu_s": time.process_time() - c0, "error": type(e).__name__})
+            calls.append({**rec, "made": 0, **took(), "error": type(e).__name__})
             raise
         # CPU time beside wall time: the host is shared, and CPU seconds are what the
         # driver itself spends (torch runs one thread, so they are not inflated by threads).
-        calls.append({**rec, "made": len(out), "wall_s": time.perf_counter() - t0,
-                      "cpu_s": time.process_time() - c0})
+        calls.append({**rec, "made": len(out), **took(), "child_peak_mb": self.child_peak_mb})
         return out
 
-    GenerationStrategy.gen = gen
+    Ahead._gen = gen
     try:
         yield calls
     finally:
-        GenerationStrategy.gen = real
+        Ahead._gen = real
 
 
 # ---------------------------------------------------------------- child: the driver
@@ -362,7 +374,7 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
         L.append(f"**Generation**: {res['bo_candidates']} BO candidates in {res['bo_cycles']} Orchestrator cycles "
                  "(the Orchestrator asks `GenerationStrategy.gen` for one candidate at a time; the calls of a cycle "
                  "share one model fit). Seconds per BO candidate, median over the cycles in each quarter of the run. "
-                 "wall/cpu: around `gen` (cpu = this process's CPU time); fit/gen: Ax's own `fit_time`/`gen_time` "
+                 "wall/cpu: around `gen` (cpu = the driver's CPU time and the forked child's that made the candidate); fit/gen: Ax's own `fit_time`/`gen_time` "
                  "(wall) on the generator runs; other = wall - fit - gen; fit/gen cpu: Ax's times scaled by the "
                  "call's CPU/wall ratio, an estimate of their CPU seconds.\n")
         L.append("| completed trials n | cycles | wall | Ax fit_time | Ax gen_time | other | cpu | fit cpu | "
@@ -395,11 +407,15 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
                  f"{drv['final']['db'] / 1e6:.2f} MB + WAL {drv['final']['db_wal'] / 1e6:.2f} MB.\n")
     if "kept_slope_mb_per_100" in res:
         n0, r0, n1, r1 = res["kept_at"]
+        child_peak = max((c.get("child_peak_mb", 0.0) for c in drv["gen_calls"]), default=0.0)
         L.append(f"What the driver keeps between candidates (VmRSS right after each of the {res['kept_n']} model "
                  f"candidates from trial {n0} on, and the memory release that follows it): {r0:.0f} MB at "
                  f"{n0} trials done, {r1:.0f} MB at {n1}; slope {res['kept_slope_mb_per_100']:+.1f} MB per 100 "
-                 "trials. The reading when a job ends usually falls while the next candidate is being made, so "
-                 "it also holds that candidate's working set."
+                 "trials. "
+                 + (f"Candidates were made in forked child processes, so neither reading holds a candidate's "
+                    f"working set (the largest child peaked at {child_peak:.0f} MB RSS, shared pages included)."
+                    if child_peak else "The reading when a job ends usually falls while the next candidate is "
+                    "being made, so it also holds that candidate's working set.")
                  + (f" Of that, what glibc's malloc holds in use (all arenas) grew "
                     f"{res['kept_malloc_used_mb_slope_per_100']:+.1f} MB per 100 trials and what it holds free "
                     f"{res['kept_malloc_free_mb_slope_per_100']:+.1f} (free bytes include pages handed back "

@@ -139,10 +139,10 @@ def _exit_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None) -> tuple[Any, float]:
+def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None) -> tuple[Any, Any]:
     """``fn()`` in a forked child process; returns what it returned (pickled back
     through a pipe; ``fn`` catches its own exceptions and returns them) and the child's
-    peak RSS in MB. Whatever ``fn`` allocates dies with the child. ``started`` is told
+    resource usage (``os.wait4``'s: CPU seconds, peak RSS in KiB). Whatever ``fn`` allocates dies with the child. ``started`` is told
     the child's pid, then None once it has been reaped. Raises
     ``CandidateProcessDied`` if the child ends without an answer (killed, or ``fn``'s
     value would not pickle: the child prints why on stderr)."""
@@ -181,7 +181,7 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
         how = (f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exited with status {os.waitstatus_to_exitcode(status)}")
         raise CandidateProcessDied(f"the process making the candidate {how} before it handed one back")
-    return pickle.loads(data), usage.ru_maxrss / 1024
+    return pickle.loads(data), usage
 
 
 def _portable(e: Exception) -> Exception:
@@ -263,6 +263,7 @@ class Ahead:
         self.in_child = in_child  # make each candidate in a forked child process
         self.child: int | None = None  # that child's pid while it runs
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
+        self.child_cpu_s = 0.0  # the CPU time the children took, all told
 
     @property
     def busy(self) -> bool:
@@ -336,8 +337,9 @@ class Ahead:
                 outcome = ("raised", _portable(e))
             return outcome, strategy_state(self.gs, since)  # one pickle: the runs stay the same objects
 
-        (outcome, state), peak = call_in_child(make, started=self._child_started)
-        self.child_peak_mb = max(self.child_peak_mb, peak)
+        (outcome, state), usage = call_in_child(make, started=self._child_started)
+        self.child_peak_mb = max(self.child_peak_mb, usage.ru_maxrss / 1024)
+        self.child_cpu_s += usage.ru_utime + usage.ru_stime
         restore_strategy_state(self.gs, kwargs["experiment"], state)
         kind, value = outcome
         if kind == "raised":
@@ -406,7 +408,7 @@ class Ahead:
         return {"made_ahead": self.made, "used": self.used, "failed": self.failed, "not_yet": self.not_yet,
                 "blocked_s": round(self.blocked_s, 3), "background_s": round(self.background_s, 3),
                 "collect_s": round(self.collect_s, 3), "in_child": self.in_child,
-                "child_peak_mb": round(self.child_peak_mb, 1)}
+                "child_peak_mb": round(self.child_peak_mb, 1), "child_cpu_s": round(self.child_cpu_s, 3)}
 
 
 class AheadOrchestrator(Orchestrator):
