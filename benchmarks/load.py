@@ -174,6 +174,10 @@ def drive(a) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if a.candidates is not None:
+        import odnas.loop.ahead as where
+
+        where.IN_CHILD = a.candidates == "child"
     from odnas.errors import SearchError
     from odnas.loop.config import SearchConfig
     from odnas.loop.driver import create_run, run_loop
@@ -360,7 +364,7 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
     fixed = ", ".join(a.fix or []) or "none"
     bounds = f"; bounds: {', '.join(a.constraint)}" if a.constraint else ""
     L.append(f"## Load test: {a.trials} trials, `{a.method}`, space `{a.space}` (fixed: {fixed}), "
-             f"parallel {a.parallel}\n")
+             f"parallel {a.parallel}" + (f", candidates made in the {a.candidates}" if a.candidates else "") + "\n")
     L.append(f"Driver: `create_run` + `run_loop` unchanged (Ax Orchestrator, SQLite, TrialRunner, ValAccMetric, "
              f"cost lane); jobs: `odnas.testing.InProcessJobs` ("
              f"{'real training in the driver' if a.train else 'synthetic val_acc, no training'}, no TorchX job); "
@@ -466,6 +470,9 @@ def main() -> None:
     ap.add_argument("--space", default="mlp")
     ap.add_argument("--profile", default="cpu-mobile")
     ap.add_argument("--method", default="bo")
+    ap.add_argument("--candidates", choices=["child", "driver"], default=None,
+                    help="where the driver makes candidates: in a forked child (odnas's default on Linux) or in "
+                         "its own process (the default elsewhere); for side-by-side comparisons")
     ap.add_argument("--init-trials", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fix", action="append", metavar="NAME=VALUE", help="hold a parameter constant (repeatable)")
@@ -497,6 +504,8 @@ def main() -> None:
         child += ["--init-trials", str(a.init_trials)]
     if a.fake_latency:
         child.append("--fake-latency")
+    if a.candidates is not None:
+        child += ["--candidates", a.candidates]
     if a.train:
         child.append("--train")
     for f in a.fix or ():

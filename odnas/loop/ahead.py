@@ -241,7 +241,7 @@ class Ahead:
 
     def __init__(self, generation_strategy, experiment, wanted: Callable[[], bool],
                  running: Callable[[], bool], fixed_features: Callable[[Any], Any] | None = None,
-                 in_child: bool = IN_CHILD) -> None:
+                 in_child: bool | None = None) -> None:
         from ax.orchestration.orchestrator import get_fixed_features_from_experiment
 
         self.gs, self.exp = generation_strategy, experiment
@@ -260,7 +260,7 @@ class Ahead:
         self.made = self.used = self.failed = self.not_yet = 0
         self.blocked_s = self.background_s = self.collect_s = 0.0
         self.collect_after_s = COLLECT_AFTER_S
-        self.in_child = in_child  # make each candidate in a forked child process
+        self.in_child = IN_CHILD if in_child is None else in_child  # make each candidate in a forked child
         self.child: int | None = None  # that child's pid while it runs
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
