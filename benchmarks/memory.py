@@ -26,6 +26,12 @@ driver does. The driver freezes before it loads its run; the probe freezes after
 the loaded trials are frozen too and a release here walks fewer objects than the
 driver's.
 
+It makes the candidates in its own process: what it measures is what a candidate
+leaves in the process that makes it. odnas's driver on Linux makes each candidate in
+a forked child that exits (``odnas.loop.ahead``), so there this is the child's share;
+it is the driver's own where candidates are made in the driver (elsewhere, or
+``benchmarks/load.py --candidates driver``).
+
 It prints one "n RSS_MB candidate_s release_s malloc_in_use_MB" line per candidate, then
 the slopes in MB per 100 trials and the median seconds of a candidate and of what
 follows it.
