@@ -122,9 +122,10 @@ def _mkl_free_buffers() -> Callable[[], Any] | None:
 MALLOC_TRIM = _malloc_trim()
 MKL_FREE_BUFFERS = _mkl_free_buffers()
 COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
-# Candidates are made in a forked child where fork is safe beside threads that never
-# touch what the child uses (Linux); elsewhere (macOS forbids it once system
-# frameworks run threads) in the driver's process, released as above.
+# Where candidates are made in a forked child (Linux: glibc's malloc and CPython's own
+# locks are made usable in a child, and torch's thread pool is handled in the child);
+# elsewhere in the driver's process (macOS forbids forking once system frameworks run
+# threads; Windows has no fork).
 IN_CHILD = sys.platform.startswith("linux")
 
 
@@ -142,10 +143,11 @@ def _exit_with_parent() -> None:
 def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None) -> tuple[Any, Any]:
     """``fn()`` in a forked child process; returns what it returned (pickled back
     through a pipe; ``fn`` catches its own exceptions and returns them) and the child's
-    resource usage (``os.wait4``'s: CPU seconds, peak RSS in KiB). Whatever ``fn`` allocates dies with the child. ``started`` is told
-    the child's pid, then None once it has been reaped. Raises
-    ``CandidateProcessDied`` if the child ends without an answer (killed, or ``fn``'s
-    value would not pickle: the child prints why on stderr)."""
+    resource usage (``os.wait4``'s: CPU seconds, peak RSS in KiB). Whatever ``fn``
+    allocates dies with the child. ``started`` is told the child's pid, then None once
+    it has been reaped. Raises ``CandidateProcessDied`` if the child ends without an
+    answer (killed, or ``fn``'s value would not pickle: the child prints why on
+    stderr)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
