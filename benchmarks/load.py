@@ -378,7 +378,8 @@ def markdown(args: dict, drv: dict, chk: dict, res: dict, total_s: float) -> str
         L.append(f"**Generation**: {res['bo_candidates']} BO candidates in {res['bo_cycles']} Orchestrator cycles "
                  "(the Orchestrator asks `GenerationStrategy.gen` for one candidate at a time; the calls of a cycle "
                  "share one model fit). Seconds per BO candidate, median over the cycles in each quarter of the run. "
-                 "wall/cpu: around `gen` (cpu = the driver's CPU time and the forked child's that made the candidate); fit/gen: Ax's own `fit_time`/`gen_time` "
+                 "wall/cpu: around `gen` (cpu = the driver's CPU time and the forked child's that made the "
+                 "candidate); fit/gen: Ax's own `fit_time`/`gen_time` "
                  "(wall) on the generator runs; other = wall - fit - gen; fit/gen cpu: Ax's times scaled by the "
                  "call's CPU/wall ratio, an estimate of their CPU seconds.\n")
         L.append("| completed trials n | cycles | wall | Ax fit_time | Ax gen_time | other | cpu | fit cpu | "
