@@ -9,6 +9,7 @@ tests). The loop's own use of it (a real Ax Orchestrator) is checked in
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -297,7 +298,7 @@ def test_the_release_after_a_candidate_hands_back_mkls_matrix_product_buffers():
 
 # ------------------------------------------------------------------ candidates made in a child process
 
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+needs_fork = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="candidates are made in a child on Linux")
 
 
 def ax_problem(seed: int = 0):
@@ -354,7 +355,15 @@ def test_candidates_made_in_a_child_are_the_ones_made_here_and_leave_the_strateg
     for t in list(exp.trials.values())[:2]:
         t.mark_completed()
         exp.attach_data(_data(exp, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
+    for t in list(exp_here.trials.values())[:2]:
+        t.mark_completed()
+        exp_here.attach_data(_data(exp_here, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
     trial = deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
+    deploy(exp_here, gs_here.gen(experiment=exp_here, n=1, num_trials=1, fixed_features=None))
+    marks = {name: (node._previous_node_name, node._should_skip) for name, node in gs.nodes_by_name.items()}
+    assert marks == {name: (node._previous_node_name, node._should_skip)
+                     for name, node in gs_here.nodes_by_name.items()}
+    assert marks["MBM"][0] is not None  # the transition was recorded
     assert gs.current_node_name == "MBM" and trial.generator_runs[0]._generation_node_name == "MBM"
     assert gs._generator_runs[-1] is trial.generator_runs[0] and len(gs._generator_runs) == 4
     assert gs.adapter is None  # fitted in the child only
@@ -421,9 +430,10 @@ def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
 
 
 @needs_fork
-def test_closing_without_waiting_ends_a_child_that_hangs_and_the_next_candidate_is_made_in_the_driver():
+def test_closing_without_waiting_kills_a_child_that_hangs_and_a_later_call_makes_the_candidate_again():
     """A candidate nobody will take (the driver is interrupted) does not keep its
-    process; a failed candidate made ahead is made again by the driver's own call."""
+    process; a candidate that failed ahead is made again (in a new child) by the
+    driver's own call."""
     _, exp, gs = ax_problem()
     ahead = in_child(gs, exp)
     real = ahead._real_gen
@@ -441,3 +451,52 @@ def test_closing_without_waiting_ends_a_child_that_hangs_and_the_next_candidate_
         os.kill(pid, 0)  # ended and reaped
     grs = ahead.gen(experiment=exp, n=1, num_trials=1, fixed_features=None)  # made in the driver's call
     assert deploy(exp, grs).generator_runs[0] is gs._generator_runs[-1] and len(gs._generator_runs) == 1
+
+
+@needs_fork
+def test_a_child_that_does_not_answer_in_time_is_killed_and_reported():
+    from odnas.loop.ahead import CandidateProcessDied
+
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    ahead.child_timeout_s = 1.0
+    ahead._real_gen = lambda **kwargs: time.sleep(60)
+    t0 = time.monotonic()
+    with pytest.raises(CandidateProcessDied, match="did not answer within 1 s"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    assert time.monotonic() - t0 < 10 and ahead.child is None
+
+
+@needs_fork
+def test_a_child_forked_while_another_thread_is_inside_a_write_to_stderr_can_still_write(monkeypatch):
+    """A thread of the driver blocked in a write to stderr holds that file object's
+    lock, and the fork copies it held; the child writes through a file object of its
+    own, so it does not wait for a lock nobody in it will release."""
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    ahead.child_timeout_s = 20.0
+    r, w = os.pipe()
+    stderr = os.fdopen(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    blocked = threading.Thread(target=lambda: (stderr.write("x" * (1 << 20)), stderr.flush()), daemon=True)
+    blocked.start()  # fills the pipe, then blocks inside the write, holding the lock
+    time.sleep(0.3)
+    real = ahead._real_gen
+
+    def chatty(**kwargs):
+        print("made in the child", file=sys.stderr, flush=True)
+        return real(**kwargs)
+
+    ahead._real_gen = chatty
+    drained: list[bytes] = []
+    drain = threading.Timer(1.0, lambda: drained.extend(iter(lambda: os.read(r, 1 << 16), b"")))
+    drain.daemon = True
+    drain.start()  # after the fork: the pipe empties, the blocked write ends
+    grs = ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    assert deploy(exp, grs).generator_runs[0] is gs._generator_runs[-1]
+    blocked.join(10)
+    assert not blocked.is_alive()
+    monkeypatch.undo()
+    stderr.close()
+    drain.join(10)
+    assert b"made in the child" in b"".join(drained)

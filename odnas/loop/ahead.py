@@ -66,6 +66,7 @@ import ctypes
 import gc
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -122,6 +123,9 @@ def _mkl_free_buffers() -> Callable[[], Any] | None:
 MALLOC_TRIM = _malloc_trim()
 MKL_FREE_BUFFERS = _mkl_free_buffers()
 COLLECT_AFTER_S = 0.5  # release memory after a candidate that took this long or longer
+# A child that has not answered in this long, or 10 times the longest candidate so far
+# if that is longer, is taken for hung, killed, and its candidate made again.
+CHILD_TIMEOUT_S = 600.0
 # Where candidates are made in a forked child (Linux: glibc's malloc and CPython's own
 # locks are made usable in a child, and torch's thread pool is handled in the child);
 # elsewhere in the driver's process (macOS forbids forking once system frameworks run
@@ -130,33 +134,85 @@ IN_CHILD = sys.platform.startswith("linux")
 
 
 class CandidateProcessDied(RuntimeError):
-    """The forked process making a candidate ended without handing one back."""
+    """The forked process making a candidate ended, or stopped answering, without
+    handing one back."""
 
 
-def _exit_with_parent() -> None:
-    """Have the kernel kill this (child) process if the thread that forked it ends
-    (Linux ``PR_SET_PDEATHSIG``): a driver killed mid-candidate leaves no orphan."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child loads nothing
+    except (OSError, AttributeError):
+        return None
 
 
-def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None) -> tuple[Any, Any]:
+PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _fresh_streams(keep: set[int]) -> None:
+    """In a forked child: give ``sys.stdout``/``sys.stderr`` and every logging
+    handler's stream a new file object on a duplicate of its descriptor, then close
+    every other inherited descriptor but ``keep``. A thread of the parent may have been
+    inside a write at the fork, holding the old object's lock, which nothing resets in
+    the child; and a pipe end another thread was about to close (a ``Popen`` on the
+    driver's thread) would otherwise stay open until the child exits, so that reader
+    would wait for it."""
+    import logging
+
+    def fresh(stream):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return stream, None
+        new = os.fdopen(os.dup(fd), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
+                        errors="backslashreplace")
+        return new, new.fileno()
+
+    kept = set(keep) | {0, 1, 2}
+    sys.stdout, fd = fresh(sys.stdout)
+    kept.add(fd)
+    sys.stderr, fd = fresh(sys.stderr)
+    kept.add(fd)
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.stream, fd = fresh(handler.stream)
+                kept.add(fd)
+    kept.discard(None)
+    last = 2
+    for fd in sorted(kept) + [os.sysconf("SC_OPEN_MAX")]:
+        if fd > last + 1:
+            os.closerange(last + 1, fd)
+        last = max(last, fd)
+
+
+def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None,
+                  timeout_s: float | None = None) -> tuple[Any, Any]:
     """``fn()`` in a forked child process; returns what it returned (pickled back
     through a pipe; ``fn`` catches its own exceptions and returns them) and the child's
     resource usage (``os.wait4``'s: CPU seconds, peak RSS in KiB). Whatever ``fn``
     allocates dies with the child. ``started`` is told the child's pid, then None once
-    it has been reaped. Raises ``CandidateProcessDied`` if the child ends without an
-    answer (killed, or ``fn``'s value would not pickle: the child prints why on
-    stderr)."""
+    it has ended and before it is reaped (so a kill by that pid never reaches another
+    process). Raises ``CandidateProcessDied`` if the child ends without an answer
+    (killed, or ``fn``'s value would not pickle: the child prints why on stderr) or
+    has not answered within ``timeout_s`` (it is killed)."""
+    parent = os.getpid()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 70
         try:
+            gc.freeze()  # inherited garbage is never finalised here (a connection's rollback, say)
             os.close(r)
+            if PRCTL is not None:
+                PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the forking thread ended before prctl took
+                os._exit(code)
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # the driver's handlers are not the child's
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _exit_with_parent()
+            _fresh_streams(keep={w})
             data = pickle.dumps(fn(), protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(w, "wb") as out:
                 out.write(data)
@@ -168,18 +224,34 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
     os.close(w)
     if started is not None:
         started(pid)
+    chunks: list[bytes] = []
+    late = False
     try:
-        with os.fdopen(r, "rb") as answer:
-            data = answer.read()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([r], [], [], wait)[0]:
+                late = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(r, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
     except BaseException:  # interrupted: the candidate is not wanted any more
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)  # still ours: not reaped yet
         raise
     finally:
-        _, status, usage = os.wait4(pid, 0)
+        os.close(r)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: the pid stays ours
         if started is not None:
             started(None)
-    if not data:
+        _, status, usage = os.wait4(pid, 0)
+    data = b"".join(chunks)
+    if late:
+        raise CandidateProcessDied(f"the process making the candidate did not answer within {timeout_s:.0f} s "
+                                   "and was killed")
+    if not data or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         how = (f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exited with status {os.waitstatus_to_exitcode(status)}")
         raise CandidateProcessDied(f"the process making the candidate {how} before it handed one back")
@@ -264,6 +336,9 @@ class Ahead:
         self.collect_after_s = COLLECT_AFTER_S
         self.in_child = IN_CHILD if in_child is None else in_child  # make each candidate in a forked child
         self.child: int | None = None  # that child's pid while it runs
+        self._child_lock = threading.Lock()  # a kill by pid happens only before the child is reaped
+        self.child_timeout_s = CHILD_TIMEOUT_S
+        self.longest_s = 0.0  # the longest candidate made in a child so far
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
 
@@ -336,10 +411,14 @@ class Ahead:
             try:
                 outcome: tuple[str, Any] = ("made", self._real_gen(**kwargs))
             except Exception as e:  # noqa: BLE001 — raised again in the parent
+                e.add_note("".join(traceback.format_exception(e)).rstrip())  # where, in the child
                 outcome = ("raised", _portable(e))
             return outcome, strategy_state(self.gs, since)  # one pickle: the runs stay the same objects
 
-        (outcome, state), usage = call_in_child(make, started=self._child_started)
+        t0 = time.perf_counter()
+        (outcome, state), usage = call_in_child(make, started=self._child_started,
+                                                timeout_s=max(self.child_timeout_s, 10 * self.longest_s))
+        self.longest_s = max(self.longest_s, time.perf_counter() - t0)
         self.child_peak_mb = max(self.child_peak_mb, usage.ru_maxrss / 1024)
         self.child_cpu_s += usage.ru_utime + usage.ru_stime
         restore_strategy_state(self.gs, kwargs["experiment"], state)
@@ -349,7 +428,8 @@ class Ahead:
         return value
 
     def _child_started(self, pid: int | None) -> None:
-        self.child = pid
+        with self._child_lock:
+            self.child = pid
 
     def _make(self) -> None:
         t0 = time.perf_counter()
@@ -399,9 +479,10 @@ class Ahead:
         """Stop routing the strategy's calls here; ``wait`` for a candidate being made."""
         if wait:
             self.done.wait()
-        elif self.child is not None:  # a candidate nobody will take: end its process
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.child, signal.SIGKILL)
+        else:
+            with self._child_lock:
+                if self.child is not None:  # a candidate nobody will take: end its process
+                    os.kill(self.child, signal.SIGKILL)  # not yet reaped, so still the child
         self._closing = True
         self._go.set()
         unwrap_generation(self.gs)
