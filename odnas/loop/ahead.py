@@ -30,11 +30,13 @@ through a pipe, and the strategy's changed state (its node, and the generator ru
 recorded: Ax reads the quasi-random sequence's position from the last one). The
 model, its tensors, MKL's work buffers and the malloc arenas they fragmented die with
 the child, so the driver keeps only the experiment. In the 200-trial load benchmark
-that took the driver's growth from +13.8 to +X MB per 100 trials (docs/benchmarks.md,
-"Candidates made in a child process"); a fork of the ~550 MB driver costs about
-0.01 s, against 1-10 s for a BoTorch candidate. The child is seeded from the driver's
-random state (which a draw advances), runs one torch thread, and is killed with the
-thread that forked it, or by ``close(wait=False)``.
+the driver grew +3.9 to +7.6 MB per 100 trials after warm-up, against +10.4 with
+candidates made in-process beside it (docs/benchmarks.md, "Candidates made in a child
+process"); a fork of the ~520 MB driver costs about 0.01 s, against 1-10 s for a
+BoTorch candidate. The child is seeded from the driver's random state (which a draw
+advances), runs one torch thread, writes through file objects of its own, and is
+killed with the thread that forked it, by ``close(wait=False)``, or when it has not
+answered within ``CHILD_TIMEOUT_S`` (or 10 times the longest candidate so far).
 
 Where candidates are made in the driver's process, a model's candidate (one that took
 at least ``COLLECT_AFTER_S``) is followed by a full garbage collection
@@ -48,7 +50,7 @@ between. MKL, which torch's matrix products run on, keeps work buffers sized by 
 largest product so far, and a GP's products grow with the trials. Once freed, glibc
 keeps the pages in its arenas unless asked to hand them back. Without the collection
 and the trim, the driver grew 95-133 MB per 100 trials (docs/benchmarks.md, "Driver
-memory"); with them, +13.8.
+memory"); with them, +10.4 to +14.7.
 
 That collection is cheaper because the driver runs inside ``frozen_heap``: the objects
 alive when it starts (about 400,000, nearly all of them torch, Ax, BoTorch and the rest
