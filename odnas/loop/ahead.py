@@ -260,6 +260,21 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
     return pickle.loads(data), usage
 
 
+def load_lazy_kernels() -> None:
+    """Load, in the driver, what BoTorch otherwise loads on first use: its fused qLogNEHVI
+    C++ kernel, built or loaded with ``torch.utils.cpp_extension`` (ninja, a compiler on
+    a cache miss). Loaded in a child, it would be loaded again by every child, the
+    driver never keeping it: 1-3 s a candidate, up to ~45 s and a 1.5 GB compiler
+    when the cache is rebuilt. Loaded here once, every child inherits it."""
+    try:
+        from botorch.acquisition.multi_objective import logei
+    except ImportError:
+        return
+    load = getattr(logei, "_try_load_fused_kernel", None)  # BoTorch's own, private; absent in other versions
+    if load is not None:
+        load()
+
+
 def _portable(e: Exception) -> Exception:
     """``e`` if it survives pickling (so the parent raises the same type, which Ax's
     Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else a
@@ -343,6 +358,7 @@ class Ahead:
         self.longest_s = 0.0  # the longest candidate made in a child so far
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
+        self._kernels_loaded = False  # load_lazy_kernels, once, before the first child
 
     @property
     def busy(self) -> bool:
@@ -400,6 +416,9 @@ class Ahead:
         import numpy as np
         import torch
 
+        if not self._kernels_loaded:
+            load_lazy_kernels()
+            self._kernels_loaded = True
         seed = int(torch.randint(0, 2**62, ()).item())
         since = generation_count(self.gs)
 
