@@ -30,6 +30,29 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bo
     return proc
 
 
+def run_status(run_dir: Path, *args: str) -> str:
+    """``odnas status RUN_DIR ARGS``'s output, run in this process: a read of a finished
+    run that a test checks, where a fresh process would only add Ax's import (about 5 s).
+    The CLI's own process (exit codes, one-line errors, output) is tested with ``run_cli``."""
+    import contextlib
+    import io
+
+    from odnas.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["status", str(run_dir), *args])
+    if code != 0:
+        raise AssertionError(f"odnas status {run_dir} failed ({code}):\n{out.getvalue()}\n{err.getvalue()}")
+    return out.getvalue()
+
+
+def status_json(run_dir: Path) -> dict:
+    import json
+
+    return json.loads(run_status(run_dir, "--json"))
+
+
 @pytest.fixture
 def short_profile():
     """cpu-mobile with a short measurement protocol, for fast tests."""

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from odnas.testing import check_space
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, status_json
 
 EXAMPLE = ROOT / "examples" / "custom_space"
 SPACE = f"{EXAMPLE / 'kws_space.py'}:TinyKws"
@@ -39,7 +39,7 @@ def test_search_select_export_from_the_cli(kws_npz, tmp_path, short_profile_file
     settings = json.loads((run / "odnas.json").read_text())
     assert settings["space"] == SPACE and settings["data"] == f"npz:{kws_npz}"  # what the jobs resolved
     assert settings["num_classes"] == 4 and settings["input_shape"] == [1, 16, 16]
-    st = json.loads(run_cli("status", str(run), "--json", check=True).stdout)
+    st = status_json(run)
     assert st["counts"].get("completed") == 2, st
     sel = json.loads(run_cli("select", str(run), "--json", "--no-confirm", check=True).stdout)
     assert sel["pick"], "the example should train a feasible model in one epoch"

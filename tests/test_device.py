@@ -359,7 +359,8 @@ def test_calibrate_run_times_the_reference_set_on_the_agent_and_fits(agent, quic
     assert cal.n == len(REFERENCES) and cal.spearman > 0.8 and 0.5 < np.exp(cal.a) < 2.0
 
 
-def test_a_device_gone_mid_search_stops_it_once_with_one_reason_and_keeps_what_was_trained(tmp_path, quick):
+def test_a_device_gone_mid_search_stops_it_once_with_one_reason_and_keeps_what_was_trained(tmp_path,
+                                                                                        short_profile_file):
     from odnas.loop.config import SearchConfig
     from odnas.loop.driver import create_run, run_loop
     from odnas.loop.store import load_run
@@ -379,7 +380,8 @@ def test_a_device_gone_mid_search_stops_it_once_with_one_reason_and_keeps_what_w
 
     backend = GoesAway(_spec(a.url, retries=1), token=TOKEN, log=lines.append)
     jobs = InProcessJobs(train=False)
-    cfg = SearchConfig(profile="cpu-mobile", space="mlp", data="digits", trials=4, parallel=1,
+    # The short protocol: the full one calibrates the agent's fresh cache for 30 s first.
+    cfg = SearchConfig(profile=str(short_profile_file()), space="mlp", data="digits", trials=4, parallel=1,
                        run_dir=str(tmp_path / "run"), method="sobol", seed=0, scheduler=InProcessJobs.SCHEDULER)
     run_dir = create_run(cfg, schedulers=jobs.schedulers())
     with pytest.raises(DeviceUnreachable) as e:
@@ -500,7 +502,7 @@ def test_a_model_over_the_agents_cap_is_refused_before_it_is_sent(tmp_path, quic
         a.kill()
 
 
-def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(tmp_path):
+def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(tmp_path, short_profile_file):
     from odnas.loop.config import SearchConfig
     from odnas.loop.driver import create_run, run_loop
     from odnas.loop.store import load_run
@@ -524,7 +526,7 @@ def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(t
             return super().measure(odd if self.n == 2 else onnx_path, profile)  # tried: refused mid-search
 
     jobs = InProcessJobs(train=False)
-    cfg = SearchConfig(profile="cpu-mobile", space="mlp", data="digits", trials=3, parallel=1,
+    cfg = SearchConfig(profile=str(short_profile_file()), space="mlp", data="digits", trials=3, parallel=1,
                        run_dir=str(tmp_path / "run"), method="sobol", seed=0, scheduler=InProcessJobs.SCHEDULER)
     run_dir = create_run(cfg, schedulers=jobs.schedulers())
     try:

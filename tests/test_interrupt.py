@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, status_json
 
 FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--init-trials", "2"]
 
@@ -46,7 +46,7 @@ def test_sigint_ends_a_search_cleanly_and_resume_finishes_it(tmp_path):
     assert f"Run dir: {run}" in out  # printed when the search started
     kept = {p.parent.name for p in _trained(run)}
     res = run_cli("resume", str(run), "--quiet", "--json", check=True, timeout=900)
-    st = json.loads(run_cli("status", str(run), "--json", check=True).stdout)
+    st = status_json(run)
     assert st["counts"].get("completed", 0) + st["counts"].get("early_stopped", 0) >= 4, st["counts"]
     assert json.loads(res.stdout)["run_dir"] == str(run)
     # Nothing trained twice: one progress line per trained trial (1 epoch each).

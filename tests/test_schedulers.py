@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, status_json
 
 PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 1e-3, "dropout": 0.1, "epochs": 1, "batch_size": 32}
 BASE = {"space": "mlp", "profile": {}, "input_shape": [1, 8, 8], "num_classes": 10}  # RunSettings' required fields
@@ -268,7 +268,7 @@ def test_search_through_ray(ray_cluster, tmp_path):
     run_cli("search", "--profile", "cpu-mobile", "--space", "mlp", "--trials", "2", "--parallel", "1",
             "--fix", "epochs=1", "--init-trials", "2", "--quiet", "--run-dir", str(d), "--scheduler", "ray",
             "--scheduler-cfg", f"dashboard_address={ray_cluster}", check=True)
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     trained = [t for t in st["trials"] if "val_acc" in t["metrics"]]
     assert st["counts"]["completed"] == len(st["trials"]) and len(trained) == 2
     assert all(0.0 <= t["metrics"]["val_acc"] <= 1.0 for t in trained)

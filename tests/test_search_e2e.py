@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_status, status_json
 
 FAST = ["--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--quiet"]
 
@@ -102,7 +102,7 @@ def test_rescore_under_another_profile_without_retraining(run, short_profile_fil
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
     desktop = short_profile_file("cpu-desktop")  # the shipped profile with a short timing protocol
     res = json.loads(run_cli("rescore", str(d), "--profile", str(desktop), "--json", check=True).stdout)
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     trained = {r["trial"] for r in st["trials"] if r["state"] == "completed"}
     assert {r["trial"] for r in res["rows"]} == trained and res["profile"]["name"] == "cpu-desktop"
     for r in res["rows"]:  # batch 8 on every core: other figures than the search's batch-1 ones
@@ -122,7 +122,7 @@ def test_budget_is_hard(tmp_path):
     proc = run_cli("search", "--profile", "cpu-mobile", "--trials", "4", "--run-dir", str(d), *FAST,
                    "--init-trials", "4", "--constraint", "num_params <= 5000")
     assert proc.returncode == 0, proc.stderr
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     over = [r for r in st["trials"] if r["state"] == "over_budget"]
     for r in st["trials"]:
         if r["metrics"]["num_params"] > 5000:
@@ -170,7 +170,7 @@ def test_sigkill_driver_and_resume(tmp_path):
     before = {p.parent.name: json.loads(p.read_text()) for p in (d / "trials").glob("*/result.json")}
     proc = run_cli("resume", str(d), "--quiet", check=True)
     assert "Feasible Pareto front" in proc.stdout
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     assert st["counts"]["completed"] == 6 and st["counts"].get("running", 0) == 0
     for name, res in before.items():  # kept, and not trained again
         assert json.loads((d / "trials" / name / "result.json").read_text()) == res
@@ -198,11 +198,11 @@ def test_killed_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
     assert victim is not None, "no job started"
     out, err = drv.communicate(timeout=300)
     assert drv.returncode == 0, err
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     killed = [r for r in st["trials"] if f"{r['trial']:04d}" == victim.parent.name][0]
     assert killed["state"] == "failed" and "killed by a signal" in (killed["reason"] or ""), killed
     assert st["counts"]["completed"] == 3
-    text = run_cli("status", str(d), check=True).stdout
+    text = run_status(d)
     assert "without writing its result (killed by a signal" in text
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from odnas.testing import FixedCostLane
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, status_json
 
 PARAMS = {"hidden_size_1": 32, "hidden_size_2": 16, "lr": 0.003, "dropout": 0.1, "epochs": 1, "batch_size": 64}
 FAULTS = Path(__file__).parent / "faults"
@@ -207,7 +207,7 @@ def test_driver_killed_while_workers_train_then_resume_reuses_them_and_trains_no
     assert workers and all(w["token"] for w in workers.values())
     proc = run_cli("resume", str(d), "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     assert st["counts"].get("completed") == 5 and st["counts"].get("running", 0) == 0, st["counts"]
     completed = [r for r in st["trials"] if r["state"] == "completed"]
     assert len(list((d / "trials").glob("*/result.json"))) == len(completed), "a candidate was trained twice"
@@ -233,7 +233,7 @@ def test_a_worker_sigkilled_in_a_search_is_retried_on_a_new_worker(tmp_path):
          "--max-failure-rate", "0.9", "--run-dir", str(d)], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
+    st = status_json(d)
     assert st["counts"] == {"failed": 1, "completed": 3}
     failed = [r for r in st["trials"] if r["state"] == "failed"][0]
     assert "warm worker serving it died" in failed["reason"]
