@@ -53,7 +53,7 @@ def early_stopping_section(title: str, tag: str, flags: str = "") -> Section:
 SECTIONS: dict[str, Section] = {
     "overhead": Section(
         "Overhead of a real search, warm workers against fresh jobs: the default search and the tutorial problem",
-        (f"{PY} benchmarks/overhead.py --out {BENCH}/overhead",)),
+        (f"{PY} benchmarks/overhead.py --default-seeds 0,1,2 --out {BENCH}/overhead",)),
     "tabular": Section(
         "Sample efficiency on a tabular benchmark from real training",
         (f"{PY} benchmarks/tabular/replay.py mlp_mnist --methods sobol,random,nsga2,tpe,bo --seeds 10",
