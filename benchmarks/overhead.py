@@ -174,11 +174,36 @@ def markdown(results: list[tuple[str, str, int, dict]]) -> str:
                 line += (f"; feasible hypervolume {med(w, 'hypervolume'):.1f} against {med(f, 'hypervolume'):.1f} "
                          f"({med(w, 'hypervolume') / med(f, 'hypervolume'):.2f}x)")
             lines += [line + ".", ""]
+    lines += [*core_budget(results), ""]
     notices = [x for *_, r in results for x in r["notice_s"]]
     if notices:
         lines.append(f"Notice delay over every trial of every run: median {statistics.median(notices):.2f} s, "
                      f"max {max(notices):.2f} s (goal: at most 2 s).")
     return "\n".join(lines)
+
+
+def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
+    """What one training costs the machine, and the training share that leaves at best.
+
+    Per training: its fit; the CPU of making candidates (the candidate child's own CPU
+    time, over every candidate, those over a budget included); the cost lane times the
+    slots it holds still while it times; the job's start-up. With each slot on its own
+    core, a slot can train at most fit / (all four) of the time, however the work is
+    scheduled: candidates and the timing take cores from training. (Start-up is wall
+    time: for fresh jobs it includes waiting for a core, so there the bound is loose.)"""
+    out = ["| search | workers | seed | fit s / training | candidates' CPU s / training | cost lane x slots held, "
+           "s / training | job start-up s / training | training share these allow at best | measured |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, workers, seed, r in results:
+        n, a = max(r["trained"], 1), r["ahead"]
+        if not a.get("in_child"):
+            continue  # candidates made in the driver: their CPU is not counted apart
+        fit, cand = r["fit_s"] / n, a["child_cpu_s"] / n
+        lane, start = r["driver_s"]["cost_lane"] * r["parallel"] / n, r["job_overhead_s"] / n
+        best = fit / (fit + cand + lane + start)
+        out.append(f"| {name} | {workers} | {seed} | {fit:.2f} | {cand:.2f} | {lane:.2f} | {start:.2f} | "
+                   f"{best * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% |")
+    return out if len(out) > 2 else []
 
 
 def main() -> int:
