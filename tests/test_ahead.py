@@ -358,8 +358,23 @@ def test_candidates_made_in_a_child_are_the_ones_made_here_and_leave_the_strateg
     for t in list(exp_here.trials.values())[:2]:
         t.mark_completed()
         exp_here.attach_data(_data(exp_here, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
-    trial = deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
-    deploy(exp_here, gs_here.gen(experiment=exp_here, n=1, num_trials=1, fixed_features=None))
+    import torch
+
+    # The BoTorch candidate too, from one random state: the child starts from this
+    # process's and hands its own back, so the stream runs on as if made here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child (and the driver) fit
+    try:
+        torch.manual_seed(7)
+        trial = deploy(exp, ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None))
+        after_child = torch.rand(3)
+        torch.manual_seed(7)
+        trial_here = deploy(exp_here, gs_here.gen(experiment=exp_here, n=1, num_trials=1, fixed_features=None))
+        after_here = torch.rand(3)
+    finally:
+        torch.set_num_threads(threads)
+    assert trial.arm.parameters == trial_here.arm.parameters
+    assert torch.equal(after_child, after_here)  # the random state moved on as here
     marks = {name: (node._previous_node_name, node._should_skip) for name, node in gs.nodes_by_name.items()}
     assert marks == {name: (node._previous_node_name, node._should_skip)
                      for name, node in gs_here.nodes_by_name.items()}
