@@ -106,6 +106,9 @@ SECTIONS: dict[str, Section] = {
     "load": Section(
         "Load: a 200-trial search with a fast in-process trial",
         (f"{PY} benchmarks/load.py --trials 200 --parallel 4 --fix epochs=1 --fix batch_size=64",)),
+    "candidates": Section(
+        "Candidates made in a child process against in the driver: the same search?",
+        (f"{PY} benchmarks/candidates.py --seeds {','.join(map(str, range(15)))} --trials 24",), markdown=False),
 }
 
 
