@@ -352,12 +352,10 @@ def test_candidates_made_in_a_child_are_the_ones_made_here_and_leave_the_strateg
     nodes = [gr._generation_node_name for gr in gs._generator_runs]
     assert nodes == [gr._generation_node_name for gr in gs_here._generator_runs] and "Sobol" in nodes
     assert all(a is b for a, b in zip(gs._generator_runs, (t.generator_runs[0] for t in exp.trials.values())))
-    for t in list(exp.trials.values())[:2]:
-        t.mark_completed()
-        exp.attach_data(_data(exp, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
-    for t in list(exp_here.trials.values())[:2]:
-        t.mark_completed()
-        exp_here.attach_data(_data(exp_here, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
+    for e in (exp, exp_here):
+        for t in list(e.trials.values())[:2]:
+            t.mark_completed()
+            e.attach_data(_data(e, t.index, t.arm.parameters["a"] + t.arm.parameters["b"]))
     import torch
 
     # The BoTorch candidate too, from one random state: the child starts from this

@@ -33,12 +33,13 @@ the child, so the driver keeps only the experiment. In the 200-trial load benchm
 the driver grew +3.9 to +7.6 MB per 100 trials after warm-up, against +10.4 with
 candidates made in-process beside it (docs/benchmarks.md, "Candidates made in a child
 process"); a fork of the ~520 MB driver costs about 0.01 s, against 1-10 s for a
-BoTorch candidate. The child starts from the driver's random state (torch's and
-numpy's, inherited by the fork) and the driver takes the child's back after it, so the
-random streams run on as they would in-process and each candidate is the one the
-driver would have made. The child runs one torch thread, writes through file objects of its own, and is
-killed with the thread that forked it, by ``close(wait=False)``, or when it has not
-answered within ``CHILD_TIMEOUT_S`` (or 10 times the longest candidate so far).
+BoTorch candidate. The child starts from the driver's random state (torch's, numpy's
+and Python's, inherited by the fork) and the driver takes the child's back after it,
+so the random streams run on as they would in-process and each candidate is the one
+the driver would have made. The child runs one torch thread, writes through file
+objects of its own, and is killed with the thread that forked it, by
+``close(wait=False)``, or when it has not answered within ``CHILD_TIMEOUT_S`` (or 10
+times the longest candidate so far).
 
 Where candidates are made in the driver's process, a model's candidate (one that took
 at least ``COLLECT_AFTER_S``) is followed by a full garbage collection
@@ -361,7 +362,6 @@ class Ahead:
         self.longest_s = 0.0  # the longest candidate made in a child so far
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
-        self._kernels_loaded = False  # load_lazy_kernels, once, before the first child
 
     @property
     def busy(self) -> bool:
@@ -423,9 +423,7 @@ class Ahead:
         import numpy as np
         import torch
 
-        if not self._kernels_loaded:
-            load_lazy_kernels()
-            self._kernels_loaded = True
+        load_lazy_kernels()  # once: BoTorch's loader returns at once after its first attempt
         since = generation_count(self.gs)
 
         def make() -> tuple[tuple[str, Any], dict[str, Any], tuple[Any, ...]]:
