@@ -513,3 +513,26 @@ def test_a_child_forked_while_another_thread_is_inside_a_write_to_stderr_can_sti
     stderr.close()
     drain.join(10)
     assert b"made in the child" in b"".join(drained)
+
+
+def test_the_kernel_is_built_with_the_interpreters_own_ninja_and_path_is_restored(tmp_path, monkeypatch):
+    from odnas.loop.ahead import ninja_first_on_path
+
+    own = tmp_path / "venv" / "bin"
+    own.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(own / "python"))
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/local/bin", "/usr/bin"]))
+    with ninja_first_on_path():  # no ninja beside the interpreter: PATH untouched
+        assert os.environ["PATH"] == os.pathsep.join(["/usr/local/bin", "/usr/bin"])
+    ninja = own / "ninja"
+    ninja.write_text("#!/bin/sh\necho 1.13\n")
+    ninja.chmod(0o755)
+    with ninja_first_on_path():
+        assert os.environ["PATH"].split(os.pathsep) == [str(own), "/usr/local/bin", "/usr/bin"]
+        import shutil
+
+        assert shutil.which("ninja") == str(ninja)
+    assert os.environ["PATH"] == os.pathsep.join(["/usr/local/bin", "/usr/bin"])
+    monkeypatch.setenv("PATH", os.pathsep.join([str(own), "/usr/bin"]))
+    with ninja_first_on_path():  # already first: not added twice
+        assert os.environ["PATH"] == os.pathsep.join([str(own), "/usr/bin"])
