@@ -109,6 +109,12 @@ SECTIONS: dict[str, Section] = {
     "candidates": Section(
         "Candidates made in a child process against in the driver: the same search?",
         (f"{PY} benchmarks/candidates.py --seeds {','.join(map(str, range(15)))} --trials 24",), markdown=False),
+    "acquisition": Section(
+        "Where a model-based candidate's time goes, and what BoTorch's MC samples cost",
+        (f"{PY} benchmarks/acquisition.py {BENCH}/overhead/tutorial-warm-s* --mc-samples 128,64,32,16 --repeats 3",),
+        markdown=False,
+        note="Needs the `overhead` section's runs: the next candidate of each finished tutorial-problem run "
+             "(48 trials), made again with each number of MC samples."),
 }
 
 
