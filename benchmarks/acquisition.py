@@ -11,11 +11,14 @@ metric) and the acquisition optimisation (``Acquisition.optimize``), timed by
 wrapping Ax's two methods; the rest is Ax's data handling around them.
 
     python benchmarks/acquisition.py runs/bench/overhead/tutorial-warm-s*-* --mc-samples 128,64,32 --repeats 5
+    python benchmarks/acquisition.py RUN --mc-samples 128 --repeats 3 --profile   # and where it went, by call
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -79,6 +82,8 @@ def main() -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="finished run dirs")
     ap.add_argument("--mc-samples", default="128,64,32")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile every candidate (cProfile) and print where the acquisition optimisation went")
     a = ap.parse_args()
     import logging
     import warnings
@@ -105,6 +110,7 @@ def main() -> int:
     split.wrap(Acquisition, "optimize", "optimize")
     values = [int(v) for v in a.mc_samples.split(",")]
     rows: dict[int, list[dict[str, float]]] = {v: [] for v in values}
+    prof = cProfile.Profile() if a.profile else None
     for run in a.runs:
         settings = read_settings(run)
         client, _ = load_client(run, readonly=True)
@@ -115,7 +121,12 @@ def main() -> int:
             order = values if rep % 2 == 0 else values[::-1]
             for v in order:
                 torch.manual_seed(rep)
-                r = next_candidate(strategy(settings, v, seed=rep, discrete=discrete), exp, split)
+                gs = strategy(settings, v, seed=rep, discrete=discrete)
+                if prof is not None:
+                    prof.enable()
+                r = next_candidate(gs, exp, split)
+                if prof is not None:
+                    prof.disable()
                 rows[v].append(r)
                 print(f"{run.name} ({n} trials) repeat {rep} mc_samples {v:4d}: wall {r['wall']:.2f} s, cpu "
                       f"{r['cpu']:.2f} s, fit {r.get('fit cpu', 0):.2f} s, acquisition optimisation "
@@ -129,7 +140,34 @@ def main() -> int:
         print(f"mc_samples {v:4d}: cpu {med['cpu']:.2f} s ({med['cpu'] / base:.2f}x of {values[0]}), fit "
               f"{med['fit cpu']:.2f} s, acquisition optimisation {med['optimize cpu']:.2f} s, rest "
               f"{med['cpu'] - med['fit cpu'] - med['optimize cpu']:.2f} s; wall {med['wall']:.2f} s")
+    if prof is not None:
+        print_profile(prof)
     return 0
+
+
+def print_profile(prof: cProfile.Profile) -> None:
+    """Cumulative seconds in the calls a candidate's time is made of (profiled, so
+    slower than above; read the shares)."""
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, prim calls, tottime, cumtime, callers)
+    wanted = {"gen": "strategy gen, in all (the quasi-random candidates before included)", "fit": "surrogate fit", "optimize": "acquisition optimisation",
+              "posterior": "GP posteriors (in the optimisation)",
+              "run_backward": "autograd backward passes (fit and optimisation)"}
+    best: dict[str, float] = {}
+    for (file, _, name), (_, _, _, cum, _) in stats.items():
+        key = None
+        if "run_backward" in name:
+            key = "run_backward"
+        elif name == "posterior" and "botorch/models" in file:
+            key = "posterior"
+        elif name in ("gen", "fit", "optimize"):
+            key = {"generation_strategy.py": "gen", "surrogate.py": "fit", "acquisition.py": "optimize"}.get(
+                Path(file).name)
+            key = key if key == name else None
+        if key is not None:
+            best[key] = max(best.get(key, 0.0), cum)
+    print("\nprofiled (cProfile), cumulative seconds over every candidate:")
+    for key, label in wanted.items():
+        print(f"{label}: {best.get(key, 0.0):.2f} s")
 
 
 if __name__ == "__main__":

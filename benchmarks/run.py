@@ -111,8 +111,10 @@ SECTIONS: dict[str, Section] = {
         (f"{PY} benchmarks/candidates.py --seeds {','.join(map(str, range(15)))} --trials 24",), markdown=False),
     "acquisition": Section(
         "Where a model-based candidate's time goes, and what BoTorch's MC samples cost",
-        (f"{PY} benchmarks/acquisition.py {BENCH}/overhead/tutorial-warm-s* --mc-samples 128,64,32,16 --repeats 3",),
-        markdown=False,
+        (f"{PY} benchmarks/acquisition.py {BENCH}/overhead/tutorial-warm-s* --mc-samples 128,64,32,16 --repeats 3",
+         f"{PY} benchmarks/acquisition.py $(ls -d {BENCH}/overhead/tutorial-warm-s0-* | tail -1) --mc-samples 128 "
+         "--repeats 3 --profile"),
+        markdown=False, concat=True,
         note="Needs the `overhead` section's runs: the next candidate of each finished tutorial-problem run "
              "(48 trials), made again with each number of MC samples."),
 }
