@@ -427,12 +427,12 @@ class Ahead:
     def _gen(self, **kwargs: Any) -> Any:
         """The strategy's own ``gen`` (in a child process, or here), then the memory a
         model's candidate left behind released."""
-        load_lazy_kernels()  # once: BoTorch's loader returns at once after its first attempt
         t0 = time.perf_counter()
         try:
             if self.in_child:
                 return self._gen_in_child(**kwargs)
-            return self._real_gen(**kwargs)
+            with ninja_first_on_path():  # where BoTorch loads its kernel itself, on first use
+                return self._real_gen(**kwargs)
         finally:
             t1 = time.perf_counter()
             if t1 - t0 >= self.collect_after_s:
@@ -451,6 +451,7 @@ class Ahead:
         import numpy as np
         import torch
 
+        load_lazy_kernels()  # once: BoTorch's loader returns at once after its first attempt
         since = generation_count(self.gs)
 
         def make() -> tuple[tuple[str, Any], dict[str, Any], tuple[Any, ...]]:
