@@ -219,6 +219,34 @@ def test_driver_killed_while_workers_train_then_resume_reuses_them_and_trains_no
     assert after and tokens & {w["token"] for w in workers.values()}, "resume did not use the workers left running"
 
 
+def test_a_ctrl_c_leaves_busy_workers_training_and_resume_loses_no_trial(tmp_path):
+    """Ctrl-C while warm workers train: the driver exits with 130 and says the jobs are
+    left to finish; they do (TorchX's local scheduler, closed as the driver exits, would
+    SIGTERM them), and ``odnas resume`` completes the search with no trial failed."""
+    d = tmp_path / "run"
+    args = ["search", "--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--quiet",
+            "--trials", "3", "--parallel", "2", "--init-trials", "3", "--run-dir", str(d)]
+    env = {**os.environ, "PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_FAULTS": ",".join(["slow"] * 2),
+           "ODNAS_TEST_FAULT_DIR": str(tmp_path / "slots"), "ODNAS_TEST_KILL_SIGNAL": "INT"}
+    (tmp_path / "slots").mkdir()
+    drv = subprocess.run([sys.executable, str(FAULTS / "driver.py"), "running", "1", *args], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert drv.returncode == 130, drv.stdout + drv.stderr[-2000:]
+    assert "left to finish" in drv.stderr, drv.stderr[-2000:]
+    deadline = time.time() + 120  # the trials the driver left finish on their own
+    busy = [p.parent for p in (d / "trials").glob("*/job.json")]
+    while time.time() < deadline and not all((t / "result.json").exists() or (t / "error.json").exists()
+                                             for t in busy):
+        time.sleep(0.5)
+    assert busy and not [t.name for t in busy if (t / "error.json").exists()], \
+        [json.loads((t / "error.json").read_text()) for t in busy if (t / "error.json").exists()]
+    proc = run_cli("resume", str(d), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = status_json(d)
+    assert st["counts"] == {"completed": 3}, st["counts"]
+    assert len(list((d / "trials").glob("*/result.json"))) == 3, "a candidate was trained twice"
+
+
 @pytest.mark.slow
 def test_a_worker_sigkilled_in_a_search_is_retried_on_a_new_worker(tmp_path):
     """End to end: the worker dies mid-trial, the trial fails with its reason, its retry

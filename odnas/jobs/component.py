@@ -46,6 +46,26 @@ def torchx_runner(schedulers: Mapping[str, Any] | None = None):
     return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
 
 
+def leave_local_jobs_running(runner) -> int:
+    """Let the local jobs ``runner`` launched outlive it; returns how many it let go.
+
+    TorchX's local scheduler kills every process it launched (SIGTERM, then SIGKILL)
+    when it is closed or garbage-collected, as at a driver's exit. odnas leaves a
+    training job to finish when its driver stops (Ctrl-C, SIGTERM, ``odnas stop``), and
+    ``odnas resume`` reattaches to it: warm workers are asked to exit once idle, a fresh
+    job ends with its trial. TorchX has no public way to let go of an app, so this
+    empties the local scheduler's own table of them (``LocalScheduler._apps``)."""
+    from torchx.schedulers.local_scheduler import LocalScheduler
+
+    n = 0
+    for sched in getattr(runner, "_scheduler_instances", {}).values():
+        apps = getattr(sched, "_apps", None)
+        if isinstance(sched, LocalScheduler) and isinstance(apps, dict):
+            n += len(apps)
+            apps.clear()
+    return n
+
+
 def warm_capable(scheduler: str) -> bool:
     """Warm workers run on TorchX's own schedulers (``local_cwd``, Kubernetes, Slurm,
     Ray, ...); a scheduler passed in by name (``odnas.testing``'s in-process one, which

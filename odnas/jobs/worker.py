@@ -225,10 +225,12 @@ class Worker:
                 killed = True
             self.beat()
             time.sleep(POLL_S)
-        killed = killed or (self.cancel / req.stem).exists()  # the driver may have killed it itself
+        cancelled = (self.cancel / req.stem).exists()  # the driver may have killed it itself
         if not (tdir / RESULT_NAME).exists() and not (tdir / ERROR_NAME).exists():
-            write_json_atomic(tdir / ERROR_NAME, {"reason": "job stopped by the driver" if killed else exit_reason(status),
-                                                  "time": time.time(), "by": "worker"})
+            reason = ("job stopped by the driver" if cancelled
+                      else "the warm worker was sent SIGTERM (by its scheduler) while training"
+                      if killed else exit_reason(status))
+            write_json_atomic(tdir / ERROR_NAME, {"reason": reason, "time": time.time(), "by": "worker"})
         self._done(req)
         self.state.update(trial=None, child=None, served=self.state["served"] + 1)
         self.beat(force=True)

@@ -221,7 +221,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         finally:
             signals.restore()
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
-            runner.close()  # warm workers exit once idle; one still training finishes (resume reattaches)
+            runner.close()  # jobs still training finish (resume reattaches); idle warm workers exit
             clock.write(run_dir / DRIVER_STATS_NAME, t0)
         if progress:
             progress(state.refresh(exp, final=True))

@@ -222,7 +222,8 @@ class WorkerPool:
 
     def stop_all(self) -> None:
         """Ask every live worker to exit once idle (a worker busy with a trial finishes it:
-        a resumed driver reattaches to that trial). Never waits."""
+        a resumed driver reattaches to that trial). A worker launched but not up yet is
+        cancelled through TorchX (on ``local_cwd``: SIGTERM, and SIGKILL after up to 10 s)."""
         for k in self.slots():
             rec = self.record(k)
             if rec and rec.get("token") and not rec.get("exiting"):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from odnas.cost.device import DeviceError, DeviceRefusedModel
-from odnas.jobs.component import LOCAL_SCHEDULERS, torchx_runner, trial_app, trial_args, warm_capable
+from odnas.jobs.component import (LOCAL_SCHEDULERS, leave_local_jobs_running, torchx_runner, trial_app, trial_args,
+                                  warm_capable)
 from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
 from odnas.records import CostRecord, RunSettings
@@ -107,9 +108,13 @@ class TrialRunner(IRunner):
         return self._live.pool
 
     def close(self) -> None:
-        """The driver is leaving: warm workers exit once idle (a busy one finishes its trial)."""
+        """The driver is leaving: warm workers exit once idle (a busy one finishes its
+        trial), and jobs still training are left to finish (resume reattaches to them),
+        not killed with TorchX's local scheduler as the driver exits."""
         if self._live.pool is not None:
             self._live.pool.stop_all()
+        if self._live.torchx is not None:
+            leave_local_jobs_running(self._live.torchx)
 
     @property
     def torchx(self):

@@ -9,7 +9,9 @@ MOMENT is where the N-th event kills the driver:
 - ``storage``: SQL was flushed into an open SQLite transaction, not yet committed;
 - ``running``: a poll found a trial training (its job.json written, no result yet).
 
-``ODNAS_TEST_WORKERS=fresh|warm`` overrides the search's ``workers`` setting.
+``ODNAS_TEST_WORKERS=fresh|warm`` overrides the search's ``workers`` setting;
+``ODNAS_TEST_KILL_SIGNAL=INT`` (or another signal's name) sends that signal instead of
+SIGKILL, so the driver stops as after a Ctrl-C.
 """
 
 import os
@@ -27,7 +29,7 @@ def maybe_die() -> None:
         print(f"event {moment} #{count}", file=sys.__stderr__, flush=True)
     if count == n:
         sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("ODNAS_TEST_KILL_SIGNAL", "KILL")))
 
 
 def install() -> None:
