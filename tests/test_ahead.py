@@ -536,3 +536,50 @@ def test_the_kernel_is_built_with_the_interpreters_own_ninja_and_path_is_restore
     monkeypatch.setenv("PATH", os.pathsep.join([str(own), "/usr/bin"]))
     with ninja_first_on_path():  # already first: not added twice
         assert os.environ["PATH"] == os.pathsep.join([str(own), "/usr/bin"])
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@needs_fork
+def test_when_no_process_can_be_forked_the_candidate_is_made_here_and_no_pipe_is_left_open(monkeypatch):
+    import errno
+
+    from odnas.loop import ahead as ahead_module
+
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+
+    def no_fork():
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(ahead_module.os, "fork", no_fork)
+    before = open_fds()
+    grs = ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    assert grs[0][0] is gs._generator_runs[-1]  # made, in this process
+    assert open_fds() == before
+
+
+@needs_fork
+def test_closing_without_waiting_just_before_the_fork_kills_that_child_as_it_starts():
+    """close(wait=False) while the thread is still on its way to the fork: the child it
+    forks afterwards is killed at once, and nothing made ahead is handed back."""
+    _, exp, gs = ax_problem()
+    ahead = in_child(gs, exp)
+    at_fork, go = threading.Event(), threading.Event()
+
+    def fixed(e):  # the thread's last step before it forks
+        at_fork.set()
+        assert go.wait(10)
+        return None
+
+    ahead._fixed = fixed
+    ahead._real_gen = lambda **kwargs: time.sleep(60)  # would hold a child for a minute
+    assert ahead.start()
+    assert at_fork.wait(10)
+    ahead.close(wait=False)
+    t0 = time.monotonic()
+    go.set()
+    assert ahead.done.wait(10) and time.monotonic() - t0 < 10
+    assert ahead.failed == 1 and ahead.made == 0 and not ahead.ready and ahead.child is None

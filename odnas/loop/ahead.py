@@ -17,12 +17,16 @@ slot waits. Here the candidate is made on a background thread instead:
   ``poll_s`` as before, starts the next candidate when one is wanted, and returns to
   deploy as soon as a candidate is ready and there is room for it.
 
-A candidate made ahead is always deployed (never thrown away, so the generation
-strategy's record of what it made stays true); at worst it was made without the
-result of a trial that finished while it was made, which is what asynchronous
-Bayesian optimisation does anyway. A candidate that fails to be made ahead (an error
-in the thread) is made again in the driver's thread, where Ax handles the error as
-it always does.
+A candidate made ahead is deployed (not thrown away, so the generation strategy's
+record of what it made stays true) unless the driver stops without waiting for it (an
+interrupt); at worst it was made without the result of a trial that finished while it
+was made, which is what asynchronous Bayesian optimisation does anyway. A wait ends
+for a candidate made ahead only where the Orchestrator will deploy it (not while it
+only waits for its last running trials: the driver then starts a new round as soon as
+a failed trial leaves room), and once for each. A candidate that fails to be made
+ahead (an error in the thread) is made again at once in the driver's thread, where Ax
+handles the error as it always does; one that failed for want of data
+(``DataRequiredError``) waits for the next finished trial instead.
 
 Each candidate is made in a child process forked for it (on Linux; elsewhere in the
 driver's process), which sends back its generator runs, or its exception, pickled
@@ -144,6 +148,11 @@ class CandidateProcessDied(RuntimeError):
     handing one back."""
 
 
+class ForkFailed(OSError):
+    """No process could be forked to make a candidate (ENOMEM, EAGAIN): it is made in
+    the driver's process instead."""
+
+
 def _prctl() -> Callable[..., int] | None:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child loads nothing
@@ -206,7 +215,12 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
     has not answered within ``timeout_s`` (it is killed)."""
     parent = os.getpid()
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise ForkFailed(e.errno, f"could not fork a process to make the candidate: {e.strerror}") from None
     if pid == 0:  # the child: never returns
         code = 70
         try:
@@ -258,7 +272,9 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
         raise CandidateProcessDied(f"the process making the candidate did not answer within {timeout_s:.0f} s "
                                    "and was killed")
     if not data or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-        how = (f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+        how = (f"was killed by signal {os.WTERMSIG(status)}"
+               + (" (SIGKILL: out of memory?)" if os.WTERMSIG(status) == signal.SIGKILL else "")
+               if os.WIFSIGNALED(status)
                else f"exited with status {os.waitstatus_to_exitcode(status)}")
         raise CandidateProcessDied(f"the process making the candidate {how} before it handed one back")
     return pickle.loads(data), usage
@@ -377,6 +393,7 @@ class Ahead:
         self._thread: threading.Thread | None = None  # one for the whole run, made at first use
         self._go = threading.Event()  # set to have the thread make a candidate (or stop)
         self._closing = False
+        self._dropped = False  # closed without waiting: a candidate being made ahead is not wanted
         self._ready: list[list[Any]] | None = None
         self._error: BaseException | None = None
         self.made = self.used = self.failed = self.not_yet = 0
@@ -397,6 +414,16 @@ class Ahead:
     @property
     def ready(self) -> bool:
         return self._ready is not None
+
+    def news(self) -> object | None:
+        """What the Orchestrator should act on now: the candidate made ahead, or the
+        error of one that failed other than for want of data (which only a finished
+        trial changes), to be made again in the driver's thread; else None."""
+        if self._ready is not None:
+            return self._ready
+        if self._error is not None and not isinstance(self._error, DataRequiredError):
+            return self._error
+        return None
 
     def start(self) -> bool:
         """Start making the next candidate, if one is wanted and none is made or being made."""
@@ -430,7 +457,10 @@ class Ahead:
         t0 = time.perf_counter()
         try:
             if self.in_child:
-                return self._gen_in_child(**kwargs)
+                try:
+                    return self._gen_in_child(**kwargs)
+                except ForkFailed as e:  # no memory for a fork, say: made here, as on other systems
+                    print(f"odnas: {e}; making it in the driver's process", file=sys.stderr, flush=True)
             with ninja_first_on_path():  # where BoTorch loads its kernel itself, on first use
                 return self._real_gen(**kwargs)
         finally:
@@ -485,6 +515,8 @@ class Ahead:
 
     def _child_started(self, pid: int | None) -> None:
         with self._child_lock:
+            if pid is not None and self._dropped and threading.current_thread() is self._thread:
+                os.kill(pid, signal.SIGKILL)  # made ahead, and closed without waiting just before the fork
             self.child = pid
 
     def _make(self) -> None:
@@ -537,6 +569,7 @@ class Ahead:
             self.done.wait()
         else:
             with self._child_lock:
+                self._dropped = True  # a child the thread forks from now on is killed as it starts
                 if self.child is not None:  # a candidate nobody will take: end its process
                     os.kill(self.child, signal.SIGKILL)  # not yet reaped, so still the child
         self._closing = True
@@ -555,6 +588,15 @@ class AheadOrchestrator(Orchestrator):
     candidate, and end as soon as that candidate can be deployed."""
 
     ahead: Ahead | None = None
+    _offered: object = None  # the last news of ``ahead`` a wait ended for
+
+    @property
+    def deploying(self) -> bool:
+        """Whether this Orchestrator deploys new trials after the wait: within
+        ``run_trials_and_yield_results`` until it has deployed ``max_trials``, not in the
+        waits for the last running trials after that (nor in a wait called by itself).
+        Ending a wait for a candidate it will not deploy would only poll again at once."""
+        return getattr(self, "_num_remaining_requested_trials", 0) > 0
 
     def wait_for_completed_trials_and_report_results(self, idle_callback=None, force_refit: bool = False):
         poll_s = float(self.options.init_seconds_between_polls or 1)
@@ -565,8 +607,11 @@ class AheadOrchestrator(Orchestrator):
                 break
             if ahead is not None:
                 ahead.start()
-                if ahead.ready and len(self.pending_trials) < (self.options.max_pending_trials or 1):
-                    break
+                news = ahead.news()
+                room = len(self.pending_trials) < (self.options.max_pending_trials or 1)
+                if news is not None and news is not self._offered and room and self.deploying:
+                    self._offered = news  # once: if not taken after all, wait for a trial as before
+                    break  # deploy it, or make it again in this thread
             if idle_callback is not None:
                 idle_callback(self)  # odnas's callback raises to stop; Ax's own loop would swallow it
             if waited > MAX_SECONDS_BETWEEN_REPORTS:

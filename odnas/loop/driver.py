@@ -22,7 +22,7 @@ from odnas.cost.lane import CostLane
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
-from odnas.loop.ahead import Ahead, AheadOrchestrator, frozen_heap
+from odnas.loop.ahead import Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -192,6 +192,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                         queue_retries(exp, storage, retries)
                         if progress:
                             progress(state.refresh(exp))
+                        if not orch.deploying and trials_to_run(exp, settings) > 0:
+                            # All `todo` are deployed and Ax would now only wait for them all;
+                            # a trial that failed or was over a budget left room: fill it now.
+                            break
                 # Trials still marked RUNNING from before a restart end here; any that
                 # failed leave room for new ones.
                 orch.wait_for_completed_trials_and_report_results(idle_callback=idle)
@@ -218,6 +222,9 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
             raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        except CandidateProcessDied as e:  # twice: on the background thread, then in the driver's
+            raise SearchFailed(f"no candidate could be made: {e}. "
+                               f"{interrupt_summary(exp, run_dir)}") from None
         finally:
             signals.restore()
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped

@@ -1,0 +1,138 @@
+"""The driver's loop with candidates made ahead (``AheadOrchestrator``), on jobs that
+run in this process for set times: a slot a failed trial frees is filled while the
+other trials still run, without polling in a busy loop, and a candidate that fails on
+the background thread is made again at once, not when some trial next finishes."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from odnas.loop.config import SearchConfig
+from odnas.loop.driver import create_run, run_loop
+from odnas.rundir import ERROR_NAME, JOB_NAME, PROGRESS_NAME, RESULT_NAME, write_json_atomic
+from odnas.testing import FakeLatencyBackend, InProcessJobs, _InProcessScheduler, _job_args
+
+
+class TimedJobs(InProcessJobs):
+    """Each job runs for ``seconds[trial]`` (default 0.5) on a timer thread, or fails at
+    once where that is None; ``finished[trial]`` is when its result was written."""
+
+    def __init__(self, seconds: dict[int, float | None]) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.done: set[str] = set()
+        self.finished: dict[int, float] = {}
+
+    def schedulers(self):
+        return {self.SCHEDULER: lambda session_name, **kw: _TimedScheduler(session_name, self)}
+
+    def run_job(self, argv: list[str]) -> str:
+        a = _job_args(argv[2:])
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        trial = int(out.name)
+        self.launched += 1
+        app = f"odnas-{trial}-{self.launched}"
+        write_json_atomic(out / JOB_NAME, {"pid": 1, "host": "here", "start": time.time(),
+                                           "params": json.loads(a.params)})
+        seconds = self.seconds.get(trial, 0.5)
+        if seconds is None:
+            write_json_atomic(out / ERROR_NAME, {"reason": "failed at once (test)"})
+            self.done.add(app)
+            return app
+
+        def finish() -> None:
+            (out / PROGRESS_NAME).write_text(json.dumps({"epoch": 1, "val_acc": 0.5, "time": time.time()}) + "\n")
+            write_json_atomic(out / RESULT_NAME, {"val_acc": 0.5, "epochs": 1, "status": "ok"})
+            self.finished[trial] = time.time()
+            self.done.add(app)
+
+        t = threading.Timer(seconds, finish)
+        t.daemon = True
+        t.start()
+        return app
+
+
+class _TimedScheduler(_InProcessScheduler):
+    def schedule(self, dryrun_info) -> str:
+        app = self.jobs.run_job(dryrun_info.request)
+        self.apps[app] = "RUNNING"
+        return app
+
+    def describe(self, app_id: str):
+        from torchx.schedulers.api import DescribeAppResponse
+        from torchx.specs import AppState
+
+        if app_id not in self.apps:
+            return None
+        return DescribeAppResponse(app_id=app_id, state=AppState.SUCCEEDED if app_id in self.jobs.done
+                                   else AppState.RUNNING)
+
+
+def search(tmp_path: Path, jobs: TimedJobs, trials: int = 3) -> tuple[Path, dict[int, float], dict]:
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=trials, max_candidates=8, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0,
+                       poll_s=1.0, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    launched = {int(p.parent.name): json.loads(p.read_text())["time"]
+                for p in (run_dir / "trials").glob("*/launch.json")}
+    stats = [json.loads(line) for line in (run_dir / "driver-stats.jsonl").read_text().splitlines()][-1]
+    return run_dir, launched, stats
+
+
+def test_a_slot_a_failed_trial_frees_is_filled_while_the_others_run_without_a_busy_poll(tmp_path):
+    # Trial 0 fails at once, after the Orchestrator has deployed all three it was asked
+    # for; Ax would then only wait for trials 1 and 2. Trial 2 runs 6 s.
+    jobs = TimedJobs({0: None, 1: 0.5, 2: 6.0})
+    _, launched, stats = search(tmp_path, jobs)
+    assert sorted(launched) == [0, 1, 2, 3]
+    assert launched[3] < jobs.finished[2], "the freed slot waited for every running trial"
+    wall = max(jobs.finished.values()) - launched[0]
+    assert stats["calls"]["poll"] < 5 * wall + 20, stats["calls"]  # a poll about every second, not thousands
+
+
+def test_a_candidate_that_fails_on_the_background_thread_is_made_again_at_once(tmp_path, monkeypatch):
+    from odnas.loop.ahead import Ahead, CandidateProcessDied
+
+    real = Ahead._gen
+    failed: list[float] = []
+
+    def once(self, **kwargs):
+        if threading.current_thread().name == "odnas-ahead" and not failed:
+            failed.append(time.time())
+            raise CandidateProcessDied("the process making the candidate was killed by signal 9 (test)")
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Ahead, "_gen", once)
+    jobs = TimedJobs({0: 8.0})  # the first candidate made ahead fails while trial 0 runs
+    _, launched, stats = search(tmp_path, jobs)
+    assert failed and sorted(launched) == [0, 1, 2]
+    assert launched[1] < jobs.finished[0], "the free slot waited for a trial to finish"
+    assert stats["ahead"]["failed"] == 1
+
+
+def test_a_candidate_process_that_keeps_dying_ends_the_search_with_one_line_and_keeps_the_trials(tmp_path,
+                                                                                                monkeypatch):
+    import pytest
+
+    from odnas.errors import SearchFailed
+    from odnas.loop.ahead import Ahead, CandidateProcessDied
+
+    real = Ahead._gen
+    made: list[int] = []
+
+    def dies_after_two(self, **kwargs):
+        if len(made) >= 2:
+            raise CandidateProcessDied("the process making the candidate was killed by signal 9 (test)")
+        made.append(1)
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Ahead, "_gen", dies_after_two)
+    jobs = TimedJobs({})
+    with pytest.raises(SearchFailed) as e:
+        search(tmp_path, jobs, trials=4)
+    msg = str(e.value)
+    assert "\n" not in msg and "killed by signal 9" in msg and "odnas resume" in msg, msg
+    assert len(list((tmp_path / "run" / "trials").glob("*/result.json"))) == 2
