@@ -46,6 +46,23 @@ def test_local_job_alive_accepts_a_worker_child_and_refuses_a_reused_pid():
     assert not local_job_alive(job)
 
 
+def test_the_log_tail_of_a_slot_is_its_latest_workers(tmp_path):
+    """Why a slot's worker did not start is read from its latest worker's log, whatever
+    TorchX's random app ids make of the name order."""
+    from odnas.loop.pool import WorkerPool
+    from odnas.records import RunSettings
+
+    pool = WorkerPool(tmp_path, RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10), None)
+    old, new = (pool.dir(0) / "torchx" / "odnas-worker-zz" / "stderr.log",
+                pool.dir(0) / "torchx" / "odnas-worker-aa" / "stderr.log")
+    for log, text in ((old, "`Trainer.fit` stopped: `max_epochs=1` reached.\n"),
+                      (new, "Traceback ...\nMemoryError: preload\n\n")):
+        log.parent.mkdir(parents=True)
+        log.write_text(text)
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    assert pool.log_tail(0) == "MemoryError: preload"
+
+
 def test_exit_reasons_name_what_the_driver_used_to():
     from odnas.jobs.worker import exit_reason
 
@@ -188,6 +205,36 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path):
         assert _worker(r)["token"] != hung["token"] and _gone(hung["pid"])
     finally:
         r.close()
+
+
+def test_a_worker_stuck_preloading_is_killed_at_the_trial_timeout_and_the_trial_fails_with_why(tmp_path):
+    """A worker whose data load never returns: it beats, but is not ready within
+    ``--trial-timeout-s``; it is killed and replaced, and after three workers the trial
+    fails saying the slot's worker did not start (it waited forever before)."""
+    from ax.core.base_trial import TrialStatus
+
+    env = {"PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_WORKER_PRELOAD": "hang"}
+    r = _runner(tmp_path / "run", trial_timeout_s=3.0, env=env)
+    pids = set()
+    try:
+        def note_worker() -> bool:  # never ends the wait: only notes each worker's pid
+            if (r.pool.dir(0) / "worker.json").exists():
+                pids.add(_worker(r)["pid"])
+            return False
+
+        meta = r.run_trial(0, PARAMS)
+        st = _wait(r, 0, meta, until=note_worker, timeout=120)
+        assert st == TrialStatus.FAILED
+        reason = json.loads((r.trial_dir(0) / "error.json").read_text())["reason"]
+        assert "did not start" in reason, reason
+        assert len(pids) >= 3 and all(_gone(pid) for pid in pids - {_worker(r)["pid"]})
+    finally:
+        r.close()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_driver_killed_while_workers_train_then_resume_reuses_them_and_trains_nothing_twice(tmp_path):

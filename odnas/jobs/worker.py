@@ -32,6 +32,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -130,8 +131,14 @@ class Worker:
         self.state["beat"] = self.last_beat = now
         try:
             write_json_atomic(self.dir / WORKER_NAME, self.state)
-        except OSError:  # the run dir is gone (deleted): nobody can use this worker any more
-            self.replaced = True
+        except OSError:
+            if not self.dir.is_dir():  # the run dir is gone (deleted): nobody can use this worker any more
+                self.replaced = True
+            # else a passing error (a full disk, a stale NFS handle): the next beat tries again
+
+    def _beat_until(self, done: threading.Event) -> None:
+        while not done.wait(BEAT_S):
+            self.beat(force=True)
 
     def stopped(self) -> bool:
         stop = read_json(self.dir / STOP_NAME)
@@ -271,7 +278,17 @@ class Worker:
 
         signal.signal(signal.SIGTERM, on_term)
         self.beat(force=True)
-        self.preload()
+        # Beat while preloading too (imports, data, a warm-up fit: seconds, or minutes on a
+        # slow file system), so a worker that dies in it (out of memory, a pod evicted) is
+        # seen as dead; one that is stuck in it is stopped by the driver's deadline.
+        loaded = threading.Event()
+        beating = threading.Thread(target=self._beat_until, args=(loaded,), name="odnas-preload-beat", daemon=True)
+        beating.start()
+        try:
+            self.preload()
+        finally:
+            loaded.set()
+            beating.join()
         self.state["ready"] = time.time()
         self.beat(force=True)
         idle_since = checked = time.time()

@@ -43,6 +43,7 @@ class WorkerPool:
         self.starts = 0
         self._beat = 0.0
         self.beat_timeout_s = BEAT_TIMEOUT_S
+        self.preload_timeout_s = min(START_TIMEOUT_S, float(getattr(settings, "trial_timeout_s", None) or START_TIMEOUT_S))
 
     # ------------------------------------------------------------ files
 
@@ -89,11 +90,15 @@ class WorkerPool:
 
     def alive(self, slot: int) -> bool:
         """Whether the slot's worker runs and is not hung. A worker whose heartbeat stopped
-        after it was ready (its loop beats every second, busy or idle) is hung: it is
-        killed here, its trial child with it, and counts as dead."""
+        (it beats every second, preloading, busy or idle) is hung: it is killed here, its
+        trial child with it, and counts as dead; so is one still preloading after
+        ``preload_timeout_s`` (``--trial-timeout-s`` where that is shorter: a fresh job
+        loads its data within its trial's time too)."""
         rec = self.record(slot)
         if rec and not rec.get("exiting"):
-            beat_ok = time.time() - float(rec.get("beat", 0)) < self.beat_timeout_s or rec.get("ready") is None
+            now = time.time()
+            beat_ok = now - float(rec.get("beat", 0)) < self.beat_timeout_s and (
+                rec.get("ready") is not None or now - float(rec.get("start", now)) < self.preload_timeout_s)
             if rec.get("host") == socket.gethostname():
                 if local_job_alive(rec):
                     if beat_ok:
@@ -196,7 +201,8 @@ class WorkerPool:
 
     def log_tail(self, slot: int) -> str:
         """The last line of the slot's worker log (why it could not start)."""
-        for log in sorted((self.dir(slot) / "torchx").glob("**/stderr*")):
+        logs = (self.dir(slot) / "torchx").glob("**/stderr*")
+        for log in sorted(logs, key=lambda p: p.stat().st_mtime, reverse=True):  # the latest worker's first
             tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
             if tail:
                 return tail[0][:300]

@@ -77,3 +77,15 @@ if os.environ.get("ODNAS_TEST_FAULTS") and sys.orig_argv[1:3] in _JOBS:
         return _real_fit(model, data, *args, **kwargs)
 
     _train.fit = fit
+
+# A warm worker whose preload stalls (a data set on a hung network mount, say):
+# ``ODNAS_TEST_WORKER_PRELOAD=hang``.
+if os.environ.get("ODNAS_TEST_WORKER_PRELOAD") == "hang" and sys.orig_argv[1:3] == ["-m", "odnas.jobs.worker"]:
+    import odnas.data as _data
+
+    def _stalled_load_data(*args, **kwargs):
+        import time
+
+        time.sleep(3600)
+
+    _data.load_data = _stalled_load_data
