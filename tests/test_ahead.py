@@ -515,27 +515,37 @@ def test_a_child_forked_while_another_thread_is_inside_a_write_to_stderr_can_sti
     assert b"made in the child" in b"".join(drained)
 
 
-def test_the_kernel_is_built_with_the_interpreters_own_ninja_and_path_is_restored(tmp_path, monkeypatch):
-    from odnas.loop.ahead import ninja_first_on_path
+def test_the_kernel_is_built_with_the_interpreters_own_ninja_in_its_own_folder_and_the_env_is_restored(
+        tmp_path, monkeypatch):
+    import shutil
+
+    from odnas.loop.ahead import kernel_build_env
 
     own = tmp_path / "venv" / "bin"
     own.mkdir(parents=True)
     monkeypatch.setattr(sys, "executable", str(own / "python"))
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/local/bin", "/usr/bin"]))
-    with ninja_first_on_path():  # no ninja beside the interpreter: PATH untouched
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    with kernel_build_env():  # no ninja beside the interpreter: PATH untouched
         assert os.environ["PATH"] == os.pathsep.join(["/usr/local/bin", "/usr/bin"])
+        here = os.environ["TORCH_EXTENSIONS_DIR"]
     ninja = own / "ninja"
     ninja.write_text("#!/bin/sh\necho 1.13\n")
     ninja.chmod(0o755)
-    with ninja_first_on_path():
+    with kernel_build_env():
         assert os.environ["PATH"].split(os.pathsep) == [str(own), "/usr/local/bin", "/usr/bin"]
-        import shutil
-
         assert shutil.which("ninja") == str(ninja)
+        assert os.environ["TORCH_EXTENSIONS_DIR"] == here  # the same interpreter, the same folder
     assert os.environ["PATH"] == os.pathsep.join(["/usr/local/bin", "/usr/bin"])
+    assert "TORCH_EXTENSIONS_DIR" not in os.environ
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "another-venv"))
+    with kernel_build_env():
+        assert os.environ["TORCH_EXTENSIONS_DIR"] != here  # another virtualenv builds in a folder of its own
     monkeypatch.setenv("PATH", os.pathsep.join([str(own), "/usr/bin"]))
-    with ninja_first_on_path():  # already first: not added twice
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    with kernel_build_env():  # already first: not added twice; the user's folder is kept
         assert os.environ["PATH"] == os.pathsep.join([str(own), "/usr/bin"])
+        assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
 
 
 def open_fds() -> int:

@@ -73,6 +73,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import os
 import pickle
 import random
@@ -287,60 +288,52 @@ def load_lazy_kernels() -> None:
     driver never keeping it: 1-3 s a candidate, up to ~45 s and a 1.5 GB compiler
     when the cache is rebuilt. Loaded here once, every child inherits it.
 
-    It is loaded with this interpreter's own ninja (``ninja_first_on_path``), so the
-    cache is not rebuilt each time a run is started with a different ``PATH``."""
+    It is built with this interpreter's own ninja, in a folder of its own
+    (``kernel_build_env``), so it is not rebuilt each time a run is started with a
+    different ``PATH`` or from another virtualenv."""
     try:
         from botorch.acquisition.multi_objective import logei
     except ImportError:
         return
     load = getattr(logei, "_try_load_fused_kernel", None)  # BoTorch's own, private; absent in other versions
     if load is not None:
-        with ninja_first_on_path():
+        with kernel_build_env():
             load()
 
 
 @contextlib.contextmanager
-def ninja_first_on_path() -> Iterator[None]:
-    """``PATH`` with the directory of this interpreter's ``ninja`` first, for the block.
+def kernel_build_env() -> Iterator[None]:
+    """For the block, what BoTorch's kernel is built or loaded with: ``PATH`` with this
+    interpreter's ``ninja`` first, and (unless the user set ``TORCH_EXTENSIONS_DIR``) a
+    build folder of this interpreter's own.
 
     ``torch.utils.cpp_extension`` runs whichever ``ninja`` is first on ``PATH``; BoTorch
     installs one beside the interpreter (the ``ninja`` wheel), and many systems have
-    another. Two ninja versions each take the other's build log as a changed build, so a
-    search started from an activated virtualenv and then one started as
-    ``.venv/bin/odnas`` rebuilt BoTorch's kernel each time: 30-36 s against 6 s to load
-    it (AMD EPYC, ninja 1.13.2 beside the interpreter, 1.11.1 in ``/usr/bin``). Where
-    the interpreter has no ``ninja`` beside it, ``PATH`` is left alone."""
+    another. Two ninja versions each take the other's build log as a changed build, and
+    so do two virtualenvs sharing torch's one folder under ``~/.cache`` (their include
+    paths differ): a search started from an activated virtualenv and then one started as
+    ``.venv/bin/odnas``, or one from each of two clones, rebuilt the kernel each time:
+    30-43 s against 5-6 s to load it (AMD EPYC, ninja 1.13.2 beside the interpreter,
+    1.11.1 in ``/usr/bin``). Where the interpreter has no ``ninja`` beside it, ``PATH``
+    is left alone."""
+    saved = {k: os.environ.get(k) for k in ("PATH", "TORCH_EXTENSIONS_DIR")}
     own = Path(sys.executable).parent
-    old = os.environ.get("PATH", "")
-    if not (own / "ninja").is_file() or old.split(os.pathsep)[:1] == [str(own)]:
-        yield
-        return
-    os.environ["PATH"] = os.pathsep.join([str(own), old]) if old else str(own)
+    path = saved["PATH"] or ""
+    if (own / "ninja").is_file() and path.split(os.pathsep)[:1] != [str(own)]:
+        os.environ["PATH"] = os.pathsep.join([str(own), path]) if path else str(own)
+    if saved["TORCH_EXTENSIONS_DIR"] is None:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(get_default_build_root(), "odnas", tag)
     try:
         yield
     finally:
-        os.environ["PATH"] = old
-
-
-def _portable(e: Exception) -> Exception:
-    """``e`` if it survives pickling (so the parent raises the same type, which Ax's
-    Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else a
-    RuntimeError that names it."""
-    try:
-        pickle.loads(pickle.dumps(e))
-    except Exception:  # noqa: BLE001 — any failure to round-trip
-        return RuntimeError(f"{type(e).__name__}: {e}")
-    return e
-
-
-def release_memory() -> None:
-    """Free what reference cycles hold and the work buffers MKL keeps for its matrix
-    products, then hand the freed pages back to the system."""
-    gc.collect()
-    if MKL_FREE_BUFFERS is not None:
-        MKL_FREE_BUFFERS()
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -461,7 +454,7 @@ class Ahead:
                     return self._gen_in_child(**kwargs)
                 except ForkFailed as e:  # no memory for a fork, say: made here, as on other systems
                     print(f"odnas: {e}; making it in the driver's process", file=sys.stderr, flush=True)
-            with ninja_first_on_path():  # where BoTorch loads its kernel itself, on first use
+            with kernel_build_env():  # where BoTorch loads its kernel itself, on first use
                 return self._real_gen(**kwargs)
         finally:
             t1 = time.perf_counter()
