@@ -336,6 +336,27 @@ def kernel_build_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _portable(e: Exception) -> Exception:
+    """``e`` if it survives pickling (so the parent raises the same type, which Ax's
+    Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else a
+    RuntimeError that names it."""
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001 — any failure to round-trip
+        return RuntimeError(f"{type(e).__name__}: {e}")
+    return e
+
+
+def release_memory() -> None:
+    """Free what reference cycles hold and the work buffers MKL keeps for its matrix
+    products, then hand the freed pages back to the system."""
+    gc.collect()
+    if MKL_FREE_BUFFERS is not None:
+        MKL_FREE_BUFFERS()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM()
+
+
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[None]:
     """Within: every object alive at entry is exempt from cyclic garbage collection
