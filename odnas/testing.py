@@ -183,19 +183,23 @@ class _InProcessScheduler(Scheduler):
         self.apps[app_id] = "SUCCEEDED"
         return app_id
 
+    def state(self, app_id: str):
+        """The app's TorchX state: every job has finished by the time ``schedule`` returns."""
+        from torchx.specs import AppState
+
+        return AppState.SUCCEEDED
+
     def describe(self, app_id: str):
         from torchx.schedulers.api import DescribeAppResponse
-        from torchx.specs import AppState
 
         if app_id not in self.apps:
             return None
-        return DescribeAppResponse(app_id=app_id, state=AppState.SUCCEEDED)
+        return DescribeAppResponse(app_id=app_id, state=self.state(app_id))
 
     def list(self):
         from torchx.schedulers.api import ListAppResponse
-        from torchx.specs import AppState
 
-        return [ListAppResponse(app_id=a, state=AppState.SUCCEEDED) for a in self.apps]
+        return [ListAppResponse(app_id=a, state=self.state(a)) for a in self.apps]
 
     def _cancel_existing(self, app_id: str) -> None:
         pass  # nothing is left running

@@ -55,19 +55,10 @@ class TimedJobs(InProcessJobs):
 
 
 class _TimedScheduler(_InProcessScheduler):
-    def schedule(self, dryrun_info) -> str:
-        app = self.jobs.run_job(dryrun_info.request)
-        self.apps[app] = "RUNNING"
-        return app
-
-    def describe(self, app_id: str):
-        from torchx.schedulers.api import DescribeAppResponse
+    def state(self, app_id: str):
         from torchx.specs import AppState
 
-        if app_id not in self.apps:
-            return None
-        return DescribeAppResponse(app_id=app_id, state=AppState.SUCCEEDED if app_id in self.jobs.done
-                                   else AppState.RUNNING)
+        return AppState.SUCCEEDED if app_id in self.jobs.done else AppState.RUNNING
 
 
 def search(tmp_path: Path, jobs: TimedJobs, trials: int = 3) -> tuple[Path, dict[int, float], dict]:

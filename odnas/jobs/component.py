@@ -46,8 +46,8 @@ def torchx_runner(schedulers: Mapping[str, Any] | None = None):
     return Runner("odnas", scheduler_factories={**get_scheduler_factories(), **(schedulers or {})})
 
 
-def leave_local_jobs_running(runner) -> int:
-    """Let the local jobs ``runner`` launched outlive it; returns how many it let go.
+def leave_local_jobs_running(runner) -> None:
+    """Let the local jobs ``runner`` launched outlive it.
 
     TorchX's local scheduler kills every process it launched (SIGTERM, then SIGKILL)
     when it is closed or garbage-collected, as at a driver's exit. odnas leaves a
@@ -57,13 +57,10 @@ def leave_local_jobs_running(runner) -> int:
     empties the local scheduler's own table of them (``LocalScheduler._apps``)."""
     from torchx.schedulers.local_scheduler import LocalScheduler
 
-    n = 0
     for sched in getattr(runner, "_scheduler_instances", {}).values():
         apps = getattr(sched, "_apps", None)
         if isinstance(sched, LocalScheduler) and isinstance(apps, dict):
-            n += len(apps)
             apps.clear()
-    return n
 
 
 def warm_capable(scheduler: str) -> bool:

@@ -43,7 +43,7 @@ class WorkerPool:
         self.starts = 0
         self._beat = 0.0
         self.beat_timeout_s = BEAT_TIMEOUT_S
-        self.preload_timeout_s = min(START_TIMEOUT_S, float(getattr(settings, "trial_timeout_s", None) or START_TIMEOUT_S))
+        self.preload_timeout_s = min(START_TIMEOUT_S, float(settings.trial_timeout_s or START_TIMEOUT_S))
 
     # ------------------------------------------------------------ files
 
