@@ -10,6 +10,7 @@ seeds without early stopping, which is the noise a ratio has to beat.
     odnas search --profile cpu-mobile --run-dir R0 --seed 0
     odnas search --profile cpu-mobile --run-dir R1 --seed 0 --early-stopping
     python benchmarks/early_stopping.py R0 R1 [R0' R1' ...]
+    python benchmarks/early_stopping.py --groups-of 3 R0 R1 R2 [R0' R1' R2' ...]   # two rules against one baseline
     python benchmarks/early_stopping.py --ranks RUN [RUN ...]   # only the rank correlations
 """
 
@@ -70,30 +71,46 @@ def early_ranks(curves: list[list[float]], upto: int = 3) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--ranks"]:  # any finished runs: how early val_acc ranks their trials
-        for d in sys.argv[2:]:
+    args = sys.argv[1:]
+    if args[:1] == ["--ranks"]:  # any finished runs: how early val_acc ranks their trials
+        for d in args[1:]:
             print(f"{d}: {early_ranks(summary(d)['curves'])}")
         return
-    dirs = sys.argv[1:]
-    if not dirs or len(dirs) % 2:
-        sys.exit("usage: early_stopping.py OFF ON [OFF ON ...]")
-    time_r, hv_r, offs, curves = [], [], [], []
-    for off, on in zip(dirs[::2], dirs[1::2]):
-        base, es = summary(off), summary(on)
-        for s in (base, es):
-            print(json.dumps({k: v for k, v in s.items() if k != "curves"}))
-        t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
-        time_r.append(t)
-        hv_r.append(hv)
+    k = 2
+    if args[:1] == ["--groups-of"]:  # OFF ON_A ON_B ...: several early-stopping rules against one baseline
+        k, args = int(args[1]), args[2:]
+    if k < 2 or not args or len(args) % k:
+        sys.exit("usage: early_stopping.py [--groups-of K] OFF ON [ON ...] [OFF ON ...]")
+    groups = [args[i:i + k] for i in range(0, len(args), k)]
+    time_r, hv_r, offs, ons, curves = ([[] for _ in range(k - 1)], [[] for _ in range(k - 1)], [],
+                                       [[] for _ in range(k - 1)], [])
+    for off, *variants in groups:
+        base = summary(off)
+        print(json.dumps({key: v for key, v in base.items() if key != "curves"}))
         offs.append(base["hypervolume"])
         curves += base["curves"]
-        print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
-              f"hypervolume {hv:.2f}")
-    if len(time_r) > 1:
-        print(f"over {len(time_r)} seeds: median job time ratio {np.median(time_r):.2f} "
-              f"({min(time_r):.2f}-{max(time_r):.2f}), median hypervolume ratio {np.median(hv_r):.2f} "
-              f"({min(hv_r):.2f}-{max(hv_r):.2f}); without early stopping the hypervolume ranges "
-              f"{min(offs):.4g}-{max(offs):.4g} across seeds ({max(offs) / min(offs):.2f}x)")
+        for v, on in enumerate(variants):
+            es = summary(on)
+            print(json.dumps({key: val for key, val in es.items() if key != "curves"}))
+            t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
+            time_r[v].append(t)
+            hv_r[v].append(hv)
+            ons[v].append(es["hypervolume"])
+            print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
+                  f"hypervolume {hv:.2f}")
+    for v in range(k - 1):
+        if len(groups) < 2:
+            break
+        which = f"rule {v + 1} of {k - 1} (runs {v + 2}, {v + 2 + k}, ... of the arguments): " if k > 2 else ""
+        t, hv = time_r[v], hv_r[v]
+        print(f"{which}over {len(t)} seeds: median job time ratio {np.median(t):.2f} "
+              f"({min(t):.2f}-{max(t):.2f}), median hypervolume ratio {np.median(hv):.2f} "
+              f"({min(hv):.2f}-{max(hv):.2f}), seeds at 95% of the hypervolume or more {sum(x >= 0.95 for x in hv)}"
+              f"/{len(hv)}; median hypervolume {np.median(ons[v]):.4g} against {np.median(offs):.4g} without "
+              f"({np.median(ons[v]) / np.median(offs):.2f}x)")
+    if len(groups) > 1:
+        print(f"without early stopping the hypervolume ranges {min(offs):.4g}-{max(offs):.4g} across seeds "
+              f"({max(offs) / min(offs):.2f}x)")
     print("how an early val_acc ranks trials by their last one (runs without early stopping, trials trained "
           "to the end): " + early_ranks(curves))
 

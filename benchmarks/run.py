@@ -38,16 +38,18 @@ class Section:
     note: str = ""
 
 
-def early_stopping_section(title: str, tag: str, flags: str = "") -> Section:
-    """The default search, seeds 0-2, each without and with ``--early-stopping``, then
-    ``benchmarks/early_stopping.py`` over the pairs."""
-    runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}", es) for seed in range(3)
-            for mode, es in (("off", ""), ("on", " --early-stopping"))]
+def early_stopping_section(title: str, tag: str, flags: str = "", seeds: int = 3,
+                           rules: tuple[tuple[str, str], ...] = (("on", " --early-stopping"),)) -> Section:
+    """The default search, seeds ``0..seeds-1``, each without early stopping and with each
+    rule, then ``benchmarks/early_stopping.py`` over the groups."""
+    modes = (("off", ""), *rules)
+    runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}", es) for seed in range(seeds) for mode, es in modes]
     return Section(title, (
         f"rm -rf {BENCH}/{tag}-*",
         *(f"{PY} -m odnas search --profile cpu-mobile{flags} --run-dir {d} --seed {seed} --quiet{es}"
           for seed, d, es in runs),
-        f"{PY} benchmarks/early_stopping.py " + " ".join(d for _, d, _ in runs)), markdown=False)
+        f"{PY} benchmarks/early_stopping.py " + (f"--groups-of {len(modes)} " if len(modes) > 2 else "")
+        + " ".join(d for _, d, _ in runs)), markdown=False)
 
 
 SECTIONS: dict[str, Section] = {
@@ -99,6 +101,10 @@ SECTIONS: dict[str, Section] = {
     "early-stopping-long": early_stopping_section(
         "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it "
         "allows), seeds 0-2", "es4", " --fixed epochs=4"),
+    "early-stopping-rule": early_stopping_section(
+        "Early stopping from epoch 1 against from epoch 2: every trial at 4 epochs, seeds 0-9", "esr",
+        " --fixed epochs=4", seeds=10,
+        rules=(("from1", " --early-stopping"), ("from2", " --early-stopping-from 2"))),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

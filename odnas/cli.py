@@ -322,7 +322,9 @@ def cmd_search(a: argparse.Namespace) -> int:
         parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective, constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
-        tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed), early_stopping=a.early_stopping,
+        tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed),
+        early_stopping=a.early_stopping or a.early_stopping_from is not None,
+        early_stopping_from=1 if a.early_stopping_from is None else a.early_stopping_from,
         retries=a.retries, trial_timeout_s=a.trial_timeout_s, isolation=a.isolation, env=_parse_env(a.env),
         mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead, data_seed=a.data_seed,
         threads=a.threads, poll_s=a.poll_s, device=a.device,
@@ -752,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     _hidden_alias(p, "--trial-timeout", "trial_timeout_s", type=float)
     p.add_argument("--early-stopping", action="store_true",
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
+    p.add_argument("--early-stopping-from", type=int, metavar="EPOCH",
+                   help="early stopping that decides from this epoch on (default 1; implies --early-stopping)")
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")

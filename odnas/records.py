@@ -148,6 +148,7 @@ class RunSettings:
     retries: int = 0
     trial_timeout_s: float | None = None
     early_stopping: bool = False
+    early_stopping_from: int = 1  # the first epoch after which early stopping may stop a trial
     isolation: str = "pause"
     workers: str = "warm"  # "warm": long-lived TorchX workers fork a child per trial; "fresh": a job per trial
     lookahead: int = 0  # warm only: trials queued per worker beyond the one it trains (generated while it trains)

@@ -240,3 +240,23 @@ def test_stored_metrics_keep_their_direction_for_early_stopping(tmp_path):
     assert all(exp.metrics[m].lower_is_better is True for m in ("latency_ms", "num_params", "flops"))
     strategy = early_stopping_strategy()
     assert list(strategy.metric_signatures) == ["val_acc"] and strategy.min_progression == 1
+    assert early_stopping_strategy(2).min_progression == 2
+
+
+def test_early_stopping_from_an_epoch_is_kept_with_the_run_and_checked(tmp_path, capsys):
+    """``--early-stopping-from 2`` turns early stopping on, deciding from epoch 2; the
+    setting is stored, so a resumed driver decides the same way. Epoch 0 is refused."""
+    from odnas.cli import main
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.rundir import read_settings
+
+    d = create_run(SearchConfig(space="mlp", trials=2, run_dir=str(tmp_path / "es2"), early_stopping=True,
+                                early_stopping_from=2))
+    s = read_settings(d)
+    assert (s.early_stopping, s.early_stopping_from) == (True, 2)
+    rc = main(["search", "--space", "mlp", "--trials", "1", "--run-dir", str(tmp_path / "bad"),
+               "--early-stopping-from", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--early-stopping-from 0" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -63,6 +63,7 @@ class SearchConfig:
     poll_s: float = 1.0
     isolation: str = "pause"  # latency timing: pause local jobs ("pause"), only never overlap ("lock"), "none"
     early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
+    early_stopping_from: int = 1  # the first epoch after which the rule may stop a trial
     # "warm": one long-lived TorchX worker per slot forks a child per trial (no start-up per
     # trial); "fresh": one TorchX job per trial, full isolation. Schedulers passed in by
     # name (odnas.testing's in-process one) always run fresh jobs.
@@ -149,6 +150,8 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError(f"--threads {cfg.threads}: must be at least 1")
     if not cfg.poll_s > 0:
         raise SearchError(f"--poll-s {cfg.poll_s}: must be a positive number of seconds")
+    if cfg.early_stopping_from < 1:
+        raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: must be an epoch, 1 or more")
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
         raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_with_ax(profile)
@@ -169,7 +172,8 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         scheduler_cfg=dict(cfg.scheduler_cfg), resources=cfg.resources, image=cfg.image, env=dict(cfg.env),
         mounts=list(cfg.mounts), threads=threads, fixed=dict(cfg.fixed),
         tolerated_failure_rate=cfg.tolerated_failure_rate, poll_s=cfg.poll_s, retries=cfg.retries,
-        trial_timeout_s=cfg.trial_timeout_s, early_stopping=cfg.early_stopping, isolation=cfg.isolation,
+        trial_timeout_s=cfg.trial_timeout_s, early_stopping=cfg.early_stopping,
+        early_stopping_from=cfg.early_stopping_from, isolation=cfg.isolation,
         workers=(workers := cfg.workers if warm_capable(cfg.scheduler) else "fresh"),
         lookahead=cfg.lookahead if workers == "warm" else 0,
         profile=profile.to_dict(), created=time.strftime("%Y-%m-%d %H:%M:%S"),

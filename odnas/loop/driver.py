@@ -148,7 +148,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             seconds_between_polls_backoff_factor=1.0,
             log_filepath=str(run_dir / LOG_NAME),
             wait_for_running_trials=True,
-            early_stopping_strategy=early_stopping_strategy() if settings.early_stopping else None,
+            early_stopping_strategy=(early_stopping_strategy(settings.early_stopping_from)
+                                     if settings.early_stopping else None),
         )
         gs = generation_strategy_of(client)
         orch = AheadOrchestrator(experiment=exp, generation_strategy=gs, options=options,
@@ -421,14 +422,14 @@ def queue_retries(exp, storage, retries: int) -> list[int]:
     return [t.index for t in new]
 
 
-def early_stopping_strategy():
-    """Ax's percentile rule on the ``val_acc`` curve: from the first epoch on, once 4
-    curves exist, a trial below the median of the others at the same epoch is stopped.
+def early_stopping_strategy(from_epoch: int = 1):
+    """Ax's percentile rule on the ``val_acc`` curve: from epoch ``from_epoch`` on, once
+    4 curves exist, a trial below the median of the others at the same epoch is stopped.
     Costs are known before training, so they play no part in it."""
     from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy
 
     return PercentileEarlyStoppingStrategy(metric_signatures=["val_acc"], percentile_threshold=50.0,
-                                           min_progression=1, min_curves=4)
+                                           min_progression=from_epoch, min_curves=4)
 
 
 def new_trials_wanted(exp, settings: RunSettings) -> int:
