@@ -138,3 +138,65 @@ def test_lookahead_queues_one_trial_behind_each_busy_worker(tmp_path):
     slots = [r.run_trial(i, dict(PARAMS, hidden_size_1=16 + i))["worker"] for i in range(4)]
     assert slots == [0, 1, 0, 1] and len(r.torchx.launched) == 2  # two workers, two trials queued behind them
     assert sorted(p.name for p in (tmp_path / "workers" / "0" / "inbox").iterdir()) == ["0000.json", "0002.json"]
+
+
+# ------------------------------------------------------------------ jobs Ax never saved
+
+
+class _BudgetLane(_Lane):
+    """num_params is the first width; over 500 is over the budget."""
+
+    def costs(self, params):
+        return CostRecord(arch_id=f"mlp_{params['hidden_size_1']}", space="mlp", profile="cpu-mobile",
+                          precision="fp32", metrics={"num_params": params["hidden_size_1"], "latency_ms": 0.01})
+
+    def over_budget(self, metrics):
+        return ["num_params"] if metrics["num_params"] > 500 else []
+
+
+def test_jobs_ax_never_saved_are_adopted_up_to_the_last_one_that_ran(tmp_path):
+    """A driver killed after deploying several trials but before Ax saved them: every
+    index up to the last job that finished (or runs) is adopted under its own index. A
+    job before it that died keeps its index and fails with a reason, a candidate over a
+    budget is measured again and stays over; nothing is launched again or moved aside.
+    A dead job after the last live one is left for its index to be reused."""
+    from ax.core.trial_status import TrialStatus
+
+    from odnas.loop.adapter import experiment_of
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import adopt_lost_jobs, create_run
+    from odnas.loop.store import load_client
+
+    d = create_run(SearchConfig(space="mlp", trials=4, run_dir=str(tmp_path / "run"), workers="fresh"))
+    client, storage = load_client(d)
+    exp = experiment_of(client)
+    r = exp.runner.attach(d, _BudgetLane(), _TorchX())
+    assert len(exp.trials) == 0
+    dead, over, done, after = (dict(PARAMS, hidden_size_1=w) for w in (32, 600, 64, 128))
+    _leave_job(r, 0, dead, result=False)  # died while no driver watched
+    r.run_trial(1, over)  # over the budget: recorded, never launched
+    _leave_job(r, 2, done)  # finished: its result is kept
+    _leave_job(r, 3, after, result=False)  # dead, and nothing after it ran
+    assert adopt_lost_jobs(exp, r, storage) == [0, 1, 2]
+    assert r.torchx.launched == [] and not list(r.trial_dir(0).parent.glob("*.orphan-*"))
+    assert [exp.trials[i].arm.parameters["hidden_size_1"] for i in range(3)] == [32, 600, 64]
+    assert all(exp.trials[i].status == TrialStatus.RUNNING for i in range(3))
+    assert exp.trials[1].run_metadata["over_budget"] == ["num_params"]
+    assert r.poll_trial(0, exp.trials[0].run_metadata) == TrialStatus.FAILED
+    assert r.poll_trial(1, exp.trials[1].run_metadata) == TrialStatus.COMPLETED  # as any over-budget trial
+    assert r.poll_trial(2, exp.trials[2].run_metadata) == TrialStatus.COMPLETED
+    assert len(load_client(d)[0]._experiment.trials) == 3  # saved
+
+
+def test_nothing_after_the_last_saved_trial_ran_adopts_nothing(tmp_path):
+    from odnas.loop.adapter import experiment_of
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import adopt_lost_jobs, create_run
+    from odnas.loop.store import load_client
+
+    d = create_run(SearchConfig(space="mlp", trials=4, run_dir=str(tmp_path / "run"), workers="fresh"))
+    client, storage = load_client(d)
+    exp = experiment_of(client)
+    r = exp.runner.attach(d, _BudgetLane(), _TorchX())
+    _leave_job(r, 0, PARAMS, result=False)
+    assert adopt_lost_jobs(exp, r, storage) == [] and len(exp.trials) == 0

@@ -369,28 +369,36 @@ class DriverClock:
 
 def adopt_lost_jobs(exp, runner: TrialRunner, storage) -> list[int]:
     """Trials whose job was launched but which Ax never saved (the driver died between
-    the two): the job's own records (``job.json``, ``launch.json``) hold its parameters,
-    so the trial is re-created under its index and reattached, not trained again.
+    the two; Ax saves the trials it deploys together after the last of them): the
+    job's own records (``job.json``, ``launch.json``) hold its parameters, so the trial
+    is re-created under its index and reattached, not trained again.
+
+    Every index up to the last job that still runs or has finished is adopted: a job
+    before it that died while no driver watched keeps its index and fails on the first
+    poll with its reason, and a candidate that was over a budget is measured again.
+    Dead leftovers after the last such job are moved aside when their index is reused.
     Returns the adopted indices."""
     from ax.core.arm import Arm
 
-    fixed = runner.cfg.fixed
-    adopted = []
+    lost = []  # (index, params, whether there is something to reattach to)
     while True:
-        idx = len(exp.trials)  # the index Ax gives the next trial
+        idx = len(exp.trials) + len(lost)  # the index Ax gives the next trial, then the one after
         tdir = runner.trial_dir(idx)
         info = read_json(tdir / JOB_NAME) or read_json(tdir / LAUNCH_NAME) or {}
-        if "params" not in info or runner.prior_job(tdir, info["params"]) is None:
-            break  # nothing to adopt; a dead leftover is moved aside when the index is reused
-        params = {k: v for k, v in info["params"].items() if k not in fixed}
+        if "params" not in info:
+            break
+        live = "over_budget" in info or runner.prior_job(tdir, info["params"]) is not None
+        lost.append((idx, info["params"], live))
+    while lost and not lost[-1][2]:
+        lost.pop()
+    for idx, params, live in lost:
         trial = exp.new_trial()
-        trial.add_arm(Arm(parameters=params))
-        trial.update_run_metadata(runner.run_trial(idx, params))
+        trial.add_arm(Arm(parameters={k: v for k, v in params.items() if k not in runner.cfg.fixed}))
+        trial.update_run_metadata(runner.run_trial(idx, params) if live else runner.lost_job(idx, params))
         trial.mark_running(no_runner_required=True)
         set_trial_property(trial, "adopted", True)
         save_trials(exp, [trial], storage)
-        adopted.append(idx)
-    return adopted
+    return [idx for idx, _, _ in lost]
 
 
 def queue_retries(exp, storage, retries: int) -> list[int]:

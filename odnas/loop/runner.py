@@ -178,6 +178,10 @@ class TrialRunner(IRunner):
         over = self.cost_lane.over_budget(record.metrics)
         if over:
             meta["over_budget"] = over
+            # Recorded like a launch: a driver killed before Ax saves this trial finds it,
+            # and adopts the trials launched after it under their own indices.
+            write_json_atomic(tdir / LAUNCH_NAME, {"over_budget": over, "params": dict(parameterization),
+                                                   "time": time.time()})
             return meta
         # A job from before a driver crash may already have run or still run here. Ax may
         # have given this index to another candidate since (trials are saved after they
@@ -213,6 +217,16 @@ class TrialRunner(IRunner):
         write_json_atomic(tdir / LAUNCH_NAME, {"app_handle": str(handle), "params": dict(parameterization),
                                                "scheduler": scheduler, "time": time.time()})
         return meta
+
+    def lost_job(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
+        """Metadata for a job launched into this index that died while no driver watched:
+        nothing is launched, and the first poll fails the trial with the reason its
+        records give (see ``driver.adopt_lost_jobs``)."""
+        tdir = self.trial_dir(trial_index)
+        launch = read_json(tdir / LAUNCH_NAME) or {}
+        how = {k: launch[k] for k in ("app_handle", "worker") if launch.get(k) is not None}
+        return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "params": dict(parameterization),
+                "launched_at": float(launch.get("time", 0.0)), "reattached": True, **how}
 
     def prior_job(self, tdir: Path, parameterization: Mapping[str, Any]) -> dict[str, Any] | None:
         """Metadata to reattach to a job already launched into ``tdir`` with these
