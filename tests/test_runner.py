@@ -200,3 +200,60 @@ def test_nothing_after_the_last_saved_trial_ran_adopts_nothing(tmp_path):
     r = exp.runner.attach(d, _BudgetLane(), _TorchX())
     _leave_job(r, 0, PARAMS, result=False)
     assert adopt_lost_jobs(exp, r, storage) == [] and len(exp.trials) == 0
+
+
+# ------------------------------------------------------------------ the pool's added workers
+
+
+class _FakeSlotsPool:
+    """A WorkerPool whose workers' liveness and business are set by the test (no process runs)."""
+
+    def __new__(cls, tmp_path):
+        from odnas.loop.pool import WorkerPool
+
+        class Pool(WorkerPool):
+            def __init__(self):
+                settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, parallel=2)
+                super().__init__(tmp_path, settings, _TorchX())
+                self.up, self.working, self.started = set(), set(), []
+
+            def alive(self, slot):
+                return slot in self.up
+
+            def busy(self, slot):
+                return slot in self.working
+
+            def pending(self, slot):  # a busy worker here has a trial queued behind the one it trains
+                return ["next"] if slot in self.working else []
+
+            def start(self, slot):
+                self.started.append(slot)
+                self.up.add(slot)
+                self.dir(slot).mkdir(parents=True, exist_ok=True)
+                (self.dir(slot) / "worker.json").write_text(json.dumps({"token": f"t{slot}"}))
+                return {}
+
+        return Pool()
+
+
+def test_an_added_worker_serves_while_the_others_are_busy_and_is_retired_when_one_is_free(tmp_path, monkeypatch):
+    """Both slots busy, each with a trial queued, past WAIT_IDLE_S: a worker is
+    added. It is used again while it is idle and the others are busy, not a new one each
+    time, and told to exit (stop.json with its token) once a first slot is idle again."""
+    import odnas.loop.pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "WAIT_IDLE_S", 0.0)
+    pool = _FakeSlotsPool(tmp_path)
+    pool.up |= {0, 1}
+    pool.working |= {0, 1}
+    assert pool.acquire() == 2 and pool.started == [2]
+    assert pool.acquire() == 2 and pool.started == [2]  # idle again: reused, nothing new started
+    pool.working.add(2)
+    assert pool.acquire() == 3 and pool.started == [2, 3]  # every worker busy: one more
+    pool.working.add(3)
+    pool.working -= {1, 2}
+    assert pool.acquire() == 1  # a first slot is free: the idle added worker is retired
+    assert json.loads((pool.dir(2) / "stop.json").read_text()) == {"token": "t2"}
+    assert not (pool.dir(3) / "stop.json").exists()  # busy: it finishes its trial first
+    pool.working.add(1)
+    assert pool.acquire() == 4  # never the retired one

@@ -164,16 +164,23 @@ class WorkerPool:
 
     def acquire(self, depth: int = 1) -> int:
         """A slot for the next trial: one whose worker is alive and idle; else one without a
-        live worker, where a new one is launched; else (``depth`` > 1: trials queued ahead,
-        generated while the slots train) the live worker with the shortest queue under
-        ``depth``. Slots run from 0 to ``parallel - 1``; only when every one is full for
-        ``WAIT_IDLE_S`` (a stopped trial's child not reaped yet) is one added."""
+        live worker, where a new one is launched; else the live worker with the shortest
+        queue under ``depth`` (the trial waits in its inbox: behind a child the worker has
+        not reaped yet, or, ``depth`` > 1, behind trials generated while the slots train). Slots run from 0 to ``parallel - 1``; only when every one is full for
+        ``WAIT_IDLE_S`` (a stopped trial's child not reaped yet) is one added. An added
+        worker serves while it is idle and the others are not, and is told to exit once
+        one of the first ``parallel`` is idle again, so added workers never pile up."""
         self.beat()
         deadline = time.time() + WAIT_IDLE_S
         while True:
             slots = range(self.cfg.parallel)
+            added = [k for k in self.slots() if k >= self.cfg.parallel and self.alive(k) and not self._told_to_stop(k)]
             live = [k for k in slots if self.alive(k)]
             for k in live:
+                if not self.busy(k):
+                    self._retire(added)
+                    return k
+            for k in added:
                 if not self.busy(k):
                     return k
             for k in slots:
@@ -188,6 +195,18 @@ class WorkerPool:
                 self.start(k)
                 return k
             time.sleep(0.1)
+
+    def _told_to_stop(self, slot: int) -> bool:
+        rec, stop = self.record(slot), read_json(self.dir(slot) / STOP_NAME)
+        return bool(rec and stop and stop.get("token") in (rec.get("token"), "*"))
+
+    def _retire(self, added: list[int]) -> None:
+        """Tell the idle workers among ``added`` to exit (they exit once idle; a busy one
+        finishes its trial first and is told again next time)."""
+        for k in added:
+            rec = self.record(k)
+            if rec and rec.get("token") and not rec.get("exiting") and not self.busy(k):
+                write_json_atomic(self.dir(k) / STOP_NAME, {"token": rec["token"]})
 
     def submit(self, slot: int, name: str, argv: list[str], trial_dir: str | Path) -> Path:
         req = self.request(slot, name)
