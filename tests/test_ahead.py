@@ -412,8 +412,14 @@ def test_what_a_candidate_allocates_in_the_child_is_not_kept_by_the_driver():
 
 
 @needs_fork
+class Odd(Exception):
+    def __init__(self, a, b):  # does not survive pickling (pickle calls it with one arg)
+        super().__init__(f"{a} {b}")
+
+
 def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
     from ax.exceptions.core import DataRequiredError
+    from ax.exceptions.generation_strategy import MaxParallelismReachedException
 
     from odnas.loop.ahead import CandidateProcessDied
 
@@ -423,18 +429,30 @@ def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
     def needs_data(**kwargs):
         raise DataRequiredError("need 2 completed trials")
 
-    class Odd(Exception):
-        def __init__(self, a, b):  # does not survive pickling (rebuilt from one arg)
-            super().__init__(f"{a} {b}")
+    class Local(Exception):  # its class cannot be named from another process
+        pass
 
     def odd(**kwargs):
         raise Odd(1, 2)
+
+    def local(**kwargs):
+        raise Local("here")
 
     ahead._real_gen = needs_data
     with pytest.raises(DataRequiredError, match="need 2 completed trials"):
         ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
     ahead._real_gen = odd
-    with pytest.raises(RuntimeError, match="Odd: 1 2"):
+    with pytest.raises(Odd, match="1 2"):  # its own type, rebuilt without calling __init__
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+
+    def full(**kwargs):  # Ax's Orchestrator handles this one by its type: it must not become a RuntimeError
+        raise MaxParallelismReachedException(num_running=2, node_name="BoTorch")
+
+    ahead._real_gen = full
+    with pytest.raises(MaxParallelismReachedException, match="2"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    ahead._real_gen = local
+    with pytest.raises(RuntimeError, match="Local: here"):
         ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
     ahead._real_gen = lambda **kwargs: os.kill(os.getpid(), signal.SIGKILL)
     with pytest.raises(CandidateProcessDied, match="killed by signal 9"):

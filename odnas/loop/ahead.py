@@ -336,15 +336,56 @@ def kernel_build_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _portable(e: Exception) -> Exception:
+def _portable(e: Exception) -> Exception | "_ExceptionParts":
     """``e`` if it survives pickling (so the parent raises the same type, which Ax's
-    Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else a
-    RuntimeError that names it."""
+    Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else its
+    parts, from which the parent rebuilds it (``MaxParallelismReachedException`` takes
+    arguments its ``args`` do not hold, so pickle cannot call it again); a RuntimeError
+    that names it if even that cannot cross (a class defined inside a function)."""
     try:
         pickle.loads(pickle.dumps(e))
+        return e
     except Exception:  # noqa: BLE001 — any failure to round-trip
-        return RuntimeError(f"{type(e).__name__}: {e}")
-    return e
+        pass
+    parts = _ExceptionParts.of(e)
+    try:
+        pickle.dumps(parts)
+    except Exception:  # noqa: BLE001 — its class cannot be named from another process (a local class)
+        return RuntimeError(parts.text)
+    return parts
+
+
+class _ExceptionParts:
+    """An exception's class, ``args`` and attributes (those that pickle), to be raised
+    again in another process without calling its ``__init__``."""
+
+    def __init__(self, cls: type, args: tuple, state: dict[str, Any], text: str) -> None:
+        self.cls, self.args, self.state, self.text = cls, args, state, text
+
+    @classmethod
+    def of(cls, e: Exception) -> "_ExceptionParts":
+        state = {}
+        for k, v in vars(e).items():
+            try:
+                pickle.dumps(v)
+            except Exception:  # noqa: BLE001 — left out: the rebuilt exception lacks only it
+                continue
+            state[k] = v
+        args = e.args
+        try:
+            pickle.dumps(args)
+        except Exception:  # noqa: BLE001
+            args = (str(e),)
+        return cls(type(e), args, state, f"{type(e).__name__}: {e}")
+
+    def rebuild(self) -> Exception:
+        try:
+            e = self.cls.__new__(self.cls, *self.args)
+            e.args = self.args
+            vars(e).update(self.state)
+            return e
+        except Exception:  # noqa: BLE001 — not an exception that can be made this way
+            return RuntimeError(self.text)
 
 
 def release_memory() -> None:
@@ -524,7 +565,7 @@ class Ahead:
         random.setstate(rng[2])
         kind, value = outcome
         if kind == "raised":
-            raise value
+            raise value.rebuild() if isinstance(value, _ExceptionParts) else value
         return value
 
     def _child_started(self, pid: int | None) -> None:
