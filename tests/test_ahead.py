@@ -417,6 +417,15 @@ class Odd(Exception):
         super().__init__(f"{a} {b}")
 
 
+class HoldsALock(Odd):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+        self.lock = threading.Lock()  # cannot cross; its message needs it
+
+    def __str__(self):
+        return f"{self.args[0]} {self.lock}"
+
+
 def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
     from ax.exceptions.core import DataRequiredError
     from ax.exceptions.generation_strategy import MaxParallelismReachedException
@@ -450,6 +459,9 @@ def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
 
     ahead._real_gen = full
     with pytest.raises(MaxParallelismReachedException, match="2"):
+        ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
+    ahead._real_gen = lambda **kwargs: (_ for _ in ()).throw(HoldsALock(3, 4))
+    with pytest.raises(RuntimeError, match="HoldsALock: 3 4"):
         ahead._gen(experiment=exp, n=1, num_trials=1, fixed_features=None)
     ahead._real_gen = local
     with pytest.raises(RuntimeError, match="Local: here"):

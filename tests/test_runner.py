@@ -182,10 +182,26 @@ def test_jobs_ax_never_saved_are_adopted_up_to_the_last_one_that_ran(tmp_path):
     assert [exp.trials[i].arm.parameters["hidden_size_1"] for i in range(3)] == [32, 600, 64]
     assert all(exp.trials[i].status == TrialStatus.RUNNING for i in range(3))
     assert exp.trials[1].run_metadata["over_budget"] == ["num_params"]
+    # A job judged dead may only have been starting: if it completes, its costs are there.
+    assert exp.trials[0].run_metadata["costs"]["num_params"] == 32
     assert r.poll_trial(0, exp.trials[0].run_metadata) == TrialStatus.FAILED
     assert r.poll_trial(1, exp.trials[1].run_metadata) == TrialStatus.COMPLETED  # as any over-budget trial
     assert r.poll_trial(2, exp.trials[2].run_metadata) == TrialStatus.COMPLETED
     assert len(load_client(d)[0]._experiment.trials) == 3  # saved
+
+
+def test_an_over_budget_candidate_moves_another_candidates_leftover_aside_first(tmp_path):
+    """Its launch.json must not sit beside a dead job's job.json, which adoption would
+    read first and take for this index's candidate."""
+    r = _runner(tmp_path)
+    r.attach(r.run_dir, _BudgetLane(), _TorchX())
+    _leave_job(r, 0, PARAMS, result=False)
+    over = dict(PARAMS, hidden_size_1=600)
+    assert r.run_trial(0, over)["over_budget"] == ["num_params"]
+    assert sorted(p.name for p in r.trial_dir(0).iterdir()) == ["launch.json"]
+    assert len(list(r.trial_dir(0).parent.glob("0000.orphan-*"))) == 1
+    r.run_trial(0, over)  # the same candidate again (a resumed driver): nothing more is moved
+    assert len(list(r.trial_dir(0).parent.glob("0000.orphan-*"))) == 1
 
 
 def test_nothing_after_the_last_saved_trial_ran_adopts_nothing(tmp_path):

@@ -336,53 +336,55 @@ def kernel_build_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _portable(e: Exception) -> Exception | "_ExceptionParts":
+def _portable(e: Exception) -> Exception | _ExceptionParts:
     """``e`` if it survives pickling (so the parent raises the same type, which Ax's
     Orchestrator may handle: ``DataRequiredError``, ``OptimizationComplete``), else its
     parts, from which the parent rebuilds it (``MaxParallelismReachedException`` takes
     arguments its ``args`` do not hold, so pickle cannot call it again); a RuntimeError
     that names it if even that cannot cross (a class defined inside a function)."""
-    try:
-        pickle.loads(pickle.dumps(e))
+    if _round_trips(e):
         return e
-    except Exception:  # noqa: BLE001 — any failure to round-trip
-        pass
     parts = _ExceptionParts.of(e)
+    return parts if _round_trips(parts) else RuntimeError(parts.text)
+
+
+def _round_trips(obj: Any) -> bool:
     try:
-        pickle.dumps(parts)
-    except Exception:  # noqa: BLE001 — its class cannot be named from another process (a local class)
-        return RuntimeError(parts.text)
-    return parts
+        pickle.loads(pickle.dumps(obj))
+    except Exception:  # noqa: BLE001 — any failure to round-trip
+        return False
+    return True
 
 
 class _ExceptionParts:
-    """An exception's class, ``args`` and attributes (those that pickle), to be raised
-    again in another process without calling its ``__init__``."""
+    """An exception's class, ``args`` and attributes (those that round-trip through
+    pickle), to be raised again in another process without calling its ``__init__``."""
 
     def __init__(self, cls: type, args: tuple, state: dict[str, Any], text: str) -> None:
         self.cls, self.args, self.state, self.text = cls, args, state, text
 
     @classmethod
-    def of(cls, e: Exception) -> "_ExceptionParts":
-        state = {}
-        for k, v in vars(e).items():
-            try:
-                pickle.dumps(v)
-            except Exception:  # noqa: BLE001 — left out: the rebuilt exception lacks only it
-                continue
-            state[k] = v
-        args = e.args
-        try:
-            pickle.dumps(args)
-        except Exception:  # noqa: BLE001
-            args = (str(e),)
+    def of(cls, e: Exception) -> _ExceptionParts:
+        attrs = dict(vars(e))
+        for klass in type(e).__mro__:  # attributes kept in __slots__ are not in vars()
+            for name in getattr(klass, "__slots__", ()):
+                if name not in ("__dict__", "__weakref__") and hasattr(e, name):
+                    attrs.setdefault(name, getattr(e, name))
+        state = {k: v for k, v in attrs.items() if _round_trips(v)}
+        args = e.args if _round_trips(e.args) else (str(e),)
         return cls(type(e), args, state, f"{type(e).__name__}: {e}")
 
     def rebuild(self) -> Exception:
+        """The exception, or a RuntimeError naming it if it cannot be made whole again
+        (its message needs what did not cross)."""
         try:
             e = self.cls.__new__(self.cls, *self.args)
+            if isinstance(e, OSError):  # errno, strerror and filename come from the args
+                OSError.__init__(e, *self.args)
             e.args = self.args
-            vars(e).update(self.state)
+            for k, v in self.state.items():
+                setattr(e, k, v)
+            str(e)  # Ax's handlers format it
             return e
         except Exception:  # noqa: BLE001 — not an exception that can be made this way
             return RuntimeError(self.text)

@@ -178,6 +178,9 @@ class TrialRunner(IRunner):
         over = self.cost_lane.over_budget(record.metrics)
         if over:
             meta["over_budget"] = over
+            launch = read_json(tdir / LAUNCH_NAME) or {}
+            if not ("over_budget" in launch and _same_params(launch.get("params", {}), parameterization)):
+                self._move_aside(trial_index, tdir)
             # Recorded like a launch: a driver killed before Ax saves this trial finds it,
             # and adopts the trials launched after it under their own indices.
             write_json_atomic(tdir / LAUNCH_NAME, {"over_budget": over, "params": dict(parameterization),
@@ -190,14 +193,7 @@ class TrialRunner(IRunner):
         if prior is not None:
             meta.update(prior)
             return meta
-        if any((tdir / f).exists() for f in (JOB_NAME, LAUNCH_NAME, ERROR_NAME, RESULT_NAME)):
-            # Another candidate's job: stop it if it still runs (it would write into the new
-            # dir, which has its path), then move its dir aside.
-            launch = read_json(tdir / LAUNCH_NAME) or {}
-            self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle"),
-                                          **({"worker": launch["worker"]} if "worker" in launch else {})})
-            tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
-            tdir.mkdir(parents=True)
+        self._move_aside(trial_index, tdir)
         scheduler = self.cfg.scheduler
         if self.warm:
             s = self.cfg
@@ -218,14 +214,27 @@ class TrialRunner(IRunner):
                                                "scheduler": scheduler, "time": time.time()})
         return meta
 
+    def _move_aside(self, trial_index: int, tdir: Path) -> None:
+        """Another candidate's leftover in this index's dir: stop its job if it still runs
+        (it would write into the new dir, which has its path), then move the dir aside."""
+        if any((tdir / f).exists() for f in (JOB_NAME, LAUNCH_NAME, ERROR_NAME, RESULT_NAME)):
+            launch = read_json(tdir / LAUNCH_NAME) or {}
+            self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle"),
+                                          **({"worker": launch["worker"]} if "worker" in launch else {})})
+            tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
+            tdir.mkdir(parents=True)
+
     def lost_job(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
-        """Metadata for a job launched into this index that died while no driver watched:
-        nothing is launched, and the first poll fails the trial with the reason its
-        records give (see ``driver.adopt_lost_jobs``)."""
+        """Metadata for a job launched into this index that looked dead to a resumed
+        driver: nothing is launched. The first poll fails the trial with the reason its
+        records give, or, if the job was only starting, it completes as any trial (its
+        costs are measured again here for that). See ``driver.adopt_lost_jobs``."""
         tdir = self.trial_dir(trial_index)
         launch = read_json(tdir / LAUNCH_NAME) or {}
         how = {k: launch[k] for k in ("app_handle", "worker") if launch.get(k) is not None}
-        return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "params": dict(parameterization),
+        record: CostRecord = self.cost_lane.costs({**parameterization, **self.cfg.fixed})
+        return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "arch_id": record.arch_id,
+                "costs": record.metrics, "costs_sem": record.sem, "params": dict(parameterization),
                 "launched_at": float(launch.get("time", 0.0)), "reattached": True, **how}
 
     def prior_job(self, tdir: Path, parameterization: Mapping[str, Any]) -> dict[str, Any] | None:
