@@ -413,14 +413,26 @@ def _note(row) -> str:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from odnas.loop.store import load_run
-    from odnas.rundir import driver_running
+    from odnas.records import trials_frame
+    from odnas.rundir import driver_running, read_trials
     from odnas.select import front, proxy_correlations
 
-    run = load_run(a.run_dir)
-    settings, profile, rows = run.settings, run.profile, run.rows
+    running = driver_running(a.run_dir)
+    # The driver's trials.json when it is as new as the experiment: no Ax to load (seconds).
+    seen = read_trials(a.run_dir)
+    if seen is None:
+        from odnas.loop.store import load_run
+
+        run = load_run(a.run_dir)
+        settings, profile, rows = run.settings, run.profile, run.rows
+    else:
+        from odnas.profiles import profile_from_dict
+        from odnas.rundir import read_settings
+
+        settings = read_settings(a.run_dir)
+        profile, rows = profile_from_dict(settings.profile), seen[0]
     if a.format in ("csv", "json"):  # the trials as a table: odnas.api.load_run(RUN).table()
-        df = run.table()
+        df = trials_frame(rows)
         print(df.to_csv(index=False) if a.format == "csv" else df.to_json(orient="records", indent=1, double_precision=15), end="")
         return 0
     counts: dict[str, int] = {}
@@ -444,8 +456,10 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "note": _note(r)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
-    if counts.get("running") and not driver_running(a.run_dir):
+    if counts.get("running") and not running:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
+    if running and seen is not None:
+        print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(seen[1]))}.")
     if proxies["flops"] is not None:
         print(f"Proxies against measured latency_ms under {profile.name} ({proxies['n']} candidates): "
               f"Spearman flops {proxies['flops']:.2f}, num_params {proxies['num_params']:.2f}")

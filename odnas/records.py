@@ -266,3 +266,10 @@ class ModelCard(_Versioned):
 
         text = json.dumps(strip(self.to_dict()), sort_keys=True, default=float)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def trials_frame(rows: list[TrialRow]):
+    """A pandas DataFrame, one row per trial (``TrialRow.flat``)."""
+    import pandas as pd
+
+    return pd.DataFrame.from_records([r.flat() for r in rows])

@@ -12,6 +12,8 @@ Everything one search writes lives under its run dir::
     workers/driver.json  the driver serving workers (pid, host, heartbeat): idle workers outlive
                          a driver by a grace period only
     odnas.log            the libraries' logs; driver-stats.jsonl: where the driver's time went
+    trials.json          the driver's latest view of the trials (``records.TrialRow``), for
+                         ``odnas status`` without loading Ax; the experiment stays the record
 
 The trial job and the driver talk only through files here: the job writes
 ``job.json`` first and ``result.json`` (or ``error.json``) last, atomically; the
@@ -26,18 +28,20 @@ import fcntl
 import json
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from odnas.errors import RunDirError, SearchError
-from odnas.records import RunSettings
+from odnas.records import RunSettings, TrialRow
 
 SETTINGS_NAME = "odnas.json"
 DB_NAME = "experiment.sqlite"
 LOG_NAME = "odnas.log"
 DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
 LOCK_NAME = "driver.lock"
+TRIALS_NAME = "trials.json"  # the trial table as the driver last saw it (status reads it without Ax)
 STOP_REQUEST_NAME = "stop"  # ``odnas stop``: the driver finishes cleanly at its next poll
 TRIALS_DIR = "trials"
 COSTS_DIR = "costs"
@@ -154,6 +158,42 @@ def driver_running(run_dir: str | Path) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+def write_trials(run_dir: str | Path, rows: list[TrialRow]) -> None:
+    """The driver's latest trial table, trial dirs stored relative to the run dir."""
+    out = []
+    for r in rows:
+        d = r.to_dict()
+        if r.trial_dir:
+            d["trial_dir"] = stored_trial_dir(run_dir, r.trial_dir)
+        out.append(d)
+    write_json_atomic(Path(run_dir) / TRIALS_NAME, {"time": time.time(), "trials": out})
+
+
+def read_trials(run_dir: str | Path) -> tuple[list[TrialRow], float] | None:
+    """The trial table the driver wrote and when, if it is as new as the experiment:
+    written after the experiment's database last changed, or by the driver that holds
+    the run now (at most a poll behind). None when only the experiment can say (a
+    driver was killed after its last save, a run from before this file, a damaged file)."""
+    run_dir = Path(run_dir)
+    path = run_dir / TRIALS_NAME
+    try:
+        written = path.stat().st_mtime
+        # The log counts once it holds a change (a reader opening the database makes it empty).
+        changed = max(st.st_mtime for f in (DB_NAME, DB_NAME + "-wal")
+                      if (run_dir / f).exists() and ((st := (run_dir / f).stat()).st_size or f == DB_NAME))
+    except (OSError, ValueError):
+        return None
+    if written < changed and not driver_running(run_dir):
+        return None
+    snap = read_json(path)
+    try:
+        rows = [TrialRow.from_dict(d, source=str(path)) for d in snap["trials"]]
+        return [r.replace(trial_dir=str(resolve_trial_dir(run_dir, r.trial_dir)) if r.trial_dir else None)
+                for r in rows], float(snap["time"])
+    except (TypeError, KeyError, ValueError, RunDirError):
+        return None
 
 
 def worker_dir(run_dir: str | Path, slot: int) -> Path:

@@ -63,6 +63,40 @@ def test_status_select_export(run, tmp_path):
     assert abs(card["metrics"]["val_acc_onnx"] - card["metrics"]["val_acc"]) < 1e-6
 
 
+def test_status_reads_the_drivers_trial_table_without_ax_while_it_is_as_new_as_the_experiment(run, tmp_path):
+    """The driver leaves trials.json as new as the experiment: ``odnas status`` reads it
+    without importing Ax, and it holds what the experiment holds. Once the experiment
+    is newer (a driver killed after its last save), status reads the experiment; while
+    a driver holds the run, its table (at most a poll old) is read."""
+    import shutil
+
+    from odnas.loop.store import load_run
+    from odnas.rundir import driver_lock, read_trials
+
+    d = tmp_path / "copy"
+    shutil.copytree(run[0], d)  # keeps the files' times
+    probe = ("import json, sys; from odnas.cli import main; main(['status', sys.argv[1], '--json']); "
+             "print(json.dumps(sorted(m for m in ('ax', 'torch', 'botorch') if m in sys.modules)), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(d)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []  # neither Ax nor torch was imported
+    seen = {r["trial"]: r for r in json.loads(proc.stdout)["trials"]}
+    stored = load_run(d).rows
+    assert sorted(seen) == [r.trial for r in stored]
+    for r in stored:
+        s = seen[r.trial]
+        assert (s["state"], s["params"], s["arch_id"], s["trial_dir"]) == (r.state, r.params, r.arch_id, r.trial_dir)
+        assert s["metrics"] == pytest.approx(r.metrics, rel=1e-8)  # Ax stores 10 decimals
+    db = d / "experiment.sqlite"
+    later = (d / "trials.json").stat().st_mtime + 5
+    os.utime(db, (later, later))  # the experiment changed after the table was written
+    assert read_trials(d) is None
+    assert status_json(d)["counts"] == json.loads(proc.stdout)["counts"]  # from the experiment now
+    with driver_lock(d):
+        assert read_trials(d) is not None  # the running driver's table
+
+
 class _Slower:
     """The real ONNX Runtime measurement, reported 20x slower: a front that no longer fits."""
 

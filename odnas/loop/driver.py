@@ -36,7 +36,7 @@ from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
     driver_lock,
-    read_curve, read_json, read_settings, write_settings,
+    read_curve, read_json, read_settings, write_settings, write_trials,
 )
 from odnas.select import pick
 from odnas.spaces import get_space
@@ -161,6 +161,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane.holds.append(ahead.still)
         state = RunState(run_dir, t0)
         clock = DriverClock(exp, runner, lane, ahead)
+        table = TrialsFile(exp, run_dir)
         adopt_lost_jobs(exp, runner, storage)
         retries = settings.retries
         stop = run_dir / STOP_REQUEST_NAME
@@ -173,6 +174,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             signals.keep()  # TorchX's local scheduler installs its own handlers when it starts
             if stop.exists():
                 raise StopRequested()
+            table.update()
             if progress and time.time() - last[0] >= 1.0:
                 last[0] = time.time()
                 progress(state.refresh(exp))
@@ -191,6 +193,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                         if stop.exists():
                             raise StopRequested()
                         queue_retries(exp, storage, retries)
+                        table.update()
                         if progress:
                             progress(state.refresh(exp))
                         if not orch.deploying and trials_to_run(exp, settings) > 0:
@@ -231,6 +234,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
             runner.close()  # jobs still training finish (resume reattaches); idle warm workers exit
             clock.write(run_dir / DRIVER_STATS_NAME, t0)
+            table.close()
         if progress:
             progress(state.refresh(exp, final=True))
         trained = sum(1 for t in exp.trials.values() if t.status.is_completed
@@ -313,6 +317,46 @@ def host_note(lane: CostLane, out) -> None:
         print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "
               f"{base.modes.spread:.2f}); latencies are timed against it and reported for the fast mode, with "
               "error bars that cover the switching. `odnas doctor` says more.", file=out, flush=True)
+
+
+class TrialsFile:
+    """Keeps ``trials.json`` (``rundir.write_trials``) as new as the experiment, so
+    ``odnas status`` reads the trials without loading Ax: written at the next poll after
+    any commit to the run's database, and when the driver ends."""
+
+    def __init__(self, exp, run_dir: Path) -> None:
+        from ax.storage.sqa_store.db import get_engine
+        from sqlalchemy import event
+
+        self.exp, self.run_dir, self.dirty = exp, run_dir, True
+        self.engine = get_engine()
+        event.listen(self.engine, "commit", self._committed)
+
+    def _committed(self, *args: Any) -> None:
+        self.dirty = True
+
+    def update(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            try:
+                write_trials(self.run_dir, trial_table(self.exp, self.run_dir))
+            except OSError:  # a full disk: status reads the experiment instead
+                pass
+
+    def close(self) -> None:
+        """The last write, after the database's write-ahead log is checkpointed into it:
+        SQLite would otherwise do that when the process exits, after this file, and the
+        database would look newer than the trials written."""
+        from sqlalchemy import event
+
+        event.remove(self.engine, "commit", self._committed)
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # noqa: BLE001 — busy or locked: status then reads the experiment
+            pass
+        self.dirty = True
+        self.update()
 
 
 class DriverClock:

@@ -20,7 +20,7 @@ from odnas.loop.adapter import experiment_of, import_ax, trial_property
 from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
 from odnas.profiles import HardwareProfile, profile_from_dict
-from odnas.records import RunSettings, TrialRow
+from odnas.records import RunSettings, TrialRow, trials_frame
 from odnas.rundir import DB_NAME, LOG_NAME, read_settings, resolve_trial_dir
 
 EXPERIMENT_NAME = "odnas"
@@ -103,9 +103,7 @@ class Run:
     def table(self):
         """A pandas DataFrame, one row per trial (``TrialRow.flat``): what
         ``odnas status RUN --format csv|json`` prints."""
-        import pandas as pd
-
-        return pd.DataFrame.from_records([r.flat() for r in self.rows])
+        return trials_frame(self.rows)
 
 
 def load_run(run_dir: str | Path) -> Run:
