@@ -160,6 +160,32 @@ def driver_running(run_dir: str | Path) -> bool:
         return False
 
 
+def local_jobs_writing(trial_dir: str | Path) -> list[int]:
+    """Pids of the trial jobs on this host started to write into ``trial_dir`` (their
+    command line reads ``odnas.jobs.trial --out TRIAL_DIR``). A job launched just before
+    its driver died may not have written ``job.json`` yet, and the TorchX of a new
+    driver does not know it; this finds it all the same (Linux; elsewhere, none)."""
+    needle = b"\0--out\0" + str(Path(trial_dir).resolve()).encode() + b"\0"
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    pids = []
+    for e in entries:
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{e}/cmdline").read_bytes()
+            if TRIAL_MODULE.encode() not in cmdline or needle not in cmdline:
+                continue
+            if Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+        except (OSError, IndexError):
+            continue
+        pids.append(int(e))
+    return pids
+
+
 def write_trials(run_dir: str | Path, rows: list[TrialRow]) -> None:
     """The driver's latest trial table, trial dirs stored relative to the run dir."""
     out = []

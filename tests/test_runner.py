@@ -273,3 +273,38 @@ def test_an_added_worker_serves_while_the_others_are_busy_and_is_retired_when_on
     assert not (pool.dir(3) / "stop.json").exists()  # busy: it finishes its trial first
     pool.working.add(1)
     assert pool.acquire() == 4  # never the retired one
+
+
+def _starting_job(tdir):
+    """A process whose command line is a trial job's writing into ``tdir`` (it has not
+    written job.json: still importing)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "odnas.jobs.trial",
+                             "--out", str(tdir.resolve())], start_new_session=True)
+
+
+def test_a_fresh_job_launched_just_before_the_driver_died_is_found_by_its_command_line(tmp_path):
+    """Only launch.json, and a TorchX that no longer knows the handle: the job still
+    imports, so it is reattached, not launched again. Under another candidate it is
+    killed before its dir is moved aside (it would write into the new one)."""
+    from odnas.rundir import local_jobs_writing
+
+    r = _runner(tmp_path)
+    tdir = r.trial_dir(0)
+    tdir.mkdir(parents=True)
+    (tdir / "launch.json").write_text(json.dumps({"app_handle": "local_cwd://odnas/gone", "params": PARAMS}))
+    job = _starting_job(tdir)
+    try:
+        assert local_jobs_writing(tdir) == [job.pid]
+        assert local_jobs_writing(r.trial_dir(1)) == []
+        meta = r.run_trial(0, PARAMS)
+        assert meta.get("reattached") and r.torchx.launched == []
+        meta = r.run_trial(0, dict(PARAMS, hidden_size_1=64))
+        assert not meta.get("reattached") and len(r.torchx.launched) == 1
+        assert job.wait(timeout=10) == -9  # killed, not left to write into the new dir
+        assert len(list(tdir.parent.glob("0000.orphan-*"))) == 1
+    finally:
+        job.kill()
+        job.wait()

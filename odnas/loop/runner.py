@@ -11,8 +11,10 @@ and resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -27,8 +29,8 @@ from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import (
-    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, read_json, resolve_trial_dir, stored_trial_dir,
-    trial_dir, write_json_atomic,
+    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, local_jobs_writing, read_json,
+    resolve_trial_dir, stored_trial_dir, trial_dir, write_json_atomic,
 )
 
 import_ax()
@@ -221,6 +223,12 @@ class TrialRunner(IRunner):
             launch = read_json(tdir / LAUNCH_NAME) or {}
             self.stop_trial(trial_index, {"trial_dir": str(tdir), "app_handle": launch.get("app_handle"),
                                           **({"worker": launch["worker"]} if "worker" in launch else {})})
+            for pid in local_jobs_writing(tdir):  # launched but not started: no job.json to find it by
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    try:
+                        os.killpg(pid, signal.SIGKILL)  # its own session (TorchX's local scheduler)
+                    except ProcessLookupError:
+                        os.kill(pid, signal.SIGKILL)
             tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
             tdir.mkdir(parents=True)
 
@@ -263,6 +271,8 @@ class TrialRunner(IRunner):
             state = self._app_state(handle)
             if state is not None and state not in (AppState.SUCCEEDED, AppState.FAILED, AppState.CANCELLED):
                 return {"reattached": True, "app_handle": handle}
+            if state is None and job is None and self.cfg.scheduler in LOCAL_SCHEDULERS and local_jobs_writing(tdir):
+                return {"reattached": True, "app_handle": handle}  # launched, not yet started (importing)
         return None
 
     def poll_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> TrialStatus:
