@@ -11,7 +11,6 @@ puts it into docs/benchmarks.md with the machine, command and date.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random

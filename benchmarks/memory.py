@@ -46,7 +46,6 @@ import gc
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
