@@ -7,6 +7,7 @@ tests). The loop's own use of it (a real Ax Orchestrator) is checked in
 ``tests/test_load.py`` and the end-to-end searches.
 """
 
+import functools
 import os
 import signal
 import sys
@@ -623,3 +624,34 @@ def test_closing_without_waiting_just_before_the_fork_kills_that_child_as_it_sta
     go.set()
     assert ahead.done.wait(10) and time.monotonic() - t0 < 10
     assert ahead.failed == 1 and ahead.made == 0 and not ahead.ready and ahead.child is None
+
+
+_PARENT = os.getpid()
+
+
+class _SlowFirstTime:
+    gate = threading.Event()
+
+    @functools.cached_property
+    def value(self):
+        if os.getpid() == _PARENT:
+            _SlowFirstTime.gate.wait(30)  # in the parent: holds the descriptor's lock (Python 3.11) meanwhile
+        return os.getpid()
+
+
+@needs_fork
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="cached_property has no lock since Python 3.12")
+def test_a_fork_while_another_thread_computes_a_cached_property_does_not_hang_the_child():
+    """As when the driver's thread computes Ax's Data.full_df for early stopping while
+    the candidate's child is forked: the child computes its own instance's value."""
+    from odnas.loop.ahead import call_in_child
+
+    holder = threading.Thread(target=lambda: _SlowFirstTime().value)
+    holder.start()
+    try:
+        time.sleep(0.3)  # the other thread is inside, holding the lock
+        pid, _ = call_in_child(lambda: _SlowFirstTime().value, timeout_s=15)
+        assert pid != _PARENT
+    finally:
+        _SlowFirstTime.gate.set()
+        holder.join()

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import hashlib
 import os
@@ -83,6 +84,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -204,6 +206,45 @@ def _fresh_streams(keep: set[int]) -> None:
         last = max(last, fd)
 
 
+class _CachedPropertyLocks:
+    """Python 3.11's ``functools.cached_property`` guards the first computation on every
+    instance with one RLock per descriptor, shared by all instances (3.12 dropped it).
+    A fork while another thread holds one, the driver's thread computing Ax's
+    ``Data.df`` for early stopping say, leaves it held in the child by a thread that
+    does not exist there: the child's first ``Data.df`` waits forever. The child gives
+    every such descriptor a new lock. The descriptors are found once, in the parent,
+    on the classes of the loaded modules, and again when more modules are loaded."""
+
+    def __init__(self) -> None:
+        self.seen_modules = 0
+        self.found: list[Any] = []
+
+    def find(self) -> None:
+        if sys.version_info >= (3, 12) or len(sys.modules) == self.seen_modules:
+            return
+        found, seen = [], set()
+        with warnings.catch_warnings():  # some modules' deprecated names warn when looked at
+            warnings.simplefilter("ignore")
+            self._scan(found, seen)
+        self.found, self.seen_modules = found, len(sys.modules)
+
+    @staticmethod
+    def _scan(found: list[Any], seen: set[int]) -> None:
+        for mod in list(sys.modules.values()):
+            for obj in list(getattr(mod, "__dict__", {}).values()):
+                if isinstance(obj, type) and id(obj) not in seen:
+                    seen.add(id(obj))
+                    found += [v for v in list(vars(obj).values())
+                              if isinstance(v, functools.cached_property) and hasattr(v, "lock")]
+
+    def renew_in_child(self) -> None:
+        for prop in self.found:
+            prop.lock = threading.RLock()
+
+
+CACHED_PROPERTY_LOCKS = _CachedPropertyLocks()
+
+
 def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] | None = None,
                   timeout_s: float | None = None) -> tuple[Any, Any]:
     """``fn()`` in a forked child process; returns what it returned (pickled back
@@ -215,6 +256,7 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
     (killed, or ``fn``'s value would not pickle: the child prints why on stderr) or
     has not answered within ``timeout_s`` (it is killed)."""
     parent = os.getpid()
+    CACHED_PROPERTY_LOCKS.find()
     r, w = os.pipe()
     try:
         pid = os.fork()
@@ -225,6 +267,7 @@ def call_in_child(fn: Callable[[], Any], started: Callable[[int | None], None] |
     if pid == 0:  # the child: never returns
         code = 70
         try:
+            CACHED_PROPERTY_LOCKS.renew_in_child()  # another thread of the parent may have held one
             gc.freeze()  # inherited garbage is never finalised here (a connection's rollback, say)
             os.close(r)
             if PRCTL is not None:
