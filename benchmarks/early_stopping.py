@@ -31,7 +31,7 @@ def summary(run_dir: str) -> dict:
     run = load_run(run_dir)
     profile, typed = run.profile, run.rows
     rows = [r.to_dict() for r in typed]
-    job_s, epochs, curves = 0.0, 0, []
+    job_s, epochs, curves, by_trial, costs = 0.0, 0, [], {}, {}
     for r in rows:
         tdir = Path(r["trial_dir"] or "")
         job, prog = tdir / "job.json", tdir / "progress.jsonl"
@@ -42,6 +42,9 @@ def summary(run_dir: str) -> dict:
                 epochs += len(recs)
                 if r["state"] == "completed":
                     curves.append([x["val_acc"] for x in recs])
+                    by_trial[r["trial"]] = curves[-1]
+                    costs[r["trial"]] = tuple(r["metrics"].get(o, 0.0) for o in profile.objective_metrics
+                                              if o != "val_acc")
     bounds = {m: v for m, _, v in map(parse_bound, list(profile.thresholds) + profile.budget_constraints())}
     objs = profile.objective_metrics
     ref = np.array([METRIC_SIGN[o] * bounds[o] for o in objs])
@@ -52,7 +55,41 @@ def summary(run_dir: str) -> dict:
         states[r["state"]] = states.get(r["state"], 0) + 1
     return {"run_dir": run_dir, "states": states, "job_s": round(job_s, 1), "epochs": epochs,
             "front": len(fr), "hypervolume": hv, "best_val_acc": max((r["metrics"]["val_acc"] for r in fr), default=None),
-            "curves": curves}
+            "curves": curves, "by_trial": by_trial, "costs": costs, "front_trials": [r["trial"] for r in fr]}
+
+
+def would_stop(curves: dict[int, list[float]], trial: int, from_epoch: int, min_curves: int = 4,
+               costs: dict[int, tuple] | None = None) -> bool:
+    """Whether Ax's percentile rule (median, from epoch ``from_epoch``) would have stopped
+    this trial, judged against the trials started before it (what the rule sees while it
+    runs): below the median of their val_acc at some epoch it had yet to finish. With
+    ``costs`` (a trial's cost objectives, known before training), only against the
+    trials that cost no more in any of them: the ones that could dominate it."""
+    c = curves[trial]
+    peers = [t for t in curves if t < trial and (costs is None or all(
+        a <= b for a, b in zip(costs[t], costs[trial])))]
+    for k in range(from_epoch, len(c)):  # stopping after its last epoch saves nothing
+        others = [curves[t][k - 1] for t in peers if len(curves[t]) >= k]
+        if len(others) >= min_curves and c[k - 1] < np.median(others):
+            return True
+    return False
+
+
+def front_stopped(runs: list[dict], upto: int = 3) -> str:
+    """Over runs without early stopping: how many of the feasible front's trials the rule
+    would have stopped, from each first epoch, against how many of all completed trials
+    it could stop. A rule on val_acc alone is blind to cost: a cheap model with a lower
+    accuracy can still be on the front."""
+    parts = []
+    fr = [(run, t) for run in runs for t in run["front_trials"] if t in run["by_trial"]]
+    alls = [(run, t) for run in runs for t in run["by_trial"]]
+    for peers in ("all", "cheaper"):
+        for k in range(1, upto + 1):
+            f, a = (sum(would_stop(run["by_trial"], t, k, costs=run["costs"] if peers == "cheaper" else None)
+                        for run, t in which) for which in (fr, alls))
+            parts.append(f"against {peers} earlier trials from epoch {k}: {f} of {len(fr)} front trials "
+                         f"({f / max(1, len(fr)):.0%}), {a} of {len(alls)} trials ({a / max(1, len(alls)):.0%})")
+    return "; ".join(parts)
 
 
 def early_ranks(curves: list[list[float]], upto: int = 3) -> str:
@@ -84,14 +121,16 @@ def main() -> None:
     groups = [args[i:i + k] for i in range(0, len(args), k)]
     time_r, hv_r, offs, ons, curves = ([[] for _ in range(k - 1)], [[] for _ in range(k - 1)], [],
                                        [[] for _ in range(k - 1)], [])
+    bases = []
     for off, *variants in groups:
         base = summary(off)
-        print(json.dumps({key: v for key, v in base.items() if key != "curves"}))
+        print(json.dumps({key: v for key, v in base.items() if key not in ("curves", "by_trial")}))
         offs.append(base["hypervolume"])
         curves += base["curves"]
+        bases.append(base)
         for v, on in enumerate(variants):
             es = summary(on)
-            print(json.dumps({key: val for key, val in es.items() if key != "curves"}))
+            print(json.dumps({key: val for key, val in es.items() if key not in ("curves", "by_trial")}))
             t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
             time_r[v].append(t)
             hv_r[v].append(hv)
@@ -113,6 +152,8 @@ def main() -> None:
               f"({max(offs) / min(offs):.2f}x)")
     print("how an early val_acc ranks trials by their last one (runs without early stopping, trials trained "
           "to the end): " + early_ranks(curves))
+    print("trials the median rule would have stopped in the runs without early stopping, judged against the "
+          "trials started before them: " + front_stopped(bases))
 
 
 if __name__ == "__main__":

@@ -102,9 +102,10 @@ SECTIONS: dict[str, Section] = {
         "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it "
         "allows), seeds 0-2", "es4", " --fixed epochs=4"),
     "early-stopping-rule": early_stopping_section(
-        "Early stopping from epoch 1 against from epoch 2: every trial at 4 epochs, seeds 0-9", "esr",
-        " --fixed epochs=4", seeds=10,
-        rules=(("from1", " --early-stopping"), ("from2", " --early-stopping-from 2"))),
+        "Early stopping rules compared, every trial at 4 epochs, seeds 0-9: against all trials from epoch 1 and "
+        "from epoch 2, and against cheaper trials only", "esr", " --fixed epochs=4", seeds=10,
+        rules=(("all1", " --early-stopping-against all"), ("all2", " --early-stopping-against all "
+               "--early-stopping-from 2"), ("cheaper1", " --early-stopping-against cheaper"))),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

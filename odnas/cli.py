@@ -323,8 +323,9 @@ def cmd_search(a: argparse.Namespace) -> int:
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed),
-        early_stopping=a.early_stopping or a.early_stopping_from is not None,
+        early_stopping=a.early_stopping or a.early_stopping_from is not None or a.early_stopping_against is not None,
         early_stopping_from=1 if a.early_stopping_from is None else a.early_stopping_from,
+        early_stopping_against=a.early_stopping_against or "cheaper",
         retries=a.retries, trial_timeout_s=a.trial_timeout_s, isolation=a.isolation, env=_parse_env(a.env),
         mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead, data_seed=a.data_seed,
         threads=a.threads, poll_s=a.poll_s, device=a.device,
@@ -770,6 +771,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop trials whose val_acc curve falls below the median of the others (Ax)")
     p.add_argument("--early-stopping-from", type=int, metavar="EPOCH",
                    help="early stopping that decides from this epoch on (default 1; implies --early-stopping)")
+    p.add_argument("--early-stopping-against", choices=("cheaper", "all"),
+                   help="early stopping compares a trial's val_acc with the trials that cost no more in every "
+                        "cost objective (cheaper, the default) or with all trials (all: Ax's rule as it is); "
+                        "implies --early-stopping")
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")

@@ -149,6 +149,7 @@ class RunSettings:
     trial_timeout_s: float | None = None
     early_stopping: bool = False
     early_stopping_from: int = 1  # the first epoch after which early stopping may stop a trial
+    early_stopping_against: str = "all"  # runs from before the setting used Ax's rule against all trials
     isolation: str = "pause"
     workers: str = "warm"  # "warm": long-lived TorchX workers fork a child per trial; "fresh": a job per trial
     lookahead: int = 0  # warm only: trials queued per worker beyond the one it trains (generated while it trains)

@@ -294,3 +294,33 @@ def test_early_stopping_from_an_epoch_is_kept_with_the_run_and_checked(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--early-stopping-from 0" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_cheaper_peers_rule_compares_a_trial_only_with_trials_that_cost_no_more(monkeypatch):
+    """A cheap model is judged against cheaper ones only (none here: it runs on), an
+    expensive one against all that cost no more; Ax's rule as it is (against="all")
+    stops the cheap one for its low accuracy."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy
+
+    from odnas.loop.driver import CheaperPeersRule, early_stopping_strategy
+
+    monkeypatch.setattr(PercentileEarlyStoppingStrategy, "is_eligible", lambda self, **kw: (True, None))
+    latency = {0: 1.0, 1: 1.1, 2: 1.2, 3: 3.0, 4: 0.5, 5: 4.0}
+    acc = {0: 0.50, 1: 0.55, 2: 0.60, 3: 0.90, 4: 0.40, 5: 0.45}
+    exp = SimpleNamespace(
+        optimization_config=SimpleNamespace(objective=SimpleNamespace(metric_names=["val_acc", "latency_ms"])),
+        trials={i: SimpleNamespace(run_metadata={"costs": {"latency_ms": v}}) for i, v in latency.items()})
+    wide = pd.DataFrame({i: [a] for i, a in acc.items()}, index=[1])
+    rule = early_stopping_strategy(1)
+    assert isinstance(rule, CheaperPeersRule)
+
+    def stops(r, i):
+        return r._should_stop_trial_early(trial_index=i, experiment=exp, wide_df=wide, long_df=None, minimize=False)[0]
+
+    assert not stops(rule, 4)  # the cheapest: nothing could dominate it yet
+    assert stops(rule, 5)  # the dearest, and below the median of all that cost less
+    assert not stops(rule, 3)  # dear, but the most accurate
+    assert stops(early_stopping_strategy(1, against="all"), 4)

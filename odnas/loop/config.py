@@ -25,6 +25,7 @@ from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_
 from odnas.records import RunSettings
 
 METHODS = ("bo", "sobol", "random", "saasbo")
+EARLY_STOPPING_PEERS = ("cheaper", "all")
 WORKER_MODES = ("warm", "fresh")
 OPT_RESTARTS = 4
 OPT_RAW_SAMPLES = 256
@@ -64,6 +65,9 @@ class SearchConfig:
     isolation: str = "pause"  # latency timing: pause local jobs ("pause"), only never overlap ("lock"), "none"
     early_stopping: bool = False  # stop trials whose val_acc curve falls behind (Ax's percentile rule)
     early_stopping_from: int = 1  # the first epoch after which the rule may stop a trial
+    # whom a trial's val_acc is compared with: "cheaper" (trials costing no more in every
+    # cost objective, which could dominate it) or "all" (Ax's rule as it is)
+    early_stopping_against: str = "cheaper"
     # "warm": one long-lived TorchX worker per slot forks a child per trial (no start-up per
     # trial); "fresh": one TorchX job per trial, full isolation. Schedulers passed in by
     # name (odnas.testing's in-process one) always run fresh jobs.
@@ -150,6 +154,9 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError(f"--threads {cfg.threads}: must be at least 1")
     if not cfg.poll_s > 0:
         raise SearchError(f"--poll-s {cfg.poll_s}: must be a positive number of seconds")
+    if cfg.early_stopping_against not in EARLY_STOPPING_PEERS:
+        raise SearchError(f"--early-stopping-against {cfg.early_stopping_against!r}: choose from "
+                          f"{', '.join(EARLY_STOPPING_PEERS)}")
     if cfg.early_stopping_from < 1:
         raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: must be an epoch, 1 or more")
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
@@ -173,7 +180,8 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         mounts=list(cfg.mounts), threads=threads, fixed=dict(cfg.fixed),
         tolerated_failure_rate=cfg.tolerated_failure_rate, poll_s=cfg.poll_s, retries=cfg.retries,
         trial_timeout_s=cfg.trial_timeout_s, early_stopping=cfg.early_stopping,
-        early_stopping_from=cfg.early_stopping_from, isolation=cfg.isolation,
+        early_stopping_from=cfg.early_stopping_from, early_stopping_against=cfg.early_stopping_against,
+        isolation=cfg.isolation,
         workers=(workers := cfg.workers if warm_capable(cfg.scheduler) else "fresh"),
         lookahead=cfg.lookahead if workers == "warm" else 0,
         profile=profile.to_dict(), created=time.strftime("%Y-%m-%d %H:%M:%S"),
