@@ -106,6 +106,11 @@ SECTIONS: dict[str, Section] = {
         "from epoch 2, and against cheaper trials only", "esr", " --fixed epochs=4", seeds=10,
         rules=(("all1", " --early-stopping-against all"), ("all2", " --early-stopping-against all "
                "--early-stopping-from 2"), ("cheaper1", " --early-stopping-against cheaper"))),
+    "status": Section(
+        "`odnas status` in a fresh process: the driver's trials.json against the experiment",
+        (f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",
+         f"{PY} benchmarks/status.py {BENCH}/status --repeats 5"),
+        note="The default search, then its status read both ways in turn."),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),

@@ -191,9 +191,9 @@ def cv_stats(observed: Sequence[float], predicted: Sequence[float], observed_ci:
         return out
     out["coverage"] = float(np.mean(np.abs(o - p) <= np.sqrt(pc**2 + oc**2) + 1e-12))
     if n >= 3 and np.ptp(o) > 0 and np.ptp(p) > 0:
-        from scipy.stats import spearmanr
+        from odnas.select import spearman
 
-        out["spearman"] = float(spearmanr(p, o).statistic)
+        out["spearman"] = spearman(p, o)
     ss = float(np.sum((o - o.mean()) ** 2))
     if n >= 2 and ss > 0:
         out["r2"] = 1.0 - float(np.sum((o - p) ** 2)) / ss

@@ -103,11 +103,25 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
 def proxy_correlations(rows: Sequence[TrialRow]) -> dict[str, float | None]:
     """Spearman rank correlation of ``flops`` and ``num_params`` with measured
     ``latency_ms`` over every measured candidate (None below 3 candidates)."""
-    from scipy.stats import spearmanr
-
     pts = [r.metrics for r in rows if all(k in r.metrics for k in ("latency_ms", "flops", "num_params"))]
     out: dict[str, float | None] = {"n": len(pts)}
     for proxy in ("flops", "num_params"):
-        out[proxy] = (float(spearmanr([m[proxy] for m in pts], [m["latency_ms"] for m in pts]).statistic)
-                      if len(pts) >= 3 else None)
+        out[proxy] = spearman([m[proxy] for m in pts], [m["latency_ms"] for m in pts]) if len(pts) >= 3 else None
     return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho, ties given their average rank (as ``scipy.stats.spearmanr``, whose
+    import alone takes a second that ``odnas status`` would spend); NaN if either
+    side is constant."""
+    def ranks(x: Sequence[float]) -> np.ndarray:
+        values, inverse = np.unique(np.asarray(x, dtype=float), return_inverse=True)
+        order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+        r = np.empty(len(order))
+        r[order] = np.arange(1, len(order) + 1)
+        return (np.bincount(inverse, r) / np.bincount(inverse))[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

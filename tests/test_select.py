@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from odnas.profiles import load_profile
 from odnas.records import TrialRow
@@ -58,3 +59,18 @@ def test_proxy_correlations():
     c = proxy_correlations(rows)
     assert c["n"] == 4 and abs(c["flops"] - 1.0) < 1e-12 and abs(c["num_params"] + 1.0) < 1e-12
     assert proxy_correlations(rows[:2])["flops"] is None
+
+
+def test_spearman_is_scipys_with_ties_and_nan_when_constant():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from odnas.select import spearman
+
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 17, 60):
+        a = rng.integers(0, 6, n).astype(float)  # many ties
+        b = a * 0.5 + rng.normal(size=n)
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+        assert spearman(b, -b) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
