@@ -108,7 +108,7 @@ SECTIONS: dict[str, Section] = {
                "--early-stopping-from 2"), ("cheaper1", " --early-stopping-against cheaper"))),
     "status": Section(
         "`odnas status` in a fresh process: the driver's trials.json against the experiment",
-        (f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",
+        (f"rm -rf {BENCH}/status", f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",
          f"{PY} benchmarks/status.py {BENCH}/status --repeats 5"),
         note="The default search, then its status read both ways in turn."),
     "saasbo": Section(
