@@ -97,10 +97,8 @@ SECTIONS: dict[str, Section] = {
         "Candidate generation time: odnas's optimizer settings against Ax's defaults",
         (f"{PY} benchmarks/generation.py --space mobile-cnn --trials 10 --repeats 2",), markdown=False),
     "early-stopping": early_stopping_section(
-        "Early stopping: training time saved and front quality, seeds 0-2, each seed with and without", "es"),
-    "early-stopping-long": early_stopping_section(
-        "Early stopping where trainings are longer: the default search with every trial at 4 epochs (the most it "
-        "allows), seeds 0-2", "es4", " --fixed epochs=4"),
+        "Early stopping: training time saved and front quality, seeds 0-4, each seed with and without", "es",
+        seeds=5),
     "early-stopping-rule": early_stopping_section(
         "Early stopping rules compared, every trial at 4 epochs, seeds 0-9: against all trials from epoch 1 and "
         "from epoch 2, and against cheaper trials only", "esr", " --fixed epochs=4", seeds=10,
