@@ -192,7 +192,10 @@ def write_trials(run_dir: str | Path, rows: list[TrialRow]) -> None:
     for r in rows:
         d = r.to_dict()
         if r.trial_dir:
-            d["trial_dir"] = stored_trial_dir(run_dir, r.trial_dir)
+            try:
+                d["trial_dir"] = stored_trial_dir(run_dir, r.trial_dir)
+            except ValueError:  # not under the run dir: kept as it is
+                pass
         out.append(d)
     write_json_atomic(Path(run_dir) / TRIALS_NAME, {"time": time.time(), "trials": out})
 
