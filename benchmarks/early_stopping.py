@@ -121,7 +121,7 @@ def main() -> None:
     groups = [args[i:i + k] for i in range(0, len(args), k)]
     time_r, hv_r, offs, ons, curves = ([[] for _ in range(k - 1)], [[] for _ in range(k - 1)], [],
                                        [[] for _ in range(k - 1)], [])
-    bases = []
+    bases, epoch_r = [], [[] for _ in range(k - 1)]
     for off, *variants in groups:
         base = summary(off)
         print(json.dumps({key: v for key, v in base.items() if key not in ("curves", "by_trial")}))
@@ -133,6 +133,7 @@ def main() -> None:
             print(json.dumps({key: val for key, val in es.items() if key not in ("curves", "by_trial")}))
             t, hv = es["job_s"] / base["job_s"], es["hypervolume"] / base["hypervolume"]
             time_r[v].append(t)
+            epoch_r[v].append(es["epochs"] / base["epochs"])
             hv_r[v].append(hv)
             ons[v].append(es["hypervolume"])
             print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
@@ -143,7 +144,8 @@ def main() -> None:
         which = f"rule {v + 1} of {k - 1} (runs {v + 2}, {v + 2 + k}, ... of the arguments): " if k > 2 else ""
         t, hv = time_r[v], hv_r[v]
         print(f"{which}over {len(t)} seeds: median job time ratio {np.median(t):.2f} "
-              f"({min(t):.2f}-{max(t):.2f}), median hypervolume ratio {np.median(hv):.2f} "
+              f"({min(t):.2f}-{max(t):.2f}), median epochs ratio {np.median(epoch_r[v]):.2f} "
+              f"({min(epoch_r[v]):.2f}-{max(epoch_r[v]):.2f}), median hypervolume ratio {np.median(hv):.2f} "
               f"({min(hv):.2f}-{max(hv):.2f}), seeds at 95% of the hypervolume or more {sum(x >= 0.95 for x in hv)}"
               f"/{len(hv)}; median hypervolume {np.median(ons[v]):.4g} against {np.median(offs):.4g} without "
               f"({np.median(ons[v]) / np.median(offs):.2f}x)")
