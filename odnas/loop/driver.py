@@ -498,9 +498,9 @@ class CheaperPeersRule(PercentileEarlyStoppingStrategy):
     """Ax's percentile rule, with a trial compared only with the trials that cost no
     more than it in every cost objective (``latency_ms`` under ``cpu-mobile``): the
     ones that could dominate it. Against every trial, a rule on val_acc alone stops the
-    cheap end of the front, whose accuracy is low by nature: in the default search's
-    runs with every trial at 4 epochs it would have stopped 55% of the front's trials
-    (``benchmarks/early_stopping.py``). ``min_curves`` counts the trial itself: 3 is
+    cheap end of the front, whose accuracy is low by nature: in ten runs of the default
+    search with every trial at 4 epochs it would have stopped 52% of the front's trials
+    (docs/benchmarks.md, "Early stopping rules compared"). ``min_curves`` counts the trial itself: 3 is
     the trial and two cheaper peers."""
 
     def _should_stop_trial_early(self, trial_index, experiment, wide_df, long_df, minimize):
