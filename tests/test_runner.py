@@ -2,6 +2,7 @@
 TorchX client faked (unit test)."""
 
 import json
+import time
 
 from odnas.loop.runner import TrialRunner
 from odnas.records import CostRecord, RunSettings
@@ -297,6 +298,9 @@ def test_a_fresh_job_launched_just_before_the_driver_died_is_found_by_its_comman
     (tdir / "launch.json").write_text(json.dumps({"app_handle": "local_cwd://odnas/gone", "params": PARAMS}))
     job = _starting_job(tdir)
     try:
+        deadline = time.monotonic() + 10
+        while local_jobs_writing(tdir) != [job.pid] and time.monotonic() < deadline:
+            time.sleep(0.05)  # forked, not yet exec'd: its command line is still pytest's
         assert local_jobs_writing(tdir) == [job.pid]
         assert local_jobs_writing(r.trial_dir(1)) == []
         meta = r.run_trial(0, PARAMS)
