@@ -420,7 +420,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     running = driver_running(a.run_dir)
     # The driver's trials.json when it is as new as the experiment: no Ax to load (seconds).
-    seen = read_trials(a.run_dir)
+    seen = read_trials(a.run_dir, running)
     if seen is None:
         from odnas.loop.store import load_run
 

@@ -176,13 +176,10 @@ def local_jobs_writing(trial_dir: str | Path) -> list[int]:
             continue
         try:
             cmdline = Path(f"/proc/{e}/cmdline").read_bytes()
-            if TRIAL_MODULE.encode() not in cmdline or needle not in cmdline:
-                continue
-            if Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                continue
-        except (OSError, IndexError):
+        except OSError:
             continue
-        pids.append(int(e))
+        if TRIAL_MODULE.encode() in cmdline and needle in cmdline and _proc_live(_proc_stat(int(e))):
+            pids.append(int(e))
     return pids
 
 
@@ -200,21 +197,23 @@ def write_trials(run_dir: str | Path, rows: list[TrialRow]) -> None:
     write_json_atomic(Path(run_dir) / TRIALS_NAME, {"time": time.time(), "trials": out})
 
 
-def read_trials(run_dir: str | Path) -> tuple[list[TrialRow], float] | None:
+def read_trials(run_dir: str | Path, running: bool | None = None) -> tuple[list[TrialRow], float] | None:
     """The trial table the driver wrote and when, if it is as new as the experiment:
     written after the experiment's database last changed, or by the driver that holds
-    the run now (at most a poll behind). None when only the experiment can say (a
-    driver was killed after its last save, a run from before this file, a damaged file)."""
+    the run now (at most a poll behind; ``running``: whether one does, if the caller
+    knows). None when only the experiment can say (a driver was killed after its last
+    save, a run from before this file, a damaged file)."""
     run_dir = Path(run_dir)
     path = run_dir / TRIALS_NAME
     try:
         written = path.stat().st_mtime
-        # The log counts once it holds a change (a reader opening the database makes it empty).
-        changed = max(st.st_mtime for f in (DB_NAME, DB_NAME + "-wal")
-                      if (run_dir / f).exists() and ((st := (run_dir / f).stat()).st_size or f == DB_NAME))
-    except (OSError, ValueError):
+        changed = (run_dir / DB_NAME).stat().st_mtime
+        wal = (run_dir / (DB_NAME + "-wal")).stat() if (run_dir / (DB_NAME + "-wal")).exists() else None
+    except OSError:
         return None
-    if written < changed and not driver_running(run_dir):
+    if wal is not None and wal.st_size:  # an empty log holds no change (a reader opening the database makes one)
+        changed = max(changed, wal.st_mtime)
+    if written < changed and not (driver_running(run_dir) if running is None else running):
         return None
     snap = read_json(path)
     try:
@@ -229,13 +228,24 @@ def worker_dir(run_dir: str | Path, slot: int) -> Path:
     return Path(run_dir) / WORKERS_DIR / str(int(slot))
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat``'s fields after the command name (``[0]`` the state, ``[19]``
+    the start time), or None if the process is gone."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _proc_live(fields: list[str] | None) -> bool:
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def proc_start(pid: int) -> int | None:
     """When a process started (clock ticks since boot, ``/proc/PID/stat`` field 22), or
     None if it is gone. With the pid it names one process for good: a reused pid differs."""
-    try:
-        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def local_job_alive(job: Mapping[str, Any] | None) -> bool:
@@ -249,10 +259,10 @@ def local_job_alive(job: Mapping[str, Any] | None) -> bool:
     try:
         pid = int(job["pid"])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    if fields[0] in ("Z", "X"):
+    fields = _proc_stat(pid)
+    if not _proc_live(fields):
         return False
     if job.get("proc_start") is not None and str(job["proc_start"]) != fields[19]:
         return False  # the pid was reused

@@ -115,8 +115,9 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     import alone takes a second that ``odnas status`` would spend); NaN if either
     side is constant."""
     def ranks(x: Sequence[float]) -> np.ndarray:
-        values, inverse = np.unique(np.asarray(x, dtype=float), return_inverse=True)
-        order = np.argsort(np.asarray(x, dtype=float), kind="stable")
+        x = np.asarray(x, dtype=float)
+        inverse = np.unique(x, return_inverse=True)[1]
+        order = np.argsort(x, kind="stable")
         r = np.empty(len(order))
         r[order] = np.arange(1, len(order) + 1)
         return (np.bincount(inverse, r) / np.bincount(inverse))[inverse]

@@ -500,8 +500,8 @@ class CheaperPeersRule(PercentileEarlyStoppingStrategy):
     ones that could dominate it. Against every trial, a rule on val_acc alone stops the
     cheap end of the front, whose accuracy is low by nature: in ten runs of the default
     search with every trial at 4 epochs it would have stopped 52% of the front's trials
-    (docs/benchmarks.md, "Early stopping rules compared"). ``min_curves`` counts the trial itself: 3 is
-    the trial and two cheaper peers."""
+    (docs/benchmarks.md, "Early stopping rules compared"). ``min_curves`` counts the
+    trial itself: 3 is the trial and two cheaper peers."""
 
     def _should_stop_trial_early(self, trial_index, experiment, wide_df, long_df, minimize):
         costs = [m for m in experiment.optimization_config.objective.metric_names if m != "val_acc"]

@@ -166,7 +166,8 @@ class WorkerPool:
         """A slot for the next trial: one whose worker is alive and idle; else one without a
         live worker, where a new one is launched; else the live worker with the shortest
         queue under ``depth`` (the trial waits in its inbox: behind a child the worker has
-        not reaped yet, or, ``depth`` > 1, behind trials generated while the slots train). Slots run from 0 to ``parallel - 1``; only when every one is full for
+        not reaped yet, or, ``depth`` > 1, behind trials generated while the slots train).
+        Slots run from 0 to ``parallel - 1``; only when every one is full for
         ``WAIT_IDLE_S`` (a stopped trial's child not reaped yet) is one added. An added
         worker serves while it is idle and the others are not, and is told to exit once
         one of the first ``parallel`` is idle again, so added workers never pile up."""
@@ -174,7 +175,8 @@ class WorkerPool:
         deadline = time.time() + WAIT_IDLE_S
         while True:
             slots = range(self.cfg.parallel)
-            added = [k for k in self.slots() if k >= self.cfg.parallel and self.alive(k) and not self._told_to_stop(k)]
+            added = [k for k in self.slots()
+                     if k >= self.cfg.parallel and self.alive(k) and not self._told_to_stop(k)]
             live = [k for k in slots if self.alive(k)]
             for k in live:
                 if not self.busy(k):
