@@ -104,6 +104,9 @@ SECTIONS: dict[str, Section] = {
         "from epoch 2, and against cheaper trials only", "esr", " --fixed epochs=4", seeds=10,
         rules=(("all1", " --early-stopping-against all"), ("all2", " --early-stopping-against all "
                "--early-stopping-from 2"), ("cheaper1", " --early-stopping-against cheaper"))),
+    "early-stopping-long": early_stopping_section(
+        "Early stopping on long trainings: every trial at 10 epochs, 24 trainings, seeds 0-4, each seed with and "
+        "without", "esl", " --space benchmarks/long_training.py:LongMobileCNN --fixed epochs=10 --trials 24", seeds=5),
     "status": Section(
         "`odnas status` in a fresh process: the driver's trials.json against the experiment",
         (f"rm -rf {BENCH}/status", f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",
