@@ -2,8 +2,9 @@
 
 Reads pairs of finished run dirs of the same search (the second of each with
 ``--early-stopping``) and prints, per run, the summed job time (start to last epoch
-record), the number of epochs trained and the feasible hypervolume (reference: the
-profile's thresholds and budgets on the objectives); per pair, the ratios; and over
+record, or to the stop for an early-stopped trial), the number of epochs trained and
+the feasible hypervolume (reference: the profile's thresholds and budgets on the
+objectives); per pair, the ratios and the job time per epoch; and over
 several pairs (seeds), the median ratios and how far the hypervolume moves between
 seeds without early stopping, which is the noise a ratio has to beat.
 
@@ -38,7 +39,11 @@ def summary(run_dir: str) -> dict:
         if job.exists() and prog.exists():
             recs = [json.loads(x) for x in prog.read_text().splitlines() if x.strip()]
             if recs:
-                job_s += recs[-1]["time"] - json.loads(job.read_text())["start"]
+                end = recs[-1]["time"]
+                stopped = run.experiment.trials[r["trial"]].time_completed
+                if r["state"] == "early_stopped" and stopped:  # it trained on until it was told to stop
+                    end = max(end, stopped.timestamp())
+                job_s += end - json.loads(job.read_text())["start"]
                 epochs += len(recs)
                 if r["state"] == "completed":
                     curves.append([x["val_acc"] for x in recs])
@@ -137,6 +142,7 @@ def main() -> None:
             hv_r[v].append(hv)
             ons[v].append(es["hypervolume"])
             print(f"job time with/without early stopping: {t:.2f}; epochs {es['epochs']}/{base['epochs']}; "
+                  f"job s per epoch {es['job_s'] / es['epochs']:.2f}/{base['job_s'] / base['epochs']:.2f}; "
                   f"hypervolume {hv:.2f}")
     for v in range(k - 1):
         if len(groups) < 2:

@@ -38,6 +38,10 @@ class Section:
     note: str = ""
 
 
+def _search(flags: str, run_dir: str, seed: int, es: str) -> str:
+    return f"{PY} -m odnas search --profile cpu-mobile{flags} --run-dir {run_dir} --seed {seed} --quiet{es}"
+
+
 def early_stopping_section(title: str, tag: str, flags: str = "", seeds: int = 3,
                            rules: tuple[tuple[str, str], ...] = (("on", " --early-stopping"),)) -> Section:
     """The default search, seeds ``0..seeds-1``, each without early stopping and with each
@@ -46,11 +50,25 @@ def early_stopping_section(title: str, tag: str, flags: str = "", seeds: int = 3
     runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}", es) for seed in range(seeds) for mode, es in modes]
     return Section(title, (
         f"rm -rf {BENCH}/{tag}-*",
-        *(f"{PY} -m odnas search --profile cpu-mobile{flags} --run-dir {d} --seed {seed} --quiet{es}"
-          for seed, d, es in runs),
+        *(_search(flags, d, seed, es) for seed, d, es in runs),
         f"{PY} benchmarks/early_stopping.py " + (f"--groups-of {len(modes)} " if len(modes) > 2 else "")
         + " ".join(d for _, d, _ in runs)), markdown=False)
 
+
+def early_stopping_again(title: str, tag: str, mode: str, flags: str = "", seeds: int = 3,
+                         es: str = " --early-stopping", before: tuple[str, ...] = ("off", "on"), note: str = "") -> Section:
+    """Like ``early_stopping_section``, but only the runs of ``mode``, against the runs
+    an earlier section left (``before``), for a change to what early stopping does."""
+    runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}") for seed in range(seeds)]
+    groups = [f"{BENCH}/{tag}-{seed}-{m}" for seed in range(seeds) for m in (*before, mode)]
+    return Section(title, (
+        f"rm -rf {BENCH}/{tag}-*-{mode}",
+        *(_search(flags, d, seed, es) for seed, d in runs),
+        f"{PY} benchmarks/early_stopping.py --groups-of {len(before) + 1} " + " ".join(groups)),
+        markdown=False, note=note)
+
+
+LONG = " --space benchmarks/long_training.py:LongMobileCNN --fixed epochs=10 --trials 24"
 
 SECTIONS: dict[str, Section] = {
     "overhead": Section(
@@ -106,7 +124,12 @@ SECTIONS: dict[str, Section] = {
                "--early-stopping-from 2"), ("cheaper1", " --early-stopping-against cheaper"))),
     "early-stopping-long": early_stopping_section(
         "Early stopping on long trainings: every trial at 10 epochs, 24 trainings, seeds 0-4, each seed with and "
-        "without", "esl", " --space benchmarks/long_training.py:LongMobileCNN --fixed epochs=10 --trials 24", seeds=5),
+        "without", "esl", LONG, seeds=5),
+    "early-stopping-long-fit": early_stopping_again(
+        "Early stopping on long trainings, with only completed trials' val_acc fitted", "esl", "fit",
+        LONG, seeds=5, note="Needs the `early-stopping-long` section's runs (`off`, and `on` from before the "
+                            "change): the same searches with early stopping, on the code that fits only completed "
+                            "trials' val_acc."),
     "status": Section(
         "`odnas status` in a fresh process: the driver's trials.json against the experiment",
         (f"rm -rf {BENCH}/status", f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",

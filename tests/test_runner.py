@@ -58,6 +58,17 @@ def test_never_adopts_another_candidates_job(tmp_path):
     assert len(list(r.trial_dir(0).parent.glob("0000.orphan-*"))) == 1
 
 
+def test_an_index_moved_aside_twice_in_one_second_keeps_both_leftovers(tmp_path, monkeypatch):
+    monkeypatch.setattr("odnas.loop.runner.time.time", lambda: 1_700_000_000.0)
+    r = _runner(tmp_path)
+    _leave_job(r, 0, dict(PARAMS, hidden_size_1=64))
+    r.run_trial(0, PARAMS)  # moves the first leftover aside, launches: a launch.json is left
+    r.run_trial(0, dict(PARAMS, hidden_size_1=128))  # another candidate, the same second
+    assert sorted(p.name for p in r.trial_dir(0).parent.glob("0000.orphan-*")) == [
+        "0000.orphan-1700000000", "0000.orphan-1700000000-2"]
+    assert len(r.torchx.launched) == 2
+
+
 def test_a_dead_unfinished_job_is_launched_again(tmp_path):
     r = _runner(tmp_path)
     _leave_job(r, 0, PARAMS, result=False)  # pid on another host: not a live local job

@@ -38,6 +38,42 @@ def test_a_space_without_float_parameters_gets_discrete_safe_optimizer_settings(
     assert discrete and all("options" not in kw and kw["num_restarts"] > 0 for kw in discrete)
 
 
+def test_the_model_fits_only_completed_trials_val_acc_curves():
+    """Under early stopping val_acc is a curve: a running trial's latest epoch, or an
+    early-stopped one's, is not what it would reach, so the model must not fit it."""
+    import pandas as pd
+    from ax.core.arm import Arm
+    from ax.core.data import Data
+    from ax.core.data_utils import extract_experiment_data
+    from ax.core.experiment import Experiment
+    from ax.core.parameter import ParameterType, RangeParameter
+    from ax.core.search_space import SearchSpace
+
+    from odnas.loop.config import generation_strategy
+    from odnas.loop.metrics import ValAccCurveMetric
+
+    exp = Experiment(name="curves", search_space=SearchSpace([RangeParameter("x", ParameterType.FLOAT, 0.0, 1.0)]),
+                     tracking_metrics=[ValAccCurveMetric()])
+    rows = []
+    for i, (epochs, finish) in enumerate([(4, "completed"), (1, None), (2, "stopped")]):
+        t = exp.new_trial().add_arm(Arm({"x": i / 4}, name=f"{i}_0"))
+        t.mark_running(no_runner_required=True)
+        rows += [{"trial_index": i, "arm_name": f"{i}_0", "metric_name": "val_acc", "metric_signature": "val_acc",
+                  "mean": 0.5 + 0.1 * e, "sem": 0.0, "step": float(e)} for e in range(1, epochs + 1)]
+        if finish == "completed":
+            t.mark_completed()
+        elif finish == "stopped":
+            t.mark_early_stopped()
+    exp.attach_data(Data(df=pd.DataFrame(rows)))
+    configs = [spec.generator_kwargs["data_loader_config"] for node in generation_strategy("bo", 0, 2, 5)._nodes
+               if node.name == "MBM" for spec in node.generator_specs]
+    assert configs
+    for config in configs:
+        fitted = extract_experiment_data(exp, config).observation_data
+        assert set(fitted.index.get_level_values("trial_index")) == {0}
+        assert fitted[("mean", "val_acc")].tolist() == [0.9]  # the completed trial's last epoch
+
+
 def test_search_flags_and_search_config_fields_match_one_to_one():
     """Every SearchConfig field is a `search` flag of the same name (dashes for
     underscores; a repeatable flag is the singular of its plural field), and every

@@ -232,6 +232,7 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
     ``sobol`` quasi-random; ``random`` uniform random. ``discrete``: no float parameter
     is searched, so Ax optimizes the acquisition by discrete (local) search, which
     refuses the gradient optimizer's ``options``."""
+    from ax.adapter.base import DataLoaderConfig
     from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
     from ax.api.utils.structs import GenerationStrategyDispatchStruct
 
@@ -265,7 +266,14 @@ def generation_strategy(method: str, seed: int, init_trials: int | None, trials:
                 # Only the metrics in the objective and bounds are modelled: the tracking
                 # ones (flops, model_bytes, latency_ms_p90) steer nothing, and each would
                 # add a GP to fit and to sample in every acquisition evaluation.
-                spec.generator_kwargs = {**spec.generator_kwargs, "fit_tracking_metrics": False}
+                # Under --early-stopping val_acc is a learning curve, and Ax fits each trial's
+                # latest epoch by default: a running trial's (the model also has it as a
+                # pending point) and an early-stopped one's, as if each were what the trial
+                # reaches. Those low values steered the search away from the models being
+                # tried, and from the cheap ones the rule stops (docs/benchmarks.md, "Early
+                # stopping on long trainings"). Only completed trials' val_acc is fitted.
+                spec.generator_kwargs = {**spec.generator_kwargs, "fit_tracking_metrics": False,
+                                         "data_loader_config": DataLoaderConfig(fit_only_completed_map_metrics=True)}
     return gs
 
 

@@ -229,7 +229,7 @@ class TrialRunner(IRunner):
                         os.killpg(pid, signal.SIGKILL)  # its own session (TorchX's local scheduler)
                     except ProcessLookupError:
                         os.kill(pid, signal.SIGKILL)
-            tdir.rename(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}"))
+            tdir.rename(_unused(tdir.with_name(f"{tdir.name}.orphan-{int(time.time())}")))
             tdir.mkdir(parents=True)
 
     def lost_job(self, trial_index: int, parameterization: Mapping[str, Any]) -> dict[str, Any]:
@@ -434,3 +434,11 @@ def failure_reason(trial_metadata: Mapping[str, Any], run_dir: str | Path | None
     return "job never started or was lost"
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... if it is taken (an index moved aside twice in one second)."""
+    n = 1
+    out = path
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.name}-{n}")
+    return out
