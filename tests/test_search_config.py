@@ -54,17 +54,16 @@ def test_the_model_fits_only_completed_trials_val_acc_curves():
 
     exp = Experiment(name="curves", search_space=SearchSpace([RangeParameter("x", ParameterType.FLOAT, 0.0, 1.0)]),
                      tracking_metrics=[ValAccCurveMetric()])
-    rows = []
     for i, (epochs, finish) in enumerate([(4, "completed"), (1, None), (2, "stopped")]):
         t = exp.new_trial().add_arm(Arm({"x": i / 4}, name=f"{i}_0"))
         t.mark_running(no_runner_required=True)
-        rows += [{"trial_index": i, "arm_name": f"{i}_0", "metric_name": "val_acc", "metric_signature": "val_acc",
-                  "mean": 0.5 + 0.1 * e, "sem": 0.0, "step": float(e)} for e in range(1, epochs + 1)]
+        exp.attach_data(Data(df=pd.DataFrame([
+            {"trial_index": i, "arm_name": f"{i}_0", "metric_name": "val_acc", "metric_signature": "val_acc",
+             "mean": 0.5 + 0.1 * e, "sem": 0.0, "step": float(e)} for e in range(1, epochs + 1)])))
         if finish == "completed":
             t.mark_completed()
         elif finish == "stopped":
             t.mark_early_stopped()
-    exp.attach_data(Data(df=pd.DataFrame(rows)))
     configs = [spec.generator_kwargs["data_loader_config"] for node in generation_strategy("bo", 0, 2, 5)._nodes
                if node.name == "MBM" for spec in node.generator_specs]
     assert configs
