@@ -56,7 +56,8 @@ def early_stopping_section(title: str, tag: str, flags: str = "", seeds: int = 3
 
 
 def early_stopping_again(title: str, tag: str, mode: str, flags: str = "", seeds: int = 3,
-                         es: str = " --early-stopping", before: tuple[str, ...] = ("off", "on"), note: str = "") -> Section:
+                         es: str = " --early-stopping", before: tuple[str, ...] = ("off", "on"),
+                         note: str = "") -> Section:
     """Like ``early_stopping_section``, but only the runs of ``mode``, against the runs
     an earlier section left (``before``), for a change to what early stopping does."""
     runs = [(seed, f"{BENCH}/{tag}-{seed}-{mode}") for seed in range(seeds)]

@@ -208,9 +208,12 @@ def read_trials(run_dir: str | Path, running: bool | None = None) -> tuple[list[
     try:
         written = path.stat().st_mtime
         changed = (run_dir / DB_NAME).stat().st_mtime
-        wal = (run_dir / (DB_NAME + "-wal")).stat() if (run_dir / (DB_NAME + "-wal")).exists() else None
     except OSError:
         return None
+    try:
+        wal = (run_dir / (DB_NAME + "-wal")).stat()
+    except FileNotFoundError:  # none, or removed by the driver's last checkpoint since
+        wal = None
     if wal is not None and wal.st_size:  # an empty log holds no change (a reader opening the database makes one)
         changed = max(changed, wal.st_mtime)
     if written < changed and not (driver_running(run_dir) if running is None else running):
