@@ -311,7 +311,7 @@ def _parse_env(items: Sequence[str] | None) -> dict[str, str]:
 def cmd_search(a: argparse.Namespace) -> int:
     from odnas.errors import SearchError
     from odnas.jobs.component import parse_kv
-    from odnas.loop.driver import SearchConfig
+    from odnas.loop.config import SearchConfig, make_settings
 
     try:
         scfg = parse_kv(a.scheduler_cfg)
@@ -330,10 +330,11 @@ def cmd_search(a: argparse.Namespace) -> int:
         mounts=tuple(a.mount or ()), workers=a.workers, lookahead=a.lookahead, data_seed=a.data_seed,
         threads=a.threads, poll_s=a.poll_s, device=a.device,
     )
+    settings = make_settings(cfg)  # every check on the input first, before the driver's imports (Ax: seconds)
     from odnas.loop.driver import create_run, run_loop
 
     log = sys.stderr if a.json else sys.stdout
-    run_dir = create_run(cfg)  # every check on the input first: a bad one is the only line printed
+    run_dir = create_run(cfg, settings=settings)  # a bad input is the only line printed
     if not a.quiet:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
               f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
@@ -414,24 +415,14 @@ def _note(row) -> str:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    from odnas.loop.store import load_run
     from odnas.records import trials_frame
-    from odnas.rundir import driver_running, read_trials
+    from odnas.rundir import driver_running
     from odnas.select import front, proxy_correlations
 
     running = driver_running(a.run_dir)
-    # The driver's trials.json when it is as new as the experiment: no Ax to load (seconds).
-    seen = read_trials(a.run_dir, running)
-    if seen is None:
-        from odnas.loop.store import load_run
-
-        run = load_run(a.run_dir)
-        settings, profile, rows = run.settings, run.profile, run.rows
-    else:
-        from odnas.profiles import profile_from_dict
-        from odnas.rundir import read_settings
-
-        settings = read_settings(a.run_dir)
-        profile, rows = profile_from_dict(settings.profile), seen[0]
+    run = load_run(a.run_dir)  # the driver's trials.json when it is as new as the experiment: no Ax (seconds)
+    settings, profile, rows = run.settings, run.profile, run.rows
     if a.format in ("csv", "json"):  # the trials as a table: odnas.api.load_run(RUN).table()
         df = trials_frame(rows)
         print(df.to_csv(index=False) if a.format == "csv" else df.to_json(orient="records", indent=1, double_precision=15), end="")
@@ -459,8 +450,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
     if counts.get("running") and not running:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
-    if running and seen is not None:
-        print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(seen[1]))}.")
+    if running and run.as_of is not None:
+        print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(run.as_of))}.")
     if proxies["flops"] is not None:
         print(f"Proxies against measured latency_ms under {profile.name} ({proxies['n']} candidates): "
               f"Spearman flops {proxies['flops']:.2f}, num_params {proxies['num_params']:.2f}")

@@ -197,3 +197,23 @@ def test_every_argument_of_every_command_has_help():
 
     walk(build_parser(), [])
     assert not missing, missing
+
+
+def test_a_bad_input_is_told_before_ax_is_imported(tmp_path):
+    """A broken search, or a path that is no run, is one line in under a second, not
+    after Ax's import (seconds): every check that needs no Ax comes first. Only the
+    objective's syntax, which Ax parses, waits for it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from odnas.cli import main; code = main(sys.argv[1:]); "
+             "print(code, sorted(m for m in ('ax', 'botorch') if m in sys.modules))")
+    cases = [["search", "--profile", "nope"], ["search", "--data", "mnist", "--data-dir", str(tmp_path / "none")],
+             ["search", "--scheduler", "nomad"], ["search", "--fix", "nope=1"], ["status", str(tmp_path)],
+             ["select", str(tmp_path)], ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")]]
+    for args in cases:
+        extra = ["--run-dir", str(tmp_path / "r")] if args[0] == "search" else []
+        proc = subprocess.run([sys.executable, "-c", probe, *args, *extra], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip() == "2 []", (args, proc.stdout, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+    assert not (tmp_path / "r").exists()

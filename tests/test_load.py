@@ -12,7 +12,7 @@ import pytest
 
 from odnas.loop.config import SearchConfig
 from odnas.loop.driver import create_run, run_loop
-from odnas.loop.store import load_run
+from odnas.loop.store import load_run, trial_table
 from odnas.spaces import get_space
 from odnas.testing import FakeLatencyBackend, InProcessJobs, synthetic_val_acc
 from tests.conftest import run_cli
@@ -39,8 +39,14 @@ def test_in_process_trials_are_stored_and_read_back(tmp_path):
     # The loop ran with the imported libraries frozen (loop.ahead.frozen_heap), and handed them back.
     assert min(frozen) > 100_000 and gc.get_freeze_count() == 0
 
-    rows = load_run(run_dir).rows  # read-only, from SQLite
+    run = load_run(run_dir)
+    rows = trial_table(run.experiment, run_dir)  # read-only, from SQLite
     assert [r.trial for r in rows] == list(range(8))
+    # load_run's rows are the driver's trials.json (no Ax to load): what SQLite holds
+    assert run.as_of is not None and [r.trial for r in run.rows] == list(range(8))
+    for seen, stored in zip(run.rows, rows):
+        assert seen.replace(metrics={}, sem={}) == stored.replace(metrics={}, sem={})
+        assert seen.metrics == pytest.approx(stored.metrics, rel=1e-8)  # Ax stores 10 decimals
     space = get_space("mlp")
     for r in rows:
         assert r.state == "completed", r

@@ -70,7 +70,7 @@ def test_status_reads_the_drivers_trial_table_without_ax_while_it_is_as_new_as_t
     a driver holds the run, its table (at most a poll old) is read."""
     import shutil
 
-    from odnas.loop.store import load_run
+    from odnas.loop.store import load_run, trial_table
     from odnas.rundir import driver_lock, read_trials
 
     d = tmp_path / "copy"
@@ -81,8 +81,12 @@ def test_status_reads_the_drivers_trial_table_without_ax_while_it_is_as_new_as_t
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []  # neither Ax nor torch was imported
+    select = probe.replace("'status', sys.argv[1], '--json'", "'select', sys.argv[1], '--no-confirm', '--json'")
+    pick = subprocess.run([sys.executable, "-c", select, str(d)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert pick.returncode == 0 and json.loads(pick.stderr.strip().splitlines()[-1]) == [], pick.stderr  # nor here
+    assert [r["trial"] for r in json.loads(pick.stdout)["front"]] == json.loads(proc.stdout)["front"]
     seen = {r["trial"]: r for r in json.loads(proc.stdout)["trials"]}
-    stored = load_run(d).rows
+    stored = trial_table(load_run(d).experiment, d)  # the rows the experiment holds
     assert sorted(seen) == [r.trial for r in stored]
     for r in stored:
         s = seen[r.trial]

@@ -161,9 +161,9 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: must be an epoch, 1 or more")
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
         raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
-    check_with_ax(profile)
     check_runtime(profile, cfg, schedulers)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
+    check_with_ax(profile)  # last: the only check that imports Ax (seconds)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
     from importlib.metadata import version
 

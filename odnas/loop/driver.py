@@ -50,9 +50,11 @@ from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy  # noqa
 Schedulers = Mapping[str, Callable[..., Any]]
 
 
-def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None) -> Path:
-    """Make the run dir and its stored, configured Ax experiment (no trials yet)."""
-    settings = make_settings(cfg, schedulers)  # validate before the slow imports
+def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings: RunSettings | None = None) -> Path:
+    """Make the run dir and its stored, configured Ax experiment (no trials yet).
+    ``settings``: ``make_settings(cfg, schedulers)``, if the caller has checked the input
+    already (the CLI does, before it imports this module and Ax)."""
+    settings = settings or make_settings(cfg, schedulers)
     import_ax()
     from ax.api.client import Client
 

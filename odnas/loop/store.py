@@ -2,7 +2,10 @@
 driver), and turning it into ``TrialRow`` records.
 
 This is the one read-only loader: ``status``, ``select``, ``rescore``, ``export`` and
-``report`` read runs through ``load_run`` and never import the driver.
+``report`` read runs through ``load_run`` and never import the driver. Importing it
+does not import Ax (seconds): ``load_run`` reads the driver's ``trials.json`` when it is
+as new as the experiment, and loads the experiment only when asked for it or when only
+the experiment can say.
 """
 
 from __future__ import annotations
@@ -11,17 +14,15 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from odnas.errors import RunDirError
 from odnas.loop.adapter import experiment_of, import_ax, trial_property
-from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
-from odnas.loop.runner import TrialRunner
 from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import RunSettings, TrialRow, trials_frame
-from odnas.rundir import DB_NAME, LOG_NAME, read_settings, resolve_trial_dir
+from odnas.rundir import DB_NAME, LOG_NAME, read_settings, read_trials, resolve_trial_dir
 
 EXPERIMENT_NAME = "odnas"
 
@@ -31,6 +32,9 @@ def registry_bundle():
     from ax.storage.metric_registry import CORE_METRIC_REGISTRY
     from ax.storage.registry_bundle import RegistryBundle
     from ax.storage.runner_registry import CORE_RUNNER_REGISTRY
+
+    from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
+    from odnas.loop.runner import TrialRunner
 
     return RegistryBundle(
         metric_clss={**CORE_METRIC_REGISTRY, ValAccMetric: None, ValAccCurveMetric: None, CostMetric: None},
@@ -92,13 +96,21 @@ def load_client(run_dir: str | Path, readonly: bool = False):
 @dataclass
 class Run:
     """A run as read from its run dir: settings, effective profile, one row per trial,
-    and the stored Ax experiment (read-only: changing it changes nothing on disk)."""
+    and the stored Ax experiment (read-only: changing it changes nothing on disk). The
+    experiment is loaded when first asked for, if the rows did not need it."""
 
     run_dir: Path
     settings: RunSettings
     profile: HardwareProfile
     rows: list[TrialRow]
-    experiment: Any
+    _stored: Any = field(default=None, repr=False)
+    as_of: float | None = None  # when the driver wrote the rows, if they are its trials.json
+
+    @property
+    def experiment(self):
+        if self._stored is None:
+            self._stored = experiment_of(load_client(self.run_dir, readonly=True)[0])
+        return self._stored
 
     def table(self):
         """A pandas DataFrame, one row per trial (``TrialRow.flat``): what
@@ -107,12 +119,19 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run without writing to it (safe while its driver runs)."""
+    """Read a run without writing to it (safe while its driver runs). Its rows are the
+    driver's ``trials.json`` when that is as new as the experiment (at most a poll behind
+    while a driver runs): no Ax to import and no experiment to load, seconds each.
+    Otherwise (a driver killed after its last save, a run from before that file) they
+    are the stored experiment's ``trial_table``."""
     run_dir = Path(run_dir)
     settings = read_settings(run_dir)
-    client, _ = load_client(run_dir, readonly=True)
-    exp = experiment_of(client)
-    return Run(run_dir, settings, profile_from_dict(settings.profile), trial_table(exp, run_dir), exp)
+    profile = profile_from_dict(settings.profile)
+    seen = read_trials(run_dir)
+    if seen is not None:
+        return Run(run_dir, settings, profile, seen[0], as_of=seen[1])
+    exp = experiment_of(load_client(run_dir, readonly=True)[0])
+    return Run(run_dir, settings, profile, trial_table(exp, run_dir), exp)
 
 
 @contextmanager
