@@ -366,6 +366,9 @@ def _maybe_report(a: argparse.Namespace, run_dir) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from odnas.rundir import read_settings
+
+    read_settings(a.run_dir)  # a run dir, or one line saying it is not, before Ax's import (seconds)
     from odnas.report import write_report
 
     with _Steps(a.quiet) as steps:
@@ -378,6 +381,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
+    from odnas.rundir import read_settings
+
+    read_settings(a.run_dir)  # a run dir, or one line saying it is not, before the driver's imports
     from odnas.loop.driver import resume
 
     run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,

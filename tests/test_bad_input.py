@@ -210,7 +210,8 @@ def test_a_bad_input_is_told_before_ax_is_imported(tmp_path):
              "print(code, sorted(m for m in ('ax', 'botorch') if m in sys.modules))")
     cases = [["search", "--profile", "nope"], ["search", "--data", "mnist", "--data-dir", str(tmp_path / "none")],
              ["search", "--scheduler", "nomad"], ["search", "--fix", "nope=1"], ["status", str(tmp_path)],
-             ["select", str(tmp_path)], ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")]]
+             ["select", str(tmp_path)], ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")],
+             ["resume", str(tmp_path)], ["report", str(tmp_path)]]
     for args in cases:
         extra = ["--run-dir", str(tmp_path / "r")] if args[0] == "search" else []
         proc = subprocess.run([sys.executable, "-c", probe, *args, *extra], capture_output=True, text=True, timeout=120)
