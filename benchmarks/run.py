@@ -136,6 +136,13 @@ SECTIONS: dict[str, Section] = {
         (f"rm -rf {BENCH}/status", f"{PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/status --quiet",
          f"{PY} benchmarks/status.py {BENCH}/status --repeats 5"),
         note="The default search, then its status read both ways in turn."),
+    "cli": Section(
+        "Reading commands and a bad input in a fresh process: trials.json against the experiment, and against the "
+        "code before",
+        (f"test -f {BENCH}/cli/trials.json || {PY} -m odnas search --profile cpu-mobile --run-dir {BENCH}/cli --quiet",
+         "git worktree add -f /tmp/odnas-bbe09d3 bbe09d3 >/dev/null 2>&1 || true",
+         f"{PY} benchmarks/cli_latency.py {BENCH}/cli --repeats 5 --against /tmp/odnas-bbe09d3"),
+        note="bbe09d3 is the commit before `search` checked its input ahead of the driver's imports."),
     "saasbo": Section(
         "SAASBO on the 20-parameter space: generation time per iteration",
         (f"{PY} benchmarks/saasbo.py --train",),
