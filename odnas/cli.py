@@ -427,7 +427,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     from odnas.select import front, proxy_correlations
 
     running = driver_running(a.run_dir)
-    run = load_run(a.run_dir)  # the driver's trials.json when it is as new as the experiment: no Ax (seconds)
+    run = load_run(a.run_dir, running)  # the driver's trials.json when as new as the experiment: no Ax
     settings, profile, rows = run.settings, run.profile, run.rows
     if a.format in ("csv", "json"):  # the trials as a table: odnas.api.load_run(RUN).table()
         df = trials_frame(rows)

@@ -118,16 +118,17 @@ class Run:
         return trials_frame(self.rows)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, running: bool | None = None) -> Run:
     """Read a run without writing to it (safe while its driver runs). Its rows are the
     driver's ``trials.json`` when that is as new as the experiment (at most a poll behind
     while a driver runs): no Ax to import and no experiment to load, seconds each.
     Otherwise (a driver killed after its last save, a run from before that file) they
-    are the stored experiment's ``trial_table``."""
+    are the stored experiment's ``trial_table``. ``running``: whether a driver holds the
+    run, if the caller has just asked (one answer for both, as ``odnas status`` prints it)."""
     run_dir = Path(run_dir)
     settings = read_settings(run_dir)
     profile = profile_from_dict(settings.profile)
-    seen = read_trials(run_dir)
+    seen = read_trials(run_dir, running)
     if seen is not None:
         return Run(run_dir, settings, profile, seen[0], as_of=seen[1])
     exp = experiment_of(load_client(run_dir, readonly=True)[0])
