@@ -47,7 +47,7 @@ def main() -> None:
         max_candidates=a.trials,
         objective="val_acc, -num_params",
         # The tutorial's thresholds. In odnas ``num_params <= 80000`` is also a hard budget
-        # (such MLPs are never trained); cpu-mobile's 0.10 ms latency budget does not bind
+        # (such MLPs are never trained); cpu-mobile's 0.06 ms latency budget does not bind
         # for these MLPs (they run in about 0.02 ms).
         constraints=("val_acc >= 0.94", "num_params <= 80000"),
     )

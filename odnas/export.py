@@ -293,8 +293,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     The run's own (effective) profile decides the deployed precision and budgets;
     ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
     """
-    import torch
-
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
     if trial is None:
@@ -315,6 +313,8 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     ckpt_path = Path(row.trial_dir or "") / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         raise RunDirError(f"trial {row.trial} has no checkpoint at {ckpt_path}")
+    import torch  # after the checks: a trial that cannot be exported is told in a fraction of a second
+
     (progress or silent)(f"loading trial {row.trial}'s weights and its data")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     space = get_space(settings.space)

@@ -199,19 +199,28 @@ def test_every_argument_of_every_command_has_help():
     assert not missing, missing
 
 
-def test_a_bad_input_is_told_before_ax_is_imported(tmp_path):
+def test_a_bad_input_is_told_before_ax_is_imported(empty_run, tmp_path):
     """A broken search, or a path that is no run, is one line in under a second, not
-    after Ax's import (seconds): every check that needs no Ax comes first. Only the
-    objective's syntax, which Ax parses, waits for it."""
+    after Ax's or torch's import (seconds): every check that needs neither comes first.
+    Only the objective's syntax, which Ax parses, waits for Ax."""
+    import shutil
     import subprocess
     import sys
 
+    from odnas.rundir import write_trials
+
+    tabled = tmp_path / "tabled"  # a run whose driver wrote its (empty) trial table: read without Ax
+    shutil.copytree(empty_run, tabled)
+    write_trials(tabled, [])
+
     probe = ("import sys; from odnas.cli import main; code = main(sys.argv[1:]); "
-             "print(code, sorted(m for m in ('ax', 'botorch') if m in sys.modules))")
+             "print(code, sorted(m for m in ('ax', 'botorch', 'torch') if m in sys.modules))")
     cases = [["search", "--profile", "nope"], ["search", "--data", "mnist", "--data-dir", str(tmp_path / "none")],
              ["search", "--scheduler", "nomad"], ["search", "--fix", "nope=1"], ["status", str(tmp_path)],
              ["select", str(tmp_path)], ["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")],
              ["resume", str(tmp_path)], ["report", str(tmp_path)]]
+    out = ["-o", str(tmp_path / "m.onnx")]
+    cases += [["export", str(tabled), "--trial", "7", *out], ["export", str(tabled), *out]]
     for args in cases:
         extra = ["--run-dir", str(tmp_path / "r")] if args[0] == "search" else []
         proc = subprocess.run([sys.executable, "-c", probe, *args, *extra], capture_output=True, text=True, timeout=120)

@@ -30,6 +30,10 @@ def test_search_prints_front_and_writes_run_dir(run):
     assert "Feasible Pareto front" in proc.stdout and str(d) in proc.stdout
     assert "Traceback" not in proc.stderr and "[INFO" not in proc.stdout + proc.stderr
     assert (d / "experiment.sqlite").is_file() and (d / "odnas.log").stat().st_size > 0
+    # Ax's lines reach the log once each (the Orchestrator's own file handler doubled them).
+    log = (d / "odnas.log").read_text().splitlines()
+    deployed = [x for x in log if "Running trials" in x]
+    assert deployed and all(x.startswith("20") for x in deployed), deployed[:4]
     trained = [t for t in (d / "trials").iterdir() if (t / "result.json").exists()]
     assert trained, "no trial trained"
     for t in trained:

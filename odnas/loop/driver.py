@@ -152,7 +152,9 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             init_seconds_between_polls=max(1, int(settings.poll_s)),
             min_seconds_before_poll=0.2,
             seconds_between_polls_backoff_factor=1.0,
-            log_filepath=str(run_dir / LOG_NAME),
+            # With quiet logs Ax's loggers already write to the run's log (loop.store.quiet_logs);
+            # the Orchestrator's own file handler would write each of its lines there twice.
+            log_filepath=None if quiet else str(run_dir / LOG_NAME),
             wait_for_running_trials=True,
             early_stopping_strategy=(early_stopping_strategy(settings.early_stopping_from,
                                                              settings.early_stopping_against)
