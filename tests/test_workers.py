@@ -156,6 +156,14 @@ def test_a_worker_sigkilled_mid_trial_fails_its_trial_and_a_new_worker_takes_the
         assert meta1["worker"] == 0 and _worker(r)["token"] != first["token"] and r.pool.starts == 2
     finally:
         r.close()
+    # What a warm worker's child trains is what a fresh process (--workers fresh) trains:
+    # the same trial, to the last digit, so the two modes search the same models.
+    fresh = tmp_path / "fresh-0001"
+    subprocess.run([sys.executable, "-m", "odnas.jobs.trial", "--out", str(fresh), "--space", "mlp",
+                    "--params", json.dumps(PARAMS), "--data", "digits", "--seed", "1", "--threads", "1"],
+                   check=True, capture_output=True, timeout=240)
+    warm, cold = (json.loads((d / "result.json").read_text()) for d in (r.trial_dir(1), fresh))
+    assert (warm["val_acc"], warm["val_loss"]) == (cold["val_acc"], cold["val_loss"]), (warm, cold)
 
 
 def test_a_hung_trial_is_stopped_by_its_timeout_and_the_worker_serves_on(tmp_path):
