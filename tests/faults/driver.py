@@ -34,16 +34,19 @@ def maybe_die() -> None:
 
 def install() -> None:
     if moment == "generation":
-        from ax.generation_strategy.generation_strategy import GenerationStrategy
+        # The driver makes each candidate in a forked child (odnas.loop.ahead), so a hook on
+        # Ax's GenerationStrategy.gen would count, and die, in that child: the driver's side
+        # of it is Ahead._gen, which returns the child's candidate (or makes it here).
+        from odnas.loop.ahead import Ahead
 
-        real = GenerationStrategy.gen
+        real = Ahead._gen
 
-        def gen(self, *a, **k):
-            out = real(self, *a, **k)
+        def gen(self, **k):
+            out = real(self, **k)
             maybe_die()
             return out
 
-        GenerationStrategy.gen = gen
+        Ahead._gen = gen
     elif moment == "deploy":
         from odnas.loop.runner import TrialRunner
 
