@@ -1,7 +1,7 @@
 """How long the reading commands and a bad input take in a fresh process, as a user
-runs them: ``odnas select --no-confirm``, ``odnas status`` and ``odnas export``'s
-refusal of an over-budget trial on a finished run, reading the driver's ``trials.json``
-against loading the stored experiment with Ax; and ``odnas search`` with a profile that
+runs them: ``odnas select --no-confirm`` and ``odnas status`` on a finished run, reading
+the driver's ``trials.json`` against loading the stored experiment with Ax (status alone,
+both ways, is ``benchmarks/status.py``); and ``odnas search`` with a profile that
 does not exist, against another checkout of odnas (``--against``, e.g. a git worktree
 of an older commit).
 

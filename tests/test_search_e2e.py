@@ -33,7 +33,7 @@ def test_search_prints_front_and_writes_run_dir(run):
     # Ax's lines reach the log once each (the Orchestrator's own file handler doubled them).
     log = (d / "odnas.log").read_text().splitlines()
     deployed = [x for x in log if "Running trials" in x]
-    assert deployed and all(x.startswith("20") for x in deployed), deployed[:4]
+    assert deployed and not any(x.startswith("[INFO") for x in deployed), deployed[:4]  # Ax's own file format
     trained = [t for t in (d / "trials").iterdir() if (t / "result.json").exists()]
     assert trained, "no trial trained"
     for t in trained:

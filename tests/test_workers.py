@@ -158,9 +158,11 @@ def test_a_worker_sigkilled_mid_trial_fails_its_trial_and_a_new_worker_takes_the
         r.close()
     # What a warm worker's child trains is what a fresh process (--workers fresh) trains:
     # the same trial, to the last digit, so the two modes search the same models.
-    fresh = tmp_path / "fresh-0001"
-    subprocess.run([sys.executable, "-m", "odnas.jobs.trial", "--out", str(fresh), "--space", "mlp",
-                    "--params", json.dumps(PARAMS), "--data", "digits", "--seed", "1", "--threads", "1"],
+    from odnas.jobs.component import trial_args
+    from odnas.rundir import TRIAL_MODULE
+
+    fresh = tmp_path / "fresh-0001"  # trial 1 as a fresh job runs it: the run's seed (0) + the trial's index
+    subprocess.run([sys.executable, "-m", TRIAL_MODULE, *trial_args(str(fresh), "mlp", PARAMS, seed=1)],
                    check=True, capture_output=True, timeout=240)
     warm, cold = (json.loads((d / "result.json").read_text()) for d in (r.trial_dir(1), fresh))
     assert (warm["val_acc"], warm["val_loss"]) == (cold["val_acc"], cold["val_loss"]), (warm, cold)
