@@ -331,6 +331,9 @@ def cmd_search(a: argparse.Namespace) -> int:
         threads=a.threads, poll_s=a.poll_s, device=a.device,
     )
     settings = make_settings(cfg)  # every check on the input first, before the driver's imports (Ax: seconds)
+    from odnas.cost.lane import check_budgets
+
+    check_budgets(settings)  # budgets even the smallest candidate breaks: seconds, not the candidate cap
     from odnas.loop.driver import create_run, run_loop
 
     log = sys.stderr if a.json else sys.stdout

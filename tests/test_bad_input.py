@@ -103,6 +103,46 @@ def test_broken_search_flags(case, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
+@pytest.mark.parametrize("bound, told", [("num_params <= 100", "budget num_params <= 100 cannot be met"),
+                                          ("latency_ms <= 1e-6", "budget latency_ms <= 1e-06 cannot be met")])
+def test_a_budget_even_the_smallest_candidate_breaks_is_refused_before_the_search(bound, told, tmp_path, capsys):
+    """Not after the candidate cap: the smallest architecture is counted (and timed, for
+    a latency budget) first, and its figure is in the one line."""
+    path = profile(tmp_path, GOOD)
+    _fails(capsys, ["search", "--profile", path, "--space", "mlp", "--constraint", bound,
+                    "--run-dir", str(tmp_path / "run")], 2, why=told)
+    assert not (tmp_path / "run").exists()
+
+
+def test_budgets_are_refused_only_when_the_smallest_is_clearly_over(tmp_path):
+    """Counts are held to a budget exactly; a timing only when it is over by more than
+    the timing margin, so session-to-session variation never refuses a search that
+    could run."""
+    from odnas.cost.lane import TIMING_MARGIN, check_budgets
+    from odnas.errors import SearchError
+    from odnas.loop.config import SearchConfig, make_settings
+    from odnas.testing import FakeLatencyBackend
+
+    backend = FakeLatencyBackend()
+    settings = lambda *bounds: make_settings(SearchConfig(profile=profile(tmp_path, GOOD), space="mlp",  # noqa: E731
+                                                          constraints=bounds))
+    check_budgets(settings())  # GOOD's 1 ms: met
+    with pytest.raises(SearchError, match="it with --constraint"):
+        check_budgets(settings("latency_ms <= 1e-4"), backend)
+    measured = backend.calls
+    with pytest.raises(SearchError) as e:
+        check_budgets(settings("latency_ms <= 1e-4"), backend)
+    ms = float(e.value.args[0].split("has latency_ms ")[1].split()[0])
+    check_budgets(settings(f"latency_ms <= {ms / (1 + TIMING_MARGIN / 2)}"), backend)  # over, within the margin
+    with pytest.raises(SearchError, match="mlp_16x16"):
+        check_budgets(settings(f"latency_ms <= {ms / (1 + 2 * TIMING_MARGIN)}"), backend)
+    n = 16 * 16 + 16 + 64 * 16 + 16 + 16 * 10 + 10  # mlp_16x16 on 8x8 digits
+    check_budgets(settings(f"num_params <= {n}"), backend)
+    with pytest.raises(SearchError, match=f"has num_params {n}"):
+        check_budgets(settings(f"num_params <= {n - 1}"), backend)
+    assert backend.calls > measured
+
+
 @pytest.fixture(scope="module")
 def empty_run(tmp_path_factory):
     """A run dir made by create_run whose search never ran a trial."""

@@ -37,6 +37,20 @@ def test_space_profile_contract(space_name, profile_name, short_profile):
 
 
 @pytest.mark.parametrize("space_name", list_spaces())
+def test_a_shipped_spaces_smallest_member_counts_no_more_than_any_other(space_name):
+    """``smallest()`` is what a search measures to refuse budgets no candidate can meet:
+    no member drawn at random may count fewer parameters or FLOPs than it."""
+    space = get_space(space_name)
+    small = space.smallest()
+    assert small is not None and space.arch_id(small) == space.arch_id(space.lowest())
+    floor = count(space.build(small, (1, 8, 8), 10), (1, 8, 8))
+    rng = random.Random(3)
+    for _ in range(30):
+        c = count(space.build(space.sample(rng), (1, 8, 8), 10), (1, 8, 8))
+        assert c.num_params >= floor.num_params and c.flops >= floor.flops
+
+
+@pytest.mark.parametrize("space_name", list_spaces())
 def test_every_shipped_space_passes_check_space(space_name):
     from odnas.testing import check_space
 

@@ -19,15 +19,22 @@ import numpy as np
 
 from odnas.cost.calibrate import apply_to_record, run_calibration
 from odnas.cost.count import count
-from odnas.cost.device import DeviceLatencyBackend, backend_for
+from odnas.cost.device import DeviceError, DeviceLatencyBackend, backend_for
 from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.cost.quiet import measurement_window
+from odnas.errors import SearchError
 from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import COSTS_DIR, SETTINGS_NAME, local_jobs, read_json, write_json_atomic
 from odnas.spaces import get_space
 
+
+#: Budgets on metrics the lane times: a budget is refused up front only when the smallest
+#: member is over it by more than this share and three standard errors (timings vary a
+#: little from session to session; counts do not, and are held to the budget exactly).
+TIMED_METRICS = ("latency_ms", "latency_ms_p90")
+TIMING_MARGIN = 0.10
 
 #: Calibration inputs the lane quantizes with: few, because only the graph matters for latency.
 LANE_CALIB_SAMPLES = 32
@@ -193,3 +200,53 @@ class CostLane:
 
     def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
         return self.profile.over_budget(metrics)
+
+
+def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None) -> None:
+    """Refuse, before a search starts, budgets that even the space's smallest member breaks.
+
+    Every candidate of such a search is measured over budget, untrained, until the
+    candidate cap ends it (minutes, one line, exit 3); this says so in seconds, with the
+    smallest member's figure, as a ``SearchError`` (exit 2). The smallest member
+    (``Space.smallest``, with ``--fixed`` values applied) is counted, and exported and
+    timed under the profile when a budget is on latency or file size. Nothing is checked
+    for a space that names no smallest member, for a profile without budgets, or for
+    timed budgets under a host-to-device calibration; a device agent that cannot be
+    reached is left to the search to report."""
+    profile = profile_from_dict(settings.profile, source=SETTINGS_NAME)
+    space = get_space(settings.space)
+    smallest = space.smallest() if profile.budgets else None
+    if smallest is None:
+        return
+    params = {**smallest, **settings.fixed}
+    measured = {*TIMED_METRICS, "model_bytes"} & set(profile.budgets)
+    if measured and profile.calibration is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            lane = CostLane(space, settings.input_shape, settings.num_classes, profile, tmp, backend=backend)
+            try:
+                rec = lane.costs(params)
+            except DeviceError:
+                return
+        metrics, sem = rec.metrics, rec.sem
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        counts = count(space.build(params, settings.input_shape, settings.num_classes), settings.input_shape)
+        metrics, sem = {"num_params": counts.num_params, "flops": counts.flops}, {}
+
+    def clearly_over(m: str) -> bool:
+        v, limit = float(metrics[m]), profile.budgets[m]
+        if m not in TIMED_METRICS:
+            return True
+        return v > limit * (1 + TIMING_MARGIN) and v - 3 * float(sem.get(m, 0.0)) > limit
+
+    broken = [m for m in profile.over_budget(metrics) if clearly_over(m)]
+    if broken:
+        timed = set(broken) & set(TIMED_METRICS)
+        where = f" on {'the device' if profile.device is not None else 'this host'}" if timed else ""
+        limits = ", ".join(f"{m} <= {profile.budgets[m]:g}" for m in broken)
+        has = ", ".join(f"{m} {float(metrics[m]):.4g}" for m in broken)
+        raise SearchError(f"budget{'s' * (len(broken) > 1)} {limits} cannot be met: the smallest architecture of "
+                          f"space {space.name} ({space.arch_id(params)}) has {has}{where}; loosen "
+                          f"{'them' if len(broken) > 1 else 'it'} with --constraint or in the profile")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError
-from odnas.cost.lane import CostLane
+from odnas.cost.lane import CostLane, check_budgets
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
@@ -87,7 +87,9 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
 def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = None,
            cost_backend=None, quiet: bool = True, schedulers: Schedulers | None = None) -> Path:
     """Run a search from scratch; returns its run dir."""
-    run_dir = create_run(cfg, schedulers)
+    settings = make_settings(cfg, schedulers)
+    check_budgets(settings, cost_backend)  # budgets no candidate can meet: refused before the run dir is made
+    run_dir = create_run(cfg, schedulers, settings)
     run_loop(run_dir, progress, cost_backend, quiet, schedulers=schedulers)
     return run_dir
 

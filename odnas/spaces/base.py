@@ -84,13 +84,32 @@ class Space:
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A random member, honouring dependent parameters."""
+        return self._member(lambda s: s.sample(rng))
+
+    def lowest(self) -> dict[str, Any]:
+        """The member with every parameter at its low end: a range's ``lo``, a choice's
+        first value (dependent parameters honoured)."""
+        return self._member(lambda s: s.values[0] if isinstance(s, Choice)
+                            else int(s.lo) if s.kind == "int" else s.lo)
+
+    def smallest(self) -> dict[str, Any] | None:
+        """The space's cheapest member, or None (the default) when the space cannot name one.
+
+        A search measures it before it starts, so budgets that even it breaks are refused
+        in seconds rather than after the candidate cap (``odnas.cost.lane.check_budgets``).
+        The shipped spaces return ``lowest()``: every one of their parameters grows the
+        model, or leaves it as it is, as its value grows. A space where that is not so
+        returns its own cheapest member, or None to skip the check."""
+        return None
+
+    def _member(self, pick) -> dict[str, Any]:
         by_name = {s.name: s for s in self.specs}
         hidden: set[str] = set()
         out: dict[str, Any] = {}
         for s in self.specs:
             if s.name in hidden:
                 continue
-            out[s.name] = s.sample(rng)
+            out[s.name] = pick(s)
             if isinstance(s, Choice) and s.dependents:
                 active = set(s.dependents.get(out[s.name], ()))
                 for names in s.dependents.values():

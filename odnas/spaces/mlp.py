@@ -32,6 +32,9 @@ class MLPSpace(Space):
             nn.Linear(h2, num_classes),
         )
 
+    def smallest(self) -> dict:
+        return self.lowest()  # every parameter grows the model with its value
+
     def arch_id(self, params: Params) -> str:
         # Dropout is absent from the exported graph, so it is not part of the architecture.
         return f"mlp_{int(params['hidden_size_1'])}x{int(params['hidden_size_2'])}"

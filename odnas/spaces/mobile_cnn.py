@@ -50,6 +50,9 @@ class MobileCNNSpace(Space):
     description = "MobileNet-style CNN: per-stage depth/width; kernel, expansion, SE, activation; training"
     specs = _specs(per_stage_blocks=False)
 
+    def smallest(self) -> dict:
+        return self.lowest()  # every parameter grows the model with its value
+
     def stages(self, params: Params) -> list[dict]:
         out = []
         for i in range(1, STAGES + 1):
