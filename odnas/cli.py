@@ -333,15 +333,16 @@ def cmd_search(a: argparse.Namespace) -> int:
     settings = make_settings(cfg)  # every check on the input first, before the driver's imports (Ax: seconds)
     from odnas.cost.lane import check_budgets
 
-    check_budgets(settings)  # budgets even the smallest candidate breaks: seconds, not the candidate cap
-    from odnas.loop.driver import create_run, run_loop
-
     log = sys.stderr if a.json else sys.stdout
-    run_dir = create_run(cfg, settings=settings)  # a bad input is the only line printed
-    if not a.quiet:
+    if not a.quiet:  # before the budget check, which times a model (and the host's reference, once: ~30 s)
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
               f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
               flush=True, file=log)
+    check_budgets(settings)  # budgets even the smallest candidate breaks: seconds, not the candidate cap
+    from odnas.loop.driver import create_run, run_loop
+
+    run_dir = create_run(cfg, settings=settings)  # a bad input is the only line printed
+    if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
     _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
     _finish(a, run_dir)

@@ -246,7 +246,7 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None) 
         timed = set(broken) & set(TIMED_METRICS)
         where = f" on {'the device' if profile.device is not None else 'this host'}" if timed else ""
         limits = ", ".join(f"{m} <= {profile.budgets[m]:g}" for m in broken)
-        has = ", ".join(f"{m} {float(metrics[m]):.4g}" for m in broken)
+        has = ", ".join(f"{m} {metrics[m]:.4g}" if m in TIMED_METRICS else f"{m} {int(metrics[m])}" for m in broken)
         raise SearchError(f"budget{'s' * (len(broken) > 1)} {limits} cannot be met: the smallest architecture of "
                           f"space {space.name} ({space.arch_id(params)}) has {has}{where}; loosen "
                           f"{'them' if len(broken) > 1 else 'it'} with --constraint or in the profile")
