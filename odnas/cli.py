@@ -338,7 +338,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
               f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
               flush=True, file=log)
-    check_budgets(settings)  # budgets even the smallest candidate breaks: seconds, not the candidate cap
+    with _Steps(a.quiet) as steps:  # budgets even the smallest candidate breaks: seconds, not the candidate cap
+        check_budgets(settings, progress=steps)
     from odnas.loop.driver import create_run, run_loop
 
     run_dir = create_run(cfg, settings=settings)  # a bad input is the only line printed

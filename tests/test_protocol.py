@@ -153,3 +153,21 @@ def test_sessions_are_added_only_while_they_disagree():
     noisy = ModeHost(slow=1.0, placement=0.25, seed=3)  # another program keeps hitting sessions
     r = P.rounds(noisy.opener(0.1), noisy.opener(0.07, True), clock=noisy.clock, **kw)
     assert len(r.session_ratios) > 8 and r.ratio_sem / r.ratio > P.RESIDUAL_REL
+
+
+def test_a_host_without_a_baseline_is_told_how_long_calibrating_it_will_take(tmp_path, short_profile, monkeypatch):
+    """The first timing on a host calibrates its reference first (30 s under the shipped
+    profiles): ``calibration_due`` says so before, and 0 once the cache holds it."""
+    import dataclasses
+
+    from odnas.cost.latency import OrtLatencyBackend
+
+    monkeypatch.setenv("ODNAS_CACHE_DIR", str(tmp_path / "cache"))
+    prof = short_profile()
+    prof = dataclasses.replace(prof, protocol=dataclasses.replace(prof.protocol, calibration_s=0.3))
+    assert OrtLatencyBackend().calibration_due(prof, (1, 8, 8)) == 0.3
+    OrtLatencyBackend().baseline(prof, (1, 8, 8))
+    assert OrtLatencyBackend().calibration_due(prof, (1, 8, 8)) == 0.0  # a fresh backend reads the cache
+    longer = dataclasses.replace(prof, protocol=dataclasses.replace(prof.protocol, calibration_s=1.3))
+    assert abs(OrtLatencyBackend().calibration_due(longer, (1, 8, 8)) - 1.0) < 1e-9  # extends what is cached
+    assert OrtLatencyBackend().calibration_due(prof, (1, 28, 28)) == 0.3  # another input shape: its own

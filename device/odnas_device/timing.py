@@ -203,27 +203,48 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _baseline_entry(key: Mapping[str, Any], reference: bytes, burst_runs: int) -> tuple[dict[str, Any], Path]:
+    """What a baseline is cached under, and the cache file that holds it."""
+    ident = {**dict(key), "reference": sha12(reference), "burst_runs": burst_runs}
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return ident, cache_root() / "reference" / f"baseline-{key['host']}-{digest}.json"
+
+
+def _cached(ident: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The cached baseline record for ``ident``, or an empty one."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rec = None
+    return rec if isinstance(rec, dict) and rec.get("key") == ident else {"key": ident, "bursts": [], "seconds": 0.0}
+
+
+def _due(rec: Mapping[str, Any], calibration_s: float) -> float:
+    """Seconds of calibration a record still needs (0: it holds enough)."""
+    missing = calibration_s - float(rec["seconds"])
+    return max(missing, 0.05) if missing > 0.05 or not rec["bursts"] else 0.0
+
+
+def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: float, burst_runs: int) -> float:
+    """Seconds ``baseline`` would calibrate for before it returns (0 when the per-host
+    cache holds enough): for a note before a first run on a host waits."""
+    return _due(_cached(*_baseline_entry(key, reference, burst_runs)), calibration_s)
+
+
 def baseline(key: Mapping[str, Any], reference: bytes, open_reference: Callable[[], Run], *, calibration_s: float,
              burst_runs: int, warmup_runs: int, clock: Callable[[], int] = time.perf_counter_ns) -> Baseline:
     """The reference's baseline for ``key`` (an ``environment()``) and this reference file,
     calibrated (or extended) to at least ``calibration_s`` seconds first if the per-host
     cache holds less. A file lock keeps two processes from calibrating at once."""
     ref_id = sha12(reference)
-    ident = {**dict(key), "reference": ref_id, "burst_runs": burst_runs}
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_root() / "reference" / f"baseline-{key['host']}-{digest}.json"
+    ident, path = _baseline_entry(key, reference, burst_runs)
     with _locked(path):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            rec = None
-        if not isinstance(rec, dict) or rec.get("key") != ident:
-            rec = {"key": ident, "bursts": [], "seconds": 0.0}
-        missing = calibration_s - float(rec["seconds"])
-        if missing > 0.05 or not rec["bursts"]:
-            rec["bursts"] += proto.calibrate(open_reference, max(missing, 0.05), burst_runs=burst_runs,
+        rec = _cached(ident, path)
+        due = _due(rec, calibration_s)
+        if due:
+            rec["bursts"] += proto.calibrate(open_reference, due, burst_runs=burst_runs,
                                              warmup_runs=warmup_runs, clock=clock)
-            rec["seconds"] = float(rec["seconds"]) + max(missing, 0.05)
+            rec["seconds"] = float(rec["seconds"]) + due
             rec["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
             _write_json_atomic(path, rec)
     return Baseline(ms=proto.baseline_ms(rec["bursts"]), reference_id=ref_id, seconds=float(rec["seconds"]),

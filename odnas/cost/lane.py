@@ -28,6 +28,7 @@ from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import COSTS_DIR, SETTINGS_NAME, local_jobs, read_json, write_json_atomic
 from odnas.spaces import get_space
+from odnas.steps import Step
 
 
 #: Budgets on metrics the lane times: a budget is refused up front only when the smallest
@@ -176,6 +177,13 @@ class CostLane:
         with self.window():
             return self.backend.baseline(self.profile, self.input_shape)
 
+    def calibration_due(self) -> float:
+        """Seconds the lane's first timing will spend calibrating this host's reference
+        first (``host_check``); 0 when this host has it, on a device, or without one."""
+        backend = self.backend
+        return backend.calibration_due(self.profile, self.input_shape) if isinstance(backend, OrtLatencyBackend) \
+            else 0.0
+
     def _comparable(self, rec: CostRecord) -> bool:
         """Whether a cached record was timed where the lane times now (its backend's ``key``)."""
         if self._trust_cache:
@@ -202,7 +210,11 @@ class CostLane:
         return self.profile.over_budget(metrics)
 
 
-def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None) -> None:
+def calibration_note(seconds: float) -> str:
+    return f"timing this host's latency reference first: about {seconds:.0f} s, once per host"
+
+
+def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, progress: Step | None = None) -> None:
     """Refuse, before a search starts, budgets that even the space's smallest member breaks.
 
     Every candidate of such a search is measured over budget, untrained, until the
@@ -212,7 +224,8 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None) 
     timed under the profile when a budget is on latency or file size. Nothing is checked
     for a space that names no smallest member, for a profile without budgets, or for
     timed budgets under a host-to-device calibration; a device agent that cannot be
-    reached is left to the search to report."""
+    reached is left to the search to report. ``progress`` is told when this host's
+    latency reference is calibrated first (about 30 s, once per host)."""
     profile = profile_from_dict(settings.profile, source=SETTINGS_NAME)
     space = get_space(settings.space)
     smallest = space.smallest() if profile.budgets else None
@@ -223,6 +236,8 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None) 
     if measured and profile.calibration is None:
         with tempfile.TemporaryDirectory() as tmp:
             lane = CostLane(space, settings.input_shape, settings.num_classes, profile, tmp, backend=backend)
+            if progress is not None and (due := lane.calibration_due()):
+                progress(calibration_note(due))
             try:
                 rec = lane.costs(params)
             except DeviceError:

@@ -146,6 +146,18 @@ class OrtLatencyBackend:
         """The comparability key of a figure this host would give under ``profile``."""
         return host_key(profile)
 
+    def calibration_due(self, profile: HardwareProfile, shape: tuple[int, ...]) -> float:
+        """Seconds the first timing under ``profile`` on inputs of ``shape`` will first
+        spend calibrating this host's reference (0: cached, or no reference protocol)."""
+        p = profile.protocol
+        if p.method != "reference":
+            return 0.0
+        env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size)
+        if (tuple(sorted(env.items())), shape, p.burst_runs, p.calibration_s) in self._baselines:
+            return 0.0
+        return timing.calibration_due(env, reference_onnx(shape).read_bytes(), calibration_s=p.calibration_s,
+                                      burst_runs=p.burst_runs)
+
     def baseline(self, profile: HardwareProfile, shape: tuple[int, ...]) -> timing.Baseline:
         """This host's reference baseline for ``profile`` and inputs of ``shape``
         (calibrated on first use on a host, then read from the cache)."""

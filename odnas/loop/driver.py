@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError
-from odnas.cost.lane import CostLane, check_budgets
+from odnas.cost.lane import CostLane, calibration_note, check_budgets
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
@@ -323,6 +323,8 @@ def host_note(lane: CostLane, out) -> None:
         print(f"odnas: timing latency on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']}) "
               f"through the device agent at {lane.profile.device.url}", file=out, flush=True)
         return
+    if due := lane.calibration_due():
+        print(f"odnas: {calibration_note(due)}", file=out, flush=True)
     base = lane.host_check()
     if base is not None and base.modes.present:
         print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "
