@@ -814,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="the feasible Pareto front and the pick")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
-    p.add_argument("--max-latency-ms", type=float, help="only models at most this fast, e.g. 2")
+    p.add_argument("--max-latency-ms", type=float, help="only models whose latency_ms is at most this, e.g. 2")
     p.add_argument("--min-acc", type=float, help="only models at least this accurate (val_acc), e.g. 0.95")
     p.add_argument("--no-confirm", action="store_true",
                    help="skip re-timing the front with a longer protocol before the pick")

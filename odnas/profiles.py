@@ -378,13 +378,26 @@ def _check_objective(v: "_Validator", objective: str) -> None:
             v.fail("objective", objective, f"{t!r} optimises the wrong way; write {want!r}")
 
 
+def never_met(metric: str, op: str, value: float) -> str | None:
+    """Why a bound no model can meet whatever the space is, or None: accuracy is a
+    fraction from 0 to 1, and '85' for 85% is the usual slip."""
+    if metric in ACCURACY_METRICS and op == ">=" and value > 1:
+        return f"{metric} is a fraction from 0 to 1, so no model reaches {value:g}" + (
+            f" (for {value:g}% write {value / 100:g})" if value <= 100 else "")
+    if metric in ACCURACY_METRICS and op == "<=" and value < 0:
+        return f"{metric} is a fraction from 0 to 1, so no model stays under {value:g}"
+    return None
+
+
 def _check_bound(v: "_Validator", key: str, text: Any) -> None:
     try:
-        metric, _, _ = parse_bound(text)
+        metric, op, value = parse_bound(text)
     except ValueError as e:
         v.fail(key, text, str(e))
     if metric not in KNOWN_METRICS:
         v.fail(key, text, f"unknown metric {metric!r}; use {', '.join(KNOWN_METRICS)}")
+    if why := never_met(metric, op, value):
+        v.fail(key, text, why)
 
 
 class _Validator:

@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound
+from odnas.errors import OdnasError
+from odnas.profiles import METRIC_SIGN, HardwareProfile, never_met, parse_bound
 from odnas.records import TrialRow
 
 
@@ -80,6 +81,12 @@ def _rank(r: TrialRow) -> tuple:
 
 
 def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = None) -> list[str]:
+    """``select``'s extra bounds as Ax bound strings; one no model can meet is refused
+    (``--min-acc 90`` for 90%), rather than timing the front to find nothing."""
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise OdnasError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds")
+    if min_acc is not None and (why := never_met("val_acc", ">=", min_acc)):
+        raise OdnasError(f"--min-acc {min_acc:g}: {why}")
     out = []
     if max_latency_ms is not None:
         out.append(f"latency_ms <= {max_latency_ms}")

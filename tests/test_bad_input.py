@@ -47,6 +47,7 @@ PROFILES = {
     "max time below min time": ("max_time_s: 0.2", "max_time_s: 0.0"),
     "budget on an unknown metric": ("latency_ms: 1}", "latency_ms: 1, speed: 3}"),
     "budget not positive": ("latency_ms: 1}", "latency_ms: 0}"),
+    "accuracy in percent": (None, "thresholds: ['val_acc >= 85']"),
     "thresholds not a list": (None, "thresholds: val_acc >= 0.9"),
     "a bound that is not a bound": (None, "thresholds: ['val_acc is high']"),
     "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"'),
@@ -82,6 +83,8 @@ SEARCH_FLAGS = {
     "zero timeout": (["--trial-timeout", "0"], 2),
     "unknown isolation": (["--isolation", "loud"], 2),
     "negative budget": (["--constraint", "latency_ms <= -1"], 2),
+    "accuracy over 1": (["--constraint", "val_acc >= 1.5"], 2),
+    "accuracy under 0": (["--constraint", "val_acc <= -0.1"], 2),
     "bound on an unknown metric": (["--constraint", "speed <= 1"], 2),
     "a bound that does not parse": (["--constraint", "latency_ms < 1"], 2),
     "objective on an unknown metric": (["--objective", "val_acc, -speed"], 2),
@@ -164,6 +167,8 @@ def test_run_dirs_in_odd_states(empty_run, tmp_path, capsys):
         (["export", str(empty_run), "-o", str(tmp_path / "m.onnx")], 2, "no trained model"),
         (["export", str(empty_run), "--trial", "7", "-o", str(tmp_path / "m.onnx")], 2, "has no trial 7"),
         (["select", str(empty_run), "--no-confirm"], 3, None),  # ran, but nothing is feasible
+        (["select", str(empty_run), "--min-acc", "90"], 2, "for 90% write 0.9"),  # not after timing the front
+        (["select", str(empty_run), "--max-latency-ms", "0"], 2, "must be a positive number"),
         (["resume", str(empty_run), "--trials", "0"], 2, "--trials must be at least 1"),
     ]
     for args, code, why in cases:

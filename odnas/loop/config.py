@@ -21,7 +21,9 @@ from odnas import plugins
 from odnas.errors import SearchError, SpaceError
 from odnas.jobs.component import make_resource, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
-from odnas.profiles import COST_METRICS, HardwareProfile, check_objective, load_profile, parse_bound, with_device
+from odnas.profiles import (
+    COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
+)
 from odnas.records import RunSettings
 
 METHODS = ("bo", "sobol", "random", "saasbo")
@@ -95,6 +97,8 @@ def effective_profile(profile: HardwareProfile, objective: str | None,
             m, op, v = parse_bound(c)
         except ValueError as e:
             raise SearchError(f"--constraint {c!r}: {e}") from None
+        if why := never_met(m, op, v):
+            raise SearchError(f"--constraint {c!r}: {why}")
         if m in COST_METRICS and op == "<=":
             if v <= 0:
                 raise SearchError(f"--constraint {c!r}: a budget must be > 0")
