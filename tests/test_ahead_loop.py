@@ -16,13 +16,20 @@ from odnas.testing import FakeLatencyBackend, InProcessJobs, _InProcessScheduler
 
 class TimedJobs(InProcessJobs):
     """Each job runs for ``seconds[trial]`` (default 0.5) on a timer thread, or fails at
-    once where that is None; ``finished[trial]`` is when its result was written."""
+    once where that is None; ``finished[trial]`` is when its result was written. A
+    trial in ``until`` runs until trial ``until[trial]`` is launched, or its seconds
+    have passed (then whatever waits for that launch has waited too long)."""
 
-    def __init__(self, seconds: dict[int, float | None]) -> None:
+    def __init__(self, seconds: dict[int, float | None], until: dict[int, int] | None = None) -> None:
         super().__init__()
-        self.seconds = seconds
+        self.seconds, self.until = seconds, until or {}
         self.done: set[str] = set()
         self.finished: dict[int, float] = {}
+        self.started: dict[int, float] = {}  # when the scheduler was asked to run a trial's job
+        self.launched_event: dict[int, threading.Event] = {}
+
+    def _launch_event(self, trial: int) -> threading.Event:
+        return self.launched_event.setdefault(trial, threading.Event())
 
     def schedulers(self):
         return {self.SCHEDULER: lambda session_name, **kw: _TimedScheduler(session_name, self)}
@@ -33,6 +40,8 @@ class TimedJobs(InProcessJobs):
         out.mkdir(parents=True, exist_ok=True)
         trial = int(out.name)
         self.launched += 1
+        self.started[trial] = time.time()
+        self._launch_event(trial).set()
         app = f"odnas-{trial}-{self.launched}"
         write_json_atomic(out / JOB_NAME, {"pid": 1, "host": "here", "start": time.time(),
                                            "params": json.loads(a.params)})
@@ -48,8 +57,12 @@ class TimedJobs(InProcessJobs):
             self.finished[trial] = time.time()
             self.done.add(app)
 
-        t = threading.Timer(seconds, finish)
-        t.daemon = True
+        if trial in self.until:
+            event = self._launch_event(self.until[trial])
+            t = threading.Thread(target=lambda: (event.wait(seconds), finish()), daemon=True)
+        else:
+            t = threading.Timer(seconds, finish)
+            t.daemon = True
         t.start()
         return app
 
@@ -75,11 +88,13 @@ def search(tmp_path: Path, jobs: TimedJobs, trials: int = 3) -> tuple[Path, dict
 
 def test_a_slot_a_failed_trial_frees_is_filled_while_the_others_run_without_a_busy_poll(tmp_path):
     # Trial 0 fails at once, after the Orchestrator has deployed all three it was asked
-    # for; Ax would then only wait for trials 1 and 2. Trial 2 runs 6 s.
-    jobs = TimedJobs({0: None, 1: 0.5, 2: 6.0})
+    # for; Ax would then only wait for trials 1 and 2. Trial 2 runs until trial 3 is
+    # launched (the freed slot filled), or 30 s: a fixed 6 s was too short once on a
+    # loaded CI machine, and this way the test takes no longer when it passes.
+    jobs = TimedJobs({0: None, 1: 0.5, 2: 30.0}, until={2: 3})
     _, launched, stats = search(tmp_path, jobs)
     assert sorted(launched) == [0, 1, 2, 3]
-    assert launched[3] < jobs.finished[2], "the freed slot waited for every running trial"
+    assert jobs.started[3] < jobs.finished[2], "the freed slot waited for every running trial"
     wall = max(jobs.finished.values()) - launched[0]
     assert stats["calls"]["poll"] < 5 * wall + 20, stats["calls"]  # a poll about every second, not thousands
 
@@ -97,10 +112,11 @@ def test_a_candidate_that_fails_on_the_background_thread_is_made_again_at_once(t
         return real(self, **kwargs)
 
     monkeypatch.setattr(Ahead, "_gen", once)
-    jobs = TimedJobs({0: 8.0})  # the first candidate made ahead fails while trial 0 runs
+    # The first candidate made ahead fails while trial 0 runs (until trial 1 is launched, or 30 s).
+    jobs = TimedJobs({0: 30.0}, until={0: 1})
     _, launched, stats = search(tmp_path, jobs)
     assert failed and sorted(launched) == [0, 1, 2]
-    assert launched[1] < jobs.finished[0], "the free slot waited for a trial to finish"
+    assert jobs.started[1] < jobs.finished[0], "the free slot waited for a trial to finish"
     assert stats["ahead"]["failed"] == 1
 
 
