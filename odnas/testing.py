@@ -235,7 +235,8 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
     For ``samples`` random members and every input shape: the model builds, its
     parameters and FLOPs are counted, it exports to ONNX (dynamic batch) and ONNX
     Runtime agrees with PyTorch; ``arch_id`` is the same when asked twice and
-    differs whenever the exported graphs differ; ``training`` gives usable settings.
+    differs whenever the exported graphs differ; ``training`` gives usable settings;
+    ``smallest()``, when the space names one, counts no more than any member drawn.
     For every shipped profile (or ``profiles``), the cost lane builds, counts and
     (with the fake latency backend, so no timing) prices it, int8 included.
     Raises ``AssertionError`` naming the check and the parameters; returns a summary.
@@ -257,6 +258,7 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
     rng = random.Random(seed)
     members = [space.sample(rng) for _ in range(samples)]
     graphs: dict[str, tuple] = {}
+    counted: dict[tuple, Any] = {}  # (member, input shape) -> its counts
     summary: dict[str, Any] = {"space": space.name, "members": len(members), "arch_ids": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i, params in enumerate(members):
@@ -271,7 +273,7 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
             for shape in input_shapes:
                 torch.manual_seed(0)
                 model = space.build(params, shape, num_classes).eval()
-                c = count(model, shape)
+                c = counted[i, shape] = count(model, shape)
                 assert c.num_params > 0 and c.flops >= 0, f"{where}, input {shape}: counted {c}"
                 path = export_onnx(model, shape, Path(tmp) / f"{i}-{'x'.join(map(str, shape))}.onnx")
                 x = np.random.default_rng(i).standard_normal((2, *shape)).astype(np.float32)
@@ -289,6 +291,17 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
                 sig = (tuple(n.op_type for n in g.node), tuple(tuple(t.dims) for t in g.initializer))
                 if shape == input_shapes[0]:
                     assert graphs.setdefault(arch, sig) == sig, f"{where}: two different networks share arch_id {arch}"
+        small = space.smallest()
+        if small is not None:  # what a search measures to refuse budgets no member meets
+            summary["smallest"] = space.arch_id(small)
+            for shape in input_shapes:
+                floor = count(space.build(small, shape, num_classes), shape)
+                for i, params in enumerate(members):
+                    c = counted[i, shape]
+                    assert c.num_params >= floor.num_params and c.flops >= floor.flops, (
+                        f"space {space.name!r}, input {shape}: member {params} counts {c.num_params} parameters "
+                        f"and {c.flops} FLOPs, fewer than smallest() {small} ({floor.num_params}, {floor.flops}); "
+                        "smallest() must return the cheapest member, or None")
         for name in (profiles or list_profiles()):
             prof = load_profile(name) if isinstance(name, str) else name
             rec = measure_candidate(space, members[0], input_shapes[0], num_classes, prof,
