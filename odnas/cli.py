@@ -259,7 +259,14 @@ def _print_outcome(run_dir, quiet: bool) -> None:
     print(f"Feasible Pareto front ({len(rc_rows)} model{'s' if len(rc_rows) != 1 else ''}):")
     print(_front_table(rc_rows) if rc_rows else "  (none yet: no trained model meets every budget and threshold)")
     print(f"\nRun dir: {run_dir}  (experiment.sqlite, trials/, costs/, {LOG_NAME})")
-    print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
+    if rc_rows:
+        print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
+    else:  # select and export would only say there is nothing to pick
+        from odnas.rundir import read_settings
+
+        more = 2 * read_settings(run_dir).trials
+        print(f"Next: odnas status {run_dir} (each trial against the bounds)   |   "
+              f"odnas resume {run_dir} --trials {more} (more trainings)")
 
 
 def _front_rows(run_dir, extra):

@@ -155,6 +155,15 @@ def empty_run(tmp_path_factory):
     return create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path_factory.mktemp("r") / "run")))
 
 
+def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_not_export(empty_run, capsys):
+    from odnas.cli import _print_outcome
+
+    _print_outcome(empty_run, quiet=True)  # what `odnas search` prints last
+    out = capsys.readouterr().out
+    assert "(none yet" in out and f"odnas resume {empty_run} --trials 2" in out, out
+    assert "odnas export" not in out and "odnas select" not in out, out
+
+
 def test_run_dirs_in_odd_states(empty_run, tmp_path, capsys):
     cases = [
         (["status", str(tmp_path)], 2, "not an odnas run dir"),
