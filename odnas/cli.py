@@ -349,7 +349,7 @@ def cmd_search(a: argparse.Namespace) -> int:
         check_budgets(settings, progress=steps)
     from odnas.loop.driver import create_run, run_loop
 
-    run_dir = create_run(cfg, settings=settings)  # a bad input is the only line printed
+    run_dir = create_run(cfg, settings=settings)  # a bad input left (a calibration table that does not fit): one line
     if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
     _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)

@@ -37,6 +37,10 @@ class SearchError(OdnasError):
     """A search that cannot start or go on; the message says what to do."""
 
 
+class SelectError(OdnasError, ValueError):
+    """A ``select`` bound no model can meet (``--min-acc 90`` for 90%)."""
+
+
 class SearchFailed(OdnasError):
     """The search ran but could not succeed: too many trials failed, no candidate fits
     the budgets, or no trained model is feasible. Every completed trial is kept."""

@@ -213,7 +213,12 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: file is empty")
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-    return profile_from_dict(raw, source=str(path), default_name=path.stem, base_dir=path.resolve().parent)
+    profile = profile_from_dict(raw, source=str(path), default_name=path.stem, base_dir=path.resolve().parent)
+    # Here, not in profile_from_dict: a run stored before this check still loads.
+    for i, t in enumerate(profile.thresholds):
+        if why := never_met(*parse_bound(t)):
+            _Validator(str(path)).fail(f"thresholds[{i}]", t, why)
+    return profile
 
 
 def profile_from_dict(
@@ -391,13 +396,11 @@ def never_met(metric: str, op: str, value: float) -> str | None:
 
 def _check_bound(v: "_Validator", key: str, text: Any) -> None:
     try:
-        metric, op, value = parse_bound(text)
+        metric, _, _ = parse_bound(text)
     except ValueError as e:
         v.fail(key, text, str(e))
     if metric not in KNOWN_METRICS:
         v.fail(key, text, f"unknown metric {metric!r}; use {', '.join(KNOWN_METRICS)}")
-    if why := never_met(metric, op, value):
-        v.fail(key, text, why)
 
 
 class _Validator:

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from odnas.errors import OdnasError
+from odnas.errors import SelectError
 from odnas.profiles import METRIC_SIGN, HardwareProfile, never_met, parse_bound
 from odnas.records import TrialRow
 
@@ -84,9 +84,9 @@ def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = N
     """``select``'s extra bounds as Ax bound strings; one no model can meet is refused
     (``--min-acc 90`` for 90%), rather than timing the front to find nothing."""
     if max_latency_ms is not None and not max_latency_ms > 0:
-        raise OdnasError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds")
+        raise SelectError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds")
     if min_acc is not None and (why := never_met("val_acc", ">=", min_acc)):
-        raise OdnasError(f"--min-acc {min_acc:g}: {why}")
+        raise SelectError(f"--min-acc {min_acc:g}: {why}")
     out = []
     if max_latency_ms is not None:
         out.append(f"latency_ms <= {max_latency_ms}")

@@ -291,8 +291,9 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
                 sig = (tuple(n.op_type for n in g.node), tuple(tuple(t.dims) for t in g.initializer))
                 if shape == input_shapes[0]:
                     assert graphs.setdefault(arch, sig) == sig, f"{where}: two different networks share arch_id {arch}"
-        small = space.smallest()
+        small = space.smallest({})
         if small is not None:  # what a search measures to refuse budgets no member meets
+            space.check_fixed(small)  # a member: every value in its parameter's domain
             summary["smallest"] = space.arch_id(small)
             for shape in input_shapes:
                 floor = count(space.build(small, shape, num_classes), shape)

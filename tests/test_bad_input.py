@@ -139,11 +139,58 @@ def test_budgets_are_refused_only_when_the_smallest_is_clearly_over(tmp_path):
     check_budgets(settings(f"latency_ms <= {ms / (1 + TIMING_MARGIN / 2)}"), backend)  # over, within the margin
     with pytest.raises(SearchError, match="mlp_16x16"):
         check_budgets(settings(f"latency_ms <= {ms / (1 + 2 * TIMING_MARGIN)}"), backend)
+    # A p90 budget is judged by the median, which a p90 is at least.
+    check_budgets(settings(f"latency_ms_p90 <= {ms / (1 + TIMING_MARGIN / 2)}"), backend)
+    with pytest.raises(SearchError, match="latency_ms_p90"):
+        check_budgets(settings(f"latency_ms_p90 <= {ms / (1 + 2 * TIMING_MARGIN)}"), backend)
     n = 16 * 16 + 16 + 64 * 16 + 16 + 16 * 10 + 10  # mlp_16x16 on 8x8 digits
     check_budgets(settings(f"num_params <= {n}"), backend)
     with pytest.raises(SearchError, match=f"has num_params {n}"):
         check_budgets(settings(f"num_params <= {n - 1}"), backend)
     assert backend.calls > measured
+
+
+def test_the_budget_check_holds_fixed_values_and_skips_what_the_space_cannot_say(tmp_path):
+    from odnas.cost.lane import check_budgets
+    from odnas.errors import SearchError
+    from odnas.loop.config import SearchConfig, make_settings
+
+    plain = profile(tmp_path, "objective: val_acc\n", "plain.yaml")
+    settings = lambda space, budget, **fixed: make_settings(SearchConfig(  # noqa: E731
+        profile=plain, space=space, constraints=(f"flops <= {budget}",), fixed=fixed))
+    with pytest.raises(SearchError, match=r"with --fixed hidden_size_1=128 \(mlp_128x16\) has flops 10400"):
+        check_budgets(settings("mlp", 5000, hidden_size_1=128))  # mlp_16x16 counts 1440
+    check_budgets(settings("mlp", 5000, hidden_size_1=16))
+    # mobile-cnn with stage 3 held present: its lowest member counts 21968 FLOPs, but one with
+    # a stage 2 counts 20528 and meets 21000; the space declines to name a smallest, and
+    # nothing is refused. With stage 2 held absent too, the lowest member is the smallest.
+    check_budgets(settings("mobile-cnn", 21000, s3_depth=2))
+    with pytest.raises(SearchError, match="flops <= 21000 cannot be met.* has flops 21968"):
+        check_budgets(settings("mobile-cnn", 21000, s3_depth=2, s2_depth=0))
+
+
+def test_a_used_run_dir_is_refused_before_the_budget_check(empty_run, tmp_path, capsys, monkeypatch):
+    import odnas.cost.lane
+
+    def never(*a, **k):
+        raise AssertionError("the budget check ran")
+
+    monkeypatch.setattr(odnas.cost.lane, "check_budgets", never)
+    _fails(capsys, ["search", "--space", "mlp", "--run-dir", str(empty_run)], 2, "already holds a search")
+
+
+def test_a_first_search_on_a_host_says_it_calibrates_the_latency_reference(tmp_path, capsys, monkeypatch,
+                                                                           short_profile_file):
+    """Not 30 s of silence: the note, then (here) the refusal; a host with the baseline
+    cached is not told again."""
+    monkeypatch.setenv("ODNAS_CACHE_DIR", str(tmp_path / "new-host"))
+    argv = ["search", "--profile", str(short_profile_file()), "--space", "mlp", "--constraint", "latency_ms <= 1e-6",
+            "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "timing this host's latency reference first" in err[0] and "cannot be met" in err[1], err
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_a_shipped_spaces_smallest_member_counts_no_more_than_any_other(space_na
     """``smallest()`` is what a search measures to refuse budgets no candidate can meet:
     no member drawn at random may count fewer parameters or FLOPs than it."""
     space = get_space(space_name)
-    small = space.smallest()
+    small = space.smallest({})
     assert small is not None and space.arch_id(small) == space.arch_id(space.lowest())
     floor = count(space.build(small, (1, 8, 8), 10), (1, 8, 8))
     rng = random.Random(3)
@@ -77,7 +77,8 @@ def test_check_space_catches_a_broken_space():
 
     with pytest.raises(AssertionError, match="share arch_id"):
         check_space(SharedId, input_shapes=((1, 8, 8),), samples=4)
-
+    with pytest.raises(SpaceError, match="must set name and specs"):
+        check_space(type("Empty", (Space,), {}))
 
     class WrongSmallest(SharedId):  # names its widest member the smallest: budgets would be refused wrongly
         name = "wrong-smallest"
@@ -85,15 +86,24 @@ def test_check_space_catches_a_broken_space():
         def arch_id(self, params):
             return f"w{int(params['w'])}"
 
-        def smallest(self):
-            return {**self.lowest(), "w": 64}
+        def smallest(self, fixed=None):
+            return self.lowest({"w": 64})
 
     with pytest.raises(AssertionError, match="fewer than smallest"):
         check_space(WrongSmallest, input_shapes=((1, 8, 8),), samples=3, profiles=["cpu-mobile"])
-    assert check_space(type("Right", (WrongSmallest,), {"smallest": lambda self: self.lowest()}),
+    assert check_space(type("Right", (WrongSmallest,), {"smallest": lambda self, fixed=None: self.lowest(fixed)}),
                        input_shapes=((1, 8, 8),), samples=3, profiles=["cpu-mobile"])["smallest"] == "w4"
-    with pytest.raises(SpaceError, match="must set name and specs"):
-        check_space(type("Empty", (Space,), {}))
+
+
+def test_smallest_honours_fixed_values_and_declines_where_a_fixed_value_breaks_the_order():
+    mlp, cnn = get_space("mlp"), get_space("mobile-cnn")
+    assert mlp.arch_id(mlp.smallest({"hidden_size_1": 128})) == "mlp_128x16"
+    # Stage 3 held present: a present stage 2 halves its resolution first, and can make it cheaper.
+    held = {"s3_depth": 2}
+    with_s2 = {**cnn.lowest(held), "s2_depth": 1}
+    assert count(cnn.build(with_s2, (1, 8, 8), 10), (1, 8, 8)).flops < \
+        count(cnn.build(cnn.lowest(held), (1, 8, 8), 10), (1, 8, 8)).flops
+    assert cnn.smallest(held) is None and cnn.smallest({**held, "s2_depth": 0}) is not None
 
 
 def test_arch_id_is_canonical():

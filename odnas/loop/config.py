@@ -19,6 +19,7 @@ from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
 from odnas.errors import SearchError, SpaceError
+from odnas.rundir import DB_NAME
 from odnas.jobs.component import make_resource, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.profiles import (
@@ -122,8 +123,15 @@ def default_run_dir(cfg: SearchConfig) -> Path:
     return Path("runs") / f"{cfg.profile.split('/')[-1].removesuffix('.yaml')}-{space}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def refuse_used_run_dir(run_dir: Path) -> None:
+    if (run_dir / DB_NAME).exists():
+        raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
+
+
 def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None) -> RunSettings:
     """Validate a config and freeze it into the JSON the run dir keeps."""
+    if cfg.run_dir:  # first: the checks after it take seconds (Ax's import, the budget check's timing)
+        refuse_used_run_dir(Path(cfg.run_dir).resolve())
     from odnas.data import data_reference, load_data
     from odnas.spaces import get_space
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,16 @@ from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
 )
-from odnas.loop.config import SearchConfig, ax_bounds, default_run_dir, generation_strategy, make_settings
+from odnas.loop.config import (
+    SearchConfig, ax_bounds, default_run_dir, generation_strategy, make_settings, refuse_used_run_dir,
+)
 from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
 from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_logs, trial_table
 from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DB_NAME, DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
+    DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
     driver_lock,
     read_curve, read_json, read_settings, write_settings, write_trials,
 )
@@ -59,8 +62,7 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
     from ax.api.client import Client
 
     run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
-    if (run_dir / DB_NAME).exists():
-        raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
+    refuse_used_run_dir(run_dir)  # again: a default run dir, or one another search made meanwhile
     run_dir.mkdir(parents=True, exist_ok=True)
     write_settings(run_dir, settings)
     profile = profile_from_dict(settings.profile)
@@ -88,10 +90,15 @@ def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = No
            cost_backend=None, quiet: bool = True, schedulers: Schedulers | None = None) -> Path:
     """Run a search from scratch; returns its run dir."""
     settings = make_settings(cfg, schedulers)
-    check_budgets(settings, cost_backend)  # budgets no candidate can meet: refused before the run dir is made
+    # Budgets no candidate can meet: refused before the run dir is made.
+    check_budgets(settings, cost_backend, progress=None if quiet else _say)
     run_dir = create_run(cfg, schedulers, settings)
     run_loop(run_dir, progress, cost_backend, quiet, schedulers=schedulers)
     return run_dir
+
+
+def _say(text: str) -> None:
+    print(f"odnas: {text}", file=sys.stderr, flush=True)
 
 
 def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,

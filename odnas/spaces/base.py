@@ -86,20 +86,24 @@ class Space:
         """A random member, honouring dependent parameters."""
         return self._member(lambda s: s.sample(rng))
 
-    def lowest(self) -> dict[str, Any]:
-        """The member with every parameter at its low end: a range's ``lo``, a choice's
-        first value (dependent parameters honoured)."""
-        return self._member(lambda s: s.values[0] if isinstance(s, Choice)
-                            else int(s.lo) if s.kind == "int" else s.lo)
+    def lowest(self, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The member with every parameter not ``fixed`` at its low end: a range's ``lo``
+        (rounded up to a whole number for an int range), a choice's first value
+        (dependent parameters honoured, fixed values included)."""
+        fixed = fixed or {}
+        return self._member(lambda s: fixed[s.name] if s.name in fixed else s.values[0] if isinstance(s, Choice)
+                            else math.ceil(s.lo) if s.kind == "int" else s.lo)
 
-    def smallest(self) -> dict[str, Any] | None:
-        """The space's cheapest member, or None (the default) when the space cannot name one.
+    def smallest(self, fixed: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The space's cheapest member with the ``fixed`` parameters held at their values
+        (``--fixed``), or None (the default) when the space cannot name one.
 
         A search measures it before it starts, so budgets that even it breaks are refused
-        in seconds rather than after the candidate cap (``odnas.cost.lane.check_budgets``).
-        The shipped spaces return ``lowest()``: every one of their parameters grows the
-        model, or leaves it as it is, as its value grows. A space where that is not so
-        returns its own cheapest member, or None to skip the check."""
+        before anything is trained (``odnas.cost.lane.check_budgets``), not after the
+        candidate cap. ``lowest(fixed)`` is the answer when no parameter makes the model
+        cheaper as its value grows, given the fixed ones: the shipped spaces return it, or
+        None where that does not hold. ``odnas.testing.check_space`` checks the answer
+        against random members."""
         return None
 
     def _member(self, pick) -> dict[str, Any]:

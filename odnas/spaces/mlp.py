@@ -32,8 +32,8 @@ class MLPSpace(Space):
             nn.Linear(h2, num_classes),
         )
 
-    def smallest(self) -> dict:
-        return self.lowest()  # every parameter grows the model with its value
+    def smallest(self, fixed=None) -> dict:
+        return self.lowest(fixed)  # each width grows the model with its value; nothing else changes it
 
     def arch_id(self, params: Params) -> str:
         # Dropout is absent from the exported graph, so it is not part of the architecture.

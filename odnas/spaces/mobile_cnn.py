@@ -50,8 +50,15 @@ class MobileCNNSpace(Space):
     description = "MobileNet-style CNN: per-stage depth/width; kernel, expansion, SE, activation; training"
     specs = _specs(per_stage_blocks=False)
 
-    def smallest(self) -> dict:
-        return self.lowest()  # every parameter grows the model with its value
+    def smallest(self, fixed=None) -> dict | None:
+        """Every parameter grows the model with its value, but one: a stage halves the
+        resolution whether or not the stage before it exists, so with stage 3 held
+        present, a present stage 2 can make stage 3 cheaper. There the cheapest member
+        is not known without measuring, and the up-front budget check is skipped."""
+        fixed = fixed or {}
+        if fixed.get(f"s{STAGES}_depth") and "s2_depth" not in fixed:
+            return None
+        return self.lowest(fixed)
 
     def stages(self, params: Params) -> list[dict]:
         out = []
