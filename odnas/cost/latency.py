@@ -150,10 +150,8 @@ class OrtLatencyBackend:
         """Seconds the first timing under ``profile`` on inputs of ``shape`` will first
         spend calibrating this host's reference (0: cached, or no reference protocol)."""
         p = profile.protocol
-        if p.method != "reference":
-            return 0.0
-        env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size)
-        if (tuple(sorted(env.items())), shape, p.burst_runs, p.calibration_s) in self._baselines:
+        env, memo = _baseline_key(profile, shape)
+        if p.method != "reference" or memo in self._baselines:
             return 0.0
         return timing.calibration_due(env, reference_onnx(shape).read_bytes(), calibration_s=p.calibration_s,
                                       burst_runs=p.burst_runs)
@@ -162,8 +160,7 @@ class OrtLatencyBackend:
         """This host's reference baseline for ``profile`` and inputs of ``shape``
         (calibrated on first use on a host, then read from the cache)."""
         p = profile.protocol
-        env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size)  # as a device keys its own
-        memo = (tuple(sorted(env.items())), shape, p.burst_runs, p.calibration_s)
+        env, memo = _baseline_key(profile, shape)
         if memo not in self._baselines:
             check_runnable(profile)
             path = reference_onnx(shape)
@@ -171,6 +168,14 @@ class OrtLatencyBackend:
                                                     calibration_s=p.calibration_s, burst_runs=p.burst_runs,
                                                     warmup_runs=p.warmup_runs)
         return self._baselines[memo]
+
+
+def _baseline_key(profile: HardwareProfile, shape: tuple[int, ...]) -> tuple[dict[str, Any], tuple]:
+    """The timing environment a baseline is kept under (as a device keys its own), and
+    the backend's in-memory key for it."""
+    p = profile.protocol
+    env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size)
+    return env, (tuple(sorted(env.items())), shape, p.burst_runs, p.calibration_s)
 
 
 def input_shape(onnx_path: str | Path) -> tuple[int, ...]:

@@ -19,13 +19,13 @@ from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
 from odnas.errors import SearchError, SpaceError
-from odnas.rundir import DB_NAME
 from odnas.jobs.component import make_resource, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
 )
 from odnas.records import RunSettings
+from odnas.rundir import DB_NAME
 
 METHODS = ("bo", "sobol", "random", "saasbo")
 EARLY_STOPPING_PEERS = ("cheaper", "all")
