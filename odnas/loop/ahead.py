@@ -688,6 +688,10 @@ class AheadOrchestrator(Orchestrator):
     candidate, and end as soon as that candidate can be deployed."""
 
     ahead: Ahead | None = None
+    #: Whether trials are wanted beyond those deployed (a failed trial, or one over a budget,
+    #: left room): once all asked for are deployed, a wait ends for it, where Ax would wait
+    #: for every running trial.
+    refill: Callable[[], bool] | None = None
     _offered: object = None  # the last news of ``ahead`` a wait ended for
 
     @property
@@ -705,6 +709,8 @@ class AheadOrchestrator(Orchestrator):
         while self.pending_trials:
             if self.poll_and_process_results():
                 break
+            if not self.deploying and self.refill is not None and self.refill():
+                break  # a slot a trial left before this wait (noticed while deploying) is filled now
             if ahead is not None:
                 ahead.start()
                 news = ahead.news()

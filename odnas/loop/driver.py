@@ -177,6 +177,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         ahead = orch.ahead = Ahead(gs, exp, wanted=lambda: new_trials_wanted(exp, settings) > 0,
                                    running=lambda: bool(orch.pending_trials))
         lane.holds.append(ahead.still)
+        orch.refill = lambda: trials_to_run(exp, settings) > 0
         state = RunState(run_dir, t0)
         clock = DriverClock(exp, runner, lane, ahead)
         table = TrialsFile(exp, run_dir)
