@@ -13,6 +13,15 @@ alternating short bursts slow down together. So:
   candidate burst median / reference burst median, and the figure's ratio is the
   mean over sessions (trimmed of the extremes from six on; more sessions are
   added, up to three times as many, while they disagree);
+- only rounds in the fast mode count, where the host is seen to switch: a round whose
+  reference burst is outside the fast band of the host's baseline, or whose candidate
+  burst is outside the fast band of the candidate's own fastest bursts, is left out,
+  and a session with fewer than half its rounds left gives no ratio. A slow mode does
+  not slow every model by quite the same factor: on a 2-core EPYC guest it slowed the
+  0.1 ms reference 1.7-2.2x and 13-25 us MLPs about 1.5x, so ratios from slow rounds
+  read 10-20% low (docs/benchmarks.md, "Speed modes that do not cancel"). Sessions
+  are added, up to three times as many, until enough have fast rounds; with too few
+  even then, every round counts, as on a host without modes;
 - ``latency_ms = ratio x baseline``, where the baseline is the reference's time in
   the host's fast mode (the median of its fastest band of burst medians) over a
   calibration of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
@@ -63,12 +72,14 @@ class Burst:
 class Rounds:
     """What one candidate's rounds gave (figures in ms, ratios unitless)."""
 
-    session_ratios: tuple[float, ...]  # per session: median over rounds of candidate/reference
+    session_ratios: tuple[float, ...]  # per session counted: median over its rounds of candidate/reference
     ratio: float  # mean of the session ratios
     ratio_sem: float  # between-session SE with the residual term
     raw_ms: float  # median of the candidate's burst medians (not normalised: mode-dependent)
     tail: float  # median over bursts of the candidate's p90/median within a burst
     runs: int  # candidate runs timed (warm-ups excluded)
+    sessions: int = 0  # sessions timed (those counted in ``session_ratios`` and any left out)
+    fast_only: bool = False  # ratios from fast-mode rounds alone (see the module doc)
 
 
 def burst(run: Run, n: int, clock: Clock) -> Burst:
@@ -84,7 +95,7 @@ def burst(run: Run, n: int, clock: Clock) -> Burst:
 
 def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, sessions: int, rounds: int,
            burst_runs: int, warmup_runs: int, clock: Clock, budget_s: float | None = None,
-           max_sessions: int | None = None) -> Rounds:
+           max_sessions: int | None = None, fast_ms: float | None = None) -> Rounds:
     """Run the protocol on one candidate. ``open_candidate()`` and ``reference()`` open a
     fresh session each and return its "run once" callable.
 
@@ -93,18 +104,30 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     from the first session's warm-ups. With ``max_sessions``, sessions are added past
     ``sessions`` while the ratios still disagree by more than ``TARGET_REL_SE``
     (another program competing for the core makes sessions noisy), up to that many.
+    With ``fast_ms`` (the reference's fast-mode time on a host with speed modes, its
+    baseline), only fast-mode rounds count (``fast_ratios``): sessions are added until
+    ``sessions`` of them agree, up to ``max_sessions``; with fewer than half
+    ``sessions`` of them by then, every round counts.
     """
-    ratios, cand_medians, tails = [], [], []
+    timed: list[np.ndarray] = []  # per session: its rounds' (candidate, reference) burst medians
+    cand_medians, tails = [], []
     limit = max(sessions, max_sessions or sessions)
     runs = 0
-    while len(ratios) < sessions or (len(ratios) < limit and _rel_se(ratios) > TARGET_REL_SE):
+
+    def unsettled() -> bool:
+        if fast_ms is None:
+            return _rel_se(session_ratios(timed)) > TARGET_REL_SE
+        fast = fast_ratios(timed, fast_ms)
+        return len(fast) < sessions or _rel_se(fast) > TARGET_REL_SE
+
+    while len(timed) < sessions or (len(timed) < limit and unsettled()):
         cand, ref = open_candidate(), reference()
         t_c = _warm(cand, warmup_runs, clock)
         t_r = _warm(ref, warmup_runs, clock)
-        if not ratios and budget_s is not None and t_c + t_r > 0:
+        if not timed and budget_s is not None and t_c + t_r > 0:
             fits = int(budget_s * 1e3 / (sessions * rounds * (t_c + t_r)))
             burst_runs = max(MIN_BURST, min(burst_runs, fits))
-        per_round = []
+        pairs = []
         for i in range(rounds):
             # Alternate which goes first, so a mode switch inside a round cuts both ways.
             if i % 2:
@@ -113,12 +136,36 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
             else:
                 c = burst(cand, burst_runs, clock)
                 r = burst(ref, burst_runs, clock)
-            per_round.append(c.median_ms / r.median_ms)
+            pairs.append((c.median_ms, r.median_ms))
             cand_medians.append(c.median_ms)
             tails.append(c.p90_ms / c.median_ms)
-        ratios.append(float(np.median(per_round)))
+        timed.append(np.asarray(pairs))
         runs += rounds * burst_runs
-    return summarize(ratios, cand_medians, tails, runs)
+    fast = fast_ratios(timed, fast_ms) if fast_ms is not None else []
+    fast_only = 2 * len(fast) >= sessions
+    return summarize(fast if fast_only else session_ratios(timed), cand_medians, tails, runs,
+                     sessions=len(timed), fast_only=fast_only)
+
+
+def session_ratios(timed: Sequence[np.ndarray]) -> list[float]:
+    """Each session's ratio: the median over its rounds of candidate / reference."""
+    return [float(np.median(s[:, 0] / s[:, 1])) for s in timed]
+
+
+def fast_ratios(timed: Sequence[np.ndarray], fast_ms: float) -> list[float]:
+    """Session ratios from fast-mode rounds alone: rounds whose reference burst is within
+    ``FAST_BAND`` of ``fast_ms`` and whose candidate burst is within ``FAST_BAND`` of the
+    candidate's own 5th-percentile burst. A session with fewer than half its rounds so
+    gives none."""
+    if not timed:
+        return []
+    cand_fast = float(np.percentile(np.concatenate([s[:, 0] for s in timed]), 5)) * FAST_BAND
+    out = []
+    for s in timed:
+        fast = (s[:, 1] <= fast_ms * FAST_BAND) & (s[:, 0] <= cand_fast)
+        if 2 * fast.sum() >= len(s):
+            out.append(float(np.median(s[fast, 0] / s[fast, 1])))
+    return out
 
 
 def _warm(run: Run, n: int, clock: Clock) -> float:
@@ -138,7 +185,7 @@ def _rel_se(ratios: Sequence[float]) -> float:
 
 
 def summarize(session_ratios: Sequence[float], cand_medians: Sequence[float], tails: Sequence[float],
-              runs: int) -> Rounds:
+              runs: int, sessions: int | None = None, fast_only: bool = False) -> Rounds:
     """The figure's ratio is the mean of the session ratios, trimmed of the highest and
     the lowest from six sessions on (one session hit by another program should not
     move it); its error is the untrimmed between-session error, which that session
@@ -148,7 +195,8 @@ def summarize(session_ratios: Sequence[float], cand_medians: Sequence[float], ta
     between = float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else ratio * RESIDUAL_REL
     return Rounds(session_ratios=tuple(float(x) for x in r), ratio=ratio,
                   ratio_sem=math.hypot(between, RESIDUAL_REL * ratio),
-                  raw_ms=float(np.median(cand_medians)), tail=float(np.median(tails)), runs=runs)
+                  raw_ms=float(np.median(cand_medians)), tail=float(np.median(tails)), runs=runs,
+                  sessions=len(r) if sessions is None else sessions, fast_only=fast_only)
 
 
 def calibrate(reference: Callable[[], Run], seconds: float, *, burst_runs: int, warmup_runs: int,

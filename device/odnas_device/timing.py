@@ -272,13 +272,13 @@ def measure(open_candidate: Callable[[], Run], protocol: Mapping[str, Any],
     open_reference, base = reference
     r = proto.rounds(open_candidate, open_reference, sessions=p["sessions"], rounds=p["rounds"],
                      burst_runs=p["burst_runs"], warmup_runs=p["warmup_runs"], clock=time.perf_counter_ns,
-                     budget_s=p["max_time_s"], max_sessions=3 * p["sessions"])
+                     budget_s=p["max_time_s"], max_sessions=3 * p["sessions"],
+                     fast_ms=base.ms if base.modes.present else None)
     ms = r.ratio * base.ms
     return dict(
         latency_ms=ms, latency_ms_p90=ms * r.tail, latency_ms_mean=ms, latency_ms_sem=r.ratio_sem * base.ms,
         runs=r.runs, warmup_runs=p["warmup_runs"], measure_s=time.perf_counter() - t_start,
         statistic="reference-ratio", method="reference", ratio=r.ratio, ratio_sem=r.ratio_sem,
         baseline_ms=base.ms, reference_id=base.reference_id, raw_ms=r.raw_ms,
-        sessions=len(r.session_ratios), rounds=p["rounds"],
-        burst_runs=r.runs // (len(r.session_ratios) * p["rounds"]),
-        session_ratios=[round(x, 5) for x in r.session_ratios])
+        sessions=r.sessions, rounds=p["rounds"], burst_runs=r.runs // (r.sessions * p["rounds"]),
+        session_ratios=[round(x, 5) for x in r.session_ratios], fast_only=r.fast_only)

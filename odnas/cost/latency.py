@@ -53,7 +53,8 @@ class LatencyResult:
     sessions: int | None = None
     rounds: int | None = None
     burst_runs: int | None = None  # after shortening for a slow candidate
-    session_ratios: tuple[float, ...] | None = None  # per fresh session: median over its rounds
+    session_ratios: tuple[float, ...] | None = None  # per fresh session counted: median over its rounds
+    fast_only: bool | None = None  # the ratios are of fast-mode rounds alone (odnas_device.protocol)
     device: str | None = None  # timed by a device agent: what the device calls itself
     device_id: str | None = None  # ... its machine id, part of the comparability key
     agent: str | None = None  # ... and the agent's address; None: timed on the search's own host
