@@ -100,6 +100,13 @@ SECTIONS: dict[str, Section] = {
          f"{PY} benchmarks/retest.py --run {BENCH}/repro"),
         note="The default search, then every trained candidate measured again by `odnas rescore` in a fresh "
              "process, and the exported pick against an independent plain loop in five fresh processes."),
+    "modes": Section(
+        "Speed modes that do not cancel: a search's timings read from fast rounds and from every round",
+        (f"rm -rf {BENCH}/modes {BENCH}/modes-rounds.jsonl",
+         f"{PY} benchmarks/modes.py --run-dir {BENCH}/modes --trials 48"),
+        markdown=False,
+        note="The tutorial-problem example with every timing round logged, each measurement read both ways "
+             "from the same bursts, then the search's figures against `odnas rescore` in a fresh process."),
     "device": Section(
         "The device agent against the host's own measurement, on one machine",
         (f"{PY} benchmarks/device.py --profile cpu-mobile --repeats 2",),
