@@ -50,8 +50,8 @@ def rounds(open_candidate, reference, **kw):
         out = real_rounds(open_candidate, reference, **kw)
     finally:
         P.burst = real_burst
-    log.write(json.dumps({"bursts": bursts, "rounds": kw["rounds"], "sessions": kw["sessions"],
-                          "fast_ms": kw.get("fast_ms"), "ratio": out.ratio, "fast_only": out.fast_only}) + "\\n")
+    log.write(json.dumps({"bursts": bursts, "rounds": kw["rounds"], "fast_ms": kw.get("fast_ms"),
+                          "ratio": out.ratio, "fast_only": out.fast_only}) + "\\n")
     log.flush()
     return out
 
@@ -73,7 +73,8 @@ def pairs_of(rec: dict) -> list[np.ndarray]:
     return [np.asarray(pairs[s * R:(s + 1) * R]) for s in range(len(pairs) // R)]
 
 
-def analyze(rounds_log: Path, baseline_ms: float) -> str:
+def analyze(rounds_log: Path, baseline_ms: float, want: int) -> str:
+    """``want``: the profile's ``protocol.sessions``."""
     from odnas_device import protocol as P
 
     recs = [json.loads(x) for x in rounds_log.read_text().splitlines() if x.strip()]
@@ -112,8 +113,18 @@ def analyze(rounds_log: Path, baseline_ms: float) -> str:
         f"median |diff| {np.median(d):.1%}, max {d.max():.1%}; {int(np.sum(d > 0.03))} of {len(d)} differ by more "
         "than 3%.", "",
         f"Sessions timed per measurement: median {statistics.median(sessions):.0f}, "
-        f"{sum(s >= 3 * recs[0]['sessions'] for s in sessions)} at the limit of {3 * recs[0]['sessions']}.",
+        f"{sum(s >= 3 * want for s in sessions)} at the limit of {3 * want}.",
     ]
+    if not all("fast_only" in r for r in recs):
+        # Where the code before ran to the limit: where counting fast rounds would have stopped.
+        stops = []
+        for rec in recs:
+            timed = pairs_of(rec)
+            if len(timed) >= 3 * want:
+                stops.append(next((n for n in range(want, len(timed) + 1)
+                                   if P.enough(P.fast_ratios(timed[:n], baseline_ms), want)), None))
+        lines.append(f"Read from fast rounds, those at the limit would have stopped after: "
+                     f"{', '.join('not within it' if n is None else f'{n} sessions' for n in stops) or 'none'}.")
     return "\n".join(lines)
 
 
@@ -128,7 +139,8 @@ def main() -> int:
         from odnas.cost.latency import OrtLatencyBackend
         from odnas.profiles import load_profile
 
-        print(analyze(Path(a.analyze), OrtLatencyBackend().baseline(load_profile("cpu-mobile"), (1, 28, 28)).ms))
+        prof = load_profile("cpu-mobile")
+        print(analyze(Path(a.analyze), OrtLatencyBackend().baseline(prof, (1, 28, 28)).ms, prof.protocol.sessions))
         return 0
     run_dir = Path(a.run_dir)
     if run_dir.exists():
@@ -144,13 +156,14 @@ def main() -> int:
     from odnas.cost.latency import OrtLatencyBackend, cpu_model
     from odnas.profiles import load_profile
 
-    base = OrtLatencyBackend().baseline(load_profile("cpu-mobile"), (1, 28, 28))
+    prof = load_profile("cpu-mobile")
+    base = OrtLatencyBackend().baseline(prof, (1, 28, 28))
     from benchmarks.retest import check_run
 
     print(f"Host: {cpu_model()}, {os.cpu_count()} cores; speed modes in its calibration: "
           f"{'yes' if base.modes.present else 'no'} (reference bursts p90/p10 {base.modes.spread:.2f}, "
           f"{base.modes.fast_share:.0%} in the fast band).\n")
-    print(analyze(rounds_log, base.ms))
+    print(analyze(rounds_log, base.ms, prof.protocol.sessions))
     print()
     print(check_run(str(run_dir), "cpu-mobile"))
     return 0

@@ -114,13 +114,10 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     limit = max(sessions, max_sessions or sessions)
     runs = 0
 
-    def unsettled() -> bool:
-        if fast_ms is None:
-            return _rel_se(session_ratios(timed)) > TARGET_REL_SE
-        fast = fast_ratios(timed, fast_ms)
-        return len(fast) < sessions or _rel_se(fast) > TARGET_REL_SE
+    def counted() -> list[float]:
+        return fast_ratios(timed, fast_ms) if fast_ms is not None else session_ratios(timed)
 
-    while len(timed) < sessions or (len(timed) < limit and unsettled()):
+    while len(timed) < sessions or (len(timed) < limit and not enough(counted(), sessions)):
         cand, ref = open_candidate(), reference()
         t_c = _warm(cand, warmup_runs, clock)
         t_r = _warm(ref, warmup_runs, clock)
@@ -166,6 +163,12 @@ def fast_ratios(timed: Sequence[np.ndarray], fast_ms: float) -> list[float]:
         if 2 * fast.sum() >= len(s):
             out.append(float(np.median(s[fast, 0] / s[fast, 1])))
     return out
+
+
+def enough(ratios: Sequence[float], sessions: int) -> bool:
+    """Whether session ratios settle a figure: ``sessions`` of them, agreeing within
+    ``TARGET_REL_SE``."""
+    return len(ratios) >= sessions and _rel_se(ratios) <= TARGET_REL_SE
 
 
 def _warm(run: Run, n: int, clock: Clock) -> float:
