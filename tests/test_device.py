@@ -291,6 +291,24 @@ def test_a_device_that_comes_back_is_retried_and_the_timing_succeeds(tmp_path, q
     assert len(lines) == 1 and "Connection refused" in lines[0] and "attempt 2 of 3" in lines[0]
 
 
+def test_a_device_says_before_its_first_timing_that_it_calibrates_its_reference(tmp_path, quick, onnx_file):
+    """The agent's info lists the references it has calibrated, so a search can say that
+    the first timing on a new device waits for its calibration (30 s under the shipped
+    profiles), as it does for a new host; and not once the device has it."""
+    a = Agent(tmp_path)
+    try:
+        backend = DeviceLatencyBackend(_spec(a.url), token=TOKEN)
+        assert backend.calibration_due(quick, (1, 8, 8)) == pytest.approx(quick.protocol.calibration_s)
+        backend.measure(onnx_file, quick)
+        again = DeviceLatencyBackend(_spec(a.url), token=TOKEN)  # the next search asks the agent afresh
+        assert again.calibration_due(quick, (1, 8, 8)) == 0.0
+        assert again.calibration_due(quick, (1, 28, 28)) > 0  # another input shape has a reference of its own
+        plain = dataclasses.replace(quick, protocol=dataclasses.replace(quick.protocol, method="plain"))
+        assert again.calibration_due(plain, (1, 28, 28)) == 0.0  # no reference, nothing to calibrate
+    finally:
+        a.kill()
+
+
 def test_a_slow_agent_past_the_timeout_fails_the_measurement(agent, quick, onnx_file):
     backend = DeviceLatencyBackend(_spec(agent.url, timeout_s=0.5), token=TOKEN)
     with pytest.raises(DeviceUnreachable, match=r"no answer within 0.5 s"):  # tried: a timing longer than 0.5 s
@@ -315,7 +333,9 @@ def test_a_search_timed_on_the_agent_completes_stops_when_it_goes_and_resumes_wh
                        "--method", "sobol", "--fixed", "epochs=1", "--constraint", "val_acc >= 0.1", "--threads",
                        "1", "--run-dir", str(run), "--json", "--quiet")
         assert proc.returncode == 0, proc.stderr
-        assert "timing latency on" in (run / "odnas.log").read_text() + proc.stderr
+        said = (run / "odnas.log").read_text() + proc.stderr
+        assert "timing latency on" in said
+        assert "timing the device's latency reference first" in said  # a new device: its first timing calibrates
         costs = [json.loads(p.read_text()) for p in (run / "costs").glob("*.json")]
         assert costs and all(c["latency"]["agent"] == a.url for c in costs)
 

@@ -250,7 +250,7 @@ class Agent:
                 "python": platform.python_version(), "providers": self.providers,
                 "max_bytes": self.max_bytes, "max_measure_s": self.max_measure_s,
                 "busy_s": None if self.busy_since is None else round(time.time() - self.busy_since, 1),
-                "served": self.served}
+                "served": self.served, "calibrated": timing.calibrated()}
 
     def measure(self, raw: bytes) -> dict[str, Any]:
         """Time the request's model. Everything, the JSON and the sessions included, runs

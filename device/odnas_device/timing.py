@@ -225,10 +225,29 @@ def _due(rec: Mapping[str, Any], calibration_s: float) -> float:
     return max(missing, 0.05) if missing > 0.05 or not rec["bursts"] else 0.0
 
 
-def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: float, burst_runs: int) -> float:
+def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: float, burst_runs: int,
+                    calibrated: Mapping[str, float] | None = None) -> float:
     """Seconds ``baseline`` would calibrate for before it returns (0 when the per-host
-    cache holds enough): for a note before a first run on a host waits."""
-    return _due(_cached(*_baseline_entry(key, reference, burst_runs)), calibration_s)
+    cache holds enough): for a note before a first run on a host waits. ``calibrated``:
+    another machine's cache as ``calibrated()`` lists it there (a device agent's info),
+    in place of this one's."""
+    ident, path = _baseline_entry(key, reference, burst_runs)
+    if calibrated is None:
+        return _due(_cached(ident, path), calibration_s)
+    seconds = calibrated.get(path.name)
+    return _due({"seconds": seconds or 0.0, "bursts": [1.0] if seconds else []}, calibration_s)
+
+
+def calibrated() -> dict[str, float]:
+    """This machine's cached reference baselines: file name -> seconds of calibration."""
+    out = {}
+    for path in sorted((cache_root() / "reference").glob("baseline-*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            out[path.name] = float(rec["seconds"]) if rec.get("bursts") else 0.0
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def baseline(key: Mapping[str, Any], reference: bytes, open_reference: Callable[[], Run], *, calibration_s: float,

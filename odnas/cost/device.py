@@ -188,6 +188,18 @@ class DeviceLatencyBackend:
         return LatencyKey(**timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size, info),
                           device_id=info.get("device_id"))
 
+    def calibration_due(self, profile: HardwareProfile, shape: tuple[int, ...]) -> float:
+        """Seconds the device's first timing under ``profile`` on inputs of ``shape`` will
+        first spend calibrating its reference (0: the agent has it cached, an older agent
+        that does not say, or no reference protocol)."""
+        p = profile.protocol
+        info = self._info or self.check(profile)
+        if p.method != "reference" or info.get("calibrated") is None:
+            return 0.0
+        env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size, info)
+        return timing.calibration_due(env, reference_onnx(shape).read_bytes(), calibration_s=p.calibration_s,
+                                      burst_runs=p.burst_runs, calibrated=info["calibrated"])
+
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         model = Path(onnx_path).read_bytes()
         ref = reference_onnx(input_shape(onnx_path)).read_bytes() if profile.protocol.method == "reference" else None

@@ -178,11 +178,10 @@ class CostLane:
             return self.backend.baseline(self.profile, self.input_shape)
 
     def calibration_due(self) -> float:
-        """Seconds the lane's first timing will spend calibrating this host's reference
-        first (``host_check``); 0 when this host has it, on a device, or without one."""
-        backend = self.backend
-        return backend.calibration_due(self.profile, self.input_shape) if isinstance(backend, OrtLatencyBackend) \
-            else 0.0
+        """Seconds the lane's first timing will spend calibrating the reference of this host
+        (``host_check``) or of the device first; 0 when it is cached there, or without one."""
+        due = getattr(self.backend, "calibration_due", None)
+        return due(self.profile, self.input_shape) if due is not None else 0.0
 
     def _comparable(self, rec: CostRecord) -> bool:
         """Whether a cached record was timed where the lane times now (its backend's ``key``)."""
@@ -210,8 +209,9 @@ class CostLane:
         return self.profile.over_budget(metrics)
 
 
-def calibration_note(seconds: float) -> str:
-    return f"timing this host's latency reference first: about {seconds:.0f} s, once per host"
+def calibration_note(seconds: float, device: bool = False) -> str:
+    return (f"timing {'the device' if device else 'this host'}'s latency reference first: about {seconds:.0f} s, "
+            f"once per {'device' if device else 'host'}")
 
 
 def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, progress: Step | None = None) -> None:
@@ -236,9 +236,9 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, 
     if judged & {*TIMED_METRICS, "model_bytes"}:
         with tempfile.TemporaryDirectory() as tmp:
             lane = CostLane(space, settings.input_shape, settings.num_classes, profile, tmp, backend=backend)
-            if progress is not None and (due := lane.calibration_due()):
-                progress(calibration_note(due))
             try:
+                if progress is not None and (due := lane.calibration_due()):
+                    progress(calibration_note(due, lane.on_device))
                 rec = lane.costs(params)
             except DeviceError:
                 return

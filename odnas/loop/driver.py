@@ -330,6 +330,8 @@ def host_note(lane: CostLane, out) -> None:
         info = lane.backend.check(lane.profile)
         print(f"odnas: timing latency on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']}) "
               f"through the device agent at {lane.profile.device.url}", file=out, flush=True)
+        if due := lane.calibration_due():
+            print(f"odnas: {calibration_note(due, device=True)}", file=out, flush=True)
         return
     if due := lane.calibration_due():
         print(f"odnas: {calibration_note(due)}", file=out, flush=True)
