@@ -7,6 +7,7 @@ folder at ../shared/data/mnist-t10k (the 10k test split, 8000/2000 stratified);
 with network access use ``--data mnist-tv`` for the full 60k set.
 
     python examples/tutorial_mnist_mlp.py [--trials 48] [--run-dir runs/tutorial] [--workers fresh]
+                                          [--parallel 2] [--threads N]
 
 Prints wall time, the feasible Pareto front and its hypervolume (reference point
 val_acc 0.94, num_params 80000, num_params minimised).
@@ -34,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=48)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per training (default: cores // parallel)")
     ap.add_argument("--data-dir", default=str(MNIST))
     ap.add_argument("--run-dir", default=f"runs/tutorial-{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("--seed", type=int, default=0)
@@ -42,7 +44,7 @@ def main() -> None:
     a = ap.parse_args()
     cfg = SearchConfig(
         profile="cpu-mobile", space="mlp", data="mnist", data_dir=a.data_dir, trials=a.trials,
-        parallel=a.parallel, seed=a.seed, run_dir=a.run_dir, workers=a.workers,
+        parallel=a.parallel, threads=a.threads, seed=a.seed, run_dir=a.run_dir, workers=a.workers,
         # The tutorial's 48 trials are 48 candidates: cap candidates, not only trainings.
         max_candidates=a.trials,
         objective="val_acc, -num_params",
