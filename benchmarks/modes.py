@@ -8,8 +8,9 @@ reference burst medians logged, then reads each measurement both ways from the s
 bursts:
 
 - *fast rounds* (odnas now, on a host with speed modes): rounds whose reference burst
-  is within ``FAST_BAND`` of the host's baseline and whose candidate burst is within
-  ``FAST_BAND`` of its own fastest, the session ratio over those;
+  is within ``FAST_BAND`` of the measurement's fastest reference bursts and whose
+  candidate burst is within ``FAST_BAND`` of its median in such rounds, the session
+  ratio over those (``odnas_device.protocol.fast_ratios``);
 - *every round* (odnas before): the session ratio over all rounds of the same sessions.
 
 It prints how much a slow mode slowed the reference and the candidate, what that did
@@ -50,7 +51,7 @@ def rounds(open_candidate, reference, **kw):
         out = real_rounds(open_candidate, reference, **kw)
     finally:
         P.burst = real_burst
-    log.write(json.dumps({"bursts": bursts, "rounds": kw["rounds"], "fast_ms": kw.get("fast_ms"),
+    log.write(json.dumps({"bursts": bursts, "rounds": kw["rounds"], "modes": kw.get("modes"),
                           "ratio": out.ratio, "fast_only": out.fast_only}) + "\\n")
     log.flush()
     return out
@@ -82,9 +83,9 @@ def analyze(rounds_log: Path, baseline_ms: float, want: int) -> str:
     for rec in recs:
         timed = pairs_of(rec)
         allp = np.concatenate(timed)
-        cand_fast = np.percentile(allp[:, 0], 5) * P.FAST_BAND
-        fast = (allp[:, 1] <= baseline_ms * P.FAST_BAND) & (allp[:, 0] <= cand_fast)
-        slow = allp[:, 1] > baseline_ms * P.FAST_BAND
+        ref_fast = allp[:, 1] <= np.percentile(allp[:, 1], 5) * P.FAST_BAND
+        fast = ref_fast & (allp[:, 0] <= np.median(allp[ref_fast, 0]) * P.FAST_BAND)
+        slow = ~ref_fast
         shares.append(float(fast.mean()))
         sessions.append(len(timed))
         fast_only += bool(rec.get("fast_only"))
@@ -94,8 +95,9 @@ def analyze(rounds_log: Path, baseline_ms: float, want: int) -> str:
             ratio_gap.append(np.median(allp[slow, 0] / allp[slow, 1]) / np.median(allp[fast, 0] / allp[fast, 1]) - 1)
         every = P.summarize(P.session_ratios(timed), allp[:, 0], [1.0], 0).ratio
         # A log of the code before (every round counted) is read as the code now would read it.
+        fast = P.fast_ratios(timed)
         counted = rec["ratio"] if "fast_only" in rec else P.summarize(
-            P.fast_ratios(timed, baseline_ms) or P.session_ratios(timed), allp[:, 0], [1.0], 0).ratio
+            fast if 2 * len(fast) >= want else P.session_ratios(timed), allp[:, 0], [1.0], 0).ratio
         diffs.append(counted / every - 1)
     d = np.abs(diffs)
     lines = [
@@ -122,7 +124,7 @@ def analyze(rounds_log: Path, baseline_ms: float, want: int) -> str:
             timed = pairs_of(rec)
             if len(timed) >= 3 * want:
                 stops.append(next((n for n in range(want, len(timed) + 1)
-                                   if P.enough(P.fast_ratios(timed[:n], baseline_ms), want)), None))
+                                   if P.enough(P.fast_ratios(timed[:n]), want)), None))
         lines.append(f"Read from fast rounds, those at the limit would have stopped after: "
                      f"{', '.join('not within it' if n is None else f'{n} sessions' for n in stops) or 'none'}.")
     return "\n".join(lines)

@@ -154,7 +154,7 @@ def check_run(run_dir: str, profile: str) -> str:
                 f"{', '.join(f'{v:.4f}' for v in loop)} ms, lowest {min(loop):.4f}; card / lowest = "
                 f"{lat / min(loop):.3f}.")
     else:
-        pick = f"No pick to export: `{exported.stderr.strip().splitlines()[-1]}`."
+        pick = f"No pick to export: `{(exported.stderr.strip().splitlines() or ['(nothing said)'])[-1]}`."
     return "\n".join([
         f"Run `{run_dir}` ({len(run.rows)} candidates, {len(idx)} trained); host {os.uname().nodename}; "
         f"{datetime.date.today()}; {time.time() - t0:.0f} s.", "",

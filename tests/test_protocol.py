@@ -53,7 +53,7 @@ def _measure(host, cand_ms, ref_ms=0.07, fast=True, **kw):
     opts = dict(sessions=8, rounds=6, burst_runs=40, warmup_runs=5, max_sessions=24, clock=host.clock) | kw
     base = P.baseline_ms(P.calibrate(host.opener(ref_ms, True), 5.0, burst_runs=40, warmup_runs=5,
                                      clock=host.clock))
-    r = P.rounds(host.opener(cand_ms), host.opener(ref_ms, True), fast_ms=base if fast else None, **opts)
+    r = P.rounds(host.opener(cand_ms), host.opener(ref_ms, True), modes=fast, **opts)
     return r.ratio * base, r.ratio_sem * base, r
 
 
@@ -70,30 +70,28 @@ def test_the_figure_lands_on_the_fast_mode(cand_ms):
 def test_a_slow_mode_that_slows_the_candidate_less_does_not_pull_the_figure_down(cand_ms):
     """As measured on a 2-core EPYC guest: the slow mode slowed the reference ~1.85x and
     13-25 us MLPs ~1.5x, so ratios of slow rounds read low. Where a measurement sees
-    fast rounds, counting those only lands near the fast-mode time, and nearer than
-    counting every round (as before) did; where it sees none in 24 sessions, the
-    figure is what every round gives."""
-    fast, every, fallback = [], [], 0
+    both modes, counting fast rounds only lands near the fast-mode time, where counting
+    every round (as before) did not; where it sees one mode throughout, both read alike,
+    and counting fast rounds is never much worse."""
+    mixed = 0
     for seed in range(8):
-        f = _measure(ModeHost(seed=seed, mode_skew=-0.2, fast_share=0.4), cand_ms)
-        e = _measure(ModeHost(seed=seed, mode_skew=-0.2, fast_share=0.4), cand_ms, fast=False)
-        if not f[2].fast_only:
-            fallback += 1
-            assert f[2].sessions == 24 and len(f[2].session_ratios) == 24
-            continue
-        fast.append(abs(f[0] / cand_ms - 1))
-        every.append(abs(e[0] / cand_ms - 1))
-    assert fallback <= 4
-    assert max(fast) < 0.06 and np.mean(fast) < 0.04 and np.mean(fast) < np.mean(every) / 2, (fast, every)
+        f = _measure(ModeHost(seed=seed, mode_skew=-0.2, fast_share=0.4), cand_ms)[0] / cand_ms - 1
+        e = _measure(ModeHost(seed=seed, mode_skew=-0.2, fast_share=0.4), cand_ms, fast=False)[0] / cand_ms - 1
+        assert abs(f) <= abs(e) + 0.05, (seed, f, e)
+        if abs(f - e) > 0.05:  # the two readings part: the measurement saw both modes
+            mixed += 1
+            assert abs(f) < 0.06 and abs(f) < abs(e), (seed, f, e)
+    assert mixed >= 2  # the case is exercised
 
 
-def test_a_host_that_stays_slow_counts_every_round():
-    """No fast round at all (a host slower now than when it was calibrated): sessions are
-    added up to the limit in case the fast mode comes back, then every round counts."""
+def test_a_baseline_from_a_faster_host_does_not_stretch_the_timing():
+    """The fast band is the measurement's own: a host slower throughout than the one
+    its cached baseline came from (a host of the same name on other hardware) times
+    its 8 sessions, as without modes, and lands on its own ratio."""
     host = ModeHost(slow=1.0, placement=0.005)
     kw = dict(sessions=8, rounds=4, burst_runs=20, warmup_runs=3, max_sessions=24, clock=host.clock)
-    r = P.rounds(host.opener(0.1), host.opener(0.07, True), fast_ms=0.07 / 2, **kw)
-    assert not r.fast_only and r.sessions == len(r.session_ratios) == 24
+    r = P.rounds(host.opener(0.1), host.opener(0.07, True), modes=True, **kw)
+    assert r.fast_only and r.sessions == len(r.session_ratios) == 8
     assert r.ratio == pytest.approx(0.1 / 0.07, rel=0.02)
 
 

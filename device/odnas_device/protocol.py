@@ -1,8 +1,8 @@
 """The reference-normalised timing protocol, as pure functions over "run once" callables.
 
 Some hosts (KVM guests among them) run in speed modes up to ~1.9x apart that hold
-for a fraction of a second to minutes and slow every model in a process by the same
-factor. A single median then says more about the host's mode than about the model.
+for a fraction of a second to minutes and slow every model in a process by about the
+same factor (not quite the same: see below). A single median then says more about the host's mode than about the model.
 What survives a mode is a *ratio*: the candidate and a fixed reference model timed in
 alternating short bursts slow down together. So:
 
@@ -14,14 +14,17 @@ alternating short bursts slow down together. So:
   mean over sessions (trimmed of the extremes from six on; more sessions are
   added, up to three times as many, while they disagree);
 - only rounds in the fast mode count, where the host is seen to switch: a round whose
-  reference burst is outside the fast band of the host's baseline, or whose candidate
-  burst is outside the fast band of the candidate's own fastest bursts, is left out,
+  reference burst is outside the fast band of the measurement's own fastest reference
+  bursts, or whose candidate burst is outside the fast band of the candidate's median
+  in such rounds, is left out,
   and a session with fewer than half its rounds left gives no ratio. A slow mode does
   not slow every model by quite the same factor: on a 2-core EPYC guest it slowed the
   0.1 ms reference 1.7-2.2x and 13-25 us MLPs about 1.5x, so ratios from slow rounds
   read 10-20% low (docs/benchmarks.md, "Speed modes that do not cancel"). Sessions
   are added, up to three times as many, until enough have fast rounds; with too few
-  even then, every round counts, as on a host without modes;
+  even then, every round counts, as without modes. (The fast band is the
+  measurement's own, not the baseline's: a baseline cached on a faster host of the
+  same name would otherwise leave no round fast, and stretch every timing.)
 - ``latency_ms = ratio x baseline``, where the baseline is the reference's time in
   the host's fast mode (the median of its fastest band of burst medians) over a
   calibration of ``calibration_s`` seconds, kept per host (``odnas.cost.reference``);
@@ -49,7 +52,10 @@ Clock = Callable[[], int]
 #: ratio. Without it the error bar covered 90% of differences between processes on a
 #: host with modes; with it, 97-100% (docs/benchmarks.md, "reproducibility").
 RESIDUAL_REL = 0.015
-#: The fast mode's bursts: within this factor of the reference's 5th-percentile burst.
+#: The fast mode's bursts: within this factor of the reference's 5th-percentile burst (the
+#: baseline's band); a round is in the fast mode when its reference burst is within it of
+#: the measurement's own 5th-percentile reference burst, and its candidate burst within it
+#: of the candidate's median over such rounds.
 FAST_BAND = 1.25
 #: Reference bursts whose p90/p10 exceeds this show speed modes (a quiet host: ~1.05).
 MODES_RATIO = 1.25
@@ -95,7 +101,7 @@ def burst(run: Run, n: int, clock: Clock) -> Burst:
 
 def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, sessions: int, rounds: int,
            burst_runs: int, warmup_runs: int, clock: Clock, budget_s: float | None = None,
-           max_sessions: int | None = None, fast_ms: float | None = None) -> Rounds:
+           max_sessions: int | None = None, modes: bool = False) -> Rounds:
     """Run the protocol on one candidate. ``open_candidate()`` and ``reference()`` open a
     fresh session each and return its "run once" callable.
 
@@ -104,10 +110,10 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     from the first session's warm-ups. With ``max_sessions``, sessions are added past
     ``sessions`` while the ratios still disagree by more than ``TARGET_REL_SE``
     (another program competing for the core makes sessions noisy), up to that many.
-    With ``fast_ms`` (the reference's fast-mode time on a host with speed modes, its
-    baseline), only fast-mode rounds count (``fast_ratios``): sessions are added until
-    ``sessions`` of them agree, up to ``max_sessions``; with fewer than half
-    ``sessions`` of them by then, every round counts.
+    With ``modes`` (the host's calibration shows speed modes), only fast-mode rounds
+    count (``fast_ratios``): sessions are added until ``sessions`` such agree, up to
+    ``max_sessions``; with fewer than half ``sessions`` of them by then, every round
+    counts.
     """
     timed: list[np.ndarray] = []  # per session: its rounds' (candidate, reference) burst medians
     cand_medians, tails = [], []
@@ -115,7 +121,7 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     runs = 0
 
     def counted() -> list[float]:
-        return fast_ratios(timed, fast_ms) if fast_ms is not None else session_ratios(timed)
+        return fast_ratios(timed) if modes else session_ratios(timed)
 
     while len(timed) < sessions or (len(timed) < limit and not enough(counted(), sessions)):
         cand, ref = open_candidate(), reference()
@@ -138,7 +144,7 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
             tails.append(c.p90_ms / c.median_ms)
         timed.append(np.asarray(pairs))
         runs += rounds * burst_runs
-    fast = fast_ratios(timed, fast_ms) if fast_ms is not None else []
+    fast = fast_ratios(timed) if modes else []
     fast_only = 2 * len(fast) >= sessions
     return summarize(fast if fast_only else session_ratios(timed), cand_medians, tails, runs,
                      sessions=len(timed), fast_only=fast_only)
@@ -149,17 +155,21 @@ def session_ratios(timed: Sequence[np.ndarray]) -> list[float]:
     return [float(np.median(s[:, 0] / s[:, 1])) for s in timed]
 
 
-def fast_ratios(timed: Sequence[np.ndarray], fast_ms: float) -> list[float]:
+def fast_ratios(timed: Sequence[np.ndarray]) -> list[float]:
     """Session ratios from fast-mode rounds alone: rounds whose reference burst is within
-    ``FAST_BAND`` of ``fast_ms`` and whose candidate burst is within ``FAST_BAND`` of the
-    candidate's own 5th-percentile burst. A session with fewer than half its rounds so
-    gives none."""
+    ``FAST_BAND`` of the 5th percentile of every reference burst so far, and whose
+    candidate burst is within ``FAST_BAND`` of the candidate's median over such rounds
+    (sessions land about +-10% apart; a slow mode is 1.5x and more). A session with
+    fewer than half its rounds so gives none."""
     if not timed:
         return []
-    cand_fast = float(np.percentile(np.concatenate([s[:, 0] for s in timed]), 5)) * FAST_BAND
+    every = np.concatenate(timed)
+    ref_band = float(np.percentile(every[:, 1], 5)) * FAST_BAND
+    ref_fast = every[:, 1] <= ref_band
+    cand_fast = float(np.median(every[ref_fast, 0])) * FAST_BAND
     out = []
     for s in timed:
-        fast = (s[:, 1] <= fast_ms * FAST_BAND) & (s[:, 0] <= cand_fast)
+        fast = (s[:, 1] <= ref_band) & (s[:, 0] <= cand_fast)
         if 2 * fast.sum() >= len(s):
             out.append(float(np.median(s[fast, 0] / s[fast, 1])))
     return out

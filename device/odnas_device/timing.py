@@ -244,7 +244,7 @@ def calibrated() -> dict[str, float]:
     for path in sorted((cache_root() / "reference").glob("baseline-*.json")):
         try:
             rec = json.loads(path.read_text())
-            out[path.name] = float(rec["seconds"]) if rec.get("bursts") else 0.0
+            out[path.name] = float(rec["seconds"]) if isinstance(rec, dict) and rec.get("bursts") else 0.0
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
@@ -292,7 +292,7 @@ def measure(open_candidate: Callable[[], Run], protocol: Mapping[str, Any],
     r = proto.rounds(open_candidate, open_reference, sessions=p["sessions"], rounds=p["rounds"],
                      burst_runs=p["burst_runs"], warmup_runs=p["warmup_runs"], clock=time.perf_counter_ns,
                      budget_s=p["max_time_s"], max_sessions=3 * p["sessions"],
-                     fast_ms=base.ms if base.modes.present else None)
+                     modes=base.modes.present)
     ms = r.ratio * base.ms
     return dict(
         latency_ms=ms, latency_ms_p90=ms * r.tail, latency_ms_mean=ms, latency_ms_sem=r.ratio_sem * base.ms,

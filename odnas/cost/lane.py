@@ -225,8 +225,9 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, 
     Nothing is checked for a space that names no smallest member or a profile without
     budgets; latency budgets are not judged under a host-to-device calibration (they
     bound estimates the search makes with it), and a device agent that cannot be
-    reached is left to the search to report. ``progress`` is told when this host's
-    latency reference is calibrated first (about 30 s, once per host)."""
+    reached is left to the search to report. ``progress`` is told when the latency
+    reference of this host, or of the device, is calibrated first (about 30 s, once per
+    host or device)."""
     profile = profile_from_dict(settings.profile, source=SETTINGS_NAME)
     space = get_space(settings.space)
     params = space.smallest(settings.fixed) if profile.budgets else None
@@ -238,7 +239,7 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, 
             lane = CostLane(space, settings.input_shape, settings.num_classes, profile, tmp, backend=backend)
             try:
                 if progress is not None and (due := lane.calibration_due()):
-                    progress(calibration_note(due, lane.on_device))
+                    progress(calibration_note(due, isinstance(lane.backend, DeviceLatencyBackend)))
                 rec = lane.costs(params)
             except DeviceError:
                 return

@@ -45,7 +45,7 @@ class LatencyResult:
     cpu_model: str
     host: str
     method: str = "plain"  # "reference" (ratio x baseline) or "plain" (the statistic of one session)
-    ratio: float | None = None  # candidate / reference, mean over sessions
+    ratio: float | None = None  # candidate / reference, mean over the sessions counted (trimmed from six on)
     ratio_sem: float | None = None
     baseline_ms: float | None = None  # the reference's fast-mode time on this host
     reference_id: str | None = None  # sha256 prefix of the reference file

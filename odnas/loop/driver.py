@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
-from odnas.cost.device import DeviceError
+from odnas.cost.device import DeviceError, DeviceLatencyBackend
 from odnas.cost.lane import CostLane, calibration_note, check_budgets
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
@@ -325,7 +325,8 @@ def interrupt_summary(exp, run_dir: Path) -> str:
 def host_note(lane: CostLane, out) -> None:
     """Where latency is timed: on a device, one line naming it (after checking the link,
     so a wrong address or token stops the search before anything runs); on this host,
-    one line when it switches speed modes, and what odnas does about it."""
+    one line when it switches speed modes, and what odnas does about it. Either way, one
+    line before when the first timing will calibrate the latency reference first."""
     if lane.on_device:
         info = lane.backend.check(lane.profile)
         print(f"odnas: timing latency on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']}) "
@@ -334,7 +335,8 @@ def host_note(lane: CostLane, out) -> None:
             print(f"odnas: {calibration_note(due, device=True)}", file=out, flush=True)
         return
     if due := lane.calibration_due():
-        print(f"odnas: {calibration_note(due)}", file=out, flush=True)
+        print(f"odnas: {calibration_note(due, isinstance(lane.backend, DeviceLatencyBackend))}", file=out,
+              flush=True)
     base = lane.host_check()
     if base is not None and base.modes.present:
         print(f"odnas: note: this host switches between speed modes (the reference model's p90/p10 is "
