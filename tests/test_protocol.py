@@ -203,3 +203,25 @@ def test_a_host_without_a_baseline_is_told_how_long_calibrating_it_will_take(tmp
     longer = dataclasses.replace(prof, protocol=dataclasses.replace(prof.protocol, calibration_s=1.3))
     assert abs(OrtLatencyBackend().calibration_due(longer, (1, 8, 8)) - 1.0) < 1e-9  # extends what is cached
     assert OrtLatencyBackend().calibration_due(prof, (1, 28, 28)) == 0.3  # another input shape: its own
+
+
+def test_a_baseline_cached_on_other_hardware_of_the_same_name_is_not_reused(tmp_path, short_profile, monkeypatch):
+    """The cache outlives a host: a disk kept across machines called ``vm`` whose CPU
+    says only "AMD EPYC" must not hand one generation's baseline to another. The
+    baseline is cached under the CPU's signature (family, model, stepping, cache), so
+    the other machine calibrates its own."""
+    import dataclasses
+
+    from odnas.cost.latency import OrtLatencyBackend
+    from odnas_device import timing
+
+    monkeypatch.setenv("ODNAS_CACHE_DIR", str(tmp_path / "cache"))
+    prof = short_profile()
+    prof = dataclasses.replace(prof, protocol=dataclasses.replace(prof.protocol, calibration_s=0.3))
+    OrtLatencyBackend().baseline(prof, (1, 8, 8))
+    assert OrtLatencyBackend().calibration_due(prof, (1, 8, 8)) == 0.0
+    assert timing.identity()["cpu_signature"] == timing.cpu_signature() and len(timing.cpu_signature()) == 12
+    monkeypatch.setattr(timing, "cpu_signature", lambda: "0123456789ab")  # same name, other hardware
+    assert OrtLatencyBackend().calibration_due(prof, (1, 8, 8)) == 0.3
+    OrtLatencyBackend().baseline(prof, (1, 8, 8))
+    assert len(list((tmp_path / "cache" / "reference").glob("baseline-*.json"))) == 2

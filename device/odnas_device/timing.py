@@ -39,8 +39,8 @@ def cache_root() -> Path:
 
 
 @lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's name: ``model name`` on x86, ``Hardware``/``Model`` or the core part on ARM."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of ``/proc/cpuinfo`` (empty where there is none)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -48,6 +48,29 @@ def cpu_model() -> str:
             fields.setdefault(k.strip(), v.strip())
     except OSError:
         pass
+    return fields
+
+
+#: The ``/proc/cpuinfo`` fields that tell one CPU generation from another where the name
+#: does not (a VM's "AMD EPYC" is any of several).
+SIGNATURE_FIELDS = ("vendor_id", "cpu family", "model", "stepping", "cache size", "CPU implementer",
+                    "CPU architecture", "CPU variant", "CPU part", "CPU revision")
+
+
+@lru_cache(maxsize=1)
+def cpu_signature() -> str:
+    """A short hash of the CPU's family, model, stepping and cache size (ARM: implementer,
+    part, variant, revision): two hosts of the same name and CPU name on different
+    hardware differ here, so one's reference baseline is never taken for the other's."""
+    fields = _cpuinfo()
+    parts = [f"{k}={fields[k]}" for k in SIGNATURE_FIELDS if fields.get(k)]
+    return sha12("\n".join(parts or [platform.processor() or platform.machine()]).encode())
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's name: ``model name`` on x86, ``Hardware``/``Model`` or the core part on ARM."""
+    fields = _cpuinfo()
     for k in ("model name", "Hardware", "Model", "cpu model"):
         if fields.get(k):
             return fields[k]
@@ -73,8 +96,8 @@ def identity() -> dict[str, Any]:
     """This machine as a latency depends on it: host name, CPU, ONNX Runtime build, cores."""
     import onnxruntime as ort
 
-    return {"host": socket.gethostname(), "cpu_model": cpu_model(), "ort_version": ort.__version__,
-            "cores": os.cpu_count() or 1}
+    return {"host": socket.gethostname(), "cpu_model": cpu_model(), "cpu_signature": cpu_signature(),
+            "ort_version": ort.__version__, "cores": os.cpu_count() or 1}
 
 
 def environment(runtime: Mapping[str, Any], batch_size: int,
@@ -203,9 +226,15 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _baseline_entry(key: Mapping[str, Any], reference: bytes, burst_runs: int) -> tuple[dict[str, Any], Path]:
-    """What a baseline is cached under, and the cache file that holds it."""
-    ident = {**dict(key), "reference": sha12(reference), "burst_runs": burst_runs}
+def _baseline_entry(key: Mapping[str, Any], reference: bytes, burst_runs: int,
+                    signature: str | None = None) -> tuple[dict[str, Any], Path]:
+    """What a baseline is cached under, and the cache file that holds it: the timing
+    environment, the reference, the burst length and the CPU's signature (this
+    machine's, or ``signature``: another's, as its agent reports it). The cache outlives
+    a host: a disk kept across machines of the same name must not carry a baseline
+    from one to the other."""
+    ident = {**dict(key), "reference": sha12(reference), "burst_runs": burst_runs,
+             "cpu_signature": signature or cpu_signature()}
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return ident, cache_root() / "reference" / f"baseline-{key['host']}-{digest}.json"
 
@@ -226,12 +255,12 @@ def _due(rec: Mapping[str, Any], calibration_s: float) -> float:
 
 
 def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: float, burst_runs: int,
-                    calibrated: Mapping[str, float] | None = None) -> float:
+                    calibrated: Mapping[str, float] | None = None, signature: str | None = None) -> float:
     """Seconds ``baseline`` would calibrate for before it returns (0 when the per-host
-    cache holds enough): for a note before a first run on a host waits. ``calibrated``:
-    another machine's cache as ``calibrated()`` lists it there (a device agent's info),
-    in place of this one's."""
-    ident, path = _baseline_entry(key, reference, burst_runs)
+    cache holds enough): for a note before a first run on a host waits. ``calibrated``
+    and ``signature``: another machine's cache as ``calibrated()`` lists it there and its
+    CPU's signature (a device agent's info), in place of this one's."""
+    ident, path = _baseline_entry(key, reference, burst_runs, signature)
     if calibrated is None:
         return _due(_cached(ident, path), calibration_s)
     seconds = calibrated.get(path.name)

@@ -194,11 +194,12 @@ class DeviceLatencyBackend:
         that does not say, or no reference protocol)."""
         p = profile.protocol
         info = self._info or self.check(profile)
-        if p.method != "reference" or info.get("calibrated") is None:
+        if p.method != "reference" or info.get("calibrated") is None or not info.get("cpu_signature"):
             return 0.0
         env = timing.environment(dataclasses.asdict(profile.runtime), profile.batch_size, info)
         return timing.calibration_due(env, reference_onnx(shape).read_bytes(), calibration_s=p.calibration_s,
-                                      burst_runs=p.burst_runs, calibrated=info["calibrated"])
+                                      burst_runs=p.burst_runs, calibrated=info["calibrated"],
+                                      signature=info["cpu_signature"])
 
     def measure(self, onnx_path: str | Path, profile: HardwareProfile) -> LatencyResult:
         model = Path(onnx_path).read_bytes()
