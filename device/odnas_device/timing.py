@@ -248,10 +248,15 @@ def _cached(ident: dict[str, Any], path: Path) -> dict[str, Any]:
     return rec if isinstance(rec, dict) and rec.get("key") == ident else {"key": ident, "bursts": [], "seconds": 0.0}
 
 
-def _due(rec: Mapping[str, Any], calibration_s: float) -> float:
-    """Seconds of calibration a record still needs (0: it holds enough)."""
-    missing = calibration_s - float(rec["seconds"])
-    return max(missing, 0.05) if missing > 0.05 or not rec["bursts"] else 0.0
+def _seconds(rec: Mapping[str, Any]) -> float:
+    """Seconds of calibration a cached record holds (0 without bursts)."""
+    return float(rec["seconds"]) if rec.get("bursts") else 0.0
+
+
+def _due(seconds: float, calibration_s: float) -> float:
+    """Seconds of calibration still needed on top of ``seconds`` held (0: enough)."""
+    missing = calibration_s - seconds
+    return max(missing, 0.05) if missing > 0.05 or seconds <= 0 else 0.0
 
 
 def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: float, burst_runs: int,
@@ -262,9 +267,8 @@ def calibration_due(key: Mapping[str, Any], reference: bytes, *, calibration_s: 
     CPU's signature (a device agent's info), in place of this one's."""
     ident, path = _baseline_entry(key, reference, burst_runs, signature)
     if calibrated is None:
-        return _due(_cached(ident, path), calibration_s)
-    seconds = calibrated.get(path.name)
-    return _due({"seconds": seconds or 0.0, "bursts": [1.0] if seconds else []}, calibration_s)
+        return _due(_seconds(_cached(ident, path)), calibration_s)
+    return _due(calibrated.get(path.name, 0.0), calibration_s)
 
 
 def calibrated() -> dict[str, float]:
@@ -273,7 +277,7 @@ def calibrated() -> dict[str, float]:
     for path in sorted((cache_root() / "reference").glob("baseline-*.json")):
         try:
             rec = json.loads(path.read_text())
-            out[path.name] = float(rec["seconds"]) if isinstance(rec, dict) and rec.get("bursts") else 0.0
+            out[path.name] = _seconds(rec) if isinstance(rec, dict) else 0.0
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
@@ -288,7 +292,7 @@ def baseline(key: Mapping[str, Any], reference: bytes, open_reference: Callable[
     ident, path = _baseline_entry(key, reference, burst_runs)
     with _locked(path):
         rec = _cached(ident, path)
-        due = _due(rec, calibration_s)
+        due = _due(_seconds(rec), calibration_s)
         if due:
             rec["bursts"] += proto.calibrate(open_reference, due, burst_runs=burst_runs,
                                              warmup_runs=warmup_runs, clock=clock)
