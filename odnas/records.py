@@ -53,7 +53,13 @@ class _Versioned:
 @dataclass(frozen=True)
 class LatencyKey:
     """What must match for two latency figures to be compared (pyperf's checked metadata):
-    the host and its CPU, the ONNX Runtime build, and the session settings."""
+    the host and its CPU, the ONNX Runtime build, and the session settings.
+
+    The CPU is its name and its signature (``odnas_device.timing.cpu_signature``): hosts
+    are often all called ``vm`` with a CPU that calls itself "AMD EPYC" whatever its
+    generation, and a run resumed on other hardware must not take the first host's
+    figures for its own. A record from before the signature was kept (or from an agent
+    that does not report it) has none; that field is then not checked."""
 
     host: str
     cpu_model: str
@@ -64,6 +70,15 @@ class LatencyKey:
     batch_size: int
     graph_optimization: str
     device_id: str | None = None  # a device agent's machine id (None: the search's own host)
+    cpu_signature: str | None = None  # None: not recorded, so not checked
+
+    #: Fields whose absence on either side (None) means "not recorded", not a difference.
+    CHECKED_IF_KNOWN: ClassVar[tuple[str, ...]] = ("cpu_signature",)
+
+    @classmethod
+    def same(cls, name: str, a: Any, b: Any) -> bool:
+        """Whether two values of field (or calibration host key) ``name`` agree."""
+        return a == b or (name in cls.CHECKED_IF_KNOWN and (a is None or b is None))
 
     @classmethod
     def of(cls, latency: Mapping[str, Any]) -> "LatencyKey":
@@ -72,7 +87,8 @@ class LatencyKey:
 
     def differs(self, other: "LatencyKey") -> list[str]:
         """Names of the fields that differ (empty: comparable)."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        return [f.name for f in dataclasses.fields(self)
+                if not self.same(f.name, getattr(self, f.name), getattr(other, f.name))]
 
 
 # ------------------------------------------------------------------ cost lane

@@ -253,6 +253,12 @@ def test_calibrate_latency_and_cost_records(short, host, cache_dir, tmp_path):
         C.calibrate_latency({**lat, "intra_op_threads": 2}, cal)
     with pytest.raises(C.CalibrationError, match="host 'elsewhere'"):
         C.calibrate_latency({**lat, "host": "elsewhere"}, cal)
+    # Another CPU under the same host and CPU name is refused; a figure without a signature
+    # (recorded before signatures were kept) is taken.
+    assert cal.host["cpu_signature"] == lat["cpu_signature"]
+    with pytest.raises(C.CalibrationError, match="cpu_signature 'other'"):
+        C.calibrate_latency({**lat, "cpu_signature": "other"}, cal)
+    assert C.calibrate_latency({**lat, "cpu_signature": None}, cal)["latency_ms"] == c["latency_ms"]
     # A cost-lane record (odnas.cost.lane.measure_candidate's shape) gets device latencies.
     rec = CostRecord(arch_id="x", space="mlp", profile=short.name, precision="fp32",
                      metrics={"num_params": 10, "latency_ms": lat["latency_ms"], "latency_ms_p90": lat["latency_ms_p90"]},

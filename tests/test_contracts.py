@@ -147,6 +147,16 @@ def test_latency_key_names_what_differs():
     assert a.differs(b) == ["ort_version", "batch_size"] and a.differs(LatencyKey(**base)) == []
 
 
+def test_latency_key_checks_the_cpu_signature_where_both_sides_know_it():
+    """Two hosts called vm with a CPU called AMD EPYC differ by signature; a record from
+    before signatures were kept (None) is not told apart on that field."""
+    base = dict(host="vm", cpu_model="AMD EPYC", ort_version="1.20", provider="CPUExecutionProvider",
+                intra_op_threads=1, inter_op_threads=1, batch_size=1, graph_optimization="all")
+    zen2, zen4, old = (LatencyKey(**base, cpu_signature=s) for s in ("aaaa", "bbbb", None))
+    assert zen2.differs(zen4) == ["cpu_signature"] and zen4.differs(zen2) == ["cpu_signature"]
+    assert zen2.differs(old) == [] and old.differs(zen4) == [] and zen2.differs(zen2) == []
+
+
 def test_cost_cache_measures_again_after_an_ort_upgrade(tmp_path, short_profile):
     """A cached latency taken under another ONNX Runtime build is not reused."""
     from odnas.cost.lane import CostLane
@@ -158,6 +168,23 @@ def test_cost_cache_measures_again_after_an_ort_upgrade(tmp_path, short_profile)
     lane.cache.put(stale)
     again = lane.costs(PARAMS)
     assert lane.measured == 2 and again.latency["ort_version"] == first.latency["ort_version"]
+
+
+def test_cost_cache_measures_again_on_another_cpu_of_the_same_name(tmp_path, short_profile):
+    """A cached latency from a host of the same name and CPU name but another CPU
+    signature (a run resumed on other hardware) is measured again; one recorded before
+    signatures were kept is reused."""
+    from odnas.cost.lane import CostLane
+
+    lane = CostLane(get_space("mlp"), (1, 8, 8), 10, short_profile(), tmp_path)
+    first = lane.costs(PARAMS)
+    assert first.latency["cpu_signature"]  # this host's, recorded
+    unsigned = {k: v for k, v in first.latency.items() if k != "cpu_signature"}
+    lane.cache.put(CostRecord.from_dict({**first.to_dict(), "latency": unsigned}))
+    assert lane.costs(PARAMS).latency == unsigned and lane.measured == 1
+    lane.cache.put(CostRecord.from_dict({**first.to_dict(), "latency": {**unsigned, "cpu_signature": "other"}}))
+    again = lane.costs(PARAMS)
+    assert lane.measured == 2 and again.latency["cpu_signature"] == first.latency["cpu_signature"]
 
 
 def test_driver_lock_is_exclusive_and_released(tmp_path):

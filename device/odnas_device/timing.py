@@ -102,12 +102,14 @@ def identity() -> dict[str, Any]:
 
 def environment(runtime: Mapping[str, Any], batch_size: int,
                 machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a latency taken under ``runtime`` depends on: host, CPU, ONNX Runtime build and
-    session settings (the fields of ``odnas.records.LatencyKey``), on this machine or on
-    the one ``machine`` (an ``identity()``, as a device agent reports it) describes."""
+    """What a latency taken under ``runtime`` depends on: host, CPU (its name and
+    signature), ONNX Runtime build and session settings (the fields of
+    ``odnas.records.LatencyKey``), on this machine or on the one ``machine`` (an
+    ``identity()``, as a device agent reports it; an older agent's has no signature)
+    describes."""
     m = machine or identity()
-    return {"host": m["host"], "cpu_model": m["cpu_model"], "ort_version": m["ort_version"],
-            "provider": runtime["provider"],
+    return {"host": m["host"], "cpu_model": m["cpu_model"], "cpu_signature": m.get("cpu_signature"),
+            "ort_version": m["ort_version"], "provider": runtime["provider"],
             "intra_op_threads": int(runtime["intra_op_threads"]) or int(m["cores"]),
             "inter_op_threads": int(runtime["inter_op_threads"]), "batch_size": int(batch_size),
             "graph_optimization": runtime["graph_optimization"]}

@@ -796,7 +796,8 @@ def apply_calibration_p90(host_p90_ms: float, calibration: Calibration | Mapping
 def check_host(latency: Mapping[str, Any], calibration: Calibration | Mapping[str, Any]) -> None:
     """Refuse to map a latency measured on another host or with other settings."""
     cal = _as_calibration(calibration)
-    diff = [f"{k} {latency.get(k)!r} vs {cal.host.get(k)!r}" for k in HOST_KEYS if latency.get(k) != cal.host.get(k)]
+    diff = [f"{k} {latency.get(k)!r} vs {cal.host.get(k)!r}" for k in HOST_KEYS
+            if not LatencyKey.same(k, latency.get(k), cal.host.get(k))]
     if diff:
         raise CalibrationError(f"calibration {cal.calibration_id} was fitted with other host settings "
                                f"({'; '.join(diff)}); fit it again here: odnas calibrate fit")
@@ -857,7 +858,7 @@ def run_calibration(run_dir: str | Path, profile: HardwareProfile, *, cache_dir:
     if path.is_file():
         cal = load_calibration(path)
         here = host_identity(profile) if backend is None else None
-        if here is None or all(cal.host.get(k) == here[k] for k in HOST_KEYS):
+        if here is None or all(LatencyKey.same(k, cal.host.get(k), here.get(k)) for k in HOST_KEYS):
             return cal
     cal = profile_calibration(profile, cache_dir=cache_dir, backend=backend)
     if cal is not None:

@@ -58,6 +58,7 @@ class LatencyResult:
     device: str | None = None  # timed by a device agent: what the device calls itself
     device_id: str | None = None  # ... its machine id, part of the comparability key
     agent: str | None = None  # ... and the agent's address; None: timed on the search's own host
+    cpu_signature: str | None = None  # the CPU's family/model/stepping hash (None: not recorded)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatencyResult":
