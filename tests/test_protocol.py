@@ -95,6 +95,31 @@ def test_a_baseline_from_a_faster_host_does_not_stretch_the_timing():
     assert r.ratio == pytest.approx(0.1 / 0.07, rel=0.02)
 
 
+def test_a_figure_never_rests_on_one_fast_session_where_more_were_asked_for():
+    """Two sessions asked for, and the host in its slow mode for all of the second: one
+    session with fast rounds is half of two, but a figure from it alone would carry its
+    placement unaveraged, so every round of both counts, as without modes."""
+    now, opened = [0], []
+
+    def opener(base_ms):
+        def open_session():
+            opened.append(base_ms)
+            slow = 1.85 if len(opened) > 2 else 1.0  # a session opens its candidate, then its reference
+
+            def run():
+                now[0] += int(base_ms * slow * 1e6)
+
+            return run
+
+        return open_session
+
+    kw = dict(sessions=2, rounds=4, burst_runs=10, warmup_runs=2, max_sessions=2, clock=lambda: now[0])
+    r = P.rounds(opener(0.1), opener(0.07), modes=True, **kw)
+    assert len(P.fast_ratios([np.ones((4, 2)), np.full((4, 2), [1.0, 1.85])])) == 1  # one session is fast
+    assert r.sessions == 2 and not r.fast_only and len(r.session_ratios) == 2
+    assert [P.fewest_fast(n) for n in (1, 2, 3, 4, 8)] == [1, 2, 2, 2, 4]
+
+
 def test_the_plain_median_does_not():
     """The same host timed the plain way: figures depend on the mode it was in."""
     figures = []

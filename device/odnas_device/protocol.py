@@ -112,8 +112,8 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     (another program competing for the core makes sessions noisy), up to that many.
     With ``modes`` (the host's calibration shows speed modes), only fast-mode rounds
     count (``fast_ratios``): sessions are added until ``sessions`` such agree, up to
-    ``max_sessions``; with fewer than half ``sessions`` of them by then, every round
-    counts.
+    ``max_sessions``; with fewer than ``fewest_fast(sessions)`` of them by then (half,
+    and two at least), every round counts.
     """
     timed: list[np.ndarray] = []  # per session: its rounds' (candidate, reference) burst medians
     cand_medians, tails = [], []
@@ -145,9 +145,16 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
         timed.append(np.asarray(pairs))
         runs += rounds * burst_runs
     fast = fast_ratios(timed) if modes else []
-    fast_only = 2 * len(fast) >= sessions
+    fast_only = len(fast) >= fewest_fast(sessions)
     return summarize(fast if fast_only else session_ratios(timed), cand_medians, tails, runs,
                      sessions=len(timed), fast_only=fast_only)
+
+
+def fewest_fast(sessions: int) -> int:
+    """The fewest sessions with fast rounds a figure may rest on alone: half of those
+    asked for, and never one where two or more were (one session's placement is what
+    sessions are there to average out; ``RESIDUAL_REL``)."""
+    return min(sessions, max(2, math.ceil(sessions / 2)))
 
 
 def session_ratios(timed: Sequence[np.ndarray]) -> list[float]:
