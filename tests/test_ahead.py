@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from odnas.loop.ahead import Ahead, NotYet
+from odnas.loop.ahead import Ahead, NotYet, pace_note
 
 
 class Strategy:
@@ -106,6 +106,27 @@ def test_with_nothing_running_the_driver_waits_for_the_candidate_instead():
     assert gs.gen(experiment=None) == [["gr1"]]
     assert ahead.stats()["blocked_s"] > 0
     ahead.close()
+
+
+def test_a_search_whose_slots_mostly_waited_for_candidates_ends_with_a_note_saying_so():
+    gs = Strategy()
+    ahead, state = make(gs)
+    ahead.start()
+    assert gs.entered.wait(10)
+    state["running"] = False  # every slot free: the driver waits for the candidate
+    threading.Timer(0.3, gs.go.set).start()
+    t0 = time.perf_counter()
+    gs.gen(experiment=None)
+    waited = time.perf_counter() - t0
+    ahead.close()
+    stats = ahead.stats()
+    assert stats["blocked_s"] >= 0.25 and stats["made_ahead"] == 1
+    note = pace_note(stats, wall_s=waited * 2, least_s=0.1)  # half the search spent waiting
+    assert note is not None and f"{stats['blocked_s']:.0f} s of this {waited * 2:.0f} s search" in note
+    assert "more slots (--parallel) will not make it faster" in note
+    assert pace_note(stats, wall_s=waited * 10, least_s=0.1) is None  # a tenth: candidates kept up
+    assert pace_note(stats, wall_s=waited * 2) is None  # a wait of under 10 s is not worth a note
+    assert pace_note({}, wall_s=100.0) is None  # a run without candidates made ahead
 
 
 def test_with_nothing_running_and_nothing_made_it_generates_in_the_driver_thread():

@@ -683,6 +683,25 @@ class Ahead:
                 "child_peak_mb": round(self.child_peak_mb, 1), "child_cpu_s": round(self.child_cpu_s, 3)}
 
 
+def pace_note(stats: dict[str, Any], wall_s: float, share: float = 0.25, least_s: float = 10.0) -> str | None:
+    """A note for the end of a search whose driver waited, with no trial running, for a
+    candidate for ``share`` of the wall or more (and ``least_s`` at least), else None.
+
+    ``Ahead`` blocks the driver only when nothing is pending, so that time is time no
+    slot trained: candidates took longer to make than trainings took to run. More slots
+    do not help then; a larger data set (longer trainings), fewer objectives to model, or
+    a cheaper generator does."""
+    blocked = float(stats.get("blocked_s") or 0.0)
+    if blocked < least_s or wall_s <= 0 or blocked < share * wall_s:
+        return None
+    made = max(int(stats.get("made_ahead") or 0), 1)
+    cpu = stats.get("child_cpu_s") if stats.get("in_child") else stats.get("background_s")
+    each = f" (about {float(cpu) / made:.1f} CPU-seconds each)" if cpu else ""
+    return (f"no trial was training for {blocked:.0f} s of this {wall_s:.0f} s search while the next candidate "
+            f"was made{each}: candidates take longer to make than trainings take to run, so they set the "
+            "pace, and more slots (--parallel) will not make it faster")
+
+
 class AheadOrchestrator(Orchestrator):
     """Ax's Orchestrator whose waits keep polling while ``ahead`` makes the next
     candidate, and end as soon as that candidate can be deployed."""

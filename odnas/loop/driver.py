@@ -23,7 +23,7 @@ from odnas.cost.lane import CostLane, calibration_note, check_budgets
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
-from odnas.loop.ahead import Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap
+from odnas.loop.ahead import Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, pace_note
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -252,7 +252,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             signals.restore()
             ahead.close(wait=clean)  # on an interrupt, a candidate being made is dropped
             runner.close()  # jobs still training finish (resume reattaches); idle warm workers exit
-            clock.write(run_dir / DRIVER_STATS_NAME, t0)
+            clocked = clock.write(run_dir / DRIVER_STATS_NAME, t0)
             table.close()
         if progress:
             progress(state.refresh(exp, final=True))
@@ -266,6 +266,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             if trained == 0:
                 raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=term, flush=True)
+        if (pace := pace_note(clocked.get("ahead") or {}, clocked["wall_s"])) is not None:
+            print(f"odnas: note: {pace}", file=term, flush=True)
 
 
 class StopRequested(Exception):
