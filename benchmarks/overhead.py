@@ -61,6 +61,7 @@ def analyze(run_dir: Path) -> dict:
                        "fit_s": r["train_time_s"], "noticed": noticed})
         if noticed:
             notice.append(noticed - done)
+    in_flight, pending = in_flight_and_pending(exp, trials, wall)
     parallel = settings.parallel
     slot_s = parallel * wall
     fit = sum(x["fit_s"] for x in trials)
@@ -73,7 +74,41 @@ def analyze(run_dir: Path) -> dict:
             "outside_training_share": 1 - fit / slot_s, "job_overhead_s": startup,
             "driver_s": driver, "driver_total_s": sum(driver.values()),
             "notice_s": notice, "peak_rss_mb": max(s["peak_rss_mb"] for s in sessions),
-            "sessions": len(sessions)}
+            "sessions": len(sessions), "in_flight": in_flight, "pending": pending,
+            **({"hypervolume": tutorial_hypervolume(run_dir)} if "num_params" in settings.profile.get(
+                "objective", "") else {})}
+
+
+def in_flight_and_pending(exp, trained: list[dict], wall: float) -> tuple[float, float]:
+    """Trainings in flight on average (each trained trial from launch to result, over the
+    wall), and the trials still running when each candidate began to be made.
+
+    A candidate is made ahead from the moment the one before it is deployed (its trial
+    created), so the trials not yet completed then are its pending points; the first
+    candidate, made before anything ran, is left out. Failed trials are not counted."""
+    busy = sum(x["done"] - x["launched"] for x in trained)
+    ts = sorted(exp.trials.values(), key=lambda t: t.index)
+    counts = []
+    for prev, t in zip(ts, ts[1:]):
+        begun = prev.time_created
+        counts.append(sum(1 for u in ts[:t.index] if u.status.name != "FAILED"
+                          and (u.time_completed is None or u.time_completed > begun)))
+    return busy / wall if wall else 0.0, statistics.mean(counts) if counts else 0.0
+
+
+def tutorial_hypervolume(run_dir: Path) -> float:
+    """The tutorial example's feasible hypervolume (val_acc x num_params above 0.94,
+    80000), as ``examples/tutorial_mnist_mlp.py`` prints it."""
+    import numpy as np
+
+    from odnas.loop.store import load_run
+    from odnas.select import front, hypervolume, objective_matrix
+
+    run = load_run(run_dir)
+    fr = front(run.rows, run.profile)
+    if not fr:
+        return 0.0
+    return float(hypervolume(objective_matrix(fr, ["val_acc", "num_params"]), np.array([0.94, -80000.0])))
 
 
 def run_default(run_dir: Path, workers: str, seed: int) -> dict:
@@ -174,12 +209,36 @@ def markdown(results: list[tuple[str, str, int, dict]]) -> str:
                 line += (f"; feasible hypervolume {med(w, 'hypervolume'):.1f} against {med(f, 'hypervolume'):.1f} "
                          f"({med(w, 'hypervolume') / med(f, 'hypervolume'):.2f}x)")
             lines += [line + ".", ""]
-    lines += [*core_budget(results), ""]
+    lines += [*paired_hypervolume(results), *core_budget(results), ""]
     notices = [x for *_, r in results for x in r["notice_s"]]
     if notices:
         lines.append(f"Notice delay over every trial of every run: median {statistics.median(notices):.2f} s, "
                      f"max {max(notices):.2f} s (goal: at most 2 s).")
     return "\n".join(lines)
+
+
+def paired_hypervolume(results: list[tuple[str, str, int, dict]]) -> list[str]:
+    """Warm against fresh hypervolume over every seed pair given (a pair: the same search
+    and seed, run dirs of one benchmark run, whose names end in the same time stamp):
+    how often warm is at least fresh, and the Wilcoxon signed-rank test of the
+    differences (two-sided; scipy's). Three seeds cannot tell the modes apart when one
+    trial above or below val_acc 0.94 moves a run's hypervolume by tens; many pairs can."""
+    runs: dict[tuple, dict[str, float]] = {}
+    for name, workers, seed, r in results:
+        if r.get("hypervolume") is not None:
+            stamp = Path(r["run_dir"]).name[-15:]
+            runs.setdefault((name, seed, stamp), {})[workers] = r["hypervolume"]
+    pairs = [(m["warm"], m["fresh"]) for m in runs.values() if {"warm", "fresh"} <= set(m)]
+    if len(pairs) < 4:
+        return []
+    from scipy.stats import wilcoxon
+
+    diff = [w - f for w, f in pairs]
+    p = wilcoxon(diff).pvalue if any(diff) else 1.0
+    return [f"Feasible hypervolume over {len(pairs)} seed pairs: warm at least fresh in "
+            f"{sum(w >= f for w, f in pairs)}; median {statistics.median(w for w, _ in pairs):.1f} warm against "
+            f"{statistics.median(f for _, f in pairs):.1f} fresh; median difference (warm - fresh) "
+            f"{statistics.median(diff):+.1f}; Wilcoxon signed-rank p = {p:.2f}.", ""]
 
 
 def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
@@ -190,10 +249,13 @@ def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
     slots it holds still while it times; the job's start-up. With each slot on its own
     core, a slot can train at most fit / (all four) of the time, however the work is
     scheduled: candidates and the timing take cores from training. (Start-up is wall
-    time: for fresh jobs it includes waiting for a core, so there the bound is loose.)"""
+    time: for fresh jobs it includes waiting for a core, so there the bound is loose.)
+    Then how many trainings were in flight on average (of ``parallel``), and how many
+    trials were still running, as pending points, when each candidate began to be made."""
     out = ["| search | workers | seed | fit s / training | candidates' CPU s / training | cost lane x slots held, "
-           "s / training | job start-up s / training | training share these allow at best | measured |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "s / training | job start-up s / training | training share these allow at best | measured | "
+           "trainings in flight (mean) | trials running as a candidate is begun (mean) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, workers, seed, r in results:
         n, a = max(r["trained"], 1), r["ahead"]
         if not a.get("in_child"):
@@ -202,7 +264,8 @@ def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
         lane, start = r["driver_s"]["cost_lane"] * r["parallel"] / n, r["job_overhead_s"] / n
         best = fit / (fit + cand + lane + start)
         out.append(f"| {name} | {workers} | {seed} | {fit:.2f} | {cand:.2f} | {lane:.2f} | {start:.2f} | "
-                   f"{best * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% |")
+                   f"{best * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% | {r['in_flight']:.2f} | "
+                   f"{r['pending']:.2f} |")
     return out if len(out) > 2 else []
 
 
