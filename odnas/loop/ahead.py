@@ -344,6 +344,42 @@ def load_lazy_kernels() -> None:
             load()
 
 
+def kernel_folder() -> str:
+    """Where BoTorch's kernel is built and kept: the user's ``TORCH_EXTENSIONS_DIR``, else
+    a folder of this interpreter's and this CPU's own under torch's build root.
+
+    The CPU is in it because BoTorch compiles with ``-march=native``: a kernel built on
+    one CPU may use instructions another lacks (AVX-512 on an Intel Xeon, not on many
+    AMD EPYCs), and a home folder outlives a host, or is shared by a cluster's nodes,
+    while torch rebuilds only when the sources or flags change, not the CPU."""
+    mine = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if mine is not None:
+        return mine
+    from odnas_device.timing import cpu_signature
+    from torch.utils.cpp_extension import get_default_build_root
+
+    tag = hashlib.sha1(f"{sys.prefix}\n{cpu_signature()}".encode()).hexdigest()[:12]
+    return os.path.join(get_default_build_root(), "odnas", tag)
+
+
+def kernel_build_due() -> bool:
+    """Whether loading BoTorch's kernel (``load_lazy_kernels``) will compile it first:
+    not yet tried in this process, no pre-built module, and nothing built in
+    ``kernel_folder()``. A compile takes half a minute and more, once per environment
+    and CPU, with nothing else to show for it."""
+    import importlib.util
+
+    try:
+        from botorch.acquisition.multi_objective import logei
+    except ImportError:
+        return False
+    if getattr(logei, "_try_load_fused_kernel", None) is None or getattr(logei, "_load_attempted", True):
+        return False
+    if importlib.util.find_spec("logei_fused_ext") is not None:
+        return False
+    return not any(Path(kernel_folder(), "logei_fused_ext").glob("logei_fused_ext*.so"))
+
+
 @contextlib.contextmanager
 def kernel_build_env() -> Iterator[None]:
     """For the block, what BoTorch's kernel is built or loaded with: ``PATH`` with this
@@ -358,17 +394,13 @@ def kernel_build_env() -> Iterator[None]:
     ``.venv/bin/odnas``, or one from each of two clones, rebuilt the kernel each time:
     30-43 s against 5-6 s to load it (AMD EPYC, ninja 1.13.2 beside the interpreter,
     1.11.1 in ``/usr/bin``). Where the interpreter has no ``ninja`` beside it, ``PATH``
-    is left alone."""
+    is left alone. The folder is ``kernel_folder()``."""
     saved = {k: os.environ.get(k) for k in ("PATH", "TORCH_EXTENSIONS_DIR")}
     own = Path(sys.executable).parent
     path = saved["PATH"] or ""
     if (own / "ninja").is_file() and path.split(os.pathsep)[:1] != [str(own)]:
         os.environ["PATH"] = os.pathsep.join([str(own), path]) if path else str(own)
-    if saved["TORCH_EXTENSIONS_DIR"] is None:
-        from torch.utils.cpp_extension import get_default_build_root
-
-        tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
-        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(get_default_build_root(), "odnas", tag)
+    os.environ["TORCH_EXTENSIONS_DIR"] = kernel_folder()
     try:
         yield
     finally:
@@ -506,6 +538,7 @@ class Ahead:
         self.longest_s = 0.0  # the longest candidate made in a child so far
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
+        self.kernel_s = 0.0  # loading (on a cache miss, compiling) BoTorch's kernel, once a process
 
     @property
     def busy(self) -> bool:
@@ -581,7 +614,9 @@ class Ahead:
         import numpy as np
         import torch
 
+        t0 = time.perf_counter()
         load_lazy_kernels()  # once: BoTorch's loader returns at once after its first attempt
+        self.kernel_s += time.perf_counter() - t0
         since = generation_count(self.gs)
 
         def make() -> tuple[tuple[str, Any], dict[str, Any], tuple[Any, ...]]:
@@ -680,7 +715,8 @@ class Ahead:
         return {"made_ahead": self.made, "used": self.used, "failed": self.failed, "not_yet": self.not_yet,
                 "blocked_s": round(self.blocked_s, 3), "background_s": round(self.background_s, 3),
                 "collect_s": round(self.collect_s, 3), "in_child": self.in_child,
-                "child_peak_mb": round(self.child_peak_mb, 1), "child_cpu_s": round(self.child_cpu_s, 3)}
+                "child_peak_mb": round(self.child_peak_mb, 1), "child_cpu_s": round(self.child_cpu_s, 3),
+                "kernel_s": round(self.kernel_s, 3)}
 
 
 def pace_note(stats: dict[str, Any], wall_s: float, share: float = 0.25, least_s: float = 10.0) -> str | None:
@@ -690,8 +726,9 @@ def pace_note(stats: dict[str, Any], wall_s: float, share: float = 0.25, least_s
     ``Ahead`` blocks the driver only when nothing is pending, so that time is time no
     slot trained: candidates took longer to make than trainings took to run. More slots
     do not help then; a larger data set (longer trainings), fewer objectives to model, or
-    a cheaper generator does."""
-    blocked = float(stats.get("blocked_s") or 0.0)
+    a cheaper generator does. Loading BoTorch's kernel is left out: compiled on a cache
+    miss, it would make the first search in a new environment look generator-bound."""
+    blocked = float(stats.get("blocked_s") or 0.0) - float(stats.get("kernel_s") or 0.0)
     if blocked < least_s or wall_s <= 0 or blocked < share * wall_s:
         return None
     made = max(int(stats.get("made_ahead") or 0), 1)
