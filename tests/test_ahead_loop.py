@@ -99,6 +99,21 @@ def test_a_slot_a_failed_trial_frees_is_filled_while_the_others_run_without_a_bu
     assert stats["calls"]["poll"] < 5 * wall + 20, stats["calls"]  # a poll about every second, not thousands
 
 
+def test_botorchs_kernel_is_loaded_before_the_loop_said_when_it_compiles_and_not_taken_for_candidates(
+        tmp_path, monkeypatch, capfd):
+    import odnas.loop.driver as driver
+
+    loaded: list[float] = []
+    monkeypatch.setattr(driver, "kernel_build_due", lambda: True)  # a new environment
+    # A compile that takes longer than the whole search's waits for candidates would.
+    monkeypatch.setattr(driver, "load_lazy_kernels", lambda: (time.sleep(6.0), loaded.append(time.time())))
+    jobs = TimedJobs({})
+    _, launched, stats = search(tmp_path, jobs)
+    assert len(loaded) == 1 and loaded[0] < min(launched.values())
+    assert "building BoTorch's acquisition kernel" in capfd.readouterr().err
+    assert stats["ahead"]["blocked_s"] < 6.0  # the compile is not counted as waiting for candidates
+
+
 def test_a_candidate_that_fails_on_the_background_thread_is_made_again_at_once(tmp_path, monkeypatch):
     from odnas.loop.ahead import Ahead, CandidateProcessDied
 

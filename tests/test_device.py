@@ -128,6 +128,12 @@ def test_a_timing_on_the_agent_is_a_latency_record_from_the_device(agent, quick,
     assert lat.key == backend.key(quick)  # the cache compares records by this
     plain = dataclasses.replace(quick, protocol=dataclasses.replace(quick.protocol, method="plain"))
     assert backend.measure(onnx_file, plain).method == "plain"
+    from odnas_device.timing import cpu_signature
+
+    assert lat.cpu_signature == cpu_signature()  # the agent runs on this host
+    real = backend.client.measure  # an agent from before timings carried it: its info still does
+    backend.client.measure = lambda *a: {k: v for k, v in real(*a).items() if k != "cpu_signature"}
+    assert backend.measure(onnx_file, plain).cpu_signature == cpu_signature()
 
 
 def test_the_lane_caches_device_figures_by_arch_id_and_device(agent, quick, tmp_path):

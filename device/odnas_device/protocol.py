@@ -113,7 +113,7 @@ def rounds(open_candidate: Callable[[], Run], reference: Callable[[], Run], *, s
     With ``modes`` (the host's calibration shows speed modes), only fast-mode rounds
     count (``fast_ratios``): sessions are added until ``sessions`` such agree, up to
     ``max_sessions``; with fewer than ``fewest_fast(sessions)`` of them by then (half,
-    and two at least), every round counts.
+    and two at least where two or more were asked for), every round counts.
     """
     timed: list[np.ndarray] = []  # per session: its rounds' (candidate, reference) burst medians
     cand_medians, tails = [], []

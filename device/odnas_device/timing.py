@@ -67,6 +67,14 @@ def cpu_signature() -> str:
     return sha12("\n".join(parts or [platform.processor() or platform.machine()]).encode())
 
 
+def cpu_flags() -> str:
+    """The CPU's instruction-set flags (``flags`` on x86, ``Features`` on ARM): what code
+    compiled with ``-march=native`` may use. A hypervisor can hide some (AVX-512) on a
+    CPU of the same model and stepping, so the signature alone does not say it."""
+    fields = _cpuinfo()
+    return fields.get("flags") or fields.get("Features") or ""
+
+
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's name: ``model name`` on x86, ``Hardware``/``Model`` or the core part on ARM."""

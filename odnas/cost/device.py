@@ -211,7 +211,9 @@ class DeviceLatencyBackend:
                                      f"at {self.spec.url} takes ({cap}); start it with a larger --max-mb")
         d = self._retrying(f"timing {Path(onnx_path).name}",
                            lambda: self.client.measure(model, settings_of(profile), ref))
-        return LatencyResult.from_dict({**d, "agent": self.spec.url})
+        # An agent from before timings carried the CPU's signature still gives it in its info.
+        sig = d.get("cpu_signature") or (self._info or {}).get("cpu_signature")
+        return LatencyResult.from_dict({**d, "cpu_signature": sig, "agent": self.spec.url})
 
     def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
         wait, t0 = self.spec.retry_wait_s, time.monotonic()

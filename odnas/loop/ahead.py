@@ -348,17 +348,18 @@ def kernel_folder() -> str:
     """Where BoTorch's kernel is built and kept: the user's ``TORCH_EXTENSIONS_DIR``, else
     a folder of this interpreter's and this CPU's own under torch's build root.
 
-    The CPU is in it because BoTorch compiles with ``-march=native``: a kernel built on
-    one CPU may use instructions another lacks (AVX-512 on an Intel Xeon, not on many
-    AMD EPYCs), and a home folder outlives a host, or is shared by a cluster's nodes,
-    while torch rebuilds only when the sources or flags change, not the CPU."""
+    The CPU (its signature and instruction-set flags) is in it because BoTorch compiles
+    with ``-march=native``: a kernel built on one CPU may use instructions another lacks
+    (AVX-512 on an Intel Xeon, not on many AMD EPYCs), and a home folder outlives a
+    host, or is shared by a cluster's nodes, while torch rebuilds only when the sources
+    or compiler flags change, not the CPU."""
     mine = os.environ.get("TORCH_EXTENSIONS_DIR")
     if mine is not None:
         return mine
-    from odnas_device.timing import cpu_signature
+    from odnas_device.timing import cpu_flags, cpu_signature
     from torch.utils.cpp_extension import get_default_build_root
 
-    tag = hashlib.sha1(f"{sys.prefix}\n{cpu_signature()}".encode()).hexdigest()[:12]
+    tag = hashlib.sha1(f"{sys.prefix}\n{cpu_signature()}\n{cpu_flags()}".encode()).hexdigest()[:12]
     return os.path.join(get_default_build_root(), "odnas", tag)
 
 
@@ -538,7 +539,7 @@ class Ahead:
         self.longest_s = 0.0  # the longest candidate made in a child so far
         self.child_peak_mb = 0.0  # the largest peak RSS of a child so far
         self.child_cpu_s = 0.0  # the CPU time the children took, all told
-        self.kernel_s = 0.0  # loading (on a cache miss, compiling) BoTorch's kernel, once a process
+        self.children = 0  # the children that answered
 
     @property
     def busy(self) -> bool:
@@ -614,9 +615,7 @@ class Ahead:
         import numpy as np
         import torch
 
-        t0 = time.perf_counter()
-        load_lazy_kernels()  # once: BoTorch's loader returns at once after its first attempt
-        self.kernel_s += time.perf_counter() - t0
+        load_lazy_kernels()  # the driver loaded it before its loop; BoTorch's loader returns at once
         since = generation_count(self.gs)
 
         def make() -> tuple[tuple[str, Any], dict[str, Any], tuple[Any, ...]]:
@@ -639,6 +638,7 @@ class Ahead:
         self.longest_s = max(self.longest_s, time.perf_counter() - t0)
         self.child_peak_mb = max(self.child_peak_mb, usage.ru_maxrss / 1024)
         self.child_cpu_s += usage.ru_utime + usage.ru_stime
+        self.children += 1
         restore_strategy_state(self.gs, kwargs["experiment"], state)
         torch.set_rng_state(rng[0])
         np.random.set_state(rng[1])
@@ -716,7 +716,7 @@ class Ahead:
                 "blocked_s": round(self.blocked_s, 3), "background_s": round(self.background_s, 3),
                 "collect_s": round(self.collect_s, 3), "in_child": self.in_child,
                 "child_peak_mb": round(self.child_peak_mb, 1), "child_cpu_s": round(self.child_cpu_s, 3),
-                "kernel_s": round(self.kernel_s, 3)}
+                "children": self.children}
 
 
 def pace_note(stats: dict[str, Any], wall_s: float, share: float = 0.25, least_s: float = 10.0) -> str | None:
@@ -726,14 +726,17 @@ def pace_note(stats: dict[str, Any], wall_s: float, share: float = 0.25, least_s
     ``Ahead`` blocks the driver only when nothing is pending, so that time is time no
     slot trained: candidates took longer to make than trainings took to run. More slots
     do not help then; a larger data set (longer trainings), fewer objectives to model, or
-    a cheaper generator does. Loading BoTorch's kernel is left out: compiled on a cache
-    miss, it would make the first search in a new environment look generator-bound."""
-    blocked = float(stats.get("blocked_s") or 0.0) - float(stats.get("kernel_s") or 0.0)
+    a cheaper generator does. (The driver loads BoTorch's kernel before its loop, so a
+    compile on a cache miss is not counted here.)"""
+    blocked = float(stats.get("blocked_s") or 0.0)
     if blocked < least_s or wall_s <= 0 or blocked < share * wall_s:
         return None
-    made = max(int(stats.get("made_ahead") or 0), 1)
-    cpu = stats.get("child_cpu_s") if stats.get("in_child") else stats.get("background_s")
-    each = f" (about {float(cpu) / made:.1f} CPU-seconds each)" if cpu else ""
+    if stats.get("in_child") and stats.get("children"):  # the children's own CPU time
+        each = f" (about {float(stats['child_cpu_s']) / int(stats['children']):.1f} CPU-seconds each)"
+    elif stats.get("made_ahead") and stats.get("background_s"):  # made on the thread: wall time
+        each = f" (about {float(stats['background_s']) / int(stats['made_ahead']):.1f} s each)"
+    else:
+        each = ""
     return (f"no trial was training for {blocked:.0f} s of this {wall_s:.0f} s search while the next candidate "
             f"was made{each}: candidates take longer to make than trainings take to run, so they set the "
             "pace, and more slots (--parallel) will not make it faster")

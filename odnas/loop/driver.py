@@ -24,7 +24,7 @@ from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
 from odnas.loop.ahead import (Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, kernel_build_due,
-                              pace_note)
+                              load_lazy_kernels, pace_note)
 from odnas.loop.adapter import (
     ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
@@ -178,9 +178,13 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         ahead = orch.ahead = Ahead(gs, exp, wanted=lambda: new_trials_wanted(exp, settings) > 0,
                                    running=lambda: bool(orch.pending_trials))
         lane.holds.append(ahead.still)
-        if ahead.in_child and kernel_build_due():  # else the first candidate looks stuck for half a minute
-            print("odnas: building BoTorch's acquisition kernel for this environment and CPU first: about half a "
-                  "minute, once", file=term, flush=True)
+        if new_trials_wanted(exp, settings) > 0:
+            # Before the loop, so that neither a compile on a cache miss nor the load is taken
+            # for candidates setting the pace; and said, else the first candidate looks stuck.
+            if kernel_build_due():
+                print("odnas: building BoTorch's acquisition kernel for this environment and CPU first: about "
+                      "half a minute, once", file=term, flush=True)
+            load_lazy_kernels()
         orch.refill = lambda: trials_to_run(exp, settings) > 0
         state = RunState(run_dir, t0)
         clock = DriverClock(exp, runner, lane, ahead)
