@@ -67,6 +67,7 @@ def cpu_signature() -> str:
     return sha12("\n".join(parts or [platform.processor() or platform.machine()]).encode())
 
 
+@lru_cache(maxsize=1)
 def cpu_flags() -> str:
     """The CPU's instruction-set flags (``flags`` on x86, ``Features`` on ARM): what code
     compiled with ``-march=native`` may use. A hypervisor can hide some (AVX-512) on a
