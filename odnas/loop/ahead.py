@@ -366,9 +366,13 @@ def kernel_folder() -> str:
 def kernel_build_due() -> bool:
     """Whether loading BoTorch's kernel (``load_lazy_kernels``) will compile it first:
     not yet tried in this process, no pre-built module, and nothing built in
-    ``kernel_folder()``. A compile takes half a minute and more, once per environment
-    and CPU, with nothing else to show for it."""
+    ``kernel_folder()``, and what a compile needs is there: ``ninja`` (this interpreter's
+    or on ``PATH``) and the C++ compiler torch calls (``$CXX``, else ``c++``). Without
+    them the build fails at once and BoTorch falls back to its Python path. A compile
+    takes half a minute and more, once per environment and CPU, with nothing else to
+    show for it."""
     import importlib.util
+    import shutil
 
     try:
         from botorch.acquisition.multi_objective import logei
@@ -378,7 +382,12 @@ def kernel_build_due() -> bool:
         return False
     if importlib.util.find_spec("logei_fused_ext") is not None:
         return False
-    return not any(Path(kernel_folder(), "logei_fused_ext").glob("logei_fused_ext*.so"))
+    if any(Path(kernel_folder(), "logei_fused_ext").glob("logei_fused_ext*.so")):
+        return False
+    from torch.utils.cpp_extension import get_cxx_compiler
+
+    ninja = (Path(sys.executable).parent / "ninja").is_file() or shutil.which("ninja") is not None
+    return ninja and shutil.which(get_cxx_compiler()) is not None
 
 
 @contextlib.contextmanager
