@@ -156,7 +156,7 @@ def timed_generation(calls: list[dict]):
 
 
 def fixed_params(items: list[str] | None) -> dict:
-    """``["epochs=1"]`` -> ``{"epochs": 1}`` (values read as JSON, as ``odnas search --fix`` does)."""
+    """``["epochs=1"]`` -> ``{"epochs": 1}`` (values read as JSON, as ``odnas search --fixed`` does)."""
     out = {}
     for item in items or ():
         k, _, v = item.partition("=")
@@ -476,7 +476,8 @@ def main() -> None:
                          "its own process (the default elsewhere); for side-by-side comparisons")
     ap.add_argument("--init-trials", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fix", action="append", metavar="NAME=VALUE", help="hold a parameter constant (repeatable)")
+    ap.add_argument("--fixed", "--fix", dest="fix", action="append", metavar="NAME=VALUE",
+                    help="hold a parameter constant (repeatable), as `odnas search --fixed`")
     ap.add_argument("--constraint", action="append", metavar="BOUND",
                     help="a bound replacing the profile's, as `odnas search --constraint` (repeatable)")
     ap.add_argument("--fake-latency", action="store_true", help="FakeLatencyBackend instead of ONNX Runtime")
@@ -510,7 +511,7 @@ def main() -> None:
     if a.train:
         child.append("--train")
     for f in a.fix or ():
-        child += ["--fix", f]
+        child += ["--fixed", f]
     for c in a.constraint or ():
         child += ["--constraint", c]
     raw = run_dir.parent / "driver.json"

@@ -156,7 +156,7 @@ SECTIONS: dict[str, Section] = {
         note="Needs `pip install -c constraints.txt -e '.[saasbo]'` (JAX and NumPyro for BoTorch's SAAS model)."),
     "load": Section(
         "Load: a 200-trial search with a fast in-process trial",
-        (f"{PY} benchmarks/load.py --trials 200 --parallel 4 --fix epochs=1 --fix batch_size=64",)),
+        (f"{PY} benchmarks/load.py --trials 200 --parallel 4 --fixed epochs=1 --fixed batch_size=64",)),
     "candidates": Section(
         "Candidates made in a child process against in the driver: the same search?",
         (f"{PY} benchmarks/candidates.py --seeds {','.join(map(str, range(15)))} --trials 24",), markdown=False),

@@ -4,7 +4,7 @@
     python benchmarks/workers.py --repeats 2 --trials 8 --parallel 2 --modes fresh,warm
 
 Each repeat runs the same search once per mode through the Python API (the equivalent
-of ``odnas search --profile cpu-mobile --space mlp --fix epochs=1 --trials 8 --parallel 2``):
+of ``odnas search --profile cpu-mobile --space mlp --fixed epochs=1 --trials 8 --parallel 2``):
 ``fresh`` (a TorchX job per trial), ``warm`` (a TorchX worker per slot forks a child per
 trial) and ``lookahead`` (warm, plus one trial queued per worker: the next candidate is
 generated while the slots train), rotating which goes first. Per
@@ -130,7 +130,7 @@ def main() -> int:
     print(f"Host CPU: {cpu_model()} ({__import__('os').cpu_count()} cores)  ")
     print(f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ")
     print(f"Command: `{cmd}`  ")
-    print(f"Search: `odnas search --profile {a.profile} --space mlp --fix epochs=1 --trials {a.trials} "
+    print(f"Search: `odnas search --profile {a.profile} --space mlp --fixed epochs=1 --trials {a.trials} "
           f"--parallel {a.parallel} --data {a.data}` through the Python API, modes {', '.join(modes)}, "
           f"{a.repeats} repeat(s), rotating order\n")
     others = [m for m in modes if m != "fresh"]

@@ -20,9 +20,10 @@ from odnas.jobs.train import fit
 profile = load_profile("cpu-mobile")
 space = get_space("mobile-cnn")
 data = load_data("digits")
-params = {"stem_width": 8, "s1_depth": 1, "s1_width": 16, "s1_kernel": 3, "s1_expand": 2, "s1_se": 0,
-          "s2_depth": 1, "s2_width": 24, "s2_kernel": 3, "s2_expand": 2, "s2_se": 0,
-          "s3_depth": 0, "s3_width": 8, "s3_kernel": 3, "s3_expand": 1, "s3_se": 0,
+# mobile-cnn's parameters: kernel, expansion and squeeze-excite are shared by the stages
+# (mobile-cnn-xl has them per stage, s1_kernel, ...); stage 3 is absent (depth 0).
+params = {"stem_width": 8, "s1_depth": 1, "s1_width": 16, "s2_depth": 1, "s2_width": 24,
+          "s3_depth": 0, "s3_width": 8, "kernel": 3, "expand": 2, "se": 0,
           "hardswish": 0, "lr": 0.01, "epochs": 3, "batch_size": 64}
 
 cost = measure_candidate(space, params, data.input_shape, data.num_classes, profile)

@@ -658,7 +658,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.option_strings and "%(default)" not in text
+        if (action.option_strings and "%(default)" not in text and "(default" not in text
                 and action.default not in (None, False, argparse.SUPPRESS)):
             text += " (default: %(default)s)"
         return text
@@ -850,8 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device", help="the device agent: serve latency timings from the phone or board itself")
     dsub = p.add_subparsers(dest="action", required=True)
     d = dsub.add_parser("serve", formatter_class=_Help, help="time ONNX models here for searches elsewhere (prints the address and a "
-                                      "token; on a device without odnas: pip install odnas-device, then "
-                                      "odnas-device serve)")
+                                      "token; on a device without odnas: pip install ./device from an "
+                                      "odnas checkout, then odnas-device serve)")
     add_serve_arguments(d)
     d.set_defaults(fn=cmd_device)
 

@@ -2,7 +2,7 @@
 measure every architecture's costs, so that searches can be replayed without training.
 
 A table is a full factorial grid over some of a space's parameters (the others held
-fixed, like ``--fix``). Each configuration is built with ``space.build`` and trained
+fixed, like ``--fixed``). Each configuration is built with ``space.build`` and trained
 in-process for a fixed number of epochs with several seeds, by a plain loop that
 reproduces ``odnas.train.fit`` (same model, optimizer, batch order and seeding, without
 Lightning's overhead). Each architecture's costs come from

@@ -915,15 +915,16 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------- device-side script
-# Standalone: needs only Python 3, numpy and onnxruntime on the device. It repeats
-# odnas.cost.latency.OrtLatencyBackend's protocol with the settings in manifest.json.
+# Standalone: needs only Python 3, numpy and onnxruntime on the device. It times the plain
+# way (``method: plain``: warm-ups, then min_runs and min_time_s) with the runtime settings
+# and protocol fields in manifest.json; a device agent runs the reference protocol instead.
 
 _BENCH_SCRIPT = '''#!/usr/bin/env python3
 """Time the odnas reference models in this folder with ONNX Runtime and write device_latency.csv.
 
 Run it on the target (a Linux board, or Python on a phone):  python3 bench_device.py [--out FILE]
-It needs numpy and onnxruntime, and uses the runtime settings and measurement protocol that
-manifest.json copied from the odnas profile, so the figures are comparable with odnas's.
+It needs numpy and onnxruntime, and uses the runtime settings and the plain protocol's fields
+(warm-ups, min_runs, min_time_s, max_time_s) that manifest.json copied from the odnas profile.
 """
 import argparse, csv, json, math, os, platform, time
 from pathlib import Path

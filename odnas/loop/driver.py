@@ -159,7 +159,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             max_pending_trials=settings.parallel + queued,
             tolerated_trial_failure_rate=settings.tolerated_failure_rate,
             min_failed_trials_for_failure_rate_check=3,
-            init_seconds_between_polls=max(1, int(settings.poll_s)),
+            # Ax types it int, but only sleeps on it; odnas's own loop takes it as float seconds.
+            init_seconds_between_polls=settings.poll_s,  # type: ignore[arg-type]
             min_seconds_before_poll=0.2,
             seconds_between_polls_backoff_factor=1.0,
             # With quiet logs Ax's loggers already write to the run's log (loop.store.quiet_logs);
