@@ -74,10 +74,11 @@ class _TimedScheduler(_InProcessScheduler):
         return AppState.SUCCEEDED if app_id in self.jobs.done else AppState.RUNNING
 
 
-def search(tmp_path: Path, jobs: TimedJobs, trials: int = 3) -> tuple[Path, dict[int, float], dict]:
+def search(tmp_path: Path, jobs: TimedJobs, trials: int = 3,
+           poll_s: float = 1.0) -> tuple[Path, dict[int, float], dict]:
     cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=trials, max_candidates=8, parallel=2,
                        run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0,
-                       poll_s=1.0, scheduler=InProcessJobs.SCHEDULER)
+                       poll_s=poll_s, scheduler=InProcessJobs.SCHEDULER)
     run_dir = create_run(cfg, schedulers=jobs.schedulers())
     run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
     launched = {int(p.parent.name): json.loads(p.read_text())["time"]
@@ -97,6 +98,16 @@ def test_a_slot_a_failed_trial_frees_is_filled_while_the_others_run_without_a_bu
     assert jobs.started[3] < jobs.finished[2], "the freed slot waited for every running trial"
     wall = max(jobs.finished.values()) - launched[0]
     assert stats["calls"]["poll"] < 5 * wall + 20, stats["calls"]  # a poll about every second, not thousands
+
+
+def test_a_poll_interval_under_a_second_is_kept(tmp_path):
+    """--poll-s 0.25 polls four times a second while trials run (it was once rounded to 1 s)."""
+    jobs = TimedJobs({0: 4.0, 1: 4.0})
+    _, launched, stats = search(tmp_path, jobs, trials=2, poll_s=0.25)
+    wall = max(jobs.finished.values()) - launched[0]
+    # About 6.6 polls a second here; rounded to 1 s it was 2.4 (each trial's end and the
+    # candidates wake the loop too).
+    assert stats["calls"]["poll"] > 4 * wall, (stats["calls"], wall)
 
 
 def test_botorchs_kernel_is_loaded_before_the_loop_said_when_it_compiles_and_not_taken_for_candidates(
