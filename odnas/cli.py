@@ -547,7 +547,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from odnas.export import export_trial
+    from odnas.export import artifact_path, export_trial
 
     with _Steps(a.quiet) as steps:
         card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
@@ -555,8 +555,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(card)
         return 0
-    out = a.output if a.output.endswith(".onnx") else a.output + ".onnx"
-    print(f"Wrote {out} and {out[:-5]}.json (trial {card['run']['trial']}, {card['arch_id']}, "
+    path = artifact_path(a.output, card["arch_id"])
+    out = str(path)
+    print(f"Wrote {out} and {path.with_suffix('.json')} (trial {card['run']['trial']}, {card['arch_id']}, "
           f"{card.get('precision', 'fp32')})")
     p = card["parity"]
     print(f"Parity with PyTorch on {p['n']} validation inputs ({p.get('file', out)}): max abs diff "
@@ -568,10 +569,14 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  int8 against fp32: val_acc {q['val_acc_onnx']:.4f} vs {f['val_acc_onnx']:.4f}, latency_ms "
               f"{q['latency_ms']:.4g} vs {f['latency_ms']:.4g}, model_bytes {q['model_bytes']} vs {f['model_bytes']}, "
               f"top-1 agreement {q.get('top1_agreement_vs_fp32', float('nan')):.4f}")
-    lat = card["latency"]
-    print(f"  latency_ms {lat['latency_ms']:.4g} (+- {lat['latency_ms_sem']:.2g}), timed on {lat.get('timed_on')}")
-    for m, b in card["budgets"].items():
-        print(f"  budget {m} <= {b['limit']:g}: {b['value']:.4g} ({'met' if b['met'] else 'NOT met'})")
+    lat, m = card["latency"], card["metrics"]
+    est = lat.get("device_estimate")
+    how = (f"estimated for the device from {est['host_latency_ms']:.4g} ms timed on {lat.get('timed_on')} "
+           f"(calibration {est['calibration_id']}{', extrapolated' if est.get('extrapolated') else ''})"
+           if est else f"timed on {lat.get('timed_on')}")
+    print(f"  latency_ms {m['latency_ms']:.4g} (+- {m['latency_ms_sem']:.2g}), {how}")
+    for name, b in card["budgets"].items():
+        print(f"  budget {name} <= {b['limit']:g}: {b['value']:.6g} ({'met' if b['met'] else 'NOT met'})")
     for name, pr in (card.get("profiles") or {}).items():
         if name == card["profile"]["name"]:
             continue
@@ -839,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trial", type=int, help="trial index (default: the pick)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path, or a folder (the file is then ARCH_ID.onnx); its card is written beside it as .json")
     p.add_argument("--also-profile", action="append", metavar="PROFILE",
                    help="also measure the artifact under this profile and record it on the card (repeatable)")
     p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")

@@ -18,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from odnas.cost.calibrate import calibrate_latency, profile_calibration, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import backend_for
 from odnas.cost.latency import check_runnable
@@ -108,13 +111,34 @@ def _resolve_profiles(main: HardwareProfile, also: Sequence[str | HardwareProfil
     return out
 
 
+def artifact_path(out: str | Path, arch_id: str) -> Path:
+    """Where ``export`` writes the deployed file for ``-o out``: ``out`` with ``.onnx``
+    added if missing, or ``ARCH_ID.onnx`` inside ``out`` when that is a folder (one that
+    exists, or a path ending in a separator)."""
+    text = str(out)
+    out = Path(out)
+    if out.is_dir() or text.endswith(("/", os.sep)):
+        return out / f"{arch_id}.onnx"
+    return out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx")
+
+
 def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, Any], arch_id: str,
                     data, profile: HardwareProfile, metrics: Mapping[str, Any],
                     atol: float = 1e-3,
                     also_profiles: Sequence[str | HardwareProfile] = (),
                     calib_samples: int | None = None, run: Mapping[str, Any] | None = None,
-                    progress: Step | None = None) -> ModelCard:
-    """Write ``out`` (.onnx, the deployed file) and its card ``out.with_suffix('.json')``; return the card.
+                    calibration=None, progress: Step | None = None) -> ModelCard:
+    """Write ``out`` (.onnx, the deployed file; ``artifact_path``) and its card
+    ``out.with_suffix('.json')``; return the card.
+
+    All or nothing: the files are made in a temporary folder beside ``out`` and moved
+    into place only once every check and timing has passed, the card last, so a failed
+    export leaves an earlier artifact of the same name as it was.
+
+    Under a profile with a ``calibration`` section, latencies on the card and the budgets
+    it judges are the device estimates, as in the search (``calibration``: the mapping to
+    use for ``profile``, e.g. the run's own; else the profile's, fitted or cached), with
+    the host figures beside them (``latency.device_estimate``, ``profiles[NAME].calibration``).
 
     ``metrics`` are the search's figures for the trial (``val_acc`` and costs). Under
     ``precision: int8`` the fp32 file is exported and checked for parity, then
@@ -126,6 +150,21 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     latency of the file in that profile's precision, measured under that profile, and
     whether that profile's budgets are met. The main profile is listed there too.
     """
+    out = artifact_path(out, arch_id).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
+        card = _export_into(Path(tmp) / out.name, model, space=space, params=params, arch_id=arch_id, data=data,
+                            profile=profile, metrics=metrics, atol=atol, also_profiles=also_profiles,
+                            calib_samples=calib_samples, run=run, calibration=calibration, progress=progress)
+        made = sorted(Path(tmp).iterdir(), key=lambda f: f.suffix == ".json")  # the card last
+        for f in made:
+            os.replace(f, out.parent / f.name)
+    return card
+
+
+def _export_into(out: Path, model, *, space, params, arch_id, data, profile, metrics, atol, also_profiles,
+                 calib_samples, run, calibration, progress) -> ModelCard:
+    """``export_artifact``'s work, every file written under ``out``'s (temporary) folder."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -134,15 +173,23 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
 
     step = progress or silent
 
-    def measure_latency(path, prof):  # one timing at a time on this host (or on its device), as in the cost lane
+    profiles = _resolve_profiles(profile, also_profiles)
+    cals = {name: calibration if prof is profile and calibration is not None else profile_calibration(prof)
+            for name, prof in profiles.items()}
+
+    def measure_latency(path, prof):
+        """One timing at a time on this host (or on its device), as in the cost lane: the
+        host's record, and the figures the card carries (device estimates under a
+        calibrated profile, as the search's were)."""
         step(f"timing {path.name} under {prof.name}" + (f" on the device at {prof.device.url}" if prof.device else ""))
         with measurement_window("lock") if prof.device is None else contextlib.nullcontext():
-            return _measure(path, prof, backend_for(prof))
+            lat = _measure(path, prof, backend_for(prof))
+        cal = cals[prof.name]
+        est = calibrate_latency(lat, cal) if cal is not None else None
+        shown = {"latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90,
+                 "latency_ms_sem": lat.latency_ms_sem} if est is None else est
+        return lat, shown, est
 
-    out = Path(out)
-    if out.suffix != ".onnx":
-        out = out.with_name(out.name + ".onnx")
-    profiles = _resolve_profiles(profile, also_profiles)
     precisions = {p.precision for p in profiles.values()}
     stem = out.with_suffix("")
     files = {"fp32": out if profile.precision == "fp32" else stem.with_name(stem.name + ".fp32.onnx")}
@@ -171,12 +218,12 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     lat_main = {prec: measure_latency(path, profile) for prec, path in files.items()}
     figures: dict[str, dict[str, Any]] = {}
     for prec, path in files.items():
-        lat = lat_main[prec]
+        _, shown, _ = lat_main[prec]
         figures[prec] = {
             "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "model_bytes": path.stat().st_size, "val_acc_onnx": float(np.mean(logits[prec].argmax(1) == data.y_val)),
-            "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90, "latency_ms_sem": lat.latency_ms_sem,
-            "deployed": path == out,
+            "latency_ms": shown["latency_ms"], "latency_ms_p90": shown["latency_ms_p90"],
+            "latency_ms_sem": shown["latency_ms_sem"], "deployed": path == out,
         }
     if "int8" in figures:
         figures["int8"]["top1_agreement_vs_fp32"] = float(np.mean(logits["int8"].argmax(1) == logits["fp32"].argmax(1)))
@@ -184,32 +231,33 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         figures["int8"]["n_val"] = int(len(data.y_val))
 
     deployed = figures[profile.precision]
-    lat = lat_main[profile.precision]
+    lat, shown, est = lat_main[profile.precision]
     # Budgets are judged on the deployed file's own figures; the search's (measured on
     # the untrained candidate when the search ran) are kept beside them as *_search.
     merged = {"num_params": counts.num_params, "flops": counts.flops, **metrics}
     for m in ("latency_ms", "latency_ms_p90", "model_bytes"):
         if m in metrics:
             merged[f"{m}_search"] = metrics[m]
-    merged.update({"model_bytes": deployed["model_bytes"], "latency_ms": lat.latency_ms,
-                   "latency_ms_p90": lat.latency_ms_p90, "latency_ms_sem": lat.latency_ms_sem,
-                   "val_acc_onnx": deployed["val_acc_onnx"], "latency_ms_artifact": lat.latency_ms,
-                   "latency_ms_artifact_p90": lat.latency_ms_p90})
+    merged.update({"model_bytes": deployed["model_bytes"], "latency_ms": shown["latency_ms"],
+                   "latency_ms_p90": shown["latency_ms_p90"], "latency_ms_sem": shown["latency_ms_sem"],
+                   "val_acc_onnx": deployed["val_acc_onnx"], "latency_ms_artifact": shown["latency_ms"],
+                   "latency_ms_artifact_p90": shown["latency_ms_p90"]})
 
     per_profile: dict[str, dict[str, Any]] = {}
     for name, prof in profiles.items():
         prec = prof.precision
-        plat = lat_main[prec] if prof is profile else measure_latency(files[prec], prof)
+        plat, pshown, pest = lat_main[prec] if prof is profile else measure_latency(files[prec], prof)
         pm = {"num_params": counts.num_params, "flops": counts.flops, "model_bytes": figures[prec]["model_bytes"],
-              "latency_ms": plat.latency_ms, "latency_ms_p90": plat.latency_ms_p90}
+              "latency_ms": pshown["latency_ms"], "latency_ms_p90": pshown["latency_ms_p90"]}
         budgets = budget_report(prof, pm)
         per_profile[name] = {
             "precision": prec, "file": figures[prec]["file"], "main": prof is profile,
-            "latency_ms": plat.latency_ms, "latency_ms_p90": plat.latency_ms_p90, "latency_ms_sem": plat.latency_ms_sem,
+            "latency_ms": pshown["latency_ms"], "latency_ms_p90": pshown["latency_ms_p90"],
+            "latency_ms_sem": pshown["latency_ms_sem"],
             "model_bytes": figures[prec]["model_bytes"], "val_acc_onnx": figures[prec]["val_acc_onnx"],
             "batch_size": prof.batch_size, "intra_op_threads": plat.intra_op_threads,
             "budgets": budgets, "met": all(b["met"] for b in budgets.values()),
-            "latency": plat.to_dict(), "timed_on": plat.source,
+            "latency": plat.to_dict(), "timed_on": plat.source, "calibration": pest,
             "source": Path(prof.source).name if prof.source else None,
         }
 
@@ -225,7 +273,7 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
         output={"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
         labels=list(data.labels), data=data.describe(), parity=parity, precisions=figures,
         quantization=quant.to_dict() if quant is not None else None, profiles=per_profile,
-        latency={**lat.to_dict(), "timed_on": lat.source},
+        latency={**lat.to_dict(), "timed_on": lat.source, **({"device_estimate": est} if est else {})},
         onnx={"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
         environment={"python": platform.python_version(), "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
@@ -325,5 +373,5 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,
         calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial},
-        progress=progress,
+        calibration=run_calibration(run_dir, profile), progress=progress,
     )

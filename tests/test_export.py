@@ -260,3 +260,59 @@ def test_tensorboard_holds_the_trials_hyperparameters_and_costs(tmp_path):
                     metrics |= {m.name.tag for m in pd.experiment.metric_infos}
     assert hparams["hidden_size_1"] == params["hidden_size_1"] and hparams["lr"] == pytest.approx(params["lr"])
     assert {"hp/val_acc", "hp/num_params", "hp/latency_ms"} <= metrics
+
+
+def _export(trained, out, profile, **kw):
+    d, data, space, model, res = trained
+    return export_artifact(model, out, space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS), data=data,
+                           profile=profile, metrics={"val_acc": res["val_acc"]}, **kw)
+
+
+def test_a_failed_export_leaves_the_earlier_artifact_as_it_was(trained, short_profile, tmp_path, monkeypatch):
+    import odnas.export as export_module
+
+    _export(trained, tmp_path / "m.onnx", short_profile())
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    assert sorted(before) == ["m.json", "m.onnx"]
+
+    def unreachable(*a, **k):
+        raise RuntimeError("the device agent is not reachable (test)")
+
+    monkeypatch.setattr(export_module, "_measure", unreachable)  # fails after the file is exported and checked
+    with pytest.raises(RuntimeError, match="not reachable"):
+        _export(trained, tmp_path / "m.onnx", short_profile())
+    with pytest.raises(RuntimeError, match="not reachable"):
+        _export(trained, tmp_path / "new.onnx", short_profile())
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before  # nothing new, nothing half-written
+
+
+def test_an_export_into_a_folder_names_the_file_by_its_arch_id(trained, short_profile, tmp_path):
+    from odnas.export import artifact_path
+
+    arch = trained[2].arch_id(PARAMS)
+    card = _export(trained, tmp_path, short_profile())
+    assert (tmp_path / f"{arch}.onnx").is_file() and (tmp_path / f"{arch}.json").is_file()
+    assert card.artifact == f"{arch}.onnx"
+    assert artifact_path(f"{tmp_path}/new/", arch) == tmp_path / "new" / f"{arch}.onnx"
+    assert artifact_path(tmp_path / "m", arch) == tmp_path / "m.onnx"
+
+
+def test_under_a_calibrated_profile_the_card_and_its_budgets_carry_device_estimates(trained, short_profile,
+                                                                                     tmp_path):
+    """As in the search: budgets judge the device estimate, the host figure stays beside it."""
+    import math
+
+    from odnas.cost.calibrate import Calibration, host_identity
+
+    profile = short_profile()
+    cal = Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
+                      fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(1e-4, 10.0), device_range_ms=(3e-4, 30.0),
+                      host=host_identity(profile))
+    card = _export(trained, tmp_path / "m.onnx", profile, calibration=cal).to_dict()
+    est, m = card["latency"]["device_estimate"], card["metrics"]
+    host = card["latency"]["latency_ms"]
+    assert est["host_latency_ms"] == host and m["latency_ms"] == pytest.approx(3.0 * host)
+    assert card["budgets"]["latency_ms"]["value"] == m["latency_ms"]
+    main = card["profiles"][profile.name]
+    assert main["latency_ms"] == m["latency_ms"] and main["calibration"]["calibration_id"] == cal.calibration_id
+    assert card["precisions"]["fp32"]["latency_ms"] == m["latency_ms"]
