@@ -844,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trial", type=int, help="trial index (default: the pick)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path, or a folder (the file is then ARCH_ID.onnx); its card is written beside it as .json")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .onnx path, or a folder (the file is then ARCH_ID.onnx); the card goes beside it")
     p.add_argument("--also-profile", action="append", metavar="PROFILE",
                    help="also measure the artifact under this profile and record it on the card (repeatable)")
     p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")
