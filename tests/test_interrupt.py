@@ -67,3 +67,34 @@ def test_odnas_stop_asks_the_driver_to_finish(tmp_path):
     assert not (run / "stop").exists()
     again = run_cli("stop", str(run))
     assert again.returncode == 2 and "no driver is running" in again.stderr
+
+
+def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do_not(tmp_path, monkeypatch):
+    """A trial handed to a warm worker that had not begun it is not run once the driver is
+    gone (the worker exits when idle); only jobs that started are "left to finish"."""
+    from types import SimpleNamespace
+
+    import odnas.loop.driver as driver
+    from odnas.records import TrialRow
+
+    def trial_dir(i: int, started: bool, result: bool = False) -> str:
+        d = tmp_path / "trials" / f"{i:04d}"
+        d.mkdir(parents=True)
+        if started:
+            (d / "job.json").write_text("{}")
+        if result:
+            (d / "result.json").write_text("{}")
+        return str(d)
+
+    def row(i: int, state: str, started: bool, result: bool = False) -> TrialRow:
+        return TrialRow(trial=i, state=state, arch_id="a", params={}, metrics={},
+                        trial_dir=trial_dir(i, started, result))
+
+    rows = [row(0, "completed", True, True), row(1, "running", True), row(2, "running", False),
+            row(3, "running", False)]
+    meta = {0: {"worker": 0}, 1: {"worker": 1}, 2: {"worker": 0}, 3: {"app_handle": "local_cwd://x"}}  # 3: fresh
+    exp = SimpleNamespace(trials={i: SimpleNamespace(run_metadata=m) for i, m in meta.items()})
+    monkeypatch.setattr(driver, "trial_table", lambda e, d: rows)
+    text = driver.interrupt_summary(exp, tmp_path)
+    assert text.startswith("1 trained model kept; 2 training jobs are left to finish, and resume reattaches to "
+                           "them; 1 queued trial had not started, and resume starts it."), text

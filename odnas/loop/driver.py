@@ -327,9 +327,20 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     # Trained is what has a result on disk: a job that finished since the last poll counts.
     finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
     done = len(finished | {r.trial for r in rows if r.state in ("completed", "early_stopped")})
-    running = sum(1 for r in rows if r.state == "running" and r.trial not in finished)
-    jobs = (f"{running} running training job{'s are' if running != 1 else ' is'} left to finish, and resume "
-            "reattaches to them" if running else "no training job was running")
+    active = [r for r in rows if r.state == "running" and r.trial not in finished]
+    # A trial handed to a warm worker that had not begun it (no job.json yet) is not run
+    # once the driver has gone: the worker exits when idle. A fresh job, once launched, runs.
+    queued = sum(1 for r in active if "worker" in (exp.trials[r.trial].run_metadata or {})
+                 and not (r.trial_dir and (Path(r.trial_dir) / JOB_NAME).exists()))
+    running = len(active) - queued
+    parts = []
+    if running:
+        parts.append(f"{running} training job{'s are' if running != 1 else ' is'} left to finish, and resume "
+                     f"reattaches to {'them' if running != 1 else 'it'}")
+    if queued:
+        parts.append(f"{queued} queued trial{'s' if queued != 1 else ''} had not started, and resume starts "
+                     f"{'them' if queued != 1 else 'it'}")
+    jobs = "; ".join(parts) or "no training job was running"
     return f"{done} trained model{'s' if done != 1 else ''} kept; {jobs}. Go on with: odnas resume {run_dir}"
 
 
