@@ -67,6 +67,9 @@ def test_broken_profiles(case, tmp_path, capsys):
 SEARCH_FLAGS = {
     "no trials": (["--trials", "0"], 2),
     "no parallel slots": (["--parallel", "0"], 2),
+    "no initial trials": (["--init-trials", "0"], 2),
+    "a negative candidate cap": (["--max-candidates", "-5"], 2),
+    "a candidate cap under the trainings": (["--trials", "4", "--max-candidates", "3"], 2),
     "unknown method": (["--method", "guess"], 2),
     "unknown parameter fixed": (["--fix", "epochz=1"], 2),
     "fix without a value": (["--fix", "epochs"], 2),

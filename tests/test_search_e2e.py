@@ -67,6 +67,17 @@ def test_status_select_export(run, tmp_path):
     assert abs(card["metrics"]["val_acc_onnx"] - card["metrics"]["val_acc"]) < 1e-6
 
 
+def test_resume_refuses_fewer_trainings_than_are_trained_and_changes_nothing(run):
+    d, _ = run
+    before = (d / "odnas.json").read_text()
+    proc = run_cli("resume", str(d), "--trials", "2", "--quiet")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "odnas: error: --trials 2: 5 models are trained already, and --trials counts them; give more than 5 to "
+        "train more (nothing was changed)"], proc.stderr
+    assert (d / "odnas.json").read_text() == before
+
+
 def test_status_reads_the_drivers_trial_table_without_ax_while_it_is_as_new_as_the_experiment(run, tmp_path):
     """The driver leaves trials.json as new as the experiment: ``odnas status`` reads it
     without importing Ax, and it holds what the experiment holds. Once the experiment

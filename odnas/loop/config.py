@@ -152,6 +152,11 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
             raise SearchError("--method saasbo needs JAX and NumPyro: pip install 'odnas[saasbo]'") from None
     if cfg.trials < 1 or cfg.parallel < 1:
         raise SearchError("--trials and --parallel must be at least 1")
+    if cfg.max_candidates is not None and cfg.max_candidates < cfg.trials:
+        raise SearchError(f"--max-candidates {cfg.max_candidates}: must be at least --trials ({cfg.trials}), "
+                          "since every training is a candidate")
+    if cfg.init_trials is not None and cfg.init_trials < 1:
+        raise SearchError(f"--init-trials {cfg.init_trials}: must be at least 1 (the model needs data to start from)")
     if cfg.isolation not in ISOLATION_MODES:
         raise SearchError(f"--isolation {cfg.isolation!r}: choose from {', '.join(ISOLATION_MODES)}")
     if cfg.workers not in WORKER_MODES:

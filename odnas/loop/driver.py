@@ -138,12 +138,15 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
+        client, storage = load_client(run_dir)
+        exp = experiment_of(client)
         if trials is not None:  # a new total, written only once this driver holds the run
+            if trials < (done := trained_count(exp)):
+                raise SearchError(f"--trials {trials}: {done} models are trained already, and --trials counts "
+                                  f"them; give more than {done} to train more (nothing was changed)")
             settings.trials = trials
             settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
             write_settings(run_dir, settings)
-        client, storage = load_client(run_dir)
-        exp = experiment_of(client)
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
@@ -265,9 +268,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             table.close()
         if progress:
             progress(state.refresh(exp, final=True))
-        trained = sum(1 for t in exp.trials.values() if t.status.is_completed
-                      and not (t.run_metadata or {}).get("over_budget")) + sum(
-            1 for t in exp.trials.values() if t.status.name == "EARLY_STOPPED")
+        trained = trained_count(exp)
         if trained < settings.trials:
             over = sum(1 for t in exp.trials.values() if (t.run_metadata or {}).get("over_budget"))
             msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
@@ -555,6 +556,13 @@ class CheaperPeersRule(PercentileEarlyStoppingStrategy):
         peers = [i for i in wide_df.columns if i == trial_index or (
             all(m in cost(i) and m in mine and cost(i)[m] <= mine[m] for m in costs))]
         return super()._should_stop_trial_early(trial_index, experiment, wide_df[peers], long_df, minimize)
+
+
+def trained_count(exp) -> int:
+    """Models trained so far: completed trials that were not over a budget, and early-stopped ones."""
+    return sum(1 for t in exp.trials.values() if t.status.is_completed
+               and not (t.run_metadata or {}).get("over_budget")) + sum(
+        1 for t in exp.trials.values() if t.status.name == "EARLY_STOPPED")
 
 
 def new_trials_wanted(exp, settings: RunSettings) -> int:
