@@ -344,9 +344,9 @@ def _calibration(v: "_Validator", raw: Any, base_dir: str | Path | None) -> Cali
     if not table and not references:
         v.fail("calibration", dict(raw), "needs a 'table' (CSV of device latencies) or inline 'references'")
     shape = raw.get("input_shape") or []
-    if (not isinstance(shape, list) or len(shape) > 4
+    if (not isinstance(shape, list) or len(shape) not in (0, 3)
             or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)):
-        v.fail("calibration.input_shape", shape, "must be a list of up to 4 positive whole numbers, e.g. [1, 8, 8]")
+        v.fail("calibration.input_shape", shape, "must be three positive whole numbers (C, H, W), e.g. [1, 8, 8]")
     return CalibrationSpec(
         table=table,
         references=references,

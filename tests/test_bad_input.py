@@ -253,9 +253,12 @@ def test_other_commands(tmp_path, capsys):
         (["doctor", "--models", "1"], 2, "--models"),
         (["calibrate", "fit", "--profile", "cpu-mobile", "--table", str(tmp_path / "none.csv")], 2, "not found"),
         (["calibrate", "perf-logs", str(tmp_path / "none")], 2, None),
+        (["calibrate", "export", "--input-shape", "28x28", "-o", str(tmp_path / "refs")], 2, "C x H x W"),
+        (["calibrate", "export", "--input-shape", "1x28x28x3", "-o", str(tmp_path / "refs")], 2, "C x H x W"),
     ]
     for args, code, why in cases:
         _fails(capsys, args, code, why)
+    assert not (tmp_path / "refs").exists()  # refused before a reference model is written
 
 
 def _fails(capsys, argv, code, why=None, one_line=True):

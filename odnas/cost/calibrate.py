@@ -120,8 +120,8 @@ def parse_input_shape(text: str | Sequence[int] | None) -> tuple[int, ...]:
         shape = tuple(int(p) for p in parts)
     except (TypeError, ValueError):
         raise CalibrationError(f"input shape {text!r}: expected C x H x W, e.g. 1x8x8") from None
-    if not 1 <= len(shape) <= 4 or any(d < 1 for d in shape):
-        raise CalibrationError(f"input shape {text!r}: expected C x H x W with positive sizes, e.g. 1x8x8")
+    if len(shape) != 3 or any(d < 1 for d in shape):  # the references include CNNs: channels, height, width
+        raise CalibrationError(f"input shape {text!r}: expected C x H x W, three positive sizes, e.g. 1x8x8")
     return shape
 
 
