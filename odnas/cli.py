@@ -8,12 +8,13 @@ and exit with their code; our own bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: a missing standard error and the like become null."""
@@ -352,9 +353,29 @@ def cmd_search(a: argparse.Namespace) -> int:
     run_dir = create_run(cfg, settings=settings)  # a bad input left (a calibration table that does not fit): one line
     if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
-    _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
+    with _outcome_on_failure(a, run_dir):
+        _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
     _finish(a, run_dir)
     return 0
+
+
+@contextlib.contextmanager
+def _outcome_on_failure(a: argparse.Namespace, run_dir) -> Iterator[None]:
+    """With --json, a search that ran but could not succeed (exit 3) or was interrupted
+    (130) still prints its outcome on stdout, with the one-line reason as ``error``:
+    a script learns where the run dir is and what it holds. The error then ends the
+    command as always (its line on stderr, its exit code)."""
+    from odnas.errors import SearchFailed, SearchInterrupted
+
+    try:
+        yield
+    except (SearchFailed, SearchInterrupted) as e:
+        if a.json:
+            try:
+                _print_json({**_outcome_json(run_dir), "error": str(e), "exit_code": e.exit_code})
+            except Exception:  # the outcome is a courtesy: the error itself must still be told
+                pass
+        raise
 
 
 def _finish(a: argparse.Namespace, run_dir) -> None:
@@ -398,8 +419,9 @@ def cmd_resume(a: argparse.Namespace) -> int:
     read_settings(a.run_dir)  # a run dir, or one line saying it is not, before the driver's imports
     from odnas.loop.driver import resume
 
-    run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
-                                 trials=a.trials, device=a.device)
+    with _outcome_on_failure(a, Path(a.run_dir).resolve()):
+        run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
+                                     trials=a.trials, device=a.device)
     _finish(a, run_dir)
     return 0
 

@@ -188,6 +188,18 @@ def test_budget_is_hard(tmp_path):
     assert proc.returncode == 2 and "over budget" in proc.stderr
 
 
+def test_a_search_that_cannot_succeed_still_tells_a_json_reader_what_it_left(tmp_path):
+    """Exit 3 under --json: the outcome on stdout with the reason, the one line on stderr."""
+    d = tmp_path / "capped"
+    proc = run_cli("search", "--space", "mlp", "--trials", "1", "--max-candidates", "2", "--method", "sobol",
+                   "--constraint", "num_params <= 1700", "--run-dir", str(d), "--json", "--quiet")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["run_dir"] == str(d) and out["counts"] == {"over_budget": 2} and out["pick"] is None
+    assert out["exit_code"] == 3 and "candidate cap" in out["error"]
+    assert proc.stderr.strip().splitlines() == [f"odnas: error: {out['error']}"]
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     # In fresh processes, as a user meets them; tests/test_bad_input.py runs forty-odd more
     # cases (these among them) through the same entry point in-process, in seconds.
