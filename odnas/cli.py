@@ -353,8 +353,13 @@ def cmd_search(a: argparse.Namespace) -> int:
     run_dir = create_run(cfg, settings=settings)  # a bad input left (a calibration table that does not fit): one line
     if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
-    with _outcome_on_failure(a, run_dir):
-        _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
+    try:
+        with _outcome_on_failure(a, run_dir):
+            _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
+    except KeyboardInterrupt:  # before the driver's own handling began (it then says what it left)
+        from odnas.errors import SearchInterrupted
+
+        raise SearchInterrupted(f"interrupted; the run dir is made. Go on with: odnas resume {run_dir}") from None
     _finish(a, run_dir)
     return 0
 
@@ -439,9 +444,15 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
-def _note(row) -> str:
+def _note(row, profile) -> str:
+    from odnas.select import meets
+
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)
+    if row.state == "completed" and "val_acc" in row.metrics:  # trained: which bounds it misses, if any
+        missed = [b for b in list(profile.thresholds) + profile.budget_constraints() if not meets(row.metrics, [b])]
+        if missed:
+            return "misses " + ", ".join(missed)
     if row.state == "running" and row.trial_dir:
         from odnas.rundir import read_curve
 
@@ -485,7 +496,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(table([{"trial": r.trial, "state": r.state, "val_acc": r.metrics.get("val_acc", ""),
                   "latency_ms": r.metrics.get("latency_ms", ""), "num_params": r.metrics.get("num_params", ""),
                   "arch_id": r.arch_id or "",
-                  "note": _note(r)}
+                  "note": _note(r, profile)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
     if counts.get("running") and not running:
@@ -516,7 +527,7 @@ def cmd_select(a: argparse.Namespace) -> int:
         _print_json({"front": [r.to_dict() for r in fr], "pick": pick.to_dict() if pick else None,
                      "confirmed": confirmed})
         return 0 if pick else SearchFailed.exit_code
-    if confirmed is not None:
+    if confirmed:  # none when nothing within the bounds was left to confirm
         pr = res["protocol"]
         how = (f"{pr['sessions']} sessions x {pr['rounds']} rounds against the reference model"
                if pr["method"] == "reference" else f"a {pr['min_runs']}-run, {pr['min_time_s']:g} s protocol")
@@ -558,7 +569,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
                   ("front" if r["trial"] in res["front"] else "")} for r in res["rows"]],
                 ["trial", "val_acc", "latency_ms", "latency_ms_before", "num_params", "note"]))
     fr = res["front_rows"]
-    print(f"\nFeasible Pareto front under {prof['name']} ({len(fr)} models):")
+    print(f"\nFeasible Pareto front under {prof['name']} ({len(fr)} model{'s' if len(fr) != 1 else ''}):")
     if fr:
         print(_front_table(fr))
         print(f"Export with both profiles on the card: odnas export {a.run_dir} --trial {fr[0].trial} "

@@ -98,3 +98,20 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
     text = driver.interrupt_summary(exp, tmp_path)
     assert text.startswith("1 trained model kept; 2 training jobs are left to finish, and resume reattaches to "
                            "them; 1 queued trial had not started, and resume starts it."), text
+
+
+def test_an_interrupt_before_the_drivers_own_handling_names_the_run_dir_to_resume(tmp_path, monkeypatch, capsys):
+    import odnas.cost.lane as lane
+    import odnas.loop.driver as driver
+    from odnas.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lane, "check_budgets", lambda *a, **k: None)
+    monkeypatch.setattr(driver, "run_loop", interrupted)
+    run = tmp_path / "run"
+    assert main(["search", "--space", "mlp", "--trials", "1", "--quiet", "--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"odnas: interrupted; the run dir is made. Go on with: odnas resume {run}"], err
+    assert (run / "odnas.json").is_file()

@@ -74,3 +74,13 @@ def test_spearman_is_scipys_with_ties_and_nan_when_constant():
         assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
         assert spearman(b, -b) == pytest.approx(-1.0)
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_status_says_which_bound_a_trained_model_misses():
+    from odnas.cli import _note
+
+    prof = dataclasses.replace(load_profile("cpu-mobile"), budgets={"latency_ms": 0.2, "num_params": 5000},
+                               thresholds=("val_acc >= 0.85",))
+    assert _note(_row(0, 0.9, 0.1), prof) == ""
+    assert _note(_row(1, 0.75, 0.1), prof) == "misses val_acc >= 0.85"
+    assert _note(_row(2, 0.75, 0.1, state="running"), prof) == ""  # not judged before it is trained

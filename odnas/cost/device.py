@@ -224,7 +224,8 @@ class DeviceLatencyBackend:
                 raise
             except DeviceUnreachable as e:
                 if attempt == self.spec.retries:
-                    raise DeviceUnreachable(f"{e}; gave up {what} after {attempt + 1} attempts over "
+                    raise DeviceUnreachable(f"{e}; gave up {what} after {attempt + 1} "
+                                            f"attempt{'s' if attempt else ''} over "
                                             f"{time.monotonic() - t0:.0f} s") from None
                 self.failures += 1
                 self.log(f"odnas: device: {what} failed ({e}); trying again in {wait:g} s "

@@ -89,15 +89,15 @@ def make_resource(resources: str | None, threads: int):
     kv = parse_kv(resources)
     unknown = set(kv) - {"cpu", "gpu", "memMB"}
     if unknown:
-        raise ValueError(f"--resources: unknown keys {sorted(unknown)}; use cpu, gpu, memMB or a named resource")
+        raise ValueError(f"unknown keys {sorted(unknown)}; use cpu, gpu, memMB or a named resource")
     values = {"cpu": threads, "gpu": 0, "memMB": 2048}
     for key, text in kv.items():
         try:
             values[key] = int(text)
         except ValueError:
-            raise ValueError(f"--resources {key}={text!r}: expected a whole number") from None
+            raise ValueError(f"{key}={text!r}: expected a whole number") from None
         if values[key] < (0 if key == "gpu" else 1):
-            raise ValueError(f"--resources {key}={text}: must be {'0 or more' if key == 'gpu' else '1 or more'}")
+            raise ValueError(f"{key}={text}: must be {'0 or more' if key == 'gpu' else '1 or more'}")
     return specs.Resource(**values)
 
 

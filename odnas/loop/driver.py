@@ -272,7 +272,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         if trained < settings.trials:
             over = sum(1 for t in exp.trials.values() if (t.run_metadata or {}).get("over_budget"))
             msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
-                   f"(--max-candidates {settings.max_candidates}) was reached with {over} candidates over a budget")
+                   f"(--max-candidates {settings.max_candidates}) was reached with {over} candidate{'s' if over != 1 else ''} over a budget")
             if trained == 0:
                 raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=term, flush=True)
