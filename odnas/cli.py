@@ -484,7 +484,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     fr = front(rows, profile)
     proxies = proxy_correlations(rows)
     if a.json:
-        _print_json({"run_dir": a.run_dir, "trials_planned": settings.trials, "counts": counts,
+        _print_json({"run_dir": str(Path(a.run_dir).resolve()), "trials_planned": settings.trials, "counts": counts,
                      "trials": [r.to_dict() for r in rows], "front": [r.trial for r in fr], "profile": profile.name,
                      "space": settings.space, "proxy_spearman_vs_latency_ms": proxies})
         return 0
