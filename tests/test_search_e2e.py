@@ -70,12 +70,13 @@ def test_status_select_export(run, tmp_path):
 def test_resume_refuses_fewer_trainings_than_are_trained_and_changes_nothing(run):
     d, _ = run
     before = (d / "odnas.json").read_text()
+    db = (d / "experiment.sqlite").stat().st_mtime_ns
     proc = run_cli("resume", str(d), "--trials", "2", "--quiet")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "odnas: error: --trials 2: 5 models are trained already, and --trials counts them; give more than 5 to "
         "train more (nothing was changed)"], proc.stderr
-    assert (d / "odnas.json").read_text() == before
+    assert (d / "odnas.json").read_text() == before and (d / "experiment.sqlite").stat().st_mtime_ns == db
 
 
 def test_status_reads_the_drivers_trial_table_without_ax_while_it_is_as_new_as_the_experiment(run, tmp_path):

@@ -34,7 +34,7 @@ from odnas.loop.config import (
 )
 from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
-from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, quiet_logs, trial_table
+from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, load_run, quiet_logs, trial_table
 from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
@@ -111,6 +111,11 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     settings = read_settings(run_dir)
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
+    if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing
+        done = sum(r.state in ("completed", "early_stopped") for r in load_run(run_dir).rows)
+        if trials < done:
+            raise SearchError(f"--trials {trials}: {done} models are trained already, and --trials counts "
+                              f"them; give more than {done} to train more (nothing was changed)")
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
@@ -138,15 +143,12 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
-        client, storage = load_client(run_dir)
-        exp = experiment_of(client)
         if trials is not None:  # a new total, written only once this driver holds the run
-            if trials < (done := trained_count(exp)):
-                raise SearchError(f"--trials {trials}: {done} models are trained already, and --trials counts "
-                                  f"them; give more than {done} to train more (nothing was changed)")
             settings.trials = trials
             settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
             write_settings(run_dir, settings)
+        client, storage = load_client(run_dir)
+        exp = experiment_of(client)
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
@@ -272,7 +274,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         if trained < settings.trials:
             over = sum(1 for t in exp.trials.values() if (t.run_metadata or {}).get("over_budget"))
             msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
-                   f"(--max-candidates {settings.max_candidates}) was reached with {over} candidate{'s' if over != 1 else ''} over a budget")
+                   f"(--max-candidates {settings.max_candidates}) was reached with {over} "
+                   f"candidate{'s' if over != 1 else ''} over a budget")
             if trained == 0:
                 raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
             print(f"odnas: note: {msg}", file=term, flush=True)
