@@ -157,7 +157,7 @@ def check_run(run_dir: str, profile: str) -> str:
         pick = f"No pick to export: `{(exported.stderr.strip().splitlines() or ['(nothing said)'])[-1]}`."
     return "\n".join([
         f"Run `{run_dir}` ({len(run.rows)} candidates, {len(idx)} trained); host {os.uname().nodename}; "
-        f"{datetime.date.today()}; {time.time() - t0:.0f} s.", "",
+        f"{datetime.date.today()}; these checks took {time.time() - t0:.0f} s.", "",
         f"The search's latency_ms against `odnas rescore RUN --profile {profile}` (a fresh process, later):", "",
         "| trained candidates | Spearman | median \\|diff\\| | max \\|diff\\| | within 3 combined SE |",
         "| --- | --- | --- | --- | --- |",
