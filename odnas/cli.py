@@ -353,32 +353,32 @@ def cmd_search(a: argparse.Namespace) -> int:
     run_dir = create_run(cfg, settings=settings)  # a bad input left (a calibration table that does not fit): one line
     if not a.quiet:
         print(f"Run dir: {run_dir}  (odnas resume {run_dir} continues it if stopped)", flush=True, file=log)
-    try:
-        with _outcome_on_failure(a, run_dir):
-            _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
-    except KeyboardInterrupt:  # before the driver's own handling began (it then says what it left)
-        from odnas.errors import SearchInterrupted
-
-        raise SearchInterrupted(f"interrupted; the run dir is made. Go on with: odnas resume {run_dir}") from None
+    with _outcome_on_failure(a, run_dir, "interrupted; the run dir is made"):
+        _run_with_progress(_progress_printer(a.quiet, log), run_loop, run_dir)
     _finish(a, run_dir)
     return 0
 
 
 @contextlib.contextmanager
-def _outcome_on_failure(a: argparse.Namespace, run_dir) -> Iterator[None]:
-    """With --json, a search that ran but could not succeed (exit 3) or was interrupted
-    (130) still prints its outcome on stdout, with the one-line reason as ``error``:
-    a script learns where the run dir is and what it holds. The error then ends the
-    command as always (its line on stderr, its exit code)."""
+def _outcome_on_failure(a: argparse.Namespace, run_dir, interrupted: str = "interrupted") -> Iterator[None]:
+    """A search or resume that ran but could not succeed (exit 3) or was interrupted (130).
+    A Ctrl-C before the driver's own handling began (which says what it left) becomes
+    ``interrupted`` and the resume command. With --json the outcome is still printed on
+    stdout, with the one-line reason as ``error``: a script learns where the run dir is
+    and what it holds. The error then ends the command as always (its line on stderr,
+    its exit code)."""
     from odnas.errors import SearchFailed, SearchInterrupted
 
     try:
-        yield
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise SearchInterrupted(f"{interrupted}. Go on with: odnas resume {run_dir}") from None
     except (SearchFailed, SearchInterrupted) as e:
         if a.json:
             try:
                 _print_json({**_outcome_json(run_dir), "error": str(e), "exit_code": e.exit_code})
-            except Exception:  # the outcome is a courtesy: the error itself must still be told
+            except (Exception, KeyboardInterrupt):  # the outcome is a courtesy: the error itself must be told
                 pass
         raise
 

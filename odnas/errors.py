@@ -55,6 +55,10 @@ class SearchInterrupted(OdnasError):
     exit_code = 130
 
 
+class OutputError(OdnasError):
+    """A file the command was asked to write cannot be written there."""
+
+
 class CalibrationError(OdnasError, ValueError):
     """A device table or calibration that cannot be used."""
 

@@ -35,7 +35,7 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import ParityError, ProfileError, RunDirError
+from odnas.errors import OutputError, ParityError, ProfileError, RunDirError
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
@@ -119,7 +119,7 @@ def artifact_path(out: str | Path, arch_id: str) -> Path:
     out = Path(out)
     if out.is_dir() or text.endswith(("/", os.sep)):
         return out / f"{arch_id}.onnx"
-    return out if out.suffix == ".onnx" else out.with_name(out.name + ".onnx")
+    return out if out.suffix.lower() == ".onnx" else out.with_name(out.name + ".onnx")
 
 
 def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, Any], arch_id: str,
@@ -150,32 +150,49 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     latency of the file in that profile's precision, measured under that profile, and
     whether that profile's budgets are met. The main profile is listed there too.
     """
+    step = progress or silent
     out = artifact_path(out, arch_id).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
-        card = _export_into(Path(tmp) / out.name, model, space=space, params=params, arch_id=arch_id, data=data,
-                            profile=profile, metrics=metrics, atol=atol, also_profiles=also_profiles,
-                            calib_samples=calib_samples, run=run, calibration=calibration, progress=progress)
+    # Before anything is written: the profiles, and each one's host-to-device mapping
+    # (fitted on this host, or refused with the reason, before minutes of export).
+    profiles = _resolve_profiles(profile, also_profiles)
+    cals: dict[int, Any] = {}
+    for prof in profiles.values():
+        if prof is profile and calibration is not None:
+            cals[id(prof)] = calibration
+        else:
+            if prof.calibration is not None and prof.device is None:
+                step(f"fitting {prof.name}'s host-to-device latency mapping (cached once fitted on this host)")
+            cals[id(prof)] = profile_calibration(prof)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.")
+    except OSError as e:
+        raise OutputError(f"cannot write the artifact at {out}: {e.strerror or e}") from None
+    with work as tmp:
+        card = _export_into(Path(tmp) / out.name, model, space=space, params=params, arch_id=arch_id,
+                            data=data, profile=profile, profiles=profiles, cals=cals, metrics=metrics,
+                            atol=atol, calib_samples=calib_samples, run=run, step=step)
         made = sorted(Path(tmp).iterdir(), key=lambda f: f.suffix == ".json")  # the card last
-        for f in made:
-            os.replace(f, out.parent / f.name)
+        try:
+            for f in made:
+                os.replace(f, out.parent / f.name)
+        except OSError as e:
+            raise OutputError(f"cannot write the artifact at {out}: {e.strerror or e}") from None
+    stem = out.name[:-len(".onnx")]
+    for left in (f"{stem}.fp32.onnx", f"{stem}.int8.onnx"):  # an earlier export's other precision, not this one's
+        if left not in {f.name for f in made}:
+            (out.parent / left).unlink(missing_ok=True)
     return card
 
 
-def _export_into(out: Path, model, *, space, params, arch_id, data, profile, metrics, atol, also_profiles,
-                 calib_samples, run, calibration, progress) -> ModelCard:
+def _export_into(out: Path, model, *, space, params, arch_id, data, profile, profiles, cals, metrics, atol,
+                 calib_samples, run, step) -> ModelCard:
     """``export_artifact``'s work, every file written under ``out``'s (temporary) folder."""
     import onnx
     import onnxruntime as ort
     import torch
 
     from odnas import __version__
-
-    step = progress or silent
-
-    profiles = _resolve_profiles(profile, also_profiles)
-    cals = {name: calibration if prof is profile and calibration is not None else profile_calibration(prof)
-            for name, prof in profiles.items()}
 
     def measure_latency(path, prof):
         """One timing at a time on this host (or on its device), as in the cost lane: the
@@ -184,7 +201,7 @@ def _export_into(out: Path, model, *, space, params, arch_id, data, profile, met
         step(f"timing {path.name} under {prof.name}" + (f" on the device at {prof.device.url}" if prof.device else ""))
         with measurement_window("lock") if prof.device is None else contextlib.nullcontext():
             lat = _measure(path, prof, backend_for(prof))
-        cal = cals[prof.name]
+        cal = cals[id(prof)]
         est = calibrate_latency(lat, cal) if cal is not None else None
         shown = {"latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90,
                  "latency_ms_sem": lat.latency_ms_sem} if est is None else est
@@ -365,6 +382,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
 
     (progress or silent)(f"loading trial {row.trial}'s weights and its data")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if profile.calibration is not None and profile.device is None:
+        (progress or silent)("reading the run's host-to-device latency mapping")
+    calibration = run_calibration(run_dir, profile, keep=False)  # refitted here if made on another host
     space = get_space(settings.space)
     data = load_data(settings.data, settings.data_dir, seed=settings.data_seed)
     model = space.build(row.params, data.input_shape, data.num_classes)
@@ -373,5 +393,5 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,
         calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial},
-        calibration=run_calibration(run_dir, profile), progress=progress,
+        calibration=calibration, progress=progress,
     )

@@ -616,6 +616,10 @@ def test_a_kernel_build_is_foreseen_where_nothing_is_built_yet(tmp_path, monkeyp
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(logei, "_load_attempted", False)
+    monkeypatch.setenv("CXX", sys.executable)  # a program that exists, as a compiler would
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ninja").symlink_to(sys.executable)
     assert kernel_build_due()
     (tmp_path / "logei_fused_ext").mkdir()
     (tmp_path / "logei_fused_ext" / "logei_fused_ext.so").write_bytes(b"")

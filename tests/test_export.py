@@ -316,3 +316,34 @@ def test_under_a_calibrated_profile_the_card_and_its_budgets_carry_device_estima
     main = card["profiles"][profile.name]
     assert main["latency_ms"] == m["latency_ms"] and main["calibration"]["calibration_id"] == cal.calibration_id
     assert card["precisions"]["fp32"]["latency_ms"] == m["latency_ms"]
+
+
+def test_an_extra_profile_of_the_same_name_is_timed_under_its_own_mapping_not_the_main_ones(trained, short_profile,
+                                                                                            tmp_path):
+    import dataclasses
+    import math
+
+    from odnas.cost.calibrate import Calibration, host_identity
+
+    profile = short_profile()
+    cal = Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
+                      fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(1e-4, 10.0), device_range_ms=(3e-4, 30.0),
+                      host=host_identity(profile))
+    other = dataclasses.replace(profile, source="/elsewhere/same-name.yaml", budgets={"num_params": 10**6})
+    card = _export(trained, tmp_path / "m.onnx", profile, calibration=cal, also_profiles=[other]).to_dict()
+    (key,) = [k for k, v in card["profiles"].items() if not v["main"]]
+    assert key != profile.name and card["profiles"][key]["calibration"] is None  # no mapping of its own: host ms
+    assert card["profiles"][profile.name]["calibration"]["calibration_id"] == cal.calibration_id
+
+
+def test_a_new_export_leaves_no_other_precision_of_an_earlier_one_and_a_bad_path_is_one_line(trained, short_profile,
+                                                                                             tmp_path):
+    from odnas.errors import OutputError
+
+    (tmp_path / "m.int8.onnx").write_bytes(b"an earlier export's int8 file")
+    _export(trained, tmp_path / "m.onnx", short_profile())
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="cannot write the artifact") as e:
+        _export(trained, tmp_path / "file" / "m.onnx", short_profile())
+    assert "\n" not in str(e.value)

@@ -91,12 +91,15 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
                         trial_dir=trial_dir(i, started, result))
 
     rows = [row(0, "completed", True, True), row(1, "running", True), row(2, "running", False),
-            row(3, "running", False)]
-    meta = {0: {"worker": 0}, 1: {"worker": 1}, 2: {"worker": 0}, 3: {"app_handle": "local_cwd://x"}}  # 3: fresh
+            row(3, "running", False), row(4, "running", False)]
+    meta = {0: {"worker": 0}, 1: {"worker": 1}, 2: {"worker": 0}, 3: {"app_handle": "local_cwd://x"},  # 3: fresh
+            4: {"worker": 1}}
+    (tmp_path / "workers" / "1").mkdir(parents=True)  # worker 1 has forked trial 4's child, not yet begun
+    (tmp_path / "workers" / "1" / "worker.json").write_text(json.dumps({"trial": rows[4].trial_dir}))
     exp = SimpleNamespace(trials={i: SimpleNamespace(run_metadata=m) for i, m in meta.items()})
     monkeypatch.setattr(driver, "trial_table", lambda e, d: rows)
     text = driver.interrupt_summary(exp, tmp_path)
-    assert text.startswith("1 trained model kept; 2 training jobs are left to finish, and resume reattaches to "
+    assert text.startswith("1 trained model kept; 3 training jobs are left to finish, and resume reattaches to "
                            "them; 1 queued trial had not started, and resume starts it."), text
 
 
@@ -111,7 +114,13 @@ def test_an_interrupt_before_the_drivers_own_handling_names_the_run_dir_to_resum
     monkeypatch.setattr(lane, "check_budgets", lambda *a, **k: None)
     monkeypatch.setattr(driver, "run_loop", interrupted)
     run = tmp_path / "run"
-    assert main(["search", "--space", "mlp", "--trials", "1", "--quiet", "--run-dir", str(run)]) == 130
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"odnas: interrupted; the run dir is made. Go on with: odnas resume {run}"], err
+    assert main(["search", "--space", "mlp", "--trials", "1", "--quiet", "--run-dir", str(run), "--json"]) == 130
+    out, err = capsys.readouterr()
+    told = f"interrupted; the run dir is made. Go on with: odnas resume {run}"
+    assert err.strip().splitlines() == [f"odnas: {told}"], err
+    outcome = json.loads(out)  # --json: what the run dir holds, for a script
+    assert outcome["error"] == told and outcome["exit_code"] == 130 and outcome["counts"] == {}
     assert (run / "odnas.json").is_file()
+    monkeypatch.setattr(driver, "resume", interrupted)
+    assert main(["resume", str(run), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [f"odnas: interrupted. Go on with: odnas resume {run}"]

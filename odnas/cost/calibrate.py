@@ -848,10 +848,11 @@ def profile_calibration(profile: HardwareProfile, *, cache_dir: str | Path | Non
 
 
 def run_calibration(run_dir: str | Path, profile: HardwareProfile, *, cache_dir: str | Path | None = None,
-                    backend=None) -> Calibration | None:
+                    backend=None, keep: bool = True) -> Calibration | None:
     """The calibration a run uses, kept in ``RUN_DIR/calibration.json``: read back when it
     was fitted on this host with these settings, else fitted (from the profile's table)
-    and written there. None when the profile has no calibration section, or times on a device."""
+    and, with ``keep`` (the driver's), written there. None when the profile has no
+    calibration section, or times on a device."""
     if profile.calibration is None or profile.device is not None:
         return None
     path = Path(run_dir) / "calibration.json"
@@ -861,7 +862,7 @@ def run_calibration(run_dir: str | Path, profile: HardwareProfile, *, cache_dir:
         if here is None or all(LatencyKey.same(k, cal.host.get(k), here.get(k)) for k in HOST_KEYS):
             return cal
     cal = profile_calibration(profile, cache_dir=cache_dir, backend=backend)
-    if cal is not None:
+    if cal is not None and keep:
         cal.save(path)
     return cal
 

@@ -39,7 +39,7 @@ from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
-    driver_lock,
+    WORKER_NAME, WORKERS_DIR, driver_lock,
     read_curve, read_json, read_settings, write_settings, write_trials,
 )
 from odnas.select import pick
@@ -114,8 +114,8 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing
         done = sum(r.state in ("completed", "early_stopped") for r in load_run(run_dir).rows)
         if trials < done:
-            raise SearchError(f"--trials {trials}: {done} models are trained already, and --trials counts "
-                              f"them; give more than {done} to train more (nothing was changed)")
+            raise SearchError(f"--trials {trials}: {done} model{'s are' if done != 1 else ' is'} trained already, "
+                              f"and --trials counts them; give more than {done} to train more (nothing was changed)")
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
@@ -244,10 +244,12 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             clean = True
         except StopRequested:
             stop.unlink(missing_ok=True)
+            runner.close()  # first: a warm worker told to stop takes no queued trial while this is told
             print(f"odnas: stopped on request (odnas stop); {interrupt_summary(exp, run_dir)}", file=term, flush=True)
             return
         except KeyboardInterrupt as e:
             how = "SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM else "interrupted"
+            runner.close()
             raise SearchInterrupted(f"{how}: {interrupt_summary(exp, run_dir)}") from None
         except FailureRateExceededError:
             raise SearchFailed(
@@ -334,8 +336,11 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     active = [r for r in rows if r.state == "running" and r.trial not in finished]
     # A trial handed to a warm worker that had not begun it (no job.json yet) is not run
     # once the driver has gone: the worker exits when idle. A fresh job, once launched, runs.
+    serving = {Path(str(w.get("trial"))).name for w in map(read_json, (run_dir / WORKERS_DIR).glob(f"*/{WORKER_NAME}"))
+               if w and w.get("trial")}  # a worker's child may not have written job.json yet
     queued = sum(1 for r in active if "worker" in (exp.trials[r.trial].run_metadata or {})
-                 and not (r.trial_dir and (Path(r.trial_dir) / JOB_NAME).exists()))
+                 and not (r.trial_dir and ((Path(r.trial_dir) / JOB_NAME).exists()
+                                           or Path(r.trial_dir).name in serving)))
     running = len(active) - queued
     parts = []
     if running:
