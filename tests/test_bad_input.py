@@ -95,6 +95,7 @@ SEARCH_FLAGS = {
     "space file missing": (["--space", "nope/space.py:Space"], 2),
     "unknown data set": (["--data", "imagenet"], 2),
     "missing MNIST folder": (["--data", "mnist", "--data-dir", "/nonexistent/mnist"], 2),
+    "a data folder for a data set that reads none": (["--data-dir", "/tmp"], 2),
     "missing npz": (["--data", "npz:/nonexistent/x.npz"], 2),
     "missing image folder": (["--data", "folder:/nonexistent/images"], 2),
     "data module that does not import": (["--data", "no_such_pkg.data:make"], 2),

@@ -179,6 +179,9 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
         raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_runtime(profile, cfg, schedulers)
+    if cfg.data_dir is not None and cfg.data not in ("mnist", "mnist-tv", "fashion-mnist"):
+        raise SearchError(f"--data-dir {cfg.data_dir}: only --data mnist, mnist-tv and fashion-mnist read a folder "
+                          f"given this way; --data {cfg.data} does not (did you mean --data mnist?)")
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
     check_with_ax(profile)  # last: the only check that imports Ax (seconds)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)
