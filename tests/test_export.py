@@ -297,17 +297,22 @@ def test_an_export_into_a_folder_names_the_file_by_its_arch_id(trained, short_pr
     assert artifact_path(tmp_path / "m", arch) == tmp_path / "m.onnx"
 
 
-def test_under_a_calibrated_profile_the_card_and_its_budgets_carry_device_estimates(trained, short_profile,
-                                                                                     tmp_path):
-    """As in the search: budgets judge the device estimate, the host figure stays beside it."""
+def _three_times_slower(profile):
+    """A host-to-device mapping fitted on this host: the device is 3x slower."""
     import math
 
     from odnas.cost.calibrate import Calibration, host_identity
 
+    return Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
+                       fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(1e-4, 10.0), device_range_ms=(3e-4, 30.0),
+                       host=host_identity(profile))
+
+
+def test_under_a_calibrated_profile_the_card_and_its_budgets_carry_device_estimates(trained, short_profile,
+                                                                                     tmp_path):
+    """As in the search: budgets judge the device estimate, the host figure stays beside it."""
     profile = short_profile()
-    cal = Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
-                      fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(1e-4, 10.0), device_range_ms=(3e-4, 30.0),
-                      host=host_identity(profile))
+    cal = _three_times_slower(profile)
     card = _export(trained, tmp_path / "m.onnx", profile, calibration=cal).to_dict()
     est, m = card["latency"]["device_estimate"], card["metrics"]
     host = card["latency"]["latency_ms"]
@@ -321,14 +326,9 @@ def test_under_a_calibrated_profile_the_card_and_its_budgets_carry_device_estima
 def test_an_extra_profile_of_the_same_name_is_timed_under_its_own_mapping_not_the_main_ones(trained, short_profile,
                                                                                             tmp_path):
     import dataclasses
-    import math
-
-    from odnas.cost.calibrate import Calibration, host_identity
 
     profile = short_profile()
-    cal = Calibration(model="ratio", a=math.log(3.0), b=1.0, n=15, loo_median_rel_err=0.01, loo_max_rel_err=0.02,
-                      fit_max_rel_err=0.02, spearman=1.0, host_range_ms=(1e-4, 10.0), device_range_ms=(3e-4, 30.0),
-                      host=host_identity(profile))
+    cal = _three_times_slower(profile)
     other = dataclasses.replace(profile, source="/elsewhere/same-name.yaml", budgets={"num_params": 10**6})
     card = _export(trained, tmp_path / "m.onnx", profile, calibration=cal, also_profiles=[other]).to_dict()
     (key,) = [k for k, v in card["profiles"].items() if not v["main"]]
