@@ -85,12 +85,13 @@ def cmd_measure(a: argparse.Namespace) -> int:
     import random
 
     from odnas.cost.lane import measure_candidate
-    from odnas.data import load_data
+    from odnas.data import check_data_dir, load_data
     from odnas.profiles import load_profile, with_device
     from odnas.spaces import get_space
 
     profile = with_device(load_profile(a.profile), a.device)
     space = get_space(a.space)
+    check_data_dir(a.data, a.data_dir)
     data = load_data(a.data, a.data_dir)
     rng = random.Random(a.seed)
     records = []

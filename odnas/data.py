@@ -76,6 +76,18 @@ def data_reference(name: str) -> str:
     return plugins.absolute(name) if plugins.is_reference(name) else name
 
 
+def check_data_dir(name: str, data_dir: str | Path | None) -> None:
+    """Refuse ``--data-dir`` beside a data set that reads no folder given that way (it
+    would be ignored: most likely ``--data mnist`` was meant)."""
+    if data_dir is not None and name not in FOLDER_DATASETS:
+        raise DataError(f"--data-dir {data_dir}: only --data {', '.join(FOLDER_DATASETS)} read a folder given "
+                        f"this way; --data {name} does not (did you mean --data mnist?)")
+
+
+#: The data sets ``--data-dir`` is for.
+FOLDER_DATASETS = ("mnist", "mnist-tv", "fashion-mnist")
+
+
 def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: int = 0,
               val_fraction: float = 0.2) -> DataSplit:
     """Load data set ``name`` and split it (stratified, fixed by ``seed``)."""

@@ -169,3 +169,29 @@ def test_a_candidate_process_that_keeps_dying_ends_the_search_with_one_line_and_
     msg = str(e.value)
     assert "\n" not in msg and "killed by signal 9" in msg and "odnas resume" in msg, msg
     assert len(list((tmp_path / "run" / "trials").glob("*/result.json"))) == 2
+
+
+def test_a_candidate_the_space_cannot_build_fails_with_the_reason_and_the_search_goes_on(tmp_path):
+    """A user's space whose build() raises for some parameters: that trial fails with the
+    space's own message (it used to end the search with a traceback, and resume with it)."""
+    from odnas.loop.store import load_run
+
+    space = tmp_path / "picky.py"
+    space.write_text("from odnas.spaces.mlp import MLPSpace\n\n\n"
+                     "class Picky(MLPSpace):\n"
+                     "    name = 'picky'\n\n"
+                     "    def build(self, params, input_shape, num_classes):\n"
+                     "        if params['hidden_size_1'] > 90:\n"
+                     "            raise ValueError(f\"width {params['hidden_size_1']} is not supported here\")\n"
+                     "        return super().build(params, input_shape, num_classes)\n")
+    jobs = TimedJobs({})
+    cfg = SearchConfig(profile="cpu-mobile", space=f"{space}:Picky", trials=3, max_candidates=12, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, poll_s=0.5,
+                       tolerated_failure_rate=0.9, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    rows = load_run(run_dir).rows
+    failed = [r for r in rows if r.state == "failed"]
+    assert failed and all("could not be built" in r.reason and "is not supported here" in r.reason
+                          for r in failed), [(r.state, r.reason) for r in rows]
+    assert sum(r.state == "completed" for r in rows) == 3

@@ -249,6 +249,7 @@ def test_other_commands(tmp_path, capsys):
         (["profiles", "show"], 2, "needs a profile name"),
         (["profiles", "show", "tpu-pod"], 2, "no such profile"),
         (["measure", "--space", "nope"], 2, "unknown space"),
+        (["measure", "--data-dir", str(tmp_path)], 2, "does not (did you mean --data mnist?)"),
         (["measure", "--random", "1", "--profile", str(tmp_path / "missing.yaml")], 2, "not found"),
         (["doctor", "--input-shape", "big"], 2, "--input-shape"),
         (["doctor", "--models", "1"], 2, "--models"),

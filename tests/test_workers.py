@@ -63,6 +63,17 @@ def test_the_log_tail_of_a_slot_is_its_latest_workers(tmp_path):
     assert pool.log_tail(0) == "MemoryError: preload"
 
 
+def test_a_request_left_in_a_copied_run_dir_is_served_in_the_copy_not_the_original(tmp_path):
+    from odnas.jobs.component import trial_args
+    from odnas.jobs.worker import request_here
+
+    old = "/elsewhere/run/trials/0003"
+    req = {"argv": trial_args(old, "mlp", PARAMS), "trial_dir": old}
+    tdir, argv = request_here(tmp_path / "copy", req)
+    assert tdir == tmp_path / "copy" / "trials" / "0003"
+    assert argv[argv.index("--out") + 1] == str(tdir) and old not in argv
+
+
 def test_exit_reasons_name_what_the_driver_used_to():
     from odnas.jobs.worker import exit_reason
 

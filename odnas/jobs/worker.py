@@ -38,7 +38,7 @@ import traceback
 from pathlib import Path
 
 from odnas.rundir import (
-    CANCEL_DIR, DRIVER_NAME, ERROR_NAME, INBOX_DIR, RESULT_NAME, STOP_NAME, WORKER_NAME, WORKERS_DIR,
+    CANCEL_DIR, DRIVER_NAME, ERROR_NAME, INBOX_DIR, RESULT_NAME, STOP_NAME, TRIALS_DIR, WORKER_NAME, WORKERS_DIR,
     proc_start, read_json, worker_dir, write_json_atomic,
 )
 
@@ -98,6 +98,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def request_here(run_dir: Path, request: dict) -> tuple[Path, list[str]]:
+    """A request's trial dir and trial arguments, in this worker's run dir. A request
+    names its trial dir by absolute path; one left in an inbox of a run dir since copied
+    or moved names the old place, where this worker must not write."""
+    tdir = Path(run_dir) / TRIALS_DIR / Path(str(request["trial_dir"])).name
+    argv = [str(a) for a in request["argv"]]
+    if "--out" in argv[:-1]:
+        argv[argv.index("--out") + 1] = str(tdir)
+    return tdir, argv
 
 
 class Worker:
@@ -203,7 +214,7 @@ class Worker:
         if not isinstance(r, dict) or "argv" not in r or "trial_dir" not in r:
             self._done(req)  # not a request
             return
-        tdir = Path(r["trial_dir"])
+        tdir, argv = request_here(self.run_dir, r)
         if (tdir / RESULT_NAME).exists() or (tdir / ERROR_NAME).exists() or (self.cancel / req.stem).exists():
             self._done(req)  # ended or cancelled before it started
             return
@@ -212,7 +223,7 @@ class Worker:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self._child(list(r["argv"]), tdir)  # never returns
+            self._child(argv, tdir)  # never returns
         try:
             os.setpgid(pid, pid)  # as the child does: the group exists before either goes on
         except OSError:

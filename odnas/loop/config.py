@@ -132,7 +132,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     """Validate a config and freeze it into the JSON the run dir keeps."""
     if cfg.run_dir:  # first: the checks after it take seconds (Ax's import, the budget check's timing)
         refuse_used_run_dir(Path(cfg.run_dir).resolve())
-    from odnas.data import data_reference, load_data
+    from odnas.data import check_data_dir, data_reference, load_data
     from odnas.spaces import get_space
 
     profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
@@ -179,9 +179,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
         raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_runtime(profile, cfg, schedulers)
-    if cfg.data_dir is not None and cfg.data not in ("mnist", "mnist-tv", "fashion-mnist"):
-        raise SearchError(f"--data-dir {cfg.data_dir}: only --data mnist, mnist-tv and fashion-mnist read a folder "
-                          f"given this way; --data {cfg.data} does not (did you mean --data mnist?)")
+    check_data_dir(cfg.data, cfg.data_dir)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
     check_with_ax(profile)  # last: the only check that imports Ax (seconds)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.parallel)

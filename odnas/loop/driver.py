@@ -252,10 +252,11 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             runner.close()
             raise SearchInterrupted(f"{how}: {interrupt_summary(exp, run_dir)}") from None
         except FailureRateExceededError:
+            runner.close()
             raise SearchFailed(
                 f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
                 f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
-                "Completed trials are kept."
+                f"{interrupt_summary(exp, run_dir)}"
             ) from None
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from odnas.cost.device import DeviceError, DeviceRefusedModel
+from odnas.errors import OdnasError
 from odnas.jobs.component import (LOCAL_SCHEDULERS, leave_local_jobs_running, torchx_runner, trial_app, trial_args,
                                   warm_capable)
 from odnas.loop.adapter import import_ax
@@ -172,6 +173,14 @@ class TrialRunner(IRunner):
             self._record_failure(tdir, str(e))
             return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "params": dict(parameterization),
                     "launched_at": time.time(), "device_refused": True}
+        except OdnasError:
+            raise  # the search's own (a device gone, a bad calibration): not this candidate's
+        except Exception as e:  # noqa: BLE001 -- the space could not build, count or export this candidate
+            why = (str(e).strip().splitlines() or [""])[0][:300]
+            self._record_failure(tdir, f"the candidate could not be built, counted or exported: "
+                                       f"{type(e).__name__}: {why}")
+            return {"trial_dir": stored_trial_dir(self.run_dir, tdir), "params": dict(parameterization),
+                    "launched_at": time.time(), "cost_failed": True}
         meta: dict[str, Any] = {
             "trial_dir": stored_trial_dir(self.run_dir, tdir), "arch_id": record.arch_id, "costs": record.metrics,
             "costs_sem": record.sem, "launched_at": time.time(),
