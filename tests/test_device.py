@@ -354,7 +354,7 @@ def test_a_search_timed_on_the_agent_completes_stops_when_it_goes_and_resumes_wh
         err = [line for line in proc.stderr.splitlines() if line.startswith("odnas:") and "trying again" not in line]
         assert proc.returncode == 3, proc.stderr
         assert len(err) == 1 and "not reachable" in err[0] and f"odnas resume {run}" in err[0]
-        assert "trying again" in proc.stderr + (run / "odnas.log").read_text()  # the failed attempt, with its reason
+        assert "trying again" in proc.stderr  # the failed attempt, with its reason, told where the user sees it
 
         a = Agent(tmp_path)  # back, at a new address (a phone's new IP): resume is told where
         proc = run_cli("resume", str(run), "--trials", "3", "--device", a.url, "--quiet")

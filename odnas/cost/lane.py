@@ -124,6 +124,7 @@ class CostLane:
         self._given = backend
         self._host = OrtLatencyBackend()
         self._device: DeviceLatencyBackend | None = None
+        self.say: Callable[[str], None] | None = None  # where a device agent's retries are told (default stderr)
         self._trust_cache = backend is not None  # a test backend's records are valid where it made them
         self.calibration = calibration  # host -> device mapping (odnas.cost.calibrate), or None
         self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
@@ -151,7 +152,7 @@ class CostLane:
             return self._given
         if self.profile.device is not None:
             if self._device is None or self._device.spec != self.profile.device:
-                self._device = DeviceLatencyBackend.of(self.profile)
+                self._device = DeviceLatencyBackend.of(self.profile, **({"log": self.say} if self.say else {}))
             return self._device
         return self._host
 

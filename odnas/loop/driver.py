@@ -152,6 +152,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
+        lane.say = lambda line: print(line, file=term, flush=True)  # a device agent's retries, not only in the log
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
         try:
