@@ -234,8 +234,8 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
 
     For ``samples`` random members and every input shape: the model builds, its
     parameters and FLOPs are counted, it exports to ONNX (dynamic batch) and ONNX
-    Runtime agrees with PyTorch; ``arch_id`` is the same when asked twice and
-    differs whenever the exported graphs differ; ``training`` gives usable settings;
+    Runtime agrees with PyTorch; ``arch_id`` is the same when asked twice or when only
+    the training settings change, and differs whenever the exported graphs differ; ``training`` gives usable settings;
     ``smallest()``, when the space names one, counts no more than any member drawn.
     For every shipped profile (or ``profiles``), the cost lane builds, counts and
     (with the fake latency backend, so no timing) prices it, int8 included.
@@ -269,6 +269,11 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
             hp = space.training(params)
             assert float(hp["lr"]) > 0 and int(hp["epochs"]) >= 1 and int(hp["batch_size"]) >= 1, \
                 f"{where}: training() gave {hp}"
+            # Costs are cached by arch id: the same network trained otherwise must keep it.
+            other = space.sample(rng)
+            varied = {**params, **{k: other[k] for k in ("lr", "epochs", "batch_size") if k in params and k in other}}
+            assert space.arch_id(varied) == arch, \
+                f"{where}: arch_id changes with the training settings (lr, epochs, batch_size): {space.arch_id(varied)}"
             summary["arch_ids"].append(arch)
             for shape in input_shapes:
                 torch.manual_seed(0)

@@ -89,6 +89,15 @@ def test_check_space_catches_a_broken_space():
         def smallest(self, fixed=None):
             return self.lowest({"w": 64})
 
+    class LrInId(SharedId):  # one network, a new arch id per learning rate: its costs measured again each time
+        name = "lr-in-id"
+
+        def arch_id(self, params):
+            return f"w{int(params['w'])}_lr{params['lr']}"
+
+    with pytest.raises(AssertionError, match="changes with the training settings"):
+        check_space(LrInId, input_shapes=((1, 8, 8),), samples=2)
+
     with pytest.raises(AssertionError, match="fewer than smallest"):
         check_space(WrongSmallest, input_shapes=((1, 8, 8),), samples=3, profiles=["cpu-mobile"])
     assert check_space(type("Right", (WrongSmallest,), {"smallest": lambda self, fixed=None: self.lowest(fixed)}),
