@@ -264,11 +264,15 @@ def _print_outcome(run_dir, quiet: bool) -> None:
     if rc_rows:
         print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
     else:  # select and export would only say there is nothing to pick
-        from odnas.rundir import read_settings
+        from odnas.loop.store import load_run
 
-        more = 2 * read_settings(run_dir).trials
-        print(f"Next: odnas status {run_dir} (each trial against the bounds)   |   "
-              f"odnas resume {run_dir} --trials {more} (more trainings)")
+        run = load_run(run_dir)
+        planned = run.settings.trials
+        trained = sum(r.state in ("completed", "early_stopped") for r in run.rows)
+        left = planned - trained
+        go_on = (f"odnas resume {run_dir} (the {left} training{'s' if left != 1 else ''} still to do)" if left > 0
+                 else f"odnas resume {run_dir} --trials {2 * planned} (more trainings)")
+        print(f"Next: odnas status {run_dir} (each trial against the bounds)   |   {go_on}")
 
 
 def _front_rows(run_dir, extra):
@@ -591,8 +595,10 @@ def cmd_export(a: argparse.Namespace) -> int:
         return 0
     path = artifact_path(a.output, card["arch_id"])
     out = str(path)
-    print(f"Wrote {out} and {path.with_suffix('.json')} (trial {card['run']['trial']}, {card['arch_id']}, "
-          f"{card.get('precision', 'fp32')})")
+    others = [str(path.parent / f["file"]) for f in (card.get("precisions") or {}).values()
+              if f.get("file") and f["file"] != path.name]  # the other precision's file, kept beside it
+    print(f"Wrote {out}{''.join(f', {o}' for o in others)} and {path.with_suffix('.json')} "
+          f"(trial {card['run']['trial']}, {card['arch_id']}, {card.get('precision', 'fp32')})")
     p = card["parity"]
     print(f"Parity with PyTorch on {p['n']} validation inputs ({p.get('file', out)}): max abs diff "
           f"{p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.4f}; "

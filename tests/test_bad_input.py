@@ -211,7 +211,7 @@ def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_n
 
     _print_outcome(empty_run, quiet=True)  # what `odnas search` prints last
     out = capsys.readouterr().out
-    assert "(none yet" in out and f"odnas resume {empty_run} --trials 2" in out, out
+    assert "(none yet" in out and f"odnas resume {empty_run} (the 1 training still to do)" in out, out
     assert "odnas export" not in out and "odnas select" not in out, out
 
 
