@@ -149,7 +149,8 @@ def print_profile(prof: cProfile.Profile) -> None:
     """Cumulative seconds in the calls a candidate's time is made of (profiled, so
     slower than above; read the shares)."""
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, prim calls, tottime, cumtime, callers)
-    wanted = {"gen": "strategy gen, in all (the quasi-random candidates before included)", "fit": "surrogate fit", "optimize": "acquisition optimisation",
+    wanted = {"gen": "strategy gen, in all (the quasi-random candidates before included)", "fit": "surrogate fit",
+              "optimize": "acquisition optimisation",
               "posterior": "GP posteriors (in the optimisation)",
               "run_backward": "autograd backward passes (fit and optimisation)"}
     best: dict[str, float] = {}

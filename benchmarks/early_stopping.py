@@ -59,7 +59,8 @@ def summary(run_dir: str) -> dict:
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     return {"run_dir": run_dir, "states": states, "job_s": round(job_s, 1), "epochs": epochs,
-            "front": len(fr), "hypervolume": hv, "best_val_acc": max((r["metrics"]["val_acc"] for r in fr), default=None),
+            "front": len(fr), "hypervolume": hv,
+            "best_val_acc": max((r["metrics"]["val_acc"] for r in fr), default=None),
             "curves": curves, "by_trial": by_trial, "costs": costs, "front_trials": [r["trial"] for r in fr]}
 
 

@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--to", dest="stop", type=int, default=100)
     ap.add_argument("--step", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="candidates made at each n")
-    ap.add_argument("--after", default="gc-trim", choices=["nothing", "gc", "gc-trim", "gc-trim-keep-mkl", "mmap", "gc-mmap"])
+    ap.add_argument("--after", default="gc-trim",
+                    choices=["nothing", "gc", "gc-trim", "gc-trim-keep-mkl", "mmap", "gc-mmap"])
     ap.add_argument("--frozen", action="store_true", help="inside frozen_heap, as the driver's loop")
     a = ap.parse_args()
 

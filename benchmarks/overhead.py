@@ -199,7 +199,8 @@ def markdown(results: list[tuple[str, str, int, dict]]) -> str:
             w, f = modes["warm"], modes["fresh"]
             med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
             line = (f"**{name}**, warm against fresh, medians over {len(w)} and {len(f)} run(s): wall "
-                    f"{med(w, 'wall_s'):.0f} s against {med(f, 'wall_s'):.0f} s (**{med(w, 'wall_s') / med(f, 'wall_s'):.2f}x**); "
+                    f"{med(w, 'wall_s'):.0f} s against {med(f, 'wall_s'):.0f} s "
+                    f"(**{med(w, 'wall_s') / med(f, 'wall_s'):.2f}x**); "
                     f"outside training {med(w, 'outside_training_share') * 100:.0f}% against "
                     f"{med(f, 'outside_training_share') * 100:.0f}%; job start-up per training "
                     f"{statistics.median(r['job_overhead_s'] / max(r['trained'], 1) for r in w):.1f} s against "

@@ -301,7 +301,8 @@ def metrics(X, S) -> dict:
     return dict(spread=float(np.median(spread)), spread_max=float(spread.max()), dmed=float(np.median(dmed)),
                 dmax=float(np.median(dmax)), dmax_worst=float(np.max(dmax)), rho=float(np.median(rho)),
                 rho_min=float(np.min(rho)), cover=float(np.mean(np.array(z) <= 3)),
-                factor_range=(float(factor.min()), float(factor.max())), bimodal=bool(factor.max() / factor.min() > 1.2))
+                factor_range=(float(factor.min()), float(factor.max())),
+                bimodal=bool(factor.max() / factor.min() > 1.2))
 
 
 
@@ -323,7 +324,8 @@ def report(procs: list[dict], a, load_start: float, wall: float) -> str:
             "*SE covers*: share of (model, pair) with |diff| / combined SE <= 3. *Process level*: each "
             "process's median figure relative to the others (min-max); *modes* if it spans > 20%.",
             "",
-            "| protocol | spread, median (max) | median \\|diff\\| | max \\|diff\\| (worst pair) | Spearman, median (min) "
+            "| protocol | spread, median (max) | median \\|diff\\| | max \\|diff\\| (worst pair) "
+            "| Spearman, median (min) "
             "| SE covers | s/candidate | floor ms | process level | modes |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = []

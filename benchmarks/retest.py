@@ -161,7 +161,8 @@ def check_run(run_dir: str, profile: str) -> str:
         f"The search's latency_ms against `odnas rescore RUN --profile {profile}` (a fresh process, later):", "",
         "| trained candidates | Spearman | median \\|diff\\| | max \\|diff\\| | within 3 combined SE |",
         "| --- | --- | --- | --- | --- |",
-        f"| {len(idx)} | {spearmanr(x, y).statistic:.3f} | {np.median(d):.1%} | {d.max():.1%} | {np.mean(z <= 3):.0%} |",
+        f"| {len(idx)} | {spearmanr(x, y).statistic:.3f} | {np.median(d):.1%} | {d.max():.1%} "
+        f"| {np.mean(z <= 3):.0%} |",
         "", pick])
 
 
@@ -217,7 +218,8 @@ def main() -> int:
          f"{modes['calibration_s']:.0f} s of calibration; baseline {modes['baseline_ms']:.4f} ms).", "",
          f"`odnas measure --space mobile-cnn --profile P --random {a.models} --seed {a.seed} --json` in "
          f"{a.processes} fresh processes, one after another:", "",
-         "| protocol | Spearman | median \\|diff\\| | max \\|diff\\| | within 3 SE | median \\|diff\\|/SE | s per candidate | median latency_ms |",
+         "| protocol | Spearman | median \\|diff\\| | max \\|diff\\| | within 3 SE | median \\|diff\\|/SE "
+         "| s per candidate | median latency_ms |",
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in results.items():
         for p in r["pairs"]:
@@ -225,7 +227,8 @@ def main() -> int:
                      f"{p['median_z']:.2f} | {r['s_per_candidate']:.2f} | {r['median_ms']:.4f} |")
     L += ["", f"An independent plain loop (onnxruntime only: 1 thread, 50 warm-ups, 0.6 s, median) on the first {k} "
           "models in 5 fresh processes, against odnas's figure (mean of its processes):", "",
-          "| model | plain loop, 5 processes (ms) | lowest | odnas | odnas / lowest |", "| --- | --- | --- | --- | --- |"]
+          "| model | plain loop, 5 processes (ms) | lowest | odnas | odnas / lowest |",
+          "| --- | --- | --- | --- | --- |"]
     for i in range(k):
         L.append(f"| c{i} | {', '.join(f'{p[i]:.4f}' for p in loop)} | {lowest[i]:.4f} | {ours[i]:.4f} | "
                  f"{ours[i] / lowest[i]:.3f} |")

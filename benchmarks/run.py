@@ -192,7 +192,8 @@ def run_section(name: str, sec: Section, from_output: Path | None = None) -> str
         out = from_output.read_text()
         t0 = from_output.stat().st_mtime
         return _block(name, sec, out, time.strftime('%Y-%m-%d %H:%M', time.localtime(t0)),
-                      f"recorded in `{from_output.relative_to(ROOT) if from_output.is_relative_to(ROOT) else from_output}`"
+                      f"recorded in "
+                      f"`{from_output.relative_to(ROOT) if from_output.is_relative_to(ROOT) else from_output}`"
                       " when the commands ran")
     # `python` in the commands is this interpreter (the venv's), activated or not.
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",

@@ -12,7 +12,8 @@ trained trial, from its trial dir: start-up is launch (``launch.json``) to the f
 training step (``first_step_at`` in ``result.json``); fit is Lightning's fit time.
 The first trial of each warm slot pays the worker's own start-up; its median over all
 trials is reported, and the start-up of trials served by an already running worker
-separately. A trial queued behind another (lookahead) counts from when that one ended. Prints a markdown table (host CPU, date and command at the top).
+separately. A trial queued behind another (lookahead) counts from when that one ended. Prints a markdown
+table (host CPU, date and command at the top).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def measure(run_dir: Path, wall: float) -> dict:
         launched = t["launched"]
         if t["worker"] is not None:
             # A trial queued behind another (lookahead) could not start before that one ended.
-            before = [u["done"] for u in trials if u["worker"] is not None and u["worker"]["token"] == t["worker"]["token"]
-                      and u["first"] < t["first"]]
+            token = t["worker"]["token"]
+            before = [u["done"] for u in trials
+                      if u["worker"] is not None and u["worker"]["token"] == token and u["first"] < t["first"]]
             launched = max([launched, *before])
         s = t["first"] - launched
         startup.append(s)
@@ -148,7 +150,8 @@ def main() -> int:
     row("fit, median (s)", {m: med(m, "fit") for m in modes}, ".2f")
     row("search wall, median (s) [each run]", {m: statistics.median(r["wall_s"] for r in results[m]) for m in modes},
         ".1f", extra={m: walls(m) for m in modes})
-    for key, name in (("generation", "driver in Ax generation"), ("cost_lane", "driver in the cost lane (incl. lock waits)")):
+    for key, name in (("generation", "driver in Ax generation"),
+                      ("cost_lane", "driver in the cost lane (incl. lock waits)")):
         row(f"{name}, median (s)", {m: statistics.median(r["driver"][key] for r in results[m]) for m in modes},
             ".1f", ratio=False)
     row("slot time outside training, median", {m: statistics.median(r["outside"] for r in results[m])

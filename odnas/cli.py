@@ -332,7 +332,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         raise SearchError(f"--scheduler-cfg: {e}") from None
     cfg = SearchConfig(
         profile=a.profile, space=a.space, data=a.data, data_dir=a.data_dir, trials=a.trials,
-        parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective, constraints=tuple(a.constraint or ()),
+        parallel=a.parallel, max_candidates=a.max_candidates, objective=a.objective,
+        constraints=tuple(a.constraint or ()),
         run_dir=a.run_dir, seed=a.seed, method=a.method, init_trials=a.init_trials,
         scheduler=a.scheduler, scheduler_cfg=scfg, resources=a.resources, image=a.image,
         tolerated_failure_rate=a.tolerated_failure_rate, fixed=_parse_fixed(a.fixed),
@@ -481,7 +482,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     settings, profile, rows = run.settings, run.profile, run.rows
     if a.format in ("csv", "json"):  # the trials as a table: odnas.api.load_run(RUN).table()
         df = trials_frame(rows)
-        print(df.to_csv(index=False) if a.format == "csv" else df.to_json(orient="records", indent=1, double_precision=15), end="")
+        print(df.to_csv(index=False) if a.format == "csv"
+              else df.to_json(orient="records", indent=1, double_precision=15), end="")
         return 0
     counts: dict[str, int] = {}
     for r in rows:
@@ -782,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder of an mnist data set (or set ODNAS_MNIST_DIR)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/validation split")
     p.add_argument("--trials", type=int, default=16, help="models to train (candidates over a budget are not counted)")
-    p.add_argument("--max-candidates", type=int, help="cap on all candidates, over-budget ones included (default 4 x trials)")
+    p.add_argument("--max-candidates", type=int,
+                   help="cap on all candidates, over-budget ones included (default 4 x trials)")
     p.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     p.add_argument("--objective", help="Ax objective string, e.g. 'val_acc, -latency_ms'")
     p.add_argument("--constraint", action="append", help="Ax bound, e.g. 'latency_ms <= 2' (repeatable)")
@@ -832,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
-    p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
+    p.add_argument("--json", action="store_true",
+                   help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("resume", help="continue a stopped or killed search")
@@ -842,7 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose agent has moved")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
-    p.add_argument("--json", action="store_true", help="the outcome as one JSON document on stdout (progress on stderr)")
+    p.add_argument("--json", action="store_true",
+                   help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser("stop", help="ask a running search to stop cleanly (from another shell)")
@@ -895,7 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("device", help="the device agent: serve latency timings from the phone or board itself")
     dsub = p.add_subparsers(dest="action", required=True)
-    d = dsub.add_parser("serve", formatter_class=_Help, help="time ONNX models here for searches elsewhere (prints the address and a "
+    d = dsub.add_parser("serve", formatter_class=_Help,
+                        help="time ONNX models here for searches elsewhere (prints the address and a "
                                       "token; on a device without odnas: pip install ./device from an "
                                       "odnas checkout, then odnas-device serve)")
     add_serve_arguments(d)
@@ -933,9 +939,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="the fit as one JSON document")
     c = csub.add_parser("perf-logs", help="turn onnxruntime_perf_test logs (one NAME.txt per reference) "
                                           "into the device CSV")
-    c.add_argument("log_dir", help="folder of onnxruntime_perf_test outputs from the device, one NAME.txt per reference")
+    c.add_argument("log_dir",
+                   help="folder of onnxruntime_perf_test outputs from the device, one NAME.txt per reference")
     c.add_argument("-o", "--output", help="CSV to write (default LOG_DIR/../device_latency.csv)")
-    c.add_argument("--statistic", choices=["median", "mean"], help="how a model's runs are summarised (default: the profile's, from the export's "
+    c.add_argument("--statistic", choices=["median", "mean"],
+                   help="how a model's runs are summarised (default: the profile's, from the export's "
                         "manifest.json, else median)")
     c.add_argument("--json", action="store_true", help="the file written, as one JSON document")
     p.set_defaults(fn=cmd_calibrate)

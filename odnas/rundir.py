@@ -276,7 +276,8 @@ def local_jobs(run_dir: str | Path) -> list[int]:
     """Pids of the run's training jobs alive on this host, and of its warm workers (an
     idle worker still wakes to look at its inbox: a quiet window pauses it too)."""
     run_dir = Path(run_dir)
-    jobs = [read_json(p) for p in (run_dir / TRIALS_DIR).glob(f"*/{JOB_NAME}")] if (run_dir / TRIALS_DIR).is_dir() else []
+    trials = run_dir / TRIALS_DIR
+    jobs = [read_json(p) for p in trials.glob(f"*/{JOB_NAME}")] if trials.is_dir() else []
     workers = [read_json(p) for p in (run_dir / WORKERS_DIR).glob(f"*/{WORKER_NAME}")] \
         if (run_dir / WORKERS_DIR).is_dir() else []
     return [int(j["pid"]) for j in jobs + [w for w in workers if w and not w.get("exiting")] if local_job_alive(j)]

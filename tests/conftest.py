@@ -21,7 +21,8 @@ if "ODNAS_TEST_KEEP_CACHE" not in os.environ:
         os.environ.get("ODNAS_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="odnas-test-cache-")
 
 
-def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
     """Run ``odnas ARGS`` in a fresh process, as a user would."""
     proc = subprocess.run([sys.executable, "-m", "odnas", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or ROOT)

@@ -261,7 +261,8 @@ def test_calibrate_latency_and_cost_records(short, host, cache_dir, tmp_path):
     assert C.calibrate_latency({**lat, "cpu_signature": None}, cal)["latency_ms"] == c["latency_ms"]
     # A cost-lane record (odnas.cost.lane.measure_candidate's shape) gets device latencies.
     rec = CostRecord(arch_id="x", space="mlp", profile=short.name, precision="fp32",
-                     metrics={"num_params": 10, "latency_ms": lat["latency_ms"], "latency_ms_p90": lat["latency_ms_p90"]},
+                     metrics={"num_params": 10, "latency_ms": lat["latency_ms"],
+                              "latency_ms_p90": lat["latency_ms_p90"]},
                      sem={"latency_ms": lat["latency_ms_sem"]}, latency=lat)
     out = C.apply_to_record(rec, cal)
     assert out.metrics["latency_ms"] == pytest.approx(c["latency_ms"])
@@ -404,7 +405,8 @@ def test_run_perf_test_script_and_logs_to_csv(short, exported, tmp_path):
 
 
 def test_light_imports():
-    code = "import sys, odnas.cost.calibrate, odnas.profiles; print(sorted({'numpy', 'torch', 'onnxruntime'} & set(sys.modules)))"
+    code = ("import sys, odnas.cost.calibrate, odnas.profiles; "
+            "print(sorted({'numpy', 'torch', 'onnxruntime'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -69,9 +69,11 @@ def test_job_backend_contract(scheduler, workers, tmp_path):
     jobs = InProcessJobs(train=True)
     settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10, threads=1,
                            scheduler=scheduler, workers=workers)
-    runner = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, FixedCostLane(), torchx_runner(jobs.schedulers()))
+    runner = TrialRunner(str(tmp_path), settings.to_dict()).attach(tmp_path, FixedCostLane(),
+                                                                   torchx_runner(jobs.schedulers()))
     meta = runner.run_trial(0, PARAMS)
-    assert (meta.get("app_handle") or meta.get("worker") is not None) and (runner.trial_dir(0) / "launch.json").is_file()
+    assert meta.get("app_handle") or meta.get("worker") is not None
+    assert (runner.trial_dir(0) / "launch.json").is_file()
     t0 = time.time()
     while (status := runner.poll_trial(0, meta)) == TrialStatus.RUNNING and time.time() - t0 < 240:
         time.sleep(0.5)

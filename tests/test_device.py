@@ -39,7 +39,8 @@ class Agent:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         first = self.proc.stdout.readline()
         m = re.search(r"serving (http://[\d.]+:(\d+))", first)
-        assert m, f"the agent did not start: {first!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+        assert m, f"the agent did not start: {first!r} {err}"
         self.url, self.port = m.group(1), int(m.group(2))
         self.banner = first + self.proc.stdout.readline() + self.proc.stdout.readline()
 

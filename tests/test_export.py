@@ -55,7 +55,8 @@ def test_the_artifact_describes_itself_and_the_card_has_no_paths(trained, short_
     out = tmp_path / "sub" / "k.onnx"
     out.parent.mkdir()
     card = export_artifact(model, out, space="mlp", params=PARAMS, arch_id=space.arch_id(PARAMS), data=data,
-                           profile=short_profile(), metrics={"val_acc": res["val_acc"]}, run={"run_dir": "r", "trial": 3})
+                           profile=short_profile(), metrics={"val_acc": res["val_acc"]},
+                           run={"run_dir": "r", "trial": 3})
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["odnas.labels"]) == list(data.labels) == card.labels
     assert json.loads(props["odnas.normalize"])["scale"] == data.normalize["scale"]
@@ -255,7 +256,8 @@ def test_tensorboard_holds_the_trials_hyperparameters_and_costs(tmp_path):
                     continue
                 pd = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
                 if pd.HasField("session_start_info"):
-                    hparams.update({k: h.number_value or h.string_value for k, h in pd.session_start_info.hparams.items()})
+                    hparams.update({k: h.number_value or h.string_value
+                                    for k, h in pd.session_start_info.hparams.items()})
                 if pd.HasField("experiment"):
                     metrics |= {m.name.tag for m in pd.experiment.metric_infos}
     assert hparams["hidden_size_1"] == params["hidden_size_1"] and hparams["lr"] == pytest.approx(params["lr"])

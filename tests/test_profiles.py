@@ -63,7 +63,8 @@ def test_broken_profile_names_file_key_and_value(tmp_path, edit, key, value):
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("content, expect", [("", "empty"), ("a: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "mapping")])
+@pytest.mark.parametrize("content, expect",
+                         [("", "empty"), ("a: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "mapping")])
 def test_empty_or_not_yaml(tmp_path, content, expect):
     f = tmp_path / "p.yaml"
     f.write_text(content)

@@ -70,7 +70,8 @@ def test_check_space_catches_a_broken_space():
         def build(self, params, input_shape, num_classes):
             from torch import nn
 
-            return nn.Sequential(nn.Flatten(), nn.Linear(64, int(params["w"])), nn.Linear(int(params["w"]), num_classes))
+            w = int(params["w"])
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, w), nn.Linear(w, num_classes))
 
         def arch_id(self, params):
             return "always-the-same"

@@ -149,7 +149,8 @@ def test_over_budget_candidates_reach_ax_with_costs_only(table):
 
 def test_summary_target_and_verdict(table):
     k1, k2, bad = json.dumps([32, 16, 0.01]), json.dumps([32, 32, 0.01]), json.dumps([16, 16, 0.001])
-    runs = [{"method": "sobol", "seed": s, "column": "0", "trained": [bad] * 47 + [k1], "candidates": [{"over_budget": []}] * 48,
+    runs = [{"method": "sobol", "seed": s, "column": "0", "trained": [bad] * 47 + [k1],
+             "candidates": [{"over_budget": []}] * 48,
              "gen_s": 1.0, "wall_s": 1.0, "ended": "trials"} for s in range(3)]
     runs += [{"method": "bo", "seed": s, "column": "1", "trained": [bad] * (10 + s) + [k1, k2] + [bad] * 40,
               "candidates": [{"over_budget": ["latency_ms"]}] + [{"over_budget": []}] * 48,

@@ -362,7 +362,8 @@ def time_on_device(out_dir: str | Path, profile: HardwareProfile, input_shape: S
     step = progress or (lambda _text: None)
     if backend is None:
         if profile.device is None:
-            raise CalibrationError("no device agent to time on: pass --device URL or give the profile a device: section")
+            raise CalibrationError("no device agent to time on: pass --device URL or give the profile a "
+                                   "device: section")
         backend = DeviceLatencyBackend.of(profile)
         info = backend.check(profile)
         step(f"timing on {info['device']} ({info['cpu_model']}, onnxruntime {info['ort_version']})")
@@ -688,7 +689,8 @@ def _resolve_shape(profile: HardwareProfile, table_csv, explicit, from_profile) 
                                f"{REFERENCE_SET}; export the references again and re-time them on the device")
     if tuple(manifest.get("input_shape", ())) != shape:
         raise CalibrationError(f"{where}: the references were exported for input shape "
-                               f"{'x'.join(map(str, manifest.get('input_shape', [])))}, not {'x'.join(map(str, shape))}")
+                               f"{'x'.join(map(str, manifest.get('input_shape', [])))}, "
+                               f"not {'x'.join(map(str, shape))}")
     want = {**dataclasses.asdict(profile.runtime), "batch_size": profile.batch_size}
     got = {**manifest.get("runtime", {}), "batch_size": manifest.get("batch_size")}
     diff = [f"{k} {got.get(k)!r} (profile: {v!r})" for k, v in want.items() if got.get(k) != v]
@@ -964,7 +966,8 @@ for m in man["models"]:
         sess.run(None, feed)
         samples.append((time.perf_counter_ns() - a) / 1e6)
         el = time.perf_counter() - t0
-        if (len(samples) >= pr["min_runs"] and el >= pr["min_time_s"]) or (el >= pr["max_time_s"] and len(samples) >= 3):
+        if ((len(samples) >= pr["min_runs"] and el >= pr["min_time_s"])
+                or (el >= pr["max_time_s"] and len(samples) >= 3)):
             break
     s = np.asarray(samples)
     stat = float(np.median(s)) if pr["statistic"] == "median" else float(s.mean())

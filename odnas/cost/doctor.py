@@ -107,7 +107,8 @@ def check_host(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8),
             z = [abs(x["latency_ms"] - y["latency_ms"]) / max(1e-12, np.hypot(x["latency_ms_sem"], y["latency_ms_sem"]))
                  for x, y in zip(a, b)]
             retest[method] = {"median_abs_diff": float(np.median(diffs)), "max_abs_diff": float(max(diffs)),
-                              "max_z": float(max(z)), "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
+                              "max_z": float(max(z)),
+                              "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
                               "latency_ms": [[x["latency_ms"], y["latency_ms"]] for x, y in zip(a, b)]}
         out["retest"] = retest
     out["advice"] = advice(out)
@@ -207,7 +208,8 @@ def format_report(r: dict[str, Any]) -> str:
                      "is scaled by)")
     lines.append(f"  harness floor:   {r['floor_ms']:.4f} ms (a one-op model, plain timing)")
     for method, s in r["retest"].items():
-        lines.append(f"  retest, {method + ':':<10} median |diff| {s['median_abs_diff']:.1%}, max {s['max_abs_diff']:.1%} "
+        lines.append(f"  retest, {method + ':':<10} median |diff| {s['median_abs_diff']:.1%}, "
+                     f"max {s['max_abs_diff']:.1%} "
                      f"between two fresh processes ({len(s['latency_ms'])} models, max |diff|/SE {s['max_z']:.1f}, "
                      f"{s['seconds_per_candidate']:.2f} s per candidate)")
     lines.append("What to do:")

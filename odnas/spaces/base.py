@@ -46,7 +46,8 @@ class Choice:
     @property
     def kind(self) -> str:
         v = self.values[0]
-        return "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float" if isinstance(v, float) else "str"
+        return ("bool" if isinstance(v, bool) else "int" if isinstance(v, int)
+                else "float" if isinstance(v, float) else "str")
 
     def sample(self, rng: random.Random) -> Any:
         return rng.choice(self.values)
