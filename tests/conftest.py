@@ -31,6 +31,17 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | None = None,
     return proc
 
 
+#: What a command says on stderr once for this host or environment, whichever test runs it
+#: first: notes, the host's first reference calibration, BoTorch's first kernel build.
+ONCE_PREFIXES = ("odnas: note:", "odnas: timing this host's latency reference first",
+                 "odnas: building BoTorch's acquisition kernel")
+
+
+def told(stderr: str) -> list[str]:
+    """The lines of ``stderr`` a test asserts on: all but the ``ONCE_PREFIXES`` ones."""
+    return [ln for ln in stderr.strip().splitlines() if not ln.startswith(ONCE_PREFIXES)]
+
+
 def run_status(run_dir: Path, *args: str) -> str:
     """``odnas status RUN_DIR ARGS``'s output, run in this process: a read of a finished
     run that a test checks, where a fresh process would only add Ax's import (about 5 s).

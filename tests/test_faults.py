@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, run_status, status_json
+from tests.conftest import ROOT, run_cli, run_status, status_json, told
 
 FAULTS = Path(__file__).parent / "faults"
 FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--quiet"]
@@ -74,7 +74,7 @@ def test_too_many_failures_is_one_line_and_keeps_completed_trials(tmp_path):
         cwd=ROOT, env=_env("none,raise,raise,raise,raise,raise", tmp_path / "slots"), capture_output=True,
         text=True, timeout=600)
     assert proc.returncode == 3, proc.stdout + proc.stderr  # the search ran but could not succeed
-    err = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("odnas: note:")]  # the host's note
+    err = told(proc.stderr)
     assert len(err) == 1 and "too many trials failed" in err[0] and "Traceback" not in proc.stderr
     st = status_json(d)
     assert st["counts"]["completed"] == 1 and st["counts"]["failed"] >= 3

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli, status_json
+from tests.conftest import ROOT, run_cli, status_json, told
 
 FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--init-trials", "2"]
 
@@ -39,7 +39,7 @@ def test_sigint_ends_a_search_cleanly_and_resume_finishes_it(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("odnas: note:")]
+    lines = told(err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("odnas: interrupted:") and f"odnas resume {run}" in lines[0], lines[0]
     assert "1 trained model kept" in lines[0] or "2 trained models kept" in lines[0], lines[0]
