@@ -255,7 +255,11 @@ def _outcome_json(run_dir) -> dict[str, Any]:
 def _print_outcome(run_dir, quiet: bool) -> None:
     from odnas.rundir import LOG_NAME
 
-    rc_rows = _front_rows(run_dir, [])
+    from odnas.loop.store import load_run
+    from odnas.select import front
+
+    run = load_run(run_dir)
+    rc_rows = front(run.rows, run.profile)
     if not quiet:
         print()
     print(f"Feasible Pareto front ({len(rc_rows)} model{'s' if len(rc_rows) != 1 else ''}):")
@@ -264,12 +268,8 @@ def _print_outcome(run_dir, quiet: bool) -> None:
     if rc_rows:
         print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
     else:  # select and export would only say there is nothing to pick
-        from odnas.loop.store import load_run
-
-        run = load_run(run_dir)
         planned = run.settings.trials
-        trained = sum(r.state in ("completed", "early_stopped") for r in run.rows)
-        left = planned - trained
+        left = planned - sum(r.trained for r in run.rows)
         go_on = (f"odnas resume {run_dir} (the {left} training{'s' if left != 1 else ''} still to do)" if left > 0
                  else f"odnas resume {run_dir} --trials {2 * planned} (more trainings)")
         print(f"Next: odnas status {run_dir} (each trial against the bounds)   |   {go_on}")

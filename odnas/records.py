@@ -223,6 +223,11 @@ class TrialRow(_Versioned):
     def replace(self, **changes: Any) -> "TrialRow":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def trained(self) -> bool:
+        """A model was trained: completed (not over a budget, which is its own state) or early-stopped."""
+        return self.state in ("completed", "early_stopped")
+
     def flat(self) -> dict[str, Any]:
         """One flat record: ``trial``, ``state``, ``arch_id``, ``reason``, ``retry_of``,
         then ``p.NAME`` per parameter, the metrics by name, and ``sem.NAME``."""

@@ -107,7 +107,7 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
     check_runnable(profile)
     lane = _lane(run_dir, run.settings, profile, run_dir / "rescore" / profile.name / "costs", backend)
     lane.calibration = profile_calibration(profile) if backend is None else None  # this profile's own mapping
-    trained = [r for r in run.rows if r.state in ("completed", "early_stopped") and "val_acc" in r.metrics]
+    trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
     if not trained:
         raise RunDirError(f"{run_dir} has no trained model yet; nothing to rescore")
     out_rows = []

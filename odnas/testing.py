@@ -271,9 +271,9 @@ def check_space(space, input_shapes=((1, 8, 8), (1, 28, 28)), num_classes: int =
                 f"{where}: training() gave {hp}"
             # Costs are cached by arch id: the same network trained otherwise must keep it.
             other = space.sample(rng)
-            varied = {**params, **{k: other[k] for k in ("lr", "epochs", "batch_size") if k in params and k in other}}
+            varied = {**params, **{k: other[k] for k in hp if k in params and k in other}}  # what training() reads
             assert space.arch_id(varied) == arch, \
-                f"{where}: arch_id changes with the training settings (lr, epochs, batch_size): {space.arch_id(varied)}"
+                f"{where}: arch_id changes with the training settings ({', '.join(hp)}): {space.arch_id(varied)}"
             summary["arch_ids"].append(arch)
             for shape in input_shapes:
                 torch.manual_seed(0)

@@ -112,7 +112,7 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
     if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing
-        done = sum(r.state in ("completed", "early_stopped") for r in load_run(run_dir).rows)
+        done = sum(r.trained for r in load_run(run_dir).rows)
         if trials < done:
             raise SearchError(f"--trials {trials}: {done} model{'s are' if done != 1 else ' is'} trained already, "
                               f"and --trials counts them; give more than {done} to train more (nothing was changed)")
@@ -334,7 +334,7 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     rows = trial_table(exp, run_dir)
     # Trained is what has a result on disk: a job that finished since the last poll counts.
     finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
-    done = len(finished | {r.trial for r in rows if r.state in ("completed", "early_stopped")})
+    done = len(finished | {r.trial for r in rows if r.trained})
     active = [r for r in rows if r.state == "running" and r.trial not in finished]
     # A trial handed to a warm worker that had not begun it (no job.json yet) is not run
     # once the driver has gone: the worker exits when idle. A fresh job, once launched, runs.
