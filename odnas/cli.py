@@ -592,13 +592,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     with _Steps(a.quiet) as steps:
         card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
                             calib_samples=a.calib_samples, progress=steps).to_dict()
-    if a.json:
-        _print_json(card)
-        return 0
     path = artifact_path(a.output, card["arch_id"])
     out = str(path)
     others = [str(path.parent / f["file"]) for f in (card.get("precisions") or {}).values()
               if f.get("file") and f["file"] != path.name]  # the other precision's file, kept beside it
+    if a.json:  # the card, and where its files are (the card names them only)
+        written = {"artifact": str(path.resolve()), "card": str(path.with_suffix(".json").resolve()),
+                   "others": [str(Path(o).resolve()) for o in others]}
+        _print_json({**card, "written": written})
+        return 0
     print(f"Wrote {out}{''.join(f', {o}' for o in others)} and {path.with_suffix('.json')} "
           f"(trial {card['run']['trial']}, {card['arch_id']}, {card.get('precision', 'fp32')})")
     p = card["parity"]

@@ -16,6 +16,7 @@ judged on the deployed file's own, freshly measured, figures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -228,6 +229,9 @@ def _export_into(out: Path, model, *, space, params, arch_id, data, profile, pro
         logits["int8"] = onnx_logits(files["int8"], data.x_val)
     for prec, path in files.items():  # before sizes and hashes are taken: the files describe themselves
         set_metadata(path, describe(arch_id, space, data, profile, prec))
+    if quant is not None:  # the sizes of the files as shipped, metadata included, as precisions.* gives them
+        quant = dataclasses.replace(quant, model_bytes_fp32=files["fp32"].stat().st_size,
+                                    model_bytes=files["int8"].stat().st_size)
     counts = count(model, data.input_shape)
 
     # Every file is timed under the main profile (the side-by-side figures), and under

@@ -628,6 +628,8 @@ def test_a_kernel_build_is_foreseen_where_nothing_is_built_yet(tmp_path, monkeyp
     monkeypatch.setattr(logei, "_load_attempted", True)
     assert not kernel_build_due()  # tried already in this process: nothing more will happen
     monkeypatch.setattr(logei, "_load_attempted", False)
+    monkeypatch.setenv("CXX", f"{sys.executable} -O")  # a compiler with its flags, as ninja runs it
+    assert kernel_build_due()
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     assert not kernel_build_due()  # no compiler: the build fails at once, nothing to wait for
 

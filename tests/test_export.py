@@ -165,6 +165,7 @@ def test_int8_export_card_has_both_precisions(trained, short_profile, tmp_path):
     m = card["metrics"]
     assert m["latency_ms"] == i["latency_ms"] == card["latency"]["latency_ms"] > 0 and f["latency_ms"] > 0
     assert m["model_bytes"] == i["model_bytes"] == deployed.stat().st_size != f["model_bytes"]
+    assert q["model_bytes"] == i["model_bytes"] and q["model_bytes_fp32"] == f["model_bytes"] == fp32.stat().st_size
     assert m["val_acc_onnx"] == i["val_acc_onnx"] and m["val_acc"] == res["val_acc"]
     assert m["latency_ms_search"] == 0.05 and m["model_bytes_search"] == 1234
     assert card["budgets"]["latency_ms"]["value"] == i["latency_ms"]

@@ -43,7 +43,10 @@ def test_a_moved_run_dir_reads_exports_and_resumes(tmp_path, short_profile):
     proc = run_cli("export", str(moved), "-o", str(out), "--json", check=True)
     card = json.loads(proc.stdout)
     assert out.is_file() and card["parity"]["top1_agreement"] == 1.0
-    assert str(tmp_path) not in proc.stdout  # the card names no path of this machine
+    assert card.pop("written") == {"artifact": str(out.resolve()), "card": str(out.with_suffix(".json").resolve()),
+                                   "others": []}  # where the files are: said on stdout, not in the card
+    assert str(tmp_path) not in out.with_suffix(".json").read_text()  # the card names no path of this machine
+    assert card == json.loads(out.with_suffix(".json").read_text())  # and stdout is the card besides
 
     resume(moved, trials=3, cost_backend=FakeLatencyBackend(), schedulers=jobs.schedulers())
     rows = load_run(moved).rows

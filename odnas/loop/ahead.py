@@ -367,7 +367,7 @@ def kernel_build_due() -> bool:
     """Whether loading BoTorch's kernel (``load_lazy_kernels``) will compile it first:
     not yet tried in this process, no pre-built module, and nothing built in
     ``kernel_folder()``, and what a compile needs is there: ``ninja`` (this interpreter's
-    or on ``PATH``) and the C++ compiler torch calls (``$CXX``, else ``c++``). Without
+    or on ``PATH``) and the C++ compiler torch calls (``$CXX``'s first word, else ``c++``). Without
     them the build fails at once and BoTorch falls back to its Python path. A compile
     takes half a minute and more, once per environment and CPU, with nothing else to
     show for it."""
@@ -386,8 +386,12 @@ def kernel_build_due() -> bool:
         return False
     from torch.utils.cpp_extension import get_cxx_compiler
 
+    import shlex
+
     ninja = (Path(sys.executable).parent / "ninja").is_file() or shutil.which("ninja") is not None
-    return ninja and shutil.which(get_cxx_compiler()) is not None
+    # $CXX may carry a launcher or flags ("ccache g++"); ninja runs it as a command line
+    words = shlex.split(get_cxx_compiler())
+    return ninja and bool(words) and shutil.which(words[0]) is not None
 
 
 @contextlib.contextmanager
