@@ -349,8 +349,11 @@ def cmd_search(a: argparse.Namespace) -> int:
 
     log = sys.stderr if a.json else sys.stdout
     if not a.quiet:  # before the budget check, which times a model (and the host's reference, once: ~30 s)
-        print(f"odnas search: space {cfg.space}, profile {cfg.profile}, data {cfg.data}, "
-              f"{cfg.trials} trials, {cfg.parallel} in parallel, method {cfg.method}, scheduler {cfg.scheduler}",
+        name = settings.profile.get("name") or cfg.profile
+        shown = name if name == cfg.profile else f"{name} ({cfg.profile})"  # a file: its profile's name, and where
+        print(f"odnas search: space {cfg.space}, profile {shown}, data {cfg.data}, "
+              f"{cfg.trials} trial{'s' if cfg.trials != 1 else ''}, {cfg.parallel} in parallel, "
+              f"method {cfg.method}, scheduler {cfg.scheduler}",
               flush=True, file=log)
     with _Steps(a.quiet) as steps:  # budgets even the smallest candidate breaks: seconds, not the candidate cap
         check_budgets(settings, progress=steps)

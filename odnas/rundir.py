@@ -108,6 +108,8 @@ def resolve_trial_dir(run_dir: str | Path | None, stored: str | Path | None) -> 
 def read_settings(run_dir: str | Path) -> RunSettings:
     """The run's settings; one line if the folder is not a run dir or they are damaged."""
     p = Path(run_dir) / SETTINGS_NAME
+    if not Path(run_dir).exists():  # a typo, or a search whose first seconds have not made it yet
+        raise RunDirError(f"run dir {run_dir} does not exist")
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
     try:

@@ -121,6 +121,14 @@ def test_a_budget_even_the_smallest_candidate_breaks_is_refused_before_the_searc
     assert not (tmp_path / "run").exists()
 
 
+def test_the_search_header_names_a_profile_file_by_its_profile_and_counts_in_the_singular(tmp_path, capsys):
+    path = profile(tmp_path, GOOD)
+    assert main(["search", "--profile", path, "--space", "mlp", "--trials", "1", "--constraint", "num_params <= 100",
+                 "--run-dir", str(tmp_path / "run")]) == 2  # refused just after the header: nothing runs
+    header = capsys.readouterr().out.splitlines()[0]
+    assert f"profile t ({path})," in header and ", 1 trial, " in header, header
+
+
 def test_budgets_are_refused_only_when_the_smallest_is_clearly_over(tmp_path):
     """Counts are held to a budget exactly; a timing only when it is over by more than
     the timing margin, so session-to-session variation never refuses a search that
@@ -218,7 +226,7 @@ def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_n
 def test_run_dirs_in_odd_states(empty_run, tmp_path, capsys):
     cases = [
         (["status", str(tmp_path)], 2, "not an odnas run dir"),
-        (["select", str(tmp_path / "nope")], 2, "not an odnas run dir"),
+        (["select", str(tmp_path / "nope")], 2, f"run dir {tmp_path / 'nope'} does not exist"),
         (["export", str(tmp_path), "-o", str(tmp_path / "m.onnx")], 2, "not an odnas run dir"),
         (["resume", str(tmp_path)], 2, "not an odnas run dir"),
         (["report", str(tmp_path)], 2, "not an odnas run dir"),
