@@ -898,7 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .onnx path, or a folder (the file is then ARCH_ID.onnx); the card goes beside it")
     p.add_argument("--also-profile", action="append", metavar="PROFILE",
                    help="also measure the artifact under this profile and record it on the card (repeatable)")
-    p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256)")
+    p.add_argument("--calib-samples", type=int, help="training-split samples for INT8 calibration (default 256); "
+                   "with an int8 profile or --also-profile only")
     p.add_argument("--json", action="store_true", help="the model card as one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(fn=cmd_export)

@@ -36,7 +36,7 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import OutputError, ParityError, ProfileError, RunDirError
+from odnas.errors import OutputError, ParityError, ProfileError, QuantizeError, RunDirError
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
@@ -156,6 +156,11 @@ def export_artifact(model, out: str | Path, *, space: str, params: Mapping[str, 
     # Before anything is written: the profiles, and each one's host-to-device mapping
     # (fitted on this host, or refused with the reason, before minutes of export).
     profiles = _resolve_profiles(profile, also_profiles)
+    if calib_samples is not None and (calib_samples < 1 or all(p.precision != "int8" for p in profiles.values())):
+        raise QuantizeError(f"--calib-samples {calib_samples}: " + (
+            "give at least 1" if calib_samples < 1 else
+            f"only an int8 export is calibrated, and {', '.join(profiles)} "
+            f"{'is' if len(profiles) == 1 else 'are'} fp32 (add --also-profile cpu-mobile-int8, or leave it out)"))
     cals: dict[int, Any] = {}
     for prof in profiles.values():
         if prof is profile and calibration is not None:

@@ -237,6 +237,16 @@ def test_unknown_extra_profile_fails_before_writing(trained, tmp_path, short_pro
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("samples, told", [(64, "only an int8 export is calibrated"), (0, "give at least 1")])
+def test_calibration_samples_without_an_int8_file_are_refused_before_writing(trained, tmp_path, short_profile,
+                                                                            samples, told):
+    from odnas.errors import QuantizeError
+
+    with pytest.raises(QuantizeError, match=told):  # not ignored: an fp32 export has nothing to calibrate
+        _export(trained, tmp_path / "m.onnx", short_profile(), calib_samples=samples)
+    assert not list(tmp_path.iterdir())
+
+
 def test_tensorboard_holds_the_trials_hyperparameters_and_costs(tmp_path):
     """The HParams view: a trial's parameters, its cost metrics and its val_acc."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
