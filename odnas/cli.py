@@ -453,8 +453,11 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
-def _note(row, profile) -> str:
+def _note(row, profile, driver: bool = True) -> str:
     from odnas.select import meets
+
+    if row.state == "running" and not row.arch_id:  # made, but its cost lane never finished (a device away)
+        return "not costed or launched yet" + ("" if driver else "; resume does it")
 
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)
@@ -506,7 +509,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(table([{"trial": r.trial, "state": r.state, "val_acc": r.metrics.get("val_acc", ""),
                   "latency_ms": r.metrics.get("latency_ms", ""), "num_params": r.metrics.get("num_params", ""),
                   "arch_id": r.arch_id or "",
-                  "note": _note(r, profile)}
+                  "note": _note(r, profile, running)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
     if counts.get("running") and not running:

@@ -418,7 +418,13 @@ def test_a_device_gone_mid_search_stops_it_once_with_one_reason_and_keeps_what_w
     # One failed attempt with its reason, then the stop: Ax's own retries of the deployment
     # do not wait for the device again.
     assert len(lines) == 1 and "trying again" in lines[0] and "Connection refused" in lines[0]
-    assert sum(r.state == "completed" for r in load_run(run_dir).rows) == 2  # both timed candidates kept
+    run = load_run(run_dir)
+    assert sum(r.state == "completed" for r in run.rows) == 2  # both timed candidates kept
+    from odnas.cli import _note
+
+    # The third, made but never timed: status says so, not "running" with nothing to show
+    assert [_note(r, run.profile, driver=False) for r in run.rows if r.state == "running"] == [
+        "not costed or launched yet; resume does it"]
 
 
 # ---------------------------------------------------------------- the profile's device section
