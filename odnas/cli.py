@@ -511,7 +511,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "arch_id": r.arch_id or "",
                   "note": _note(r, profile, running)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
-    print(f"\nFeasible Pareto front: {', '.join(str(r.trial) for r in fr) or 'none yet'}")
+    print("\nFeasible Pareto front: " + (f"trial{'s' if len(fr) != 1 else ''} {', '.join(str(r.trial) for r in fr)}"
+                                        if fr else "none yet"))
     if counts.get("running") and not running:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
     if running and run.as_of is not None:

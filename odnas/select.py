@@ -83,8 +83,11 @@ def _rank(r: TrialRow) -> tuple:
 def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = None) -> list[str]:
     """``select``'s extra bounds as Ax bound strings; one no model can meet is refused
     (``--min-acc 90`` for 90%), rather than timing the front to find nothing."""
-    if max_latency_ms is not None and not max_latency_ms > 0:
-        raise SelectError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds")
+    if max_latency_ms is not None and not (max_latency_ms > 0 and math.isfinite(max_latency_ms)):
+        raise SelectError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds"
+                          + (" (leave it out for no limit)" if max_latency_ms == math.inf else ""))
+    if min_acc is not None and not math.isfinite(min_acc):
+        raise SelectError(f"--min-acc {min_acc:g}: must be a number between 0 and 1 (leave it out for no bound)")
     if min_acc is not None and (why := never_met("val_acc", ">=", min_acc)):
         raise SelectError(f"--min-acc {min_acc:g}: {why}")
     out = []

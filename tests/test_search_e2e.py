@@ -270,6 +270,9 @@ def test_killed_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
     assert st["counts"]["completed"] == 3
     text = run_status(d)
     assert "without writing its result (killed by a signal" in text
+    front = st["front"]
+    assert ("Feasible Pareto front: " + (f"trial{'s' if len(front) > 1 else ''} {', '.join(map(str, front))}"
+                                         if front else "none yet")) in text  # trial numbers, said to be
 
 
 def test_two_drivers_are_refused(tmp_path):
