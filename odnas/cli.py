@@ -549,7 +549,8 @@ def cmd_select(a: argparse.Namespace) -> int:
               + (" (the running search's jobs paused meanwhile)" if res["driver_running"] else "") + ":")
         for c in confirmed:
             change = f"{c['change'] * 100:+.1f}%" if c["change"] is not None else "n/a"
-            flag = f"  MOVED ACROSS {', '.join(c['crossed'])}: no longer feasible" if c["crossed"] else ""
+            flag = (f"  MOVED ACROSS {', '.join(c['crossed'])}: no longer feasible" if c["crossed"] else
+                    f"  moved under {', '.join(c['entered'])}: feasible now" if c.get("entered") else "")
             print(f"  trial {c['trial']}: latency_ms {c['search']['latency_ms']:.4g} in the search, "
                   f"{c['confirmed']['latency_ms']:.4g} confirmed ({change}){flag}")
         print()

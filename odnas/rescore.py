@@ -20,7 +20,7 @@ from odnas.cost.lane import CostCache, CostLane
 from odnas.cost.latency import check_runnable
 from odnas.errors import RunDirError
 from odnas.loop.store import load_run
-from odnas.profiles import HardwareProfile, load_profile
+from odnas.profiles import HardwareProfile, load_profile, parse_bound
 from odnas.records import RunSettings
 from odnas.rundir import driver_running, write_json_atomic
 from odnas.select import front, meets
@@ -29,6 +29,18 @@ from odnas.steps import Step, silent
 #: The confirming protocol runs this many times longer than the search's.
 CONFIRM_FACTOR = 4
 LATENCY_KEYS = ("latency_ms", "latency_ms_p90")
+#: A trained model whose search latency misses a latency bound of ``select`` (or a
+#: threshold) by at most this share is confirmed too: the longer protocol may put it under.
+NEAR = 0.05
+
+
+def _near(bounds: Sequence[str]) -> list[str]:
+    """``bounds`` with every latency bound loosened by ``NEAR``."""
+    out = []
+    for b in bounds:
+        metric, op, value = parse_bound(b)
+        out.append(f"{metric} <= {value * (1 + NEAR)!r}" if metric in LATENCY_KEYS and op == "<=" else b)
+    return out
 
 
 def long_protocol(profile: HardwareProfile, factor: int = CONFIRM_FACTOR) -> HardwareProfile:
@@ -56,9 +68,12 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
 
     Front members get their confirmed latencies; a member pushed over a budget (or an
     ``extra`` bound) leaves the front, which may let another feasible model in; that
-    one is confirmed too, until the front holds confirmed members only. Returns the
-    confirmed front, the pick, and per confirmed trial the search's and the confirmed
-    latency and the budgets it crossed. ``progress(text)`` is told each step.
+    one is confirmed too, until the front holds confirmed members only. A model the
+    search timed just over a latency bound of ``extra`` or a threshold (by ``NEAR`` at
+    most) is confirmed as well, and joins the front if its confirmed figure is under.
+    Returns the confirmed front, the pick, and per confirmed trial the search's and the
+    confirmed latency, the bounds it crossed (``crossed``: met before, not now) and
+    the ones it came under (``entered``). ``progress(text)`` is told each step.
     """
     step = progress or silent
     run_dir = Path(run_dir)
@@ -68,25 +83,28 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     by_trial = {r.trial: r for r in run.rows}
     confirmed: dict[int, dict[str, Any]] = {}
     bounds = list(profile.thresholds) + profile.budget_constraints() + list(extra)
+    loose = dataclasses.replace(profile, thresholds=tuple(_near(profile.thresholds)))
     while True:
-        current = front(list(by_trial.values()), profile, extra)
-        todo = [r for r in current if r.trial not in confirmed]
+        rows = list(by_trial.values())
+        todo = {r.trial: r for r in front(rows, profile, extra) + front(rows, loose, _near(extra))
+                if r.trial not in confirmed}
         if not todo:
             break
-        for r in todo:
+        for r in todo.values():
             step(f"timing trial {r.trial} ({len(confirmed) + 1} of the front) with a {factor}x longer protocol")
             rec = lane.costs(r.params)
             new = {k: rec.metrics[k] for k in LATENCY_KEYS if k in rec.metrics}
             old = {k: r.metrics.get(k) for k in new}
             metrics = {**r.metrics, **new}
-            crossed = [b for b in bounds if b.split()[0] in new and meets(r.metrics, [b])
-                       and not meets(metrics, [b])]
+            timed = [b for b in bounds if b.split()[0] in new]
             confirmed[r.trial] = {
                 "trial": r.trial, "arch_id": r.arch_id,
                 "search": old, "confirmed": new, "sem": rec.sem.get("latency_ms"),
                 "change": (new["latency_ms"] / old["latency_ms"] - 1.0
                            if old.get("latency_ms") and math.isfinite(old["latency_ms"]) else None),
-                "crossed": crossed, "runs": rec.latency.get("runs"),
+                "crossed": [b for b in timed if meets(r.metrics, [b]) and not meets(metrics, [b])],
+                "entered": [b for b in timed if not meets(r.metrics, [b]) and meets(metrics, [b])],
+                "runs": rec.latency.get("runs"),
             }
             by_trial[r.trial] = r.replace(metrics=metrics, sem={**r.sem, **rec.sem}, latency_confirmed=True,
                                           search_metrics=old)

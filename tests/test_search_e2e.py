@@ -151,6 +151,41 @@ def test_select_confirms_the_front_with_a_longer_protocol(run, tmp_path):
     assert text.returncode == 3 and "confirmed" in text.stdout  # the front emptied: exit 3
 
 
+class _Faster:
+    """The real ONNX Runtime measurement, reported 2x faster: the longer protocol's figure under a bound."""
+
+    def measure(self, onnx_path, profile):
+        import dataclasses
+
+        from odnas.cost.latency import OrtLatencyBackend
+
+        r = OrtLatencyBackend().measure(onnx_path, profile)
+        return dataclasses.replace(r, latency_ms=r.latency_ms / 2, latency_ms_p90=r.latency_ms_p90 / 2)
+
+
+def test_select_confirms_a_model_the_search_timed_just_over_the_users_bound(run, tmp_path):
+    """``select --max-latency-ms`` judges the figure it shows, the confirmed one: the most
+    accurate model, timed 2% over the bound in the search and under it when confirmed, is
+    the pick."""
+    import shutil
+
+    from odnas.rescore import confirm_front
+    from odnas.select import front
+
+    d, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("confirm"))
+    from odnas.loop.store import load_run
+
+    loaded = load_run(copy)
+    best = front(loaded.rows, loaded.profile)[0]
+    bound = f"latency_ms <= {best.metrics['latency_ms'] * 0.98!r}"
+    res = confirm_front(copy, [bound], backend=_Faster())
+    assert res["pick"].trial == best.trial, res["front"]
+    c = {c["trial"]: c for c in res["confirmed"]}[best.trial]
+    assert c["entered"] == [bound] and c["crossed"] == [] and c["confirmed"]["latency_ms"] < c["search"]["latency_ms"]
+
+
 def test_rescore_under_another_profile_without_retraining(run, short_profile_file):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
