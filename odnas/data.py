@@ -268,30 +268,50 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
 
 def read_datamodule(obj: Any, ref: str):
     """Arrays from a LightningDataModule's train and val loaders (read once)."""
-    dm = obj() if callable(obj) and not hasattr(obj, "train_dataloader") else obj
+    import inspect
+
+    def call(what: str, fn, *args):
+        """The user's code run; what it raises is one line naming the call."""
+        try:
+            return fn(*args)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- the user's code, any error: told in one line
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"data {ref!r}: {what} raised {type(e).__name__}: {why}") from None
+
+    # a class (a LightningDataModule's has the loaders as methods) or a factory: made here
+    made = inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "train_dataloader"))
+    dm = call(f"{getattr(obj, '__name__', ref)}()", obj) if made else obj
     if not all(hasattr(dm, m) for m in ("train_dataloader", "val_dataloader")):
         raise DataError(f"data {ref!r} gave a {type(dm).__name__}, not a LightningDataModule "
                         "(it needs train_dataloader and val_dataloader)")
+    name = type(dm).__name__
     for step in ("prepare_data", "setup"):
         fn = getattr(dm, step, None)
         if fn is not None:
-            fn(*(("fit",) if step == "setup" else ()))
+            call(f"{name}.{step}()", fn, *(("fit",) if step == "setup" else ()))
 
-    def arrays(loader, which):
+    def arrays(loader_fn, which):
         xs, ys = [], []
-        for batch in loader:
+        loader = call(f"{name}.{which}_dataloader()", loader_fn)
+        for batch in call(f"iterating {name}.{which}_dataloader()", lambda: list(loader)):
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                 raise DataError(f"data {ref!r}: {which} batches must be (inputs, labels)")
             xs.append(np.asarray(batch[0]))
             ys.append(np.asarray(batch[1]))
         if not xs:
             raise DataError(f"data {ref!r}: the {which} loader gave no batches")
-        x, y = np.concatenate(xs), np.concatenate(ys)
+        try:
+            x, y = np.concatenate(xs), np.concatenate(ys)
+        except ValueError as e:  # scalars, or batches of different sample shapes
+            raise DataError(f"data {ref!r}: the {which} batches' inputs and labels do not stack into arrays "
+                            f"with a batch axis first ({e})") from None
         _check_xy(x, y, f"data {ref!r} ({which})")
         return x, y
 
-    x, y = arrays(dm.train_dataloader(), "train")
-    val = arrays(dm.val_dataloader(), "val")
+    x, y = arrays(dm.train_dataloader, "train")
+    val = arrays(dm.val_dataloader, "val")
     labels = getattr(dm, "labels", None) or getattr(dm, "classes", None)
     return x, y, val, tuple(str(v) for v in labels) if labels is not None else None
 

@@ -3,10 +3,12 @@ the space passes odnas's contract, and the CLI searches, selects and exports wit
 on real TorchX local jobs; the job spec carries the reference to other schedulers too."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -160,6 +162,39 @@ def test_a_lightning_datamodule_by_reference(tmp_path):
     assert d.labels == ("ring", "bar", "dot") and d.input_shape == (1, 6, 6)
     assert len(d.y_train) == 60 and len(d.y_val) == 30 and d.settings["validation"] == "given"
     assert d.normalize == {"scale": 1.0, "mean": 0.0, "std": 1.0}
+    by_class = load_data(f"{tmp_path / 'dm.py'}:Shapes")  # the class itself, as docs/plugins.md allows
+    assert by_class.labels == d.labels and np.array_equal(by_class.x_val, d.x_val)
+
+
+def test_a_datamodule_that_fails_is_one_line_naming_what_failed(tmp_path):
+    from odnas.data import load_data
+    from odnas.errors import DataError
+
+    (tmp_path / "bad.py").write_text(textwrap.dedent("""
+        import numpy as np
+        import pytorch_lightning as pl
+
+        class NoVal(pl.LightningDataModule):
+            def train_dataloader(self):
+                return [(np.zeros((2, 1, 4, 4), "float32"), np.array([0, 1]))]
+
+        class Scalars(NoVal):
+            def train_dataloader(self):
+                return [(1, 2)]
+
+        def raises():
+            raise FileNotFoundError("/data/mine not found")
+
+        def needs(root):
+            return NoVal()
+    """))
+    for ref, told in [("NoVal", "NoVal.val_dataloader() raised MisconfigurationException: `val_dataloader` must "
+                                "be implemented"),
+                      ("raises", "raises() raised FileNotFoundError: /data/mine not found"),
+                      ("Scalars", "the train batches' inputs and labels do not stack"),
+                      ("needs", "needs() raised TypeError: needs() missing 1 required positional argument")]:
+        with pytest.raises(DataError, match=re.escape(told)):
+            load_data(f"{tmp_path / 'bad.py'}:{ref}")
 
 
 def test_an_installed_packages_space_by_entry_point(monkeypatch):
