@@ -215,9 +215,15 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     profile = profile_from_dict(raw, source=str(path), default_name=path.stem, base_dir=path.resolve().parent)
     # Here, not in profile_from_dict: a run stored before this check still loads.
+    seen: set[str] = set()
     for i, t in enumerate(profile.thresholds):
-        if why := never_met(*parse_bound(t)):
+        metric, op, value = parse_bound(t)
+        if why := never_met(metric, op, value):
             _Validator(str(path)).fail(f"thresholds[{i}]", t, why)
+        if metric in profile.budgets or metric in seen:  # Ax takes one bound per metric
+            where = f"budgets.{metric} ({profile.budgets[metric]:g})" if metric in profile.budgets else "thresholds"
+            _Validator(str(path)).fail(f"thresholds[{i}]", t, f"{metric} is bounded in {where} already; keep one")
+        seen.add(metric)
     return profile
 
 

@@ -53,6 +53,8 @@ PROFILES = {
     "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"'),
     "runs code": (None, "description: !!python/object/apply:os.system ['touch /tmp/odnas-pwned']"),
     "a list, not a mapping": ("name: t", "- name: t"),
+    "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']"),  # Ax took it: a traceback
+    "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']"),
 }
 
 
@@ -212,6 +214,27 @@ def empty_run(tmp_path_factory):
     from odnas.loop.driver import create_run
 
     return create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path_factory.mktemp("r") / "run")))
+
+
+def test_a_run_dir_whose_setup_fails_is_left_as_it_was_found(tmp_path, monkeypatch):
+    """All or nothing: a half-made run dir could be neither searched again nor resumed.
+    What Ax refuses is one line; a folder the user made is kept, with only odnas's files gone."""
+    from ax.exceptions.core import UserInputError
+
+    from odnas.errors import SearchError
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+
+    def refused(*a, **k):
+        raise UserInputError("Upper bound of w must be strictly larger than lower.")
+
+    monkeypatch.setattr(driver, "run_calibration", refused)  # a step after the settings are written
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    for run_dir, left in [(tmp_path / "new", None), (tmp_path / "mine", ["notes.txt"])]:
+        with pytest.raises(SearchError, match="Ax refused this search's setup: Upper bound of w"):
+            driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run_dir)))
+        assert (sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else None) == left
 
 
 def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_not_export(empty_run, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import pytest
 
@@ -103,6 +104,35 @@ def test_check_space_catches_a_broken_space():
         check_space(WrongSmallest, input_shapes=((1, 8, 8),), samples=3, profiles=["cpu-mobile"])
     assert check_space(type("Right", (WrongSmallest,), {"smallest": lambda self, fixed=None: self.lowest(fixed)}),
                        input_shapes=((1, 8, 8),), samples=3, profiles=["cpu-mobile"])["smallest"] == "w4"
+
+
+T = ("Range('lr', 1e-3, 1e-1, 'float', log=True), Range('epochs', 1, 3, 'int'), "
+     "Choice('batch_size', (32, 64))")
+
+
+@pytest.mark.parametrize("specs, told", [
+    ("(Range('w', 10, 2, 'int'), " + T + ")", "lower bound 10 must be below the upper 2"),
+    ("(Range('w', 0.0, 0.5, 'float', log=True), " + T + ")", "a log scale needs a lower bound above 0"),
+    ("(Range('w', 1, 8, 'integer'), " + T + ")", "kind 'integer' must be 'int' or 'float'"),
+    ("(Range('w', 1, float('inf')), " + T + ")", "must be finite numbers"),
+    ("(Choice('w', ()), " + T + ")", "Choice 'w' has no values"),
+    ("(Choice('w', (1, 'two', 3.0)), " + T + ")", "values must be of one type"),
+    ("(Choice('w', (1, 1)), " + T + ")", "lists a value twice"),
+    ("(Choice('lr', (1, 2)), " + T + ")", "two specs are named 'lr'"),
+    ("(Choice('w', (1, 2)), Range('lr', 1e-3, 1e-1))", "has no batch_size, epochs specs, which training() reads"),
+])
+def test_specs_ax_cannot_take_are_refused_in_one_line_before_anything_is_made(specs, told, tmp_path):
+    """Before, Ax's own error was a traceback from create_run, and the run dir it left
+    could be neither searched again nor resumed."""
+    (tmp_path / "sp.py").write_text(
+        "from odnas.spaces import Choice, Range, Space\n"
+        "class S(Space):\n"
+        "    name = 's'\n"
+        f"    specs = {specs}\n"
+        "    def build(self, params, input_shape, num_classes): raise NotImplementedError\n"
+        "    def arch_id(self, params): return 's'\n")
+    with pytest.raises(SpaceError, match=f"space '.*sp.py:S'.*{re.escape(told)}"):
+        get_space(f"{tmp_path / 'sp.py'}:S")
 
 
 def test_smallest_honours_fixed_values_and_declines_where_a_fixed_value_breaks_the_order():

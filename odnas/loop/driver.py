@@ -10,6 +10,7 @@ experiment and goes on. The experiment is saved by Ax after every state change.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -64,7 +65,23 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
 
     run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
     refuse_used_run_dir(run_dir)  # again: a default run dir, or one another search made meanwhile
+    there = set(run_dir.iterdir()) if run_dir.exists() else None  # an empty folder the user made, say
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _configure(run_dir, cfg, settings, Client)
+    except BaseException as e:  # all or nothing: a half-made run dir could be neither searched nor resumed
+        for f in [run_dir] if there is None else set(run_dir.iterdir()) - there:
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+        from ax.exceptions.core import UserInputError
+
+        if isinstance(e, UserInputError):  # what odnas's own checks let through: one line, not Ax's traceback
+            raise SearchError(f"Ax refused this search's setup: {e}") from None
+        raise
+    return run_dir
+
+
+def _configure(run_dir: Path, cfg: SearchConfig, settings, Client) -> None:
+    """``create_run``'s writing: the settings, a calibration, and the Ax experiment."""
     write_settings(run_dir, settings)
     profile = profile_from_dict(settings.profile)
     run_calibration(run_dir, profile)  # a calibrated profile: fit (or bad table) now, kept in the run dir
@@ -81,7 +98,6 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
         discrete = not any(isinstance(p, Range) and p.kind == "float" for p in space.searched(settings.fixed))
         client.set_generation_strategy(generation_strategy(cfg.method, cfg.seed, cfg.init_trials, cfg.trials,
                                                            discrete=discrete))
-    return run_dir
 
 
 # ---------------------------------------------------------------- the loop

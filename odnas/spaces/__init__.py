@@ -15,7 +15,7 @@ from typing import Callable
 
 from odnas.errors import SpaceError
 from odnas.plugins import entry_point, entry_point_names, is_reference, load_reference
-from odnas.spaces.base import Choice, Params, Range, Space
+from odnas.spaces.base import Choice, Params, Range, Space, spec_problem
 
 _REGISTRY: dict[str, Callable[[], Space]] = {}
 
@@ -63,6 +63,13 @@ def as_space(obj: object, ref: str = "") -> Space:
         raise SpaceError(f"space {ref or type(space).__name__!r} must set name and specs and define build and "
                          f"arch_id ({', '.join(missing + [a for a in ('name', 'specs') if not getattr(space, a)])} "
                          "missing); see docs/plugins.md")
+    if why := spec_problem(space.specs):
+        raise SpaceError(f"space {ref or type(space).__name__!r}: {why}")
+    uses = {"lr", "epochs", "batch_size"} - {s.name for s in space.specs}
+    if uses and type(space).training is Space.training:  # the default training() reads all three
+        raise SpaceError(f"space {ref or type(space).__name__!r} has no {', '.join(sorted(uses))} "
+                         f"spec{'s' if len(uses) > 1 else ''}, which training() reads; add "
+                         f"{'them' if len(uses) > 1 else 'it'}, or define training() (docs/plugins.md)")
     return space
 
 

@@ -56,6 +56,39 @@ class Choice:
 Spec = Range | Choice
 
 
+def spec_problem(specs: Sequence[Spec]) -> str | None:
+    """What is wrong with a space's specs, in a few words, or None: before Ax is asked
+    to make the search space (whose errors are tracebacks), and before a run dir is made."""
+    names = [getattr(s, "name", None) for s in specs]
+    for s in specs:
+        if not isinstance(s, (Range, Choice)):
+            return f"spec {s!r} is a {type(s).__name__}, not an odnas.spaces Range or Choice"
+        if not isinstance(s.name, str) or not s.name:
+            return f"spec {s!r} has no name"
+        if names.count(s.name) > 1:
+            return f"two specs are named {s.name!r}"
+        if isinstance(s, Range):
+            if s.kind not in ("int", "float"):
+                return f"Range {s.name!r}: kind {s.kind!r} must be 'int' or 'float'"
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in (s.lo, s.hi)):
+                return f"Range {s.name!r}: bounds {s.lo!r}, {s.hi!r} must be finite numbers"
+            if not s.lo < s.hi:
+                return f"Range {s.name!r}: lower bound {s.lo:g} must be below the upper {s.hi:g}"
+            if s.log and not s.lo > 0:
+                return f"Range {s.name!r}: a log scale needs a lower bound above 0, not {s.lo:g}"
+        else:
+            if not s.values:
+                return f"Choice {s.name!r} has no values"
+            if len(set(s.values)) != len(s.values):
+                return f"Choice {s.name!r} lists a value twice"
+            kinds = {type(v) for v in s.values}
+            if len(kinds) > 1 and not kinds <= {int, float}:
+                return (f"Choice {s.name!r}: values must be of one type "
+                        f"(here {', '.join(sorted(k.__name__ for k in kinds))})")
+    return None
+
+
 class Space:
     """Base class of a search space. Subclasses set ``name`` and ``specs`` and
     implement ``build`` and ``arch_id``; training settings are read by ``training``."""
