@@ -93,16 +93,32 @@ def cmd_measure(a: argparse.Namespace) -> int:
     space = get_space(a.space)
     check_data_dir(a.data, a.data_dir)
     data = load_data(a.data, a.data_dir)
+    from odnas.errors import OdnasError, SearchFailed
+
     rng = random.Random(a.seed)
-    records = []
+    records, failed = [], 0
     with _Steps(a.quiet) as steps:
         for i in range(a.random):
             params = space.sample(rng)
             steps(f"measuring candidate {i + 1}/{a.random} ({space.arch_id(params)})")
-            rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
+            try:
+                rec = measure_candidate(space, params, data.input_shape, data.num_classes, profile)
+            except OdnasError:
+                raise  # the profile's or the device's: every candidate would meet it
+            except Exception as e:  # noqa: BLE001 -- this candidate could not be built, counted or exported
+                failed += 1
+                why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+                print(f"odnas: candidate {i + 1} ({space.arch_id(params)}) could not be measured: {why}",
+                      file=sys.stderr, flush=True)
+                if a.json:
+                    print(json.dumps({"arch_id": space.arch_id(params), "params": params, "error": why},
+                                     default=str), flush=True)
+                continue
             records.append(rec)
             if a.json:
                 print(json.dumps(_finite({**rec.to_dict(), "params": params}), default=float), flush=True)
+    if not records:
+        raise SearchFailed(f"none of the {a.random} candidates could be measured (reasons above)")
     if not a.json:
         print(table([{"arch_id": r.arch_id, **r.metrics, "latency_ms_sem": r.sem["latency_ms"]}
                      for r in records],

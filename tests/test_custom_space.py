@@ -208,3 +208,80 @@ def test_an_installed_packages_space_by_entry_point(monkeypatch):
     ep = importlib.metadata.EntryPoint(name="tiny-kws-ep", value="odnas.spaces.mlp:MLPSpace", group="odnas.spaces")
     monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == "odnas.spaces" else [])
     assert "tiny-kws-ep" in list_spaces() and get_space("tiny-kws-ep").name == "mlp"
+
+
+BUGGY = textwrap.dedent("""
+    from torch import nn
+    from odnas.spaces import Choice, Range, Space
+
+    class _B(Space):
+        specs = (Choice("w", (4, 8)), Range("lr", 1e-3, 1e-1, "float", log=True), Range("epochs", 1, 2, "int"),
+                 Choice("batch_size", (32, 64)))
+
+        def arch_id(self, p):
+            return f"b{p['w']}"
+
+        def build(self, p, input_shape, num_classes):
+            c, h, w = input_shape
+            return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, p["w"]), nn.ReLU(), nn.Linear(p["w"], num_classes))
+
+    class Hard2(_B):  # a head sized for another data set
+        name = "hard2"
+
+        def build(self, p, input_shape, num_classes):
+            return super().build(p, input_shape, 2)
+
+    class Rgb(_B):  # made for 3 channels; its smallest says so before the search
+        name = "rgb"
+
+        def build(self, p, input_shape, num_classes):
+            return super().build(p, (3, *input_shape[1:]), num_classes)
+
+        def smallest(self, fixed):
+            return self.lowest(fixed)
+
+    class Outside(_B):
+        name = "outside"
+
+        def smallest(self, fixed):
+            return {**self.lowest(fixed), "w": 2}
+
+    class Sometimes(_B):  # declines w=8: those candidates fail alone
+        name = "sometimes"
+
+        def build(self, p, input_shape, num_classes):
+            if p["w"] == 8:
+                raise ValueError("w=8 is not supported by my layer")
+            return super().build(p, input_shape, num_classes)
+""")
+
+
+@pytest.mark.parametrize("cls, told", [
+    ("Hard2", "space hard2, member b4: the model gives outputs of shape (2, 2) for a batch of 2 inputs (1, 8, 8); "
+              "it must give (batch, 10)"),
+    ("Rgb", "space rgb: its smallest member b4 does not run on inputs (1, 8, 8): RuntimeError: mat1 and mat2"),
+    ("Outside", "space outside: smallest() gave a member outside the space: w=2 is not one of"),
+])
+def test_a_space_that_cannot_work_on_this_data_is_one_line_before_the_search(cls, told, tmp_path, capsys):
+    """Before, a wrong head trained on silently or failed every trial in its loss, and a
+    smallest member that does not build ended the budget check in a 60-frame traceback."""
+    from odnas.cli import main
+
+    (tmp_path / "buggy.py").write_text(BUGGY)
+    code = main(["search", "--space", f"{tmp_path / 'buggy.py'}:{cls}", "--trials", "2", "--quiet",
+                 "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and told in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_measure_goes_on_past_a_candidate_the_space_declines(tmp_path, short_profile_file):
+    (tmp_path / "buggy.py").write_text(BUGGY)
+    proc = run_cli("measure", "--space", f"{tmp_path / 'buggy.py'}:Sometimes", "--random", "6", "--seed", "0",
+                   "--profile", str(short_profile_file()), "--json", "--quiet")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    bad = [r for r in lines if "error" in r]
+    assert proc.returncode == 0 and len(lines) == 6 and bad and len(bad) < 6, proc.stderr
+    assert all(r["error"] == "ValueError: w=8 is not supported by my layer" and r["params"]["w"] == 8 for r in bad)
+    assert all(r["metrics"]["latency_ms"] > 0 for r in lines if "error" not in r)
+    assert proc.stderr.count("could not be measured") == len(bad) and "Traceback" not in proc.stderr

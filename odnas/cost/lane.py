@@ -23,7 +23,7 @@ from odnas.cost.device import DeviceError, DeviceLatencyBackend, backend_for
 from odnas.cost.latency import LatencyBackend, OrtLatencyBackend, measure_latency
 from odnas.cost.onnx import export_onnx
 from odnas.cost.quiet import measurement_window
-from odnas.errors import SearchError
+from odnas.errors import SearchError, SpaceError
 from odnas.profiles import HardwareProfile, profile_from_dict
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import COSTS_DIR, SETTINGS_NAME, local_jobs, read_json, write_json_atomic
@@ -59,6 +59,7 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
 
     torch.manual_seed(0)
     model = space.build(params, input_shape, num_classes)
+    check_output(model, input_shape, num_classes)
     counts = count(model, input_shape)
     quant = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +87,27 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
         sem={"latency_ms": lat.latency_ms_sem}, uncounted_ops=dict(counts.uncounted_ops),
         latency=lat.to_dict(), quantization=quant.to_dict() if quant is not None else None,
     )
+
+
+class WrongOutput(ValueError):
+    """A model that does not give one score per class."""
+
+
+def check_output(model, input_shape: Sequence[int], num_classes: int) -> None:
+    """A model must map a batch to one score per class: ``(batch, num_classes)``. A head
+    sized for another data set trains on and scores nonsense (10 outputs for 4 classes),
+    or fails in the loss minutes later; this says so before anything is timed."""
+    import torch
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, *input_shape))
+    model.train(was)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != (2, num_classes):
+        raise WrongOutput(f"the model gives outputs of shape {shape} for a batch of 2 inputs {tuple(input_shape)}; "
+                         f"it must give (batch, {num_classes}): one score per class of the data")
 
 
 class CostCache:
@@ -215,6 +237,46 @@ def calibration_note(seconds: float, device: bool = False) -> str:
             f"once per {'device' if device else 'host'}")
 
 
+def check_member(space, settings: RunSettings) -> dict[str, Any] | None:
+    """One member built and run before a search starts: the space's smallest, which must
+    be a member that builds and gives one score per class (one line if not); without a
+    smallest, its lowest member's output is checked if it builds (a space may decline
+    some members: their candidates fail alone). Returns the smallest, or None."""
+    import torch
+
+    try:
+        smallest = space.smallest(settings.fixed)
+        params = smallest if smallest is not None else space.lowest(settings.fixed)
+        space.check_fixed(params)  # every value in its spec's domain
+    except SpaceError as e:
+        raise SpaceError(f"space {space.name}: smallest() gave a member outside the space: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- the user's smallest(): any error, one line
+        raise SpaceError(f"space {space.name}: smallest() raised {type(e).__name__}: {_first_line(e)}") from None
+    torch.manual_seed(0)
+    try:
+        model = space.build(params, settings.input_shape, settings.num_classes)
+    except Exception as e:  # noqa: BLE001
+        if smallest is None:
+            return None
+        raise SpaceError(f"space {space.name}: its smallest member {params} does not build for inputs "
+                         f"{tuple(settings.input_shape)}, {settings.num_classes} classes: "
+                         f"{type(e).__name__}: {_first_line(e)}") from None
+    try:
+        check_output(model, settings.input_shape, settings.num_classes)
+    except WrongOutput as e:  # a head sized for another data set
+        raise SpaceError(f"space {space.name}, member {space.arch_id(params)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a forward that fails on these inputs
+        if smallest is None:
+            return None
+        raise SpaceError(f"space {space.name}: its smallest member {space.arch_id(params)} does not run on inputs "
+                         f"{tuple(settings.input_shape)}: {type(e).__name__}: {_first_line(e)}") from None
+    return smallest
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
 def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, progress: Step | None = None) -> None:
     """Refuse, before a search starts, budgets that even the space's smallest member breaks.
 
@@ -231,8 +293,8 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, 
     host or device)."""
     profile = profile_from_dict(settings.profile, source=SETTINGS_NAME)
     space = get_space(settings.space)
-    params = space.smallest(settings.fixed) if profile.budgets else None
-    if params is None:
+    params = check_member(space, settings)
+    if params is None or not profile.budgets:
         return
     judged = set(profile.budgets) - (set(TIMED_METRICS) if profile.calibration is not None else set())
     if judged & {*TIMED_METRICS, "model_bytes"}:
