@@ -230,6 +230,13 @@ def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: no examples")
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{where}: x must be numbers, got {x.dtype}")
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        raise DataError(f"{where}: x holds NaN or infinite values in {bad} of {len(x)} examples; "
+                        "drop or fill them first")
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:
+        raise DataError(f"{where}: x of shape {x.shape} looks channels-last (N, H, W, C); odnas reads "
+                        "(N, C, H, W): x.transpose(0, 3, 1, 2)")
 
 
 def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -123,6 +123,11 @@ def test_a_budget_even_the_smallest_candidate_breaks_is_refused_before_the_searc
     assert not (tmp_path / "run").exists()
 
 
+def test_a_fixed_value_that_is_not_a_number_is_said_to_be_so(tmp_path, capsys):
+    _fails(capsys, ["search", "--space", "mlp", "--fixed", "lr=abc", "--run-dir", str(tmp_path / "run")], 2,
+           why="lr='abc' is not a number; lr is a float in [0.0001, 0.01]")
+
+
 def test_the_search_header_names_a_profile_file_by_its_profile_and_counts_in_the_singular(tmp_path, capsys):
     path = profile(tmp_path, GOOD)
     assert main(["search", "--profile", path, "--space", "mlp", "--trials", "1", "--constraint", "num_params <= 100",

@@ -90,6 +90,9 @@ def test_a_bad_space_reference_is_one_line(bad, why):
     (lambda d: _npz(d, z=[1]), "no array x or y"),
     (lambda d: (d / "empty").mkdir() or d / "empty", "no class sub-folders"),
     (lambda d: _images(d, ok=False), "not a readable image"),
+    (lambda d: _npz(d, x=np.where(np.arange(4 * 64).reshape(4, 1, 8, 8) == 5, np.nan, 1.0), y=[0, 1, 0, 1]),
+     "x holds NaN or infinite values in 1 of 4 examples"),
+    (lambda d: _npz(d, x=np.ones((4, 8, 8, 3)), y=[0, 1, 0, 1]), "looks channels-last (N, H, W, C)"),
 ])
 def test_bad_data_is_one_line(tmp_path, make, why):
     path = make(tmp_path)

@@ -111,8 +111,10 @@ class Space:
                 raise SpaceError(f"space {self.name!r} has no parameter {k!r}; it has {', '.join(sorted(by_name))}")
             if isinstance(spec, Choice) and v not in spec.values:
                 raise SpaceError(f"{k}={v!r} is not one of {list(spec.values)}")
-            if isinstance(spec, Range) and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                            or not spec.lo <= v <= spec.hi):
+            if isinstance(spec, Range) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise SpaceError(f"{k}={v!r} is not a number; {k} is a{'n' if spec.kind == 'int' else ''} "
+                                 f"{spec.kind} in [{spec.lo:g}, {spec.hi:g}]")
+            if isinstance(spec, Range) and not spec.lo <= v <= spec.hi:
                 raise SpaceError(f"{k}={v!r} is outside [{spec.lo:g}, {spec.hi:g}]")
         return fixed
 
