@@ -36,12 +36,12 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import OutputError, ParityError, ProfileError, QuantizeError, RunDirError
+from odnas.errors import OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
 from odnas.rundir import CHECKPOINT_NAME
-from odnas.select import feasible, pick
+from odnas.select import feasible, meets, pick
 from odnas.spaces import get_space
 from odnas.steps import Step, silent
 
@@ -359,6 +359,10 @@ def set_metadata(path: Path, props: Mapping[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+def _bounds(profile: HardwareProfile) -> list[str]:
+    return list(profile.thresholds) + profile.budget_constraints()
+
+
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
                  also_profiles: Sequence[str | HardwareProfile] = (),
                  calib_samples: int | None = None, progress: Step | None = None) -> ModelCard:
@@ -371,8 +375,14 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     settings, profile = run.settings, run.profile
     if trial is None:
         row = pick(run.rows, profile)
-        if row is None:
-            raise RunDirError(f"{run_dir} has no trained model within every budget yet; nothing to export")
+        trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
+        if not trained:
+            raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
+        if row is None:  # the search ran, and found nothing feasible: as select says, exit 3
+            raise SearchFailed(f"none of the {len(trained)} trained model{'s' if len(trained) != 1 else ''} of "
+                               f"{run_dir} meets every budget and threshold "
+                               f"({', '.join(_bounds(profile)) or 'none'}); nothing to export "
+                               f"(odnas status {run_dir} says which each misses)")
     else:
         match = [r for r in run.rows if r.trial == trial]
         if not match:
@@ -382,8 +392,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
             raise RunDirError(f"trial {trial} is over budget ({', '.join(row.over_budget)}); it was never trained"
                               " and cannot be exported")
         if not feasible(row, profile):
-            raise RunDirError(f"trial {trial} is {row.state} and not within every budget and threshold; "
-                              "odnas exports only feasible models")
+            missed = [b for b in _bounds(profile) if not meets(row.metrics, [b])]
+            why = f"misses {', '.join(missed)}" if missed and row.trained else f"is {row.state}"
+            raise RunDirError(f"trial {trial} {why}; odnas exports only models within every budget and threshold")
     ckpt_path = Path(row.trial_dir or "") / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         raise RunDirError(f"trial {row.trial} has no checkpoint at {ckpt_path}")

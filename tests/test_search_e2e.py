@@ -186,6 +186,25 @@ def test_select_confirms_a_model_the_search_timed_just_over_the_users_bound(run,
     assert c["entered"] == [bound] and c["crossed"] == [] and c["confirmed"]["latency_ms"] < c["search"]["latency_ms"]
 
 
+def test_export_of_a_run_with_nothing_feasible_says_which_bound_and_exits_as_select_does(run, tmp_path):
+    import shutil
+
+    d, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy)
+    settings = json.loads((copy / "odnas.json").read_text())
+    settings["profile"]["thresholds"] = ["val_acc >= 0.9999"]  # a bar no model of the run clears
+    (copy / "odnas.json").write_text(json.dumps(settings))
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", str(copy), "-o", str(out))
+    assert proc.returncode == 3 and "meets every budget and threshold (val_acc >= 0.9999" in proc.stderr, proc.stderr
+    assert run_cli("select", str(copy), "--no-confirm").returncode == 3  # the same answer from both
+    trial = [r["trial"] for r in status_json(copy)["trials"] if r["state"] == "completed"][0]
+    proc = run_cli("export", str(copy), "--trial", str(trial), "-o", str(out))
+    assert proc.returncode == 2 and f"trial {trial} misses val_acc >= 0.9999" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
 def test_rescore_under_another_profile_without_retraining(run, short_profile_file):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
