@@ -264,7 +264,10 @@ def _outcome_json(run_dir) -> dict[str, Any]:
     for r in run.rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     fr = front(run.rows, run.profile)
-    return {"run_dir": str(run_dir), "counts": counts, "front": [r.to_dict() for r in fr],
+    trained = sum(r.trained for r in run.rows)
+    # "complete": every planned training done; false after `odnas stop` (exit 0 too) or an error
+    return {"run_dir": str(run_dir), "trials_planned": run.settings.trials, "trained": trained,
+            "complete": trained >= run.settings.trials, "counts": counts, "front": [r.to_dict() for r in fr],
             "pick": fr[0].to_dict() if fr else None}
 
 

@@ -14,9 +14,9 @@ from tests.conftest import ROOT, run_cli, status_json, told
 FAST = ["--profile", "cpu-mobile", "--space", "mlp", "--fix", "epochs=1", "--parallel", "2", "--init-trials", "2"]
 
 
-def _start(run: Path, trials: int) -> subprocess.Popen:
+def _start(run: Path, trials: int, *more: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "odnas", "search", *FAST, "--trials", str(trials),
-                             "--run-dir", str(run)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--run-dir", str(run), *more], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -48,7 +48,8 @@ def test_sigint_ends_a_search_cleanly_and_resume_finishes_it(tmp_path):
     res = run_cli("resume", str(run), "--quiet", "--json", check=True, timeout=900)
     st = status_json(run)
     assert st["counts"].get("completed", 0) + st["counts"].get("early_stopped", 0) >= 4, st["counts"]
-    assert json.loads(res.stdout)["run_dir"] == str(run)
+    outcome = json.loads(res.stdout)
+    assert outcome["run_dir"] == str(run) and outcome["complete"] and outcome["trained"] >= outcome["trials_planned"]
     # Nothing trained twice: one progress line per trained trial (1 epoch each).
     for d in kept:
         assert (run / "trials" / d / "progress.jsonl").read_text().count("\n") == 1
@@ -58,12 +59,14 @@ def test_odnas_stop_asks_the_driver_to_finish(tmp_path):
     run = tmp_path / "run"
     stopped = run_cli("stop", str(tmp_path))
     assert stopped.returncode == 2 and "not an odnas run dir" in stopped.stderr
-    proc = _start(run, 6)
+    proc = _start(run, 6, "--json")
     _wait_for(lambda: len(_trained(run)) >= 1, proc)
     ask = run_cli("stop", str(run), check=True)
     assert "stop at its next poll" in ask.stdout
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "stopped on request" in err and f"odnas resume {run}" in err, (out, err)
+    outcome = json.loads(out)  # exit 0, as asked; a script tells it from a finished search by "complete"
+    assert not outcome["complete"] and outcome["trials_planned"] == 6 and 1 <= outcome["trained"] < 6, outcome
     assert not (run / "stop").exists()
     again = run_cli("stop", str(run))
     assert again.returncode == 2 and "no driver is running" in again.stderr
