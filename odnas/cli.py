@@ -472,11 +472,27 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
+def _started(trial_dir) -> bool:
+    """Whether a trial's training began, or will with no driver: its job wrote job.json
+    (or its result), it went to a fresh TorchX job (which runs once launched), or a warm
+    worker is serving it right now. A trial left in a worker's inbox has not."""
+    from odnas.rundir import JOB_NAME, LAUNCH_NAME, RESULT_NAME, WORKER_NAME, WORKERS_DIR, read_json
+
+    d = Path(trial_dir)
+    if (d / JOB_NAME).exists() or (d / RESULT_NAME).exists() or "worker" not in (read_json(d / LAUNCH_NAME) or {}):
+        return True
+    workers = d.parent.parent / WORKERS_DIR
+    return any(Path(str(w.get("trial"))).name == d.name for w in map(read_json, workers.glob(f"*/{WORKER_NAME}"))
+               if w and w.get("trial"))
+
+
 def _note(row, profile, driver: bool = True) -> str:
     from odnas.select import meets
 
     if row.state == "running" and not row.arch_id:  # made, but its cost lane never finished (a device away)
         return "not costed or launched yet" + ("" if driver else "; resume does it")
+    if row.state == "running" and not driver and row.trial_dir and not _started(row.trial_dir):
+        return "queued, not started; resume starts it"  # in a warm worker's inbox when the driver stopped
 
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)

@@ -99,11 +99,19 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
             4: {"worker": 1}}
     (tmp_path / "workers" / "1").mkdir(parents=True)  # worker 1 has forked trial 4's child, not yet begun
     (tmp_path / "workers" / "1" / "worker.json").write_text(json.dumps({"trial": rows[4].trial_dir}))
+    for r in rows:  # where the runner sent each: a worker's slot, or a fresh job's handle
+        (Path(r.trial_dir) / "launch.json").write_text(json.dumps(meta[r.trial]))
     exp = SimpleNamespace(trials={i: SimpleNamespace(run_metadata=m) for i, m in meta.items()})
     monkeypatch.setattr(driver, "trial_table", lambda e, d: rows)
     text = driver.interrupt_summary(exp, tmp_path)
     assert text.startswith("1 trained model kept; 3 training jobs are left to finish, and resume reattaches to "
                            "them; 1 queued trial had not started, and resume starts it."), text
+    from odnas.cli import _note
+
+    # status, with the driver gone, tells the queued trial from the started ones (a fresh
+    # job, trial 3, runs once launched: not queued)
+    notes = {r.trial: _note(r, SimpleNamespace(thresholds=(), budget_constraints=list), driver=False) for r in rows}
+    assert [t for t, n in notes.items() if n == "queued, not started; resume starts it"] == [2], notes
 
 
 def test_an_interrupt_before_the_drivers_own_handling_names_the_run_dir_to_resume(tmp_path, monkeypatch, capsys):
