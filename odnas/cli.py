@@ -151,9 +151,10 @@ def cmd_doctor(a: argparse.Namespace) -> int:
         from odnas.cost.doctor import check_device, format_device_report
         from odnas.profiles import with_device
 
+        on = with_device(profile, a.device)  # a malformed address: one line, before anything is said
         if not a.json:
-            print(f"Timing on the device at {a.device} under {profile.name}...", file=sys.stderr, flush=True)
-        report = check_device(with_device(profile, a.device), shape, a.models)
+            print(f"Timing on the device at {on.device.url} under {profile.name}...", file=sys.stderr, flush=True)
+        report = check_device(on, shape, a.models)
         _print_json(report) if a.json else print(format_device_report(report))
         return 0
     if not a.json:

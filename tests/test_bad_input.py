@@ -292,6 +292,7 @@ def test_other_commands(tmp_path, capsys):
         (["measure", "--random", "1", "--profile", str(tmp_path / "missing.yaml")], 2, "not found"),
         (["doctor", "--input-shape", "big"], 2, "--input-shape"),
         (["doctor", "--models", "1"], 2, "--models"),
+        (["doctor", "--device", "notaurl"], 2, "expected http://HOST:PORT"),  # refused before "Timing on ..."
         (["calibrate", "fit", "--profile", "cpu-mobile", "--table", str(tmp_path / "none.csv")], 2, "not found"),
         (["calibrate", "perf-logs", str(tmp_path / "none")], 2, None),
         (["calibrate", "export", "--input-shape", "28x28", "-o", str(tmp_path / "refs")], 2, "C x H x W"),

@@ -297,7 +297,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
                    f"(--max-candidates {settings.max_candidates}) was reached with {over} "
                    f"candidate{'s' if over != 1 else ''} over a budget")
             if trained == 0:
-                raise SearchFailed(msg + "; no candidate fits the budgets, loosen them (--constraint)")
+                raise SearchFailed(msg + "; no candidate fits the budgets: loosen them in a new search "
+                                   "(--constraint, or the profile's budgets); a run keeps the budgets it began with")
             print(f"odnas: note: {msg}", file=term, flush=True)
         if (pace := pace_note(clocked.get("ahead") or {}, clocked["wall_s"])) is not None:
             print(f"odnas: note: {pace}", file=term, flush=True)
