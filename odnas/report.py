@@ -25,7 +25,7 @@ from odnas.loop.runner import failure_reason
 from odnas.loop.store import load_client, quiet_logs, trial_table
 from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_from_dict
 from odnas.records import RunSettings, TrialRow
-from odnas.rundir import LOG_NAME, read_settings
+from odnas.rundir import LOG_NAME, driver_running, read_settings
 from odnas.select import front, proxy_correlations
 from odnas.steps import Step, silent
 
@@ -124,7 +124,7 @@ def build_sections(run_dir: Path, settings: RunSettings, client, step: Step = si
     # The sections below render plain dicts (one per trial, ``TrialRow.to_dict``).
     rows = [r.to_dict() for r in typed]
     settings = settings.to_dict()
-    overview = overview_section(rows, fr, settings, profile)
+    overview = overview_section(rows, fr, settings, profile, driving=driver_running(run_dir))
     sections = [overview, front_section(rows, fr, profile, run_dir), tradeoff_section(rows, fr, profile)]
     step("fitting the surrogate model")
     model = Surrogate.fit(client, rows)
@@ -229,7 +229,7 @@ def _trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 # ----------------------------------------------------------------- overview + tables
 
 
-def overview_section(rows, fr, settings, profile: HardwareProfile) -> Section:
+def overview_section(rows, fr, settings, profile: HardwareProfile, driving: bool = False) -> Section:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -250,9 +250,11 @@ def overview_section(rows, fr, settings, profile: HardwareProfile) -> Section:
         f"{html.escape(str(settings.get('data')))}</td></tr>"
         f"<tr><th>feasible front</th><td>{_plural(len(fr), 'model')}</td></tr></table>"
     )
-    if len(rows) < planned:
-        sec.missing.append(f"The run is partial: {len(rows)} of {planned} planned trials exist "
-                           f"(continue it with `odnas resume`).")
+    trained = len(_trained(rows))
+    if trained < planned:
+        sec.missing.append(f"The run is partial: {trained} of {planned} planned trainings done "
+                           + ("(its search is still running; report again when it ends)." if driving else
+                              "(continue it with `odnas resume`)."))
     if counts.get("running"):
         sec.missing.append(f"{_plural(counts['running'], 'trial')} still running: no accuracy yet, "
                            "shown on the cost axis only.")
@@ -347,8 +349,9 @@ def trials_section(rows) -> Section:
 def settings_section(settings: Mapping[str, Any]) -> Section:
     import yaml
 
-    keys = ["space", "data", "data_dir", "data_seed", "method", "seed", "init_trials", "trials", "parallel",
-            "scheduler", "resources", "threads", "created"]
+    keys = ["space", "data", "data_dir", "data_seed", "fixed", "method", "seed", "init_trials", "trials",
+            "max_candidates", "parallel", "early_stopping", "early_stopping_from", "early_stopping_against",
+            "retries", "trial_timeout_s", "workers", "scheduler", "resources", "threads", "created"]
     kv = "".join(f"<tr><th>{k}</th><td>{html.escape(_fmt(settings.get(k)))}</td></tr>" for k in keys)
     versions = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                        for k, v in (settings.get("versions") or {}).items())

@@ -130,7 +130,8 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
         raise RunDirError(f"{run_dir} has no trained model yet; nothing to rescore")
     out_rows = []
     for i, r in enumerate(trained, 1):
-        step(f"measuring trial {r.trial} under {profile.name} ({i}/{len(trained)})")
+        step(f"{'reading' if lane.cached(r.params) else 'measuring'} trial {r.trial} under {profile.name} "
+             f"({i}/{len(trained)})")
         rec = lane.costs(r.params)
         metrics = {**r.metrics, **rec.metrics}
         out_rows.append(r.replace(metrics=metrics, over_budget=profile.over_budget(metrics),

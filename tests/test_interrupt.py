@@ -50,6 +50,8 @@ def test_sigint_ends_a_search_cleanly_and_resume_finishes_it(tmp_path):
     assert st["counts"].get("completed", 0) + st["counts"].get("early_stopped", 0) >= 4, st["counts"]
     outcome = json.loads(res.stdout)
     assert outcome["run_dir"] == str(run) and outcome["complete"] and outcome["trained"] >= outcome["trials_planned"]
+    again = run_cli("resume", str(run), "--quiet", check=True)  # nothing left: it says how to do more
+    assert f"all 4 planned trainings are done; `odnas resume {run} --trials N`" in again.stderr, again.stderr
     # Nothing trained twice: one progress line per trained trial (1 epoch each).
     for d in kept:
         assert (run / "trials" / d / "progress.jsonl").read_text().count("\n") == 1

@@ -239,13 +239,22 @@ def test_partial_run_says_what_is_missing(partial_run, tmp_path, capfd):
     assert "Missing from this report" in text
     assert "No trial has been trained yet" in text
     assert "no surrogate model" in text.lower() and "at least 3 are needed" in text
-    assert "still running" in text and "3 of 6 planned" in text
+    assert "still running" in text and "0 of 6 planned trainings done" in text and "odnas resume" in text
     assert "trial 1: job died without writing its result" in text
     # Trade-off plots still show the untrained trials on the cost axis.
     assert "tradeoff_val_acc_vs_latency_ms" in _figure_keys(out)
     assert (tmp_path / "tradeoff_val_acc_vs_latency_ms.png").is_file()
     err = capfd.readouterr().err
     assert "ax." not in err and "INFO" not in err, err  # Ax's chatter goes to odnas.log
+
+
+def test_a_report_of_a_run_being_searched_does_not_send_the_user_to_resume(partial_run, tmp_path):
+    from odnas.rundir import driver_lock
+
+    with driver_lock(partial_run):  # as a running search holds it
+        text = _text(write_report(partial_run, tmp_path / "live.html"))
+    assert "its search is still running" in text and "odnas resume" not in text
+    assert "early_stopping" in text and "max_candidates" in text  # every setting the run was made with
 
 
 def test_report_out_may_be_a_folder(partial_run, tmp_path):

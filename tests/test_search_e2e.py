@@ -218,8 +218,10 @@ def test_rescore_under_another_profile_without_retraining(run, short_profile_fil
         assert r["over_budget"] == (["latency_ms"] if r["metrics"]["latency_ms"] > 2 else [])
     assert set(res["front"]) <= trained and (d / "rescore" / "cpu-desktop.json").is_file()
     assert {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")} == before  # nothing retrained
-    text = run_cli("rescore", str(d), "--profile", str(desktop), check=True).stdout
+    again = run_cli("rescore", str(d), "--profile", str(desktop), check=True)
+    text = again.stdout
     assert "Feasible Pareto front under cpu-desktop" in text and "0 new measurements" in text
+    assert "reading trial" in again.stderr and "measuring" not in again.stderr  # says what it does: reads
     bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

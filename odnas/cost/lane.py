@@ -212,6 +212,11 @@ class CostLane:
             return True
         return not rec.latency_key.differs(self.backend.key(self.profile))
 
+    def cached(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``costs(params)`` will read a record, not measure."""
+        rec = self.cache.get(self.space.arch_id(params))
+        return rec is not None and self._comparable(rec)
+
     def costs(self, params: Mapping[str, Any]) -> CostRecord:
         arch = self.space.arch_id(params)
         rec = self.cache.get(arch)
