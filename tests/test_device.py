@@ -571,3 +571,19 @@ def test_a_candidate_the_device_cannot_time_fails_alone_and_the_search_goes_on(t
     failed = [r for r in rows if r.state == "failed"]
     assert sum(r.state == "completed" for r in rows) == 3 and len(failed) == 1
     assert "could not time it" in failed[0].reason and "Foo" in failed[0].reason
+
+
+def test_doctor_calls_a_device_reproducible_only_when_no_model_moved_past_its_error_bars():
+    from odnas.cost.doctor import format_device_report
+
+    def report(median, worst, z):
+        return {"url": "http://127.0.0.1:1", "round_trip_ms": 1.0,
+                "device": {"device": "d", "cpu_model": "c", "cores": 2, "machine": "x86_64", "ort_version": "1",
+                           "providers": ["CPUExecutionProvider"], "version": "1"},
+                "retest": {"median_abs_diff": median, "max_abs_diff": worst, "max_z": z,
+                           "seconds_per_candidate": 1.0, "latency_ms": [[1.0, 1.0]] * 3}}
+
+    assert "times reproducibly" in format_device_report(report(0.005, 0.02, 1.0))
+    moved = format_device_report(report(0.005, 0.111, 4.1))  # the median low, one model 4.1 SE apart
+    assert "times reproducibly" not in moved and "one model moved by 11.1%, 4.1 standard errors" in moved
+    assert "over 5%" in format_device_report(report(0.08, 0.1, 2.0))

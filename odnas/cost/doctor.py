@@ -26,6 +26,8 @@ from odnas.profiles import HardwareProfile, profile_from_dict
 
 #: Retest spread above this (median |difference| between processes) is worth acting on.
 SPREAD_TOLERANCE = 0.05
+#: A model whose two timings differ by more standard errors than this did not time reproducibly.
+RETEST_Z = 3.0
 
 
 def floor_model(path: Path, input_shape: Sequence[int]) -> Path:
@@ -162,6 +164,11 @@ def format_device_report(r: dict[str, Any]) -> str:
     if s["median_abs_diff"] > SPREAD_TOLERANCE:
         lines.append(f"  - The retest spread is over {SPREAD_TOLERANCE:.0%}: raise protocol.sessions in the profile, "
                      "or stop other work on the device.")
+    elif s["max_z"] > RETEST_Z:
+        lines.append(f"  - The median retest is within {SPREAD_TOLERANCE:.0%}, but one model moved by "
+                     f"{s['max_abs_diff']:.1%}, {s['max_z']:.1f} standard errors: the device was interrupted or "
+                     "switches speed. Run doctor again; if it repeats, raise protocol.sessions or stop other work "
+                     "on the device.")
     else:
         lines.append("  The device times reproducibly under this profile.")
     return "\n".join(lines)
