@@ -808,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_spaces)
 
     p = sub.add_parser("measure", help="measure the costs of random candidates of a space")
-    p.add_argument("--space", default="mobile-cnn", help="a space name (odnas spaces) or package.module:Class")
+    p.add_argument("--space", default="mobile-cnn",
+                   help="a space name (odnas spaces), package.module:Class or path/to/file.py:Class")
     p.add_argument("--profile", default="cpu-mobile", help="profile name or YAML path")
     p.add_argument("--data", default="digits", help="fixes the input shape and class count (see search --help)")
     p.add_argument("--data-dir", help="folder of an mnist data set")
