@@ -36,13 +36,14 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed
+from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed,
+                          SpaceError)
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
 from odnas.rundir import CHECKPOINT_NAME
 from odnas.select import feasible, meets, pick
-from odnas.spaces import get_space
+from odnas.spaces import check_unchanged, get_space
 from odnas.steps import Step, silent
 
 NORMALIZE_FORMULA = "x = (raw / scale - mean) / std, raw = the data set's pixel values"
@@ -373,6 +374,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     """
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
+    check_unchanged(get_space(settings.space), settings)  # the trained weights are for the space as it was
     if trial is None:
         row = pick(run.rows, profile)
         trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
@@ -407,8 +409,13 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     calibration = run_calibration(run_dir, profile, keep=False)  # refitted here if made on another host
     space = get_space(settings.space)
     data = load_data(settings.data, settings.data_dir, seed=settings.data_seed)
-    model = space.build(row.params, data.input_shape, data.num_classes)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = space.build(row.params, data.input_shape, data.num_classes)
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001 -- the space's code, or weights that no longer fit it
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        raise SpaceError(f"space {space.name!r} cannot rebuild trial {row.trial}'s model with its weights "
+                         f"({type(e).__name__}: {why}); has its code changed since the run?") from None
     return export_artifact(
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,

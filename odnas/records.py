@@ -171,6 +171,8 @@ class RunSettings:
     lookahead: int = 0  # warm only: trials queued per worker beyond the one it trains (generated while it trains)
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    # the space's specs as the run began (``odnas.spaces.spec_lines``); empty in runs from before
+    space_specs: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -288,3 +288,20 @@ def test_measure_goes_on_past_a_candidate_the_space_declines(tmp_path, short_pro
     assert all(r["error"] == "ValueError: w=8 is not supported by my layer" and r["params"]["w"] == 8 for r in bad)
     assert all(r["metrics"]["latency_ms"] > 0 for r in lines if "error" not in r)
     assert proc.stderr.count("could not be measured") == len(bad) and "Traceback" not in proc.stderr
+
+
+def test_a_run_whose_space_code_changed_since_is_refused_in_one_line(tmp_path):
+    """Ax keeps the search space a run began with; a space file edited since (a new
+    parameter) would have new candidates built without it, or fail every trial."""
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+
+    space = tmp_path / "buggy.py"
+    space.write_text(BUGGY)
+    run = create_run(SearchConfig(space=f"{space}:Sometimes", trials=1, run_dir=str(tmp_path / "run")))
+    assert json.loads((run / "odnas.json").read_text())["space_specs"][0].startswith("Choice(name='w'")
+    space.write_text(BUGGY.replace('Choice("w", (4, 8))', 'Choice("w", (4, 8, 16)), Choice("act", ("relu", "gelu"))'))
+    for verb in (["resume", str(run)], ["export", str(run), "--trial", "0", "-o", str(tmp_path / "m.onnx")]):
+        proc = run_cli(*verb)  # a fresh process: the edited file is what it imports
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "space 'sometimes' has changed since this run began (parameters act, w)" in proc.stderr, proc.stderr

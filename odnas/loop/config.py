@@ -133,7 +133,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
     if cfg.run_dir:  # first: the checks after it take seconds (Ax's import, the budget check's timing)
         refuse_used_run_dir(Path(cfg.run_dir).resolve())
     from odnas.data import check_data_dir, data_reference, load_data
-    from odnas.spaces import get_space
+    from odnas.spaces import get_space, spec_lines
 
     profile = effective_profile(load_profile(cfg.profile), cfg.objective, tuple(cfg.constraints))
     profile = with_device(profile, cfg.device)
@@ -202,7 +202,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         isolation=cfg.isolation,
         workers=(workers := cfg.workers if warm_capable(cfg.scheduler) else "fresh"),
         lookahead=cfg.lookahead if workers == "warm" else 0,
-        profile=profile.to_dict(), created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        profile=profile.to_dict(), created=time.strftime("%Y-%m-%d %H:%M:%S"), space_specs=spec_lines(space),
         versions={"odnas": __version__, **{p: version(p) for p in (
             "ax-platform", "botorch", "torch", "onnxruntime", "pytorch-lightning", "torchx")},
             "python": sys.version.split()[0]},

@@ -44,7 +44,7 @@ from odnas.rundir import (
     read_curve, read_json, read_settings, write_settings, write_trials,
 )
 from odnas.select import pick
-from odnas.spaces import get_space
+from odnas.spaces import check_unchanged, get_space
 from odnas.spaces.base import Range
 
 import_ax()
@@ -125,6 +125,7 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     ``device`` is the device agent's address when it has moved (a phone's new address)."""
     run_dir = Path(run_dir).resolve()
     settings = read_settings(run_dir)
+    check_unchanged(get_space(settings.space), settings)  # Ax keeps the run's space: new code would not match it
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
     if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing

@@ -47,6 +47,27 @@ def get_space(name: str) -> Space:
     return as_space(obj, name)
 
 
+def spec_lines(space: Space) -> list[str]:
+    """A space's specs as text, one per parameter: what a run keeps to tell, when it is
+    resumed, that the space's code has changed since it began."""
+    return [repr(s) for s in space.specs]
+
+
+def check_unchanged(space: Space, settings) -> None:
+    """One line if ``space``'s specs differ from the ones ``settings`` (a run's) began
+    with: Ax keeps the run's own, so new candidates would not be what the code now
+    builds. Runs from before the specs were kept are not checked."""
+    then = list(getattr(settings, "space_specs", None) or [])
+    now = spec_lines(space)
+    if then and then != now:
+        import re
+
+        changed = sorted({m.group(1) for line in set(then) ^ set(now) if (m := re.search(r"name='([^']*)'", line))})
+        raise SpaceError(f"space {space.name!r} has changed since this run began (parameter"
+                         f"{'s' if len(changed) != 1 else ''} {', '.join(changed) or '?'}); a run keeps the space "
+                         "it began with: restore its code, or start a new search")
+
+
 def as_space(obj: object, ref: str = "") -> Space:
     """A ``Space`` from a subclass, an instance, or a factory returning one; checked
     for what every space must define."""
@@ -79,4 +100,5 @@ from odnas.spaces.mobile_cnn import MobileCNNSpace, MobileCNNXLSpace  # noqa: E4
 for _space in (MLPSpace, MobileCNNSpace, MobileCNNXLSpace):
     register_space(_space)
 
-__all__ = ["Choice", "Params", "Range", "Space", "as_space", "get_space", "list_spaces", "register_space"]
+__all__ = ["Choice", "Params", "Range", "Space", "as_space", "check_unchanged", "get_space", "list_spaces",
+           "register_space", "spec_lines"]
