@@ -190,6 +190,24 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
 
 
+class _TwiceError(ValueError):
+    pass
+
+
+class _OnceLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (where PyYAML keeps
+    the last silently: ``batch_size: 1`` then ``batch_size: 4`` would be 4)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _TwiceError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """Load a shipped profile by name (``cpu-mobile``) or a user's YAML file by path."""
     text = str(name_or_path)
@@ -204,7 +222,9 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if not path.is_file():
         raise ProfileError(f"{path}: profile file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_OnceLoader)  # noqa: S506 -- a SafeLoader
+    except _TwiceError as e:
+        raise ProfileError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

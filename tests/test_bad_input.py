@@ -55,6 +55,7 @@ PROFILES = {
     "a list, not a mapping": ("name: t", "- name: t"),
     "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']"),  # Ax took it: a traceback
     "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']"),
+    "a key given twice": (None, "batch_size: 1\nbatch_size: 4"),  # PyYAML kept the last silently
 }
 
 

@@ -305,3 +305,13 @@ def test_a_run_whose_space_code_changed_since_is_refused_in_one_line(tmp_path):
         proc = run_cli(*verb)  # a fresh process: the edited file is what it imports
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "space 'sometimes' has changed since this run began (parameters act, w)" in proc.stderr, proc.stderr
+
+
+def test_a_default_run_dir_is_named_by_the_spaces_own_name(tmp_path, monkeypatch):
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+
+    (tmp_path / "buggy.py").write_text(BUGGY)
+    monkeypatch.chdir(tmp_path)
+    run = create_run(SearchConfig(space=f"{tmp_path / 'buggy.py'}:Sometimes", trials=1))
+    assert run.parent == tmp_path / "runs" and run.name.startswith("cpu-mobile-sometimes-"), run  # not -Sometimes-

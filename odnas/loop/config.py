@@ -118,9 +118,11 @@ def ax_bounds(profile: HardwareProfile) -> list[str]:
     return list(profile.thresholds) + profile.budget_constraints()
 
 
-def default_run_dir(cfg: SearchConfig) -> Path:
-    space = cfg.space.rpartition(":")[2]  # a reference's class name, not its module path
-    return Path("runs") / f"{cfg.profile.split('/')[-1].removesuffix('.yaml')}-{space}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: SearchConfig, space_name: str | None = None) -> Path:
+    """``runs/PROFILE-SPACE-TIME``: the space by its own name (a reference's class name without it)."""
+    space = space_name or cfg.space.rpartition(":")[2]
+    profile = cfg.profile.split("/")[-1].removesuffix(".yaml").removesuffix(".yml")
+    return Path("runs") / f"{profile}-{space}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:

@@ -63,7 +63,7 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
     import_ax()
     from ax.api.client import Client
 
-    run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
+    run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, get_space(settings.space).name)).resolve()
     refuse_used_run_dir(run_dir)  # again: a default run dir, or one another search made meanwhile
     there = set(run_dir.iterdir()) if run_dir.exists() else None  # an empty folder the user made, say
     run_dir.mkdir(parents=True, exist_ok=True)
