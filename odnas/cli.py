@@ -11,10 +11,11 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: a missing standard error and the like become null."""
@@ -618,8 +619,8 @@ def cmd_rescore(a: argparse.Namespace) -> int:
         return 0
     prof = res["profile"]
     budgets = ", ".join(f"{m} <= {v:g}" for m, v in prof["budgets"].items()) or "none"
-    print(f"{len(res['rows'])} trained candidates of {a.run_dir} measured under {prof['name']} "
-          f"({res['measured']} new measurements, no retraining); budgets {budgets}")
+    print(f"{len(res['rows'])} trained candidates of {a.run_dir} measured under {prof['name']} on "
+          f"{res['timed_on']} ({res['measured']} new measurements, no retraining); budgets {budgets}")
     print(table([{"trial": r["trial"], "val_acc": r["metrics"]["val_acc"],
                   "latency_ms": r["metrics"].get("latency_ms"),
                   "latency_ms_before": r["search_metrics"].get("latency_ms"),
@@ -636,6 +637,21 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     else:
         print("none: no trained model meets this profile's budgets and thresholds")
     return 0
+
+
+def _int8_note(card: Mapping[str, Any]) -> str | None:
+    """A deployed int8 file that is both slower (beyond 2 SE) and larger than the fp32
+    one it came from: worth saying, since the user chose int8 for speed or size."""
+    prec = card.get("precisions") or {}
+    if not ("int8" in prec and "fp32" in prec and prec["int8"].get("deployed")):
+        return None
+    f, q = prec["fp32"], prec["int8"]
+    noise = 2 * math.hypot(q.get("latency_ms_sem") or 0.0, f.get("latency_ms_sem") or 0.0)
+    if q["latency_ms"] - f["latency_ms"] > noise and q["model_bytes"] > f["model_bytes"]:
+        return (f"the deployed int8 file is slower and larger than {f['file']}, timed on "
+                f"{(card.get('latency') or {}).get('timed_on', 'this host')}: this model gains nothing from int8 "
+                "there; an fp32 profile would ship the fp32 file")
+    return None
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -665,6 +681,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"  int8 against fp32: val_acc {q['val_acc_onnx']:.4f} vs {f['val_acc_onnx']:.4f}, latency_ms "
               f"{q['latency_ms']:.4g} vs {f['latency_ms']:.4g}, model_bytes {q['model_bytes']} vs {f['model_bytes']}, "
               f"top-1 agreement {q.get('top1_agreement_vs_fp32', float('nan')):.4f}")
+        if note := _int8_note(card):
+            print(f"  note: {note}")
     lat, m = card["latency"], card["metrics"]
     est = lat.get("device_estimate")
     how = (f"estimated for the device from {est['host_latency_ms']:.4g} ms timed on {lat.get('timed_on')} "

@@ -138,7 +138,8 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
                                   sem={**r.sem, **rec.sem},
                                   search_metrics={k: r.metrics.get(k) for k in rec.metrics}))
     fr = front(out_rows, profile)
+    where = f"the device agent at {profile.device.url}" if lane.on_device else "this host"
     result = {"profile": profile.to_dict(), "rows": [r.to_dict() for r in out_rows], "front": [r.trial for r in fr],
-              "pick": fr[0].trial if fr else None, "measured": lane.measured}
+              "pick": fr[0].trial if fr else None, "measured": lane.measured, "timed_on": where}
     write_json_atomic(run_dir / "rescore" / f"{profile.name}.json", result)
     return {**result, "front_rows": fr}

@@ -360,3 +360,19 @@ def test_a_new_export_leaves_no_other_precision_of_an_earlier_one_and_a_bad_path
     with pytest.raises(OutputError, match="cannot write the artifact") as e:
         _export(trained, tmp_path / "file" / "m.onnx", short_profile())
     assert "\n" not in str(e.value)
+
+
+def test_an_int8_file_slower_and_larger_than_its_fp32_one_is_pointed_out():
+    from odnas.cli import _int8_note
+
+    def card(q_ms, q_bytes, deployed=True):
+        return {"latency": {"timed_on": "host h"}, "precisions": {
+            "fp32": {"file": "m.fp32.onnx", "latency_ms": 0.031, "latency_ms_sem": 0.001, "model_bytes": 44344},
+            "int8": {"file": "m.onnx", "latency_ms": q_ms, "latency_ms_sem": 0.001, "model_bytes": q_bytes,
+                     "deployed": deployed}}}
+
+    note = _int8_note(card(0.063, 59042))  # as a user saw: 2x slower, a third larger
+    assert note and "slower and larger than m.fp32.onnx, timed on host h" in note
+    assert _int8_note(card(0.032, 59042)) is None  # within noise on latency
+    assert _int8_note(card(0.063, 30000)) is None  # smaller: what int8 may be for
+    assert _int8_note(card(0.063, 59042, deployed=False)) is None  # fp32 deployed, int8 only compared

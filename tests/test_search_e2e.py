@@ -220,7 +220,7 @@ def test_rescore_under_another_profile_without_retraining(run, short_profile_fil
     assert {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")} == before  # nothing retrained
     again = run_cli("rescore", str(d), "--profile", str(desktop), check=True)
     text = again.stdout
-    assert "Feasible Pareto front under cpu-desktop" in text and "0 new measurements" in text
+    assert "Feasible Pareto front under cpu-desktop" in text and "on this host (0 new measurements" in text
     assert "reading trial" in again.stderr and "measuring" not in again.stderr  # says what it does: reads
     bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
