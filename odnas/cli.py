@@ -503,6 +503,8 @@ def _note(row, profile, driver: bool = True) -> str:
         return "not costed or launched yet" + ("" if driver else "; resume does it")
     if row.state == "running" and not driver and row.trial_dir and not _started(row.trial_dir):
         return "queued, not started; resume starts it"  # in a warm worker's inbox when the driver stopped
+    if row.state == "running" and not driver and row.trial_dir and (Path(row.trial_dir) / "result.json").exists():
+        return "trained after the driver stopped; resume records it"  # the stop summary counted it as kept
 
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)

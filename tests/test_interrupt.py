@@ -114,6 +114,9 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
     # job, trial 3, runs once launched: not queued)
     notes = {r.trial: _note(r, SimpleNamespace(thresholds=(), budget_constraints=list), driver=False) for r in rows}
     assert [t for t, n in notes.items() if n == "queued, not started; resume starts it"] == [2], notes
+    (Path(rows[1].trial_dir) / "result.json").write_text("{}")  # trial 1's job finished after the driver
+    assert _note(rows[1], SimpleNamespace(thresholds=(), budget_constraints=list), driver=False) == (
+        "trained after the driver stopped; resume records it")
 
 
 def test_an_interrupt_before_the_drivers_own_handling_names_the_run_dir_to_resume(tmp_path, monkeypatch, capsys):
