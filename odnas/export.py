@@ -43,7 +43,7 @@ from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
 from odnas.rundir import CHECKPOINT_NAME
 from odnas.select import feasible, meets, pick
-from odnas.spaces import check_unchanged, get_space
+from odnas.spaces import get_space
 from odnas.steps import Step, silent
 
 NORMALIZE_FORMULA = "x = (raw / scale - mean) / std, raw = the data set's pixel values"
@@ -374,7 +374,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     """
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
-    check_unchanged(get_space(settings.space), settings)  # the trained weights are for the space as it was
     if trial is None:
         row = pick(run.rows, profile)
         trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
@@ -397,6 +396,11 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
             missed = [b for b in _bounds(profile) if not meets(row.metrics, [b])]
             why = f"misses {', '.join(missed)}" if missed and row.trained else f"is {row.state}"
             raise RunDirError(f"trial {trial} {why}; odnas exports only models within every budget and threshold")
+    try:  # the trained weights are for the space as it was: its parameters must still fit the code
+        get_space(settings.space).check_fixed(row.params)
+    except SpaceError as e:
+        raise SpaceError(f"trial {row.trial}'s parameters no longer fit space {settings.space!r} ({e}); "
+                         "has its code changed since the run?") from None
     ckpt_path = Path(row.trial_dir or "") / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         raise RunDirError(f"trial {row.trial} has no checkpoint at {ckpt_path}")

@@ -24,13 +24,15 @@ from odnas.profiles import HardwareProfile, load_profile, parse_bound
 from odnas.records import RunSettings
 from odnas.rundir import driver_running, write_json_atomic
 from odnas.select import front, meets
+from odnas.spaces import check_unchanged, get_space
 from odnas.steps import Step, silent
 
 #: The confirming protocol runs this many times longer than the search's.
 CONFIRM_FACTOR = 4
 LATENCY_KEYS = ("latency_ms", "latency_ms_p90")
-#: A trained model whose search latency misses a latency bound of ``select`` (or a
-#: threshold) by at most this share is confirmed too: the longer protocol may put it under.
+#: A trained model whose search latency misses a latency bound given to ``select`` by at
+#: most this share is confirmed too: the longer protocol may put it under. (Not the
+#: profile's own bounds: ``export`` judges those on the search's figures, and must agree.)
 NEAR = 0.05
 
 
@@ -69,8 +71,8 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     Front members get their confirmed latencies; a member pushed over a budget (or an
     ``extra`` bound) leaves the front, which may let another feasible model in; that
     one is confirmed too, until the front holds confirmed members only. A model the
-    search timed just over a latency bound of ``extra`` or a threshold (by ``NEAR`` at
-    most) is confirmed as well, and joins the front if its confirmed figure is under.
+    search timed just over a latency bound of ``extra`` (by ``NEAR`` at most) is
+    confirmed as well, and joins the front if its confirmed figure is under.
     Returns the confirmed front, the pick, and per confirmed trial the search's and the
     confirmed latency, the bounds it crossed (``crossed``: met before, not now) and
     the ones it came under (``entered``). ``progress(text)`` is told each step.
@@ -78,15 +80,15 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     step = progress or silent
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    check_unchanged(get_space(run.settings.space), run.settings)  # the candidates are rebuilt to be timed
     profile = run.profile
     lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
     by_trial = {r.trial: r for r in run.rows}
     confirmed: dict[int, dict[str, Any]] = {}
     bounds = list(profile.thresholds) + profile.budget_constraints() + list(extra)
-    loose = dataclasses.replace(profile, thresholds=tuple(_near(profile.thresholds)))
     while True:
         rows = list(by_trial.values())
-        todo = {r.trial: r for r in front(rows, profile, extra) + front(rows, loose, _near(extra))
+        todo = {r.trial: r for r in front(rows, profile, extra) + front(rows, profile, _near(extra))
                 if r.trial not in confirmed}
         if not todo:
             break
@@ -121,6 +123,7 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
     step = progress or silent
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    check_unchanged(get_space(run.settings.space), run.settings)  # the candidates are rebuilt to be timed
     profile = load_profile(profile_name)
     check_runnable(profile)
     lane = _lane(run_dir, run.settings, profile, run_dir / "rescore" / profile.name / "costs", backend)

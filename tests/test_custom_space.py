@@ -299,9 +299,18 @@ def test_a_run_whose_space_code_changed_since_is_refused_in_one_line(tmp_path):
     space = tmp_path / "buggy.py"
     space.write_text(BUGGY)
     run = create_run(SearchConfig(space=f"{space}:Sometimes", trials=1, run_dir=str(tmp_path / "run")))
-    assert json.loads((run / "odnas.json").read_text())["space_specs"][0].startswith("Choice(name='w'")
+    kept = json.loads((run / "odnas.json").read_text())["space_specs"]
+    assert [json.loads(line)["name"] for line in kept] == ["batch_size", "epochs", "lr", "w"]
+    # The specs listed in another order: the same space
+    space.write_text(BUGGY.replace('specs = (Choice("w", (4, 8)), ', 'specs = (').replace(
+        'Choice("batch_size", (32, 64)))', 'Choice("batch_size", (32, 64)), Choice("w", (4, 8)))'))
+    assert "Choice(\"w\", (4, 8)))" in space.read_text()
+    from odnas.loop.store import load_run
+    from odnas.spaces import check_unchanged, get_space
+
+    check_unchanged(get_space(f"{space}:Sometimes"), load_run(run).settings)
     space.write_text(BUGGY.replace('Choice("w", (4, 8))', 'Choice("w", (4, 8, 16)), Choice("act", ("relu", "gelu"))'))
-    for verb in (["resume", str(run)], ["export", str(run), "--trial", "0", "-o", str(tmp_path / "m.onnx")]):
+    for verb in (["resume", str(run)], ["select", str(run)], ["rescore", str(run), "--profile", "cpu-desktop"]):
         proc = run_cli(*verb)  # a fresh process: the edited file is what it imports
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "space 'sometimes' has changed since this run began (parameters act, w)" in proc.stderr, proc.stderr

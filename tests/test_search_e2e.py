@@ -205,6 +205,35 @@ def test_export_of_a_run_with_nothing_feasible_says_which_bound_and_exits_as_sel
     assert not out.exists()
 
 
+def test_export_of_a_trial_whose_space_code_no_longer_holds_it_is_one_line(run, tmp_path):
+    """The run's space is now code whose hidden_size_1 range leaves the trial's value out:
+    the weights are for a model the space no longer builds."""
+    import shutil
+    import textwrap
+
+    d, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy)
+    row = [r for r in status_json(copy)["trials"] if r["trial"] in status_json(copy)["front"]][0]  # exportable
+    h = int(row["params"]["hidden_size_1"])
+    (tmp_path / "narrow.py").write_text(textwrap.dedent(f"""
+        from odnas.spaces import Range
+        from odnas.spaces.mlp import MLPSpace
+
+        class Narrow(MLPSpace):
+            specs = tuple(Range("hidden_size_1", {h + 1}, {h + 50}, "int") if s.name == "hidden_size_1" else s
+                          for s in MLPSpace.specs)
+    """))
+    settings = json.loads((copy / "odnas.json").read_text())
+    settings["space"] = f"{tmp_path / 'narrow.py'}:Narrow"
+    (copy / "odnas.json").write_text(json.dumps(settings))
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", str(copy), "--trial", str(row["trial"]), "-o", str(out))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"trial {row['trial']}'s parameters no longer fit space" in proc.stderr and "hidden_size_1=" in proc.stderr
+    assert not out.exists()
+
+
 def test_rescore_under_another_profile_without_retraining(run, short_profile_file):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}

@@ -48,24 +48,39 @@ def get_space(name: str) -> Space:
 
 
 def spec_lines(space: Space) -> list[str]:
-    """A space's specs as text, one per parameter: what a run keeps to tell, when it is
-    resumed, that the space's code has changed since it began."""
-    return [repr(s) for s in space.specs]
+    """A space's specs as a run keeps them, to tell when it is resumed that the space's
+    code has changed since it began: one JSON object per parameter (its name, type and
+    domain), by name, so the order the specs are listed in does not matter."""
+    import json
+
+    out = {}
+    for s in space.specs:
+        if isinstance(s, Range):
+            d = {"name": s.name, "type": "range", "kind": s.kind, "lo": s.lo, "hi": s.hi, "log": bool(s.log)}
+        else:
+            d = {"name": s.name, "type": "choice", "values": list(s.values), "ordered": bool(s.ordered),
+                 "dependents": {str(k): list(v) for k, v in dict(s.dependents or {}).items()}}
+        out[s.name] = json.dumps(d, sort_keys=True, default=str)
+    return [out[name] for name in sorted(out)]
 
 
 def check_unchanged(space: Space, settings) -> None:
     """One line if ``space``'s specs differ from the ones ``settings`` (a run's) began
     with: Ax keeps the run's own, so new candidates would not be what the code now
-    builds. Runs from before the specs were kept are not checked."""
-    then = list(getattr(settings, "space_specs", None) or [])
-    now = spec_lines(space)
-    if then and then != now:
-        import re
+    builds, and the run's candidates may not rebuild. Runs from before the specs were
+    kept are not checked."""
+    import json
 
-        changed = sorted({m.group(1) for line in set(then) ^ set(now) if (m := re.search(r"name='([^']*)'", line))})
+    try:
+        then = {json.loads(line)["name"]: line for line in getattr(settings, "space_specs", None) or []}
+    except (ValueError, TypeError, KeyError):
+        return  # kept in a form this odnas does not read: nothing to compare
+    now = {json.loads(line)["name"]: line for line in spec_lines(space)}
+    changed = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
+    if then and changed:
         raise SpaceError(f"space {space.name!r} has changed since this run began (parameter"
-                         f"{'s' if len(changed) != 1 else ''} {', '.join(changed) or '?'}); a run keeps the space "
-                         "it began with: restore its code, or start a new search")
+                         f"{'s' if len(changed) != 1 else ''} {', '.join(changed)}); a run keeps the space it "
+                         "began with: restore its code, or start a new search")
 
 
 def as_space(obj: object, ref: str = "") -> Space:
