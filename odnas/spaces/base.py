@@ -75,18 +75,31 @@ def spec_problem(specs: Sequence[Spec]) -> str | None:
                 return f"Range {s.name!r}: bounds {s.lo!r}, {s.hi!r} must be finite numbers"
             if not s.lo < s.hi:
                 return f"Range {s.name!r}: lower bound {s.lo:g} must be below the upper {s.hi:g}"
+            if s.kind == "int" and not (float(s.lo).is_integer() and float(s.hi).is_integer()):
+                return f"Range {s.name!r}: an int range needs whole-number bounds, not {s.lo:g} and {s.hi:g}"
             if s.log and not s.lo > 0:
                 return f"Range {s.name!r}: a log scale needs a lower bound above 0, not {s.lo:g}"
         else:
             if not s.values:
                 return f"Choice {s.name!r} has no values"
+            kinds = {type(v) for v in s.values}
+            if len(kinds) > 1:  # Ax takes one type per parameter: ints among floats would be cast
+                return (f"Choice {s.name!r}: values must be of one type, here "
+                        f"{', '.join(sorted(k.__name__ for k in kinds))} (write 0.0, not 0, among floats)")
+            if not kinds <= {bool, int, float, str}:
+                return f"Choice {s.name!r}: values must be numbers, strings or booleans, not {kinds.pop().__name__}"
             if len(set(s.values)) != len(s.values):
                 return f"Choice {s.name!r} lists a value twice"
-            kinds = {type(v) for v in s.values}
-            if len(kinds) > 1 and not kinds <= {int, float}:
-                return (f"Choice {s.name!r}: values must be of one type "
-                        f"(here {', '.join(sorted(k.__name__ for k in kinds))})")
+            for value, names in dict(s.dependents or {}).items():
+                if value not in s.values:
+                    return f"Choice {s.name!r}: dependents name the value {value!r}, which it does not offer"
+                if missing := [n for n in names if n not in names_set(specs)]:
+                    return f"Choice {s.name!r}: dependents name {', '.join(map(repr, missing))}, which no spec is"
     return None
+
+
+def names_set(specs: Sequence[Spec]) -> set[str]:
+    return {getattr(s, "name", None) for s in specs}
 
 
 class Space:
