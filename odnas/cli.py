@@ -496,6 +496,12 @@ def _started(trial_dir) -> bool:
                if w and w.get("trial"))
 
 
+def _finished(trial_dir) -> bool:
+    from odnas.rundir import RESULT_NAME
+
+    return (Path(trial_dir) / RESULT_NAME).exists()
+
+
 def _note(row, profile, driver: bool = True) -> str:
     from odnas.select import meets
 
@@ -503,7 +509,7 @@ def _note(row, profile, driver: bool = True) -> str:
         return "not costed or launched yet" + ("" if driver else "; resume does it")
     if row.state == "running" and not driver and row.trial_dir and not _started(row.trial_dir):
         return "queued, not started; resume starts it"  # in a warm worker's inbox when the driver stopped
-    if row.state == "running" and not driver and row.trial_dir and (Path(row.trial_dir) / "result.json").exists():
+    if row.state == "running" and not driver and row.trial_dir and _finished(row.trial_dir):
         return "trained after the driver stopped; resume records it"  # the stop summary counted it as kept
 
     if row.over_budget:

@@ -234,7 +234,9 @@ def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> None:
         bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
         raise DataError(f"{where}: x holds NaN or infinite values in {bad} of {len(x)} examples; "
                         "drop or fill them first")
-    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4 and x.shape[2] > 4:
+    # square images with 1 or 3 channels last: (N, 28, 28, 1), (N, 32, 32, 3); a (N, 40, 101, 1)
+    # feature map or (N, 6, 128, 1) sensor window is taken as it is, (C, H, W)
+    if x.ndim == 4 and x.shape[3] in (1, 3) and x.shape[1] == x.shape[2] > 4:
         raise DataError(f"{where}: x of shape {x.shape} looks channels-last (N, H, W, C); odnas reads "
                         "(N, C, H, W): x.transpose(0, 3, 1, 2)")
 

@@ -379,6 +379,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
         if not trained:
             raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
+        if row is None and not any(r.state == "completed" for r in trained):
+            raise SearchFailed(f"every trained model of {run_dir} was stopped early, and odnas exports only models "
+                               "trained to the end; nothing to export")
         if row is None:  # the search ran, and found nothing feasible: as select says, exit 3
             raise SearchFailed(f"none of the {len(trained)} trained model{'s' if len(trained) != 1 else ''} of "
                                f"{run_dir} meets every budget and threshold "

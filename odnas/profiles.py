@@ -199,12 +199,18 @@ class _OnceLoader(yaml.SafeLoader):
     the last silently: ``batch_size: 1`` then ``batch_size: 4`` would be 4)."""
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _TwiceError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
-            seen.add(key)
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<) first, as the base class does
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    twice = key in seen
+                except TypeError:  # an unhashable key: the base class says so in YAML's terms
+                    break
+                if twice:
+                    raise _TwiceError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+                seen.add(key)
         return super().construct_mapping(node, deep)
 
 
@@ -235,15 +241,16 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     profile = profile_from_dict(raw, source=str(path), default_name=path.stem, base_dir=path.resolve().parent)
     # Here, not in profile_from_dict: a run stored before this check still loads.
-    seen: set[str] = set()
+    seen = {(m, "<=") for m in profile.budgets}  # a budget is an upper bound
     for i, t in enumerate(profile.thresholds):
         metric, op, value = parse_bound(t)
         if why := never_met(metric, op, value):
             _Validator(str(path)).fail(f"thresholds[{i}]", t, why)
-        if metric in profile.budgets or metric in seen:  # Ax takes one bound per metric
-            where = f"budgets.{metric} ({profile.budgets[metric]:g})" if metric in profile.budgets else "thresholds"
-            _Validator(str(path)).fail(f"thresholds[{i}]", t, f"{metric} is bounded in {where} already; keep one")
-        seen.add(metric)
+        if (metric, op) in seen:  # one of the two would be dropped without a word
+            where = f"budgets.{metric} ({profile.budgets[metric]:g})" if op == "<=" and metric in profile.budgets \
+                else "thresholds"
+            _Validator(str(path)).fail(f"thresholds[{i}]", t, f"{metric} {op} is given in {where} already; keep one")
+        seen.add((metric, op))
     return profile
 
 

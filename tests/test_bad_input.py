@@ -53,8 +53,8 @@ PROFILES = {
     "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"'),
     "runs code": (None, "description: !!python/object/apply:os.system ['touch /tmp/odnas-pwned']"),
     "a list, not a mapping": ("name: t", "- name: t"),
-    "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']"),  # Ax took it: a traceback
-    "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']"),
+    "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']"),
+    "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']"),  # the last was kept
     "a key given twice": (None, "batch_size: 1\nbatch_size: 4"),  # PyYAML kept the last silently
 }
 
@@ -122,6 +122,16 @@ def test_a_budget_even_the_smallest_candidate_breaks_is_refused_before_the_searc
     _fails(capsys, ["search", "--profile", path, "--space", "mlp", "--constraint", bound,
                     "--run-dir", str(tmp_path / "run")], 2, why=told)
     assert not (tmp_path / "run").exists()
+
+
+def test_yaml_merge_keys_and_a_lower_bound_beside_a_budget_still_load(tmp_path):
+    from odnas.profiles import load_profile
+
+    p = load_profile(profile(tmp_path, GOOD.replace("budgets: {latency_ms: 1}",
+                                                    "budgets: {<<: {latency_ms: 1}, num_params: 100000}")))
+    assert p.budgets == {"latency_ms": 1.0, "num_params": 100000.0}
+    p = load_profile(profile(tmp_path, GOOD + "thresholds: ['num_params >= 1000']\n"))  # a floor, the budget a ceiling
+    assert p.thresholds == ("num_params >= 1000",)
 
 
 def test_a_fixed_value_that_is_not_a_number_is_said_to_be_so(tmp_path, capsys):

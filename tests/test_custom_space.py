@@ -102,6 +102,13 @@ def test_bad_data_is_one_line(tmp_path, make, why):
     assert len(proc.stderr.strip().splitlines()) == 1 and why in proc.stderr, proc.stderr
 
 
+def test_channels_first_data_that_ends_in_a_small_axis_is_taken_as_it_is(tmp_path):
+    from odnas.data import _check_xy
+
+    for shape in [(4, 40, 101, 1), (4, 6, 128, 1), (4, 16, 16, 4)]:  # features, a sensor window, 16 channels
+        _check_xy(np.ones(shape, "float32"), np.array([0, 1, 0, 1]), "x")
+
+
 def _npz(d, **arrays):
     import numpy as np
 

@@ -74,8 +74,8 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
         from ax.exceptions.core import UserInputError
 
-        if isinstance(e, UserInputError):  # what odnas's own checks let through: one line, not Ax's traceback
-            raise SearchError(f"Ax refused this search's setup: {e}") from None
+        if isinstance(e, (UserInputError, ValueError)):  # what odnas's checks let through: one line, not a traceback
+            raise SearchError(f"Ax refused this search's setup: {(str(e).strip().splitlines() or [''])[0]}") from None
         raise
     return run_dir
 
