@@ -165,10 +165,10 @@ def format_device_report(r: dict[str, Any]) -> str:
         lines.append(f"  - The retest spread is over {SPREAD_TOLERANCE:.0%}: raise protocol.sessions in the profile, "
                      "or stop other work on the device.")
     elif s["max_z"] > RETEST_Z:
-        lines.append(f"  - The median retest is within {SPREAD_TOLERANCE:.0%}, but one model moved by "
-                     f"{s['max_abs_diff']:.1%}, {s['max_z']:.1f} standard errors: the device was interrupted or "
-                     "switches speed. Run doctor again; if it repeats, raise protocol.sessions or stop other work "
-                     "on the device.")
+        lines.append(f"  - The median retest is within {SPREAD_TOLERANCE:.0%}, but a model's two timings are "
+                     f"{s['max_z']:.1f} standard errors apart (the largest move {s['max_abs_diff']:.1%}): the device "
+                     "was interrupted or switches speed. Run doctor again; if it repeats, raise protocol.sessions or "
+                     "stop other work on the device.")
     else:
         lines.append("  The device times reproducibly under this profile.")
     return "\n".join(lines)
