@@ -48,6 +48,9 @@ def load_reference(text: str, what: str, error: type[OdnasError]) -> Any:
             name = "odnas_user_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
             module = sys.modules.get(name)
             if module is None:
+                # its own folder importable, as for a script run with python: a sibling helper module
+                if str(file.parent) not in sys.path:
+                    sys.path.append(str(file.parent))
                 spec = importlib.util.spec_from_file_location(name, file)
                 assert spec is not None and spec.loader is not None
                 module = importlib.util.module_from_spec(spec)

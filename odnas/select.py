@@ -86,7 +86,7 @@ def select_bounds(max_latency_ms: float | None = None, min_acc: float | None = N
     if max_latency_ms is not None and not (max_latency_ms > 0 and math.isfinite(max_latency_ms)):
         raise SelectError(f"--max-latency-ms {max_latency_ms:g}: must be a positive number of milliseconds"
                           + (" (leave it out for no limit)" if max_latency_ms == math.inf else ""))
-    if min_acc is not None and not math.isfinite(min_acc):
+    if min_acc is not None and not (math.isfinite(min_acc) and min_acc >= 0):
         raise SelectError(f"--min-acc {min_acc:g}: must be a number between 0 and 1 (leave it out for no bound)")
     if min_acc is not None and (why := never_met("val_acc", ">=", min_acc)):
         raise SelectError(f"--min-acc {min_acc:g}: {why}")

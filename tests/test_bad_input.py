@@ -276,6 +276,7 @@ def test_run_dirs_in_odd_states(empty_run, tmp_path, capsys):
         (["select", str(empty_run), "--no-confirm"], 3, None),  # ran, but nothing is feasible
         (["select", str(empty_run), "--min-acc", "90"], 2, "for 90% write 0.9"),  # not after timing the front
         (["select", str(empty_run), "--min-acc", "nan"], 2, "must be a number between 0 and 1"),
+        (["select", str(empty_run), "--min-acc", "-0.1"], 2, "must be a number between 0 and 1"),
         (["select", str(empty_run), "--max-latency-ms", "inf"], 2, "leave it out for no limit"),
         (["select", str(empty_run), "--max-latency-ms", "1e400"], 2, "leave it out for no limit"),
         (["select", str(empty_run), "--max-latency-ms", "0"], 2, "must be a positive number"),

@@ -331,3 +331,76 @@ def test_a_default_run_dir_is_named_by_the_spaces_own_name(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     run = create_run(SearchConfig(space=f"{tmp_path / 'buggy.py'}:Sometimes", trials=1))
     assert run.parent == tmp_path / "runs" and run.name.startswith("cpu-mobile-sometimes-"), run  # not -Sometimes-
+
+
+MORE = BUGGY + textwrap.dedent("""
+    class ArchRaises(_B):
+        name = "arch-raises"
+
+        def arch_id(self, p):
+            return p["nope"]
+
+    class NoModule(_B):
+        name = "no-module"
+
+        def build(self, p, input_shape, num_classes):
+            return None
+
+    class Pair(_B):
+        name = "pair"
+
+        def build(self, p, input_shape, num_classes):
+            net = super().build(p, input_shape, num_classes)
+
+            class Two(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.net = net
+
+                def forward(self, x):
+                    return self.net(x), x
+            return Two()
+""")
+
+
+@pytest.mark.parametrize("argv, told", [
+    (["--space", "{f}:ArchRaises"], "space arch-raises: arch_id() raised KeyError"),
+    (["--space", "{f}:NoModule"], "build() returned a NoneType, not a torch.nn.Module"),
+    (["--space", "{f}:Pair"], "the model returns a tuple, not a tensor of class scores"),
+    (["--space", "{f}:Sometimes", "--fixed", "epochs=0"], "outside [1, 2]"),
+    (["--space", "mlp", "--fixed", "epochs=1.5"], "epochs=1.5 is not a whole number"),
+])
+def test_more_spaces_that_cannot_work_are_one_line_before_the_search(argv, told, tmp_path, capsys):
+    from odnas.cli import main
+
+    (tmp_path / "more.py").write_text(MORE)
+    code = main(["search", *[a.format(f=tmp_path / "more.py") for a in argv], "--trials", "2", "--quiet",
+                 "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and told in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_settings_a_trainer_cannot_take_are_refused():
+    from odnas.cost.lane import check_training
+    from odnas.errors import SpaceError
+    from odnas.spaces import get_space
+
+    mlp = get_space("mlp")
+    good = {"lr": 0.01, "dropout": 0.1, "hidden_size_1": 16, "hidden_size_2": 16, "epochs": 1, "batch_size": 32}
+    check_training(mlp, good, "a")
+    for bad, told in [({"lr": -0.5}, "lr=-0.5 must be a positive number"),
+                      ({"epochs": 0}, "epochs=0 must be a whole number of at least 1"),
+                      ({"batch_size": 0}, "batch_size=0 must be")]:
+        with pytest.raises(SpaceError, match=re.escape(told)):
+            check_training(mlp, {**good, **bad}, "a")
+
+
+def test_a_space_file_imports_a_module_beside_it(tmp_path):
+    """As a script run with python would: the file's own folder is importable."""
+    from odnas.spaces import get_space
+
+    (tmp_path / "helpers_beside.py").write_text("WIDTHS = (4, 8)\n")
+    text = BUGGY.replace("from torch import nn", "from torch import nn\nimport helpers_beside")
+    (tmp_path / "uses.py").write_text(text + "\nclass Uses(_B):\n    name = 'uses'\n    specs = _B.specs\n")
+    assert get_space(f"{tmp_path / 'uses.py'}:Uses").name == "uses"

@@ -99,12 +99,17 @@ def check_output(model, input_shape: Sequence[int], num_classes: int) -> None:
     or fails in the loss minutes later; this says so before anything is timed."""
     import torch
 
+    if not isinstance(model, torch.nn.Module):
+        raise WrongOutput(f"build() returned a {type(model).__name__}, not a torch.nn.Module")
     was = model.training
     model.eval()
     with torch.no_grad():
         out = model(torch.zeros(2, *input_shape))
     model.train(was)
-    shape = tuple(getattr(out, "shape", ()))
+    if not isinstance(out, torch.Tensor):
+        raise WrongOutput(f"the model returns a {type(out).__name__}, not a tensor of class scores "
+                          f"(batch, {num_classes})")
+    shape = tuple(out.shape)
     if shape != (2, num_classes):
         raise WrongOutput(f"the model gives outputs of shape {shape} for a batch of 2 inputs {tuple(input_shape)}; "
                          f"it must give (batch, {num_classes}): one score per class of the data")
@@ -251,12 +256,22 @@ def check_member(space, settings: RunSettings) -> dict[str, Any] | None:
 
     try:
         smallest = space.smallest(settings.fixed)
-        params = smallest if smallest is not None else space.lowest(settings.fixed)
+    except Exception as e:  # noqa: BLE001 -- the user's smallest(): any error, one line
+        raise SpaceError(f"space {space.name}: smallest() raised {type(e).__name__}: {_first_line(e)}") from None
+    if smallest is not None and not isinstance(smallest, Mapping):
+        raise SpaceError(f"space {space.name}: smallest() returned a {type(smallest).__name__}, not a dict of "
+                         "parameters (or None)")
+    params = smallest if smallest is not None else space.lowest(settings.fixed)
+    try:
         space.check_fixed(params)  # every value in its spec's domain
     except SpaceError as e:
         raise SpaceError(f"space {space.name}: smallest() gave a member outside the space: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- the user's smallest(): any error, one line
-        raise SpaceError(f"space {space.name}: smallest() raised {type(e).__name__}: {_first_line(e)}") from None
+    try:
+        arch = space.arch_id(params)
+    except Exception as e:  # noqa: BLE001 -- the user's arch_id()
+        raise SpaceError(f"space {space.name}: arch_id() raised {type(e).__name__} for {dict(params)}: "
+                         f"{_first_line(e)}") from None
+    check_training(space, params, arch)
     torch.manual_seed(0)
     try:
         model = space.build(params, settings.input_shape, settings.num_classes)
@@ -269,13 +284,37 @@ def check_member(space, settings: RunSettings) -> dict[str, Any] | None:
     try:
         check_output(model, settings.input_shape, settings.num_classes)
     except WrongOutput as e:  # a head sized for another data set
-        raise SpaceError(f"space {space.name}, member {space.arch_id(params)}: {e}") from None
+        raise SpaceError(f"space {space.name}, member {arch}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- a forward that fails on these inputs
         if smallest is None:
             return None
-        raise SpaceError(f"space {space.name}: its smallest member {space.arch_id(params)} does not run on inputs "
+        raise SpaceError(f"space {space.name}: its smallest member {arch} does not run on inputs "
                          f"{tuple(settings.input_shape)}: {type(e).__name__}: {_first_line(e)}") from None
     return smallest
+
+
+def check_training(space, params: Mapping[str, Any], arch: str) -> None:
+    """A member's training settings are ones a trainer takes: a positive finite learning
+    rate, and whole epochs and batch size of at least 1 (``--fixed epochs=0`` failed
+    every trial in its trainer)."""
+    import math
+    import numbers
+
+    try:
+        t = dict(space.training(params))
+    except Exception as e:  # noqa: BLE001 -- the user's training()
+        raise SpaceError(f"space {space.name}: training() raised {type(e).__name__} for {arch}: "
+                         f"{_first_line(e)}") from None
+    bad = []
+    lr = t.get("lr")
+    if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        bad.append(f"lr={lr!r} must be a positive number")
+    for k in ("epochs", "batch_size"):
+        v = t.get(k)
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
+            bad.append(f"{k}={v!r} must be a whole number of at least 1")
+    if bad:
+        raise SpaceError(f"space {space.name}, member {arch}: training settings {'; '.join(bad)}")
 
 
 def _first_line(e: BaseException) -> str:

@@ -80,6 +80,8 @@ def spec_problem(specs: Sequence[Spec]) -> str | None:
             if s.log and not s.lo > 0:
                 return f"Range {s.name!r}: a log scale needs a lower bound above 0, not {s.lo:g}"
         else:
+            if not isinstance(s.values, (tuple, list)):
+                return f"Choice {s.name!r}: values must be a tuple, not a {type(s.values).__name__}"
             if not s.values:
                 return f"Choice {s.name!r} has no values"
             kinds = {type(v) for v in s.values}
@@ -129,6 +131,8 @@ class Space:
                                  f"{spec.kind} in [{spec.lo:g}, {spec.hi:g}]")
             if isinstance(spec, Range) and not spec.lo <= v <= spec.hi:
                 raise SpaceError(f"{k}={v!r} is outside [{spec.lo:g}, {spec.hi:g}]")
+            if isinstance(spec, Range) and spec.kind == "int" and not float(v).is_integer():
+                raise SpaceError(f"{k}={v!r} is not a whole number; {k} is an int in [{spec.lo:g}, {spec.hi:g}]")
         return fixed
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
