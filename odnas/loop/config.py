@@ -93,11 +93,15 @@ def effective_profile(profile: HardwareProfile, objective: str | None,
         check_objective(objective)
     budgets = dict(profile.budgets)
     thresholds = {(m, op): f"{m} {op} {v:g}" for m, op, v in map(parse_bound, profile.thresholds)}
+    given: dict[tuple[str, str], str] = {}
     for c in constraints:
         try:
             m, op, v = parse_bound(c)
         except ValueError as e:
             raise SearchError(f"--constraint {c!r}: {e}") from None
+        if (m, op) in given:  # a flag replaces the profile's bound; two flags on one side contradict
+            raise SearchError(f"--constraint {c!r}: {m} {op} is given already ({given[(m, op)]!r}); keep one")
+        given[(m, op)] = c
         if why := never_met(m, op, v):
             raise SearchError(f"--constraint {c!r}: {why}")
         if m in COST_METRICS and op == "<=":
