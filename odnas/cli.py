@@ -544,14 +544,20 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(df.to_csv(index=False) if a.format == "csv"
               else df.to_json(orient="records", indent=1, double_precision=15), end="")
         return 0
+    # A trial in a warm worker's inbox when the driver stopped is Ax's "running", but has
+    # not begun: shown as queued (resume starts it)
+    queued = {r.trial for r in rows if r.state == "running" and not running and r.arch_id and r.trial_dir
+              and not _started(r.trial_dir)}
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r.state] = counts.get(r.state, 0) + 1
+        state = "queued" if r.trial in queued else r.state
+        counts[state] = counts.get(state, 0) + 1
     fr = front(rows, profile)
     proxies = proxy_correlations(rows)
     if a.json:
         _print_json({"run_dir": str(Path(a.run_dir).resolve()), "trials_planned": settings.trials, "counts": counts,
-                     "trials": [r.to_dict() for r in rows], "front": [r.trial for r in fr], "profile": profile.name,
+                     "trials": [{**r.to_dict(), **({"queued": True} if r.trial in queued else {})} for r in rows],
+                     "front": [r.trial for r in fr], "profile": profile.name,
                      "space": settings.space, "proxy_spearman_vs_latency_ms": proxies})
         return 0
     trained = counts.get("completed", 0) + counts.get("early_stopped", 0)
@@ -559,15 +565,17 @@ def cmd_status(a: argparse.Namespace) -> int:
           + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
     print(f"space {settings.space} · profile {profile.name} · objective {profile.objective} · "
           f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
-    print(table([{"trial": r.trial, "state": r.state, "val_acc": r.metrics.get("val_acc", ""),
+    print(table([{"trial": r.trial, "state": "queued" if r.trial in queued else r.state,
+                  "val_acc": r.metrics.get("val_acc", ""),
                   "latency_ms": r.metrics.get("latency_ms", ""), "num_params": r.metrics.get("num_params", ""),
                   "arch_id": r.arch_id or "",
                   "note": _note(r, profile, running)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     print("\nFeasible Pareto front: " + (f"trial{'s' if len(fr) != 1 else ''} {', '.join(str(r.trial) for r in fr)}"
                                         if fr else "none yet"))
-    if counts.get("running") and not running:
-        print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials and goes on.")
+    if (counts.get("running") or counts.get("queued")) and not running:
+        print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials, starts the queued ones "
+              "and goes on.")
     if running and run.as_of is not None:
         print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(run.as_of))}.")
     if proxies["flops"] is not None:

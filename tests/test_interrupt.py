@@ -69,6 +69,13 @@ def test_odnas_stop_asks_the_driver_to_finish(tmp_path):
     assert proc.returncode == 0 and "stopped on request" in err and f"odnas resume {run}" in err, (out, err)
     outcome = json.loads(out)  # exit 0, as asked; a script tells it from a finished search by "complete"
     assert not outcome["complete"] and outcome["trials_planned"] == 6 and 1 <= outcome["trained"] < 6, outcome
+    import re
+
+    said = re.search(r"(\d+) queued trials? had not started", err)
+    st = status_json(run)  # status counts as queued what the stop summary did
+    queued = [r for r in st["trials"] if r.get("queued")]
+    assert len(queued) == st["counts"].get("queued", 0) == (int(said.group(1)) if said else 0), (err, st["counts"])
+    assert all(not (run / "trials" / f"{r['trial']:04d}" / "job.json").exists() for r in queued)
     assert not (run / "stop").exists()
     again = run_cli("stop", str(run))
     assert again.returncode == 2 and "no driver is running" in again.stderr
