@@ -230,6 +230,9 @@ def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: no examples")
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{where}: x must be numbers, got {x.dtype}")
+    if np.issubdtype(y.dtype, np.inexact) and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        odd = "NaN or infinite values" if not np.isfinite(y).all() else f"{float(y[y != np.round(y)][0]):g}"
+        raise DataError(f"{where}: y must be whole class numbers; it holds {odd}")
     if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
         raise DataError(f"{where}: x holds NaN or infinite values in {bad} of {len(x)} examples; "

@@ -93,6 +93,8 @@ def test_a_bad_space_reference_is_one_line(bad, why):
     (lambda d: _npz(d, x=np.where(np.arange(4 * 64).reshape(4, 1, 8, 8) == 5, np.nan, 1.0), y=[0, 1, 0, 1]),
      "x holds NaN or infinite values in 1 of 4 examples"),
     (lambda d: _npz(d, x=np.ones((4, 8, 8, 3)), y=[0, 1, 0, 1]), "looks channels-last (N, H, W, C)"),
+    (lambda d: _npz(d, x=[[[1.0]]] * 4, y=[0, 1, np.nan, 1]), "y must be whole class numbers; it holds NaN"),
+    (lambda d: _npz(d, x=[[[1.0]]] * 4, y=[0, 0.5, 1, 1.5]), "y must be whole class numbers; it holds 0.5"),
 ])
 def test_bad_data_is_one_line(tmp_path, make, why):
     path = make(tmp_path)
