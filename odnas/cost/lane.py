@@ -265,7 +265,8 @@ def check_member(space, settings: RunSettings) -> dict[str, Any] | None:
     try:
         space.check_fixed(params)  # every value in its spec's domain
     except SpaceError as e:
-        raise SpaceError(f"space {space.name}: smallest() gave a member outside the space: {e}") from None
+        who = "smallest() gave a member" if smallest is not None else "its lowest member is"
+        raise SpaceError(f"space {space.name}: {who} outside the space: {e}") from None
     try:
         arch = space.arch_id(params)
     except Exception as e:  # noqa: BLE001 -- the user's arch_id()
