@@ -94,8 +94,11 @@ def cmd_measure(a: argparse.Namespace) -> int:
     space = get_space(a.space)
     check_data_dir(a.data, a.data_dir)
     data = load_data(a.data, a.data_dir)
+    from odnas.cost.calibrate import apply_to_record, profile_calibration
     from odnas.errors import OdnasError, SearchFailed
 
+    # a calibrated profile: device estimates, as search, rescore and export give (host figures in host_metrics)
+    cal = profile_calibration(profile) if profile.device is None else None
     rng = random.Random(a.seed)
     records, failed = [], 0
     with _Steps(a.quiet) as steps:
@@ -115,6 +118,8 @@ def cmd_measure(a: argparse.Namespace) -> int:
                     print(json.dumps({"arch_id": space.arch_id(params), "params": params, "error": why},
                                      default=str), flush=True)
                 continue
+            if cal is not None:
+                rec = apply_to_record(rec, cal)
             records.append(rec)
             if a.json:
                 print(json.dumps(_finite({**rec.to_dict(), "params": params}), default=float), flush=True)

@@ -395,6 +395,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         if row.state == "over_budget":
             raise RunDirError(f"trial {trial} is over budget ({', '.join(row.over_budget)}); it was never trained"
                               " and cannot be exported")
+        if row.state == "early_stopped":
+            raise RunDirError(f"trial {trial} was stopped early: it has no final weights, and odnas exports only "
+                              "models trained to the end")
         if not feasible(row, profile):
             missed = [b for b in _bounds(profile) if not meets(row.metrics, [b])]
             why = f"misses {', '.join(missed)}" if missed and row.trained else f"is {row.state}"

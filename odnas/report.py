@@ -240,7 +240,8 @@ def overview_section(rows, fr, settings, profile: HardwareProfile, driving: bool
     thresholds = ", ".join(_bound_text(*parse_bound(t)) for t in profile.thresholds) or "none"
     sec.body = (
         "<table class='kv'>"
-        f"<tr><th>trials</th><td>{len(rows)} of {planned} planned: {html.escape(states)}</td></tr>"
+        f"<tr><th>trials</th><td>{len(_trained(rows))} of {planned} planned trainings done, "
+        f"{_plural(len(rows), 'candidate')}: {html.escape(states)}</td></tr>"
         f"<tr><th>profile</th><td>{html.escape(profile.name)} — {html.escape(profile.description)}</td></tr>"
         f"<tr><th>objective</th><td><code>{html.escape(profile.objective)}</code></td></tr>"
         f"<tr><th>budgets</th><td>{html.escape(budgets)} "
@@ -252,9 +253,11 @@ def overview_section(rows, fr, settings, profile: HardwareProfile, driving: bool
     )
     trained = len(_trained(rows))
     if trained < planned:
+        capped = len(rows) >= int(settings.get("max_candidates") or 10 ** 9)
         sec.missing.append(f"The run is partial: {trained} of {planned} planned trainings done "
                            + ("(its search is still running; report again when it ends)." if driving else
-                              "(continue it with `odnas resume`)."))
+                              f"(its {len(rows)} candidates reached the cap: a new search with looser budgets "
+                              "finds more)." if capped else "(continue it with `odnas resume`)."))
     if counts.get("running"):
         sec.missing.append(f"{_plural(counts['running'], 'trial')} still running: no accuracy yet, "
                            "shown on the cost axis only.")

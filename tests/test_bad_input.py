@@ -70,6 +70,7 @@ def test_broken_profiles(case, tmp_path, capsys):
 SEARCH_FLAGS = {
     "no trials": (["--trials", "0"], 2),
     "one bound given twice": (["--constraint", "flops <= 1e9", "--constraint", "flops <= 2e9"], 2),  # last won
+    "early stopping after the last epoch": (["--fixed", "epochs=3", "--early-stopping-from", "5"], 2),
     "no parallel slots": (["--parallel", "0"], 2),
     "no initial trials": (["--init-trials", "0"], 2),
     "a negative candidate cap": (["--max-candidates", "-5"], 2),

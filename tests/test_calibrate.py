@@ -411,6 +411,28 @@ def test_light_imports():
     assert out.strip() == "[]"
 
 
+def test_measure_under_a_calibrated_profile_gives_device_estimates(short, host, cache_dir, tmp_path, monkeypatch,
+                                                                    capsys):
+    """As search, rescore and export do; measure gave host milliseconds before."""
+    from odnas.cli import main
+
+    _synthetic_table(tmp_path / "device.csv", host)
+    p = short.protocol
+    _write(tmp_path / "phone.yaml", f"""
+        name: phone
+        runtime: {{provider: CPUExecutionProvider, intra_op_threads: 1, inter_op_threads: 1}}
+        protocol: {{method: {p.method}, warmup_runs: {p.warmup_runs}, min_runs: {p.min_runs},
+                   min_time_s: {p.min_time_s}, max_time_s: {p.max_time_s}, statistic: median}}
+        calibration: {{table: device.csv, model: loglinear}}
+    """)
+    monkeypatch.setenv("ODNAS_CACHE_DIR", str(cache_dir))  # the references' host figures, measured once above
+    assert main(["measure", "--space", "mlp", "--profile", str(tmp_path / "phone.yaml"), "--random", "1",
+                 "--json", "--quiet"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[0])
+    dev, hst = rec["metrics"]["latency_ms"], rec["host_metrics"]["latency_ms"]
+    assert dev == pytest.approx(TRUE_SCALE * hst ** TRUE_EXP, rel=0.2) and dev != hst
+
+
 def test_cost_lane_scores_device_latency_and_caches_host_figures(tmp_path, short_profile):
     """The search's cost lane with a calibration: budgets see device milliseconds, the
     cache keeps the host record, and the host figures stay beside the device ones."""

@@ -376,3 +376,19 @@ def test_an_int8_file_slower_and_larger_than_its_fp32_one_is_pointed_out():
     assert _int8_note(card(0.032, 59042)) is None  # within noise on latency
     assert _int8_note(card(0.063, 30000)) is None  # smaller: what int8 may be for
     assert _int8_note(card(0.063, 59042, deployed=False)) is None  # fp32 deployed, int8 only compared
+
+
+def test_an_early_stopped_trial_is_refused_for_what_it_is(monkeypatch, tmp_path):
+    """Not "not within every budget": it may meet them all; it has no final weights."""
+    from types import SimpleNamespace
+
+    import odnas.export as export_module
+    from odnas.errors import RunDirError
+    from odnas.profiles import load_profile
+    from odnas.records import TrialRow
+
+    row = TrialRow(trial=10, state="early_stopped", arch_id="a", params={}, metrics={"val_acc": 0.9})
+    run = SimpleNamespace(settings=SimpleNamespace(space="mlp"), profile=load_profile("cpu-mobile"), rows=[row])
+    monkeypatch.setattr(export_module, "load_run", lambda d: run)
+    with pytest.raises(RunDirError, match="trial 10 was stopped early: it has no final weights"):
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=10)

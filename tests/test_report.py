@@ -325,3 +325,14 @@ def test_the_report_tells_its_steps(partial_run, tmp_path):
     write_report(partial_run, tmp_path / "r.html", progress=steps.append)
     assert steps[0] == "fitting the surrogate model" and steps[-1].startswith("writing r.html")
     assert any("surrogate" in s for s in steps)
+
+
+def test_a_run_that_reached_its_candidate_cap_is_not_sent_to_resume():
+    from odnas.profiles import load_profile
+    from odnas.report import overview_section
+
+    rows = [{"trial": i, "state": "over_budget", "metrics": {"num_params": 9.0}} for i in range(3)]
+    sec = overview_section(rows, [], {"trials": 2, "max_candidates": 3}, load_profile("cpu-mobile"))
+    said = " ".join(sec.missing)
+    assert "0 of 2 planned trainings done" in said and "reached the cap" in said and "resume" not in said
+    assert "0 of 2 planned trainings done, 3 candidates" in sec.body

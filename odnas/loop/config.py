@@ -134,6 +134,19 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
 
 
+def _most_epochs(space, fixed: Mapping[str, Any]) -> int | None:
+    """The most epochs a trial of ``space`` trains, where its ``epochs`` parameter says."""
+    if "epochs" in fixed:
+        return int(fixed["epochs"])
+    spec = next((s for s in space.specs if s.name == "epochs"), None)
+    if spec is None:
+        return None
+    try:
+        return int(max(spec.values)) if hasattr(spec, "values") else int(spec.hi)
+    except (TypeError, ValueError):
+        return None
+
+
 def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None) -> RunSettings:
     """Validate a config and freeze it into the JSON the run dir keeps."""
     if cfg.run_dir:  # first: the checks after it take seconds (Ax's import, the budget check's timing)
@@ -182,6 +195,11 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
                           f"{', '.join(EARLY_STOPPING_PEERS)}")
     if cfg.early_stopping_from < 1:
         raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: must be an epoch, 1 or more")
+    most = _most_epochs(space, cfg.fixed)
+    if cfg.early_stopping and most is not None and cfg.early_stopping_from >= most:
+        raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: trials train {most} epoch"
+                          f"{'s' if most != 1 else ''} at most, so early stopping could stop none; give less than "
+                          f"{most}, or leave out --early-stopping")
     if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
         raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_runtime(profile, cfg, schedulers)
