@@ -273,21 +273,22 @@ def test_calibrate_latency_and_cost_records(short, host, cache_dir, tmp_path):
     assert budget.over_budget(out.metrics) == ["latency_ms"] and budget.over_budget(rec.metrics) == []
 
 
-def test_profile_section_drives_the_fit_and_the_run_keeps_it(short, host, cache_dir, tmp_path):
+def _phone(tmp_path, short, host, more: str = ""):
+    """A profile file timed as ``short`` with a calibration section on a synthetic device table."""
     _synthetic_table(tmp_path / "device.csv", host)
     p = short.protocol
-    _write(tmp_path / "phone.yaml", f"""
+    return _write(tmp_path / "phone.yaml", f"""
         name: phone
         runtime: {{provider: CPUExecutionProvider, intra_op_threads: 1, inter_op_threads: 1}}
         protocol: {{method: {p.method}, warmup_runs: {p.warmup_runs}, min_runs: {p.min_runs},
                    min_time_s: {p.min_time_s}, max_time_s: {p.max_time_s}, statistic: median}}
-        budgets: {{latency_ms: 0.5}}
-        calibration:
-          table: device.csv
-          model: loglinear
-          device: synthetic phone
+        calibration: {{table: device.csv, model: loglinear, device: synthetic phone}}
+        {more}
     """)
-    prof = load_profile(str(tmp_path / "phone.yaml"))
+
+
+def test_profile_section_drives_the_fit_and_the_run_keeps_it(short, host, cache_dir, tmp_path):
+    prof = load_profile(str(_phone(tmp_path, short, host, "budgets: {latency_ms: 0.5}")))
     assert prof.calibration.table == str((tmp_path / "device.csv").resolve())
     cal = C.profile_calibration(prof, cache_dir=cache_dir)
     assert cal.device == "synthetic phone" and abs(cal.b - TRUE_EXP) < 0.08
@@ -416,15 +417,7 @@ def test_measure_under_a_calibrated_profile_gives_device_estimates(short, host, 
     """As search, rescore and export do; measure gave host milliseconds before."""
     from odnas.cli import main
 
-    _synthetic_table(tmp_path / "device.csv", host)
-    p = short.protocol
-    _write(tmp_path / "phone.yaml", f"""
-        name: phone
-        runtime: {{provider: CPUExecutionProvider, intra_op_threads: 1, inter_op_threads: 1}}
-        protocol: {{method: {p.method}, warmup_runs: {p.warmup_runs}, min_runs: {p.min_runs},
-                   min_time_s: {p.min_time_s}, max_time_s: {p.max_time_s}, statistic: median}}
-        calibration: {{table: device.csv, model: loglinear}}
-    """)
+    _phone(tmp_path, short, host)
     monkeypatch.setenv("ODNAS_CACHE_DIR", str(cache_dir))  # the references' host figures, measured once above
     assert main(["measure", "--space", "mlp", "--profile", str(tmp_path / "phone.yaml"), "--random", "1",
                  "--json", "--quiet"]) == 0
