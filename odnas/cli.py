@@ -447,7 +447,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     with _Steps(a.quiet) as steps:
         out = write_report(a.run_dir, a.output, progress=steps)
     if a.json:
-        _print_json({"report": str(out), "png": sorted(str(p) for p in out.parent.glob("*.png"))})
+        _print_json({"report": str(Path(out).resolve()),
+                     "png": sorted(str(p.resolve()) for p in Path(out).parent.glob("*.png"))})
         return 0
     print(f"Wrote {out} (offline HTML) and a PNG per figure in {out.parent}")
     return 0
@@ -603,9 +604,11 @@ def cmd_select(a: argparse.Namespace) -> int:
             res = confirm_front(a.run_dir, extra, progress=steps)
         fr, confirmed = res["front"], res["confirmed"]
     pick = fr[0] if fr else None
-    if a.json:
+    if a.json:  # on exit 3 with the error and code, as search and resume give them
         _print_json({"front": [r.to_dict() for r in fr], "pick": pick.to_dict() if pick else None,
-                     "confirmed": confirmed})
+                     "confirmed": confirmed,
+                     **({} if pick else {"error": "no trained model meets every budget and bound",
+                                         "exit_code": SearchFailed.exit_code})})
         return 0 if pick else SearchFailed.exit_code
     if confirmed:  # none when nothing within the bounds was left to confirm
         pr = res["protocol"]

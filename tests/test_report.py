@@ -4,6 +4,7 @@ metrics, no training), and the report rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -336,3 +337,13 @@ def test_a_run_that_reached_its_candidate_cap_is_not_sent_to_resume():
     said = " ".join(sec.missing)
     assert "0 of 2 planned trainings done" in said and "reached the cap" in said and "resume" not in said
     assert "0 of 2 planned trainings done, 3 candidates" in sec.body
+
+
+def test_report_json_gives_absolute_paths(partial_run, tmp_path, monkeypatch, capsys):
+    from odnas.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the report written relative to here, its paths said in full
+    assert main(["report", str(partial_run), "-o", "rel", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["report"] == str(tmp_path / "rel" / "report.html") and all(p.startswith(str(tmp_path))
+                                                                         for p in out["png"]) and out["png"]

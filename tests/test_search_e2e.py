@@ -198,7 +198,10 @@ def test_export_of_a_run_with_nothing_feasible_says_which_bound_and_exits_as_sel
     out = tmp_path / "m.onnx"
     proc = run_cli("export", str(copy), "-o", str(out))
     assert proc.returncode == 3 and "meets every budget and threshold (val_acc >= 0.9999" in proc.stderr, proc.stderr
-    assert run_cli("select", str(copy), "--no-confirm").returncode == 3  # the same answer from both
+    sel = run_cli("select", str(copy), "--no-confirm", "--json")
+    assert sel.returncode == 3  # the same answer from both; with --json, the error as search and resume give it
+    assert json.loads(sel.stdout) == {"front": [], "pick": None, "confirmed": None, "exit_code": 3,
+                                      "error": "no trained model meets every budget and bound"}
     trial = [r["trial"] for r in status_json(copy)["trials"] if r["state"] == "completed"][0]
     proc = run_cli("export", str(copy), "--trial", str(trial), "-o", str(out))
     assert proc.returncode == 2 and f"trial {trial} misses val_acc >= 0.9999" in proc.stderr, proc.stderr
