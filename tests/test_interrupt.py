@@ -72,9 +72,9 @@ def test_odnas_stop_asks_the_driver_to_finish(tmp_path):
     import re
 
     said = re.search(r"(\d+) queued trials? had not started", err)
-    st = status_json(run)  # status counts as queued what the stop summary did
-    queued = [r for r in st["trials"] if r.get("queued")]
-    assert len(queued) == st["counts"].get("queued", 0) == (int(said.group(1)) if said else 0), (err, st["counts"])
+    st = status_json(run)  # status, read later, counts as queued at most what the stop summary did: a worker
+    queued = [r for r in st["trials"] if r.get("queued")]  # may begin a queued trial as it is being stopped
+    assert len(queued) == st["counts"].get("queued", 0) <= (int(said.group(1)) if said else 0), (err, st["counts"])
     assert all(not (run / "trials" / f"{r['trial']:04d}" / "job.json").exists() for r in queued)
     assert not (run / "stop").exists()
     again = run_cli("stop", str(run))
