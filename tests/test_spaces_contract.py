@@ -122,6 +122,8 @@ T = ("Range('lr', 1e-3, 1e-1, 'float', log=True), Range('epochs', 1, 3, 'int'), 
     ("(Choice('w', (1, 2), dependents={2: ('w2',)}), " + T + ")", "dependents name 'w2', which no spec is"),
     ("(Choice('w', ([1], [2])), " + T + ")", "values must be numbers, strings or booleans, not list"),
     ("(Choice('w', (1, 1)), " + T + ")", "lists a value twice"),
+    ("(Choice('w', (1, 2), dependents={2: ('v',)}), Range('v', 1, 4, 'int'), Range('v', 1, 4, 'int'), " + T + ")",
+     "two specs are named 'v'"),  # after a choice's dependents, names are still all the specs
     ("(Choice('lr', (1, 2)), " + T + ")", "two specs are named 'lr'"),
     ("(Choice('w', (1, 2)), Range('lr', 1e-3, 1e-1))", "has no batch_size, epochs specs, which training() reads"),
 ])

@@ -92,16 +92,12 @@ def spec_problem(specs: Sequence[Spec]) -> str | None:
                 return f"Choice {s.name!r}: values must be numbers, strings or booleans, not {kinds.pop().__name__}"
             if len(set(s.values)) != len(s.values):
                 return f"Choice {s.name!r} lists a value twice"
-            for value, names in dict(s.dependents or {}).items():
+            for value, dependent in dict(s.dependents or {}).items():
                 if value not in s.values:
                     return f"Choice {s.name!r}: dependents name the value {value!r}, which it does not offer"
-                if missing := [n for n in names if n not in names_set(specs)]:
+                if missing := [n for n in dependent if n not in names]:
                     return f"Choice {s.name!r}: dependents name {', '.join(map(repr, missing))}, which no spec is"
     return None
-
-
-def names_set(specs: Sequence[Spec]) -> set[str]:
-    return {getattr(s, "name", None) for s in specs}
 
 
 class Space:
