@@ -521,7 +521,7 @@ def _note(row, profile, driver: bool = True) -> str:
     if row.over_budget:
         return "over " + ", ".join(row.over_budget)
     if row.state == "completed" and "val_acc" in row.metrics:  # trained: which bounds it misses, if any
-        missed = [b for b in list(profile.thresholds) + profile.budget_constraints() if not meets(row.metrics, [b])]
+        missed = [b for b in profile.bounds() if not meets(row.metrics, [b])]
         if missed:
             return "misses " + ", ".join(missed)
     if row.state == "running" and row.trial_dir:

@@ -360,10 +360,6 @@ def set_metadata(path: Path, props: Mapping[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def _bounds(profile: HardwareProfile) -> list[str]:
-    return list(profile.thresholds) + profile.budget_constraints()
-
-
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
                  also_profiles: Sequence[str | HardwareProfile] = (),
                  calib_samples: int | None = None, progress: Step | None = None) -> ModelCard:
@@ -385,7 +381,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         if row is None:  # the search ran, and found nothing feasible: as select says, exit 3
             raise SearchFailed(f"none of the {len(trained)} trained model{'s' if len(trained) != 1 else ''} of "
                                f"{run_dir} meets every budget and threshold "
-                               f"({', '.join(_bounds(profile)) or 'none'}); nothing to export "
+                               f"({', '.join(profile.bounds()) or 'none'}); nothing to export "
                                f"(odnas status {run_dir} says which each misses)")
     else:
         match = [r for r in run.rows if r.trial == trial]
@@ -399,7 +395,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
             raise RunDirError(f"trial {trial} was stopped early: it has no final weights, and odnas exports only "
                               "models trained to the end")
         if not feasible(row, profile):
-            missed = [b for b in _bounds(profile) if not meets(row.metrics, [b])]
+            missed = [b for b in profile.bounds() if not meets(row.metrics, [b])]
             why = f"misses {', '.join(missed)}" if missed and row.trained else f"is {row.state}"
             raise RunDirError(f"trial {trial} {why}; odnas exports only models within every budget and threshold")
     try:  # the trained weights are for the space as it was: its parameters must still fit the code

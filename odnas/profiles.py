@@ -156,6 +156,10 @@ class HardwareProfile:
         """Budgets as Ax constraint strings, e.g. ``["latency_ms <= 0.2"]``."""
         return [f"{m} <= {_fmt(v)}" for m, v in self.budgets.items()]
 
+    def bounds(self) -> list[str]:
+        """Every bound a feasible model meets, thresholds then budgets, as Ax constraint strings."""
+        return list(self.thresholds) + self.budget_constraints()
+
     def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
         """Names of the budgets that ``metrics`` break. A missing metric breaks nothing;
         a NaN one breaks its budget (it cannot be shown to be within it)."""

@@ -85,7 +85,7 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
     by_trial = {r.trial: r for r in run.rows}
     confirmed: dict[int, dict[str, Any]] = {}
-    bounds = list(profile.thresholds) + profile.budget_constraints() + list(extra)
+    bounds = profile.bounds() + list(extra)
     while True:
         rows = list(by_trial.values())
         todo = {r.trial: r for r in front(rows, profile, extra) + front(rows, profile, _near(extra))

@@ -49,7 +49,7 @@ def feasible(row: TrialRow, profile: HardwareProfile, extra: Sequence[str] = ())
     m = row.metrics
     return (row.state == "completed" and "val_acc" in m
             and not profile.over_budget(m)
-            and meets(m, list(profile.thresholds) + profile.budget_constraints() + list(extra)))
+            and meets(m, profile.bounds() + list(extra)))
 
 
 def objective_matrix(rows: Sequence[TrialRow], objectives: Sequence[str]) -> np.ndarray:

@@ -119,7 +119,7 @@ def effective_profile(profile: HardwareProfile, objective: str | None,
 def ax_bounds(profile: HardwareProfile) -> list[str]:
     """Thresholds and budgets as Ax outcome-constraint strings (those on objectives
     become objective thresholds, i.e. the reference point)."""
-    return list(profile.thresholds) + profile.budget_constraints()
+    return profile.bounds()
 
 
 def default_run_dir(cfg: SearchConfig, space_name: str | None = None) -> Path:
