@@ -458,14 +458,6 @@ def cmd_resume(a: argparse.Namespace) -> int:
     from odnas.rundir import read_settings
 
     read_settings(a.run_dir)  # a run dir, or one line saying it is not, before the driver's imports
-    if a.trials is None:  # a run with nothing left to do: say how to do more, not only reprint its front
-        from odnas.loop.store import load_run
-
-        run = load_run(a.run_dir)
-        done = sum(r.trained for r in run.rows)
-        if done >= run.settings.trials and not any(r.state == "running" for r in run.rows):
-            print(f"odnas: note: all {run.settings.trials} planned trainings are done; "
-                  f"`odnas resume {a.run_dir} --trials N` with N over {done} trains more", file=sys.stderr, flush=True)
     from odnas.loop.driver import resume
 
     with _outcome_on_failure(a, Path(a.run_dir).resolve()):

@@ -166,6 +166,11 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             write_settings(run_dir, settings)
         client, storage = load_client(run_dir)
         exp = experiment_of(client)
+        done = trained_count(exp)
+        if trials is None and done >= settings.trials and not any(t.status.is_running for t in exp.trials.values()):
+            # a run with nothing left to do: say how to do more, not only reprint its front
+            print(f"odnas: note: all {settings.trials} planned trainings are done; `odnas resume {run_dir} "
+                  f"--trials N` with N over {done} trains more", file=term, flush=True)
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
