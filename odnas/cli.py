@@ -480,34 +480,15 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
-def _started(trial_dir) -> bool:
-    """Whether a trial's training began, or will with no driver: its job wrote job.json
-    (or its result), it went to a fresh TorchX job (which runs once launched), or a warm
-    worker is serving it right now. A trial left in a worker's inbox has not."""
-    from odnas.rundir import JOB_NAME, LAUNCH_NAME, RESULT_NAME, WORKER_NAME, WORKERS_DIR, read_json
-
-    d = Path(trial_dir)
-    if (d / JOB_NAME).exists() or (d / RESULT_NAME).exists() or "worker" not in (read_json(d / LAUNCH_NAME) or {}):
-        return True
-    workers = d.parent.parent / WORKERS_DIR
-    return any(Path(str(w.get("trial"))).name == d.name for w in map(read_json, workers.glob(f"*/{WORKER_NAME}"))
-               if w and w.get("trial"))
-
-
-def _finished(trial_dir) -> bool:
-    from odnas.rundir import RESULT_NAME
-
-    return (Path(trial_dir) / RESULT_NAME).exists()
-
-
 def _note(row, profile, driver: bool = True) -> str:
+    from odnas.rundir import RESULT_NAME, trial_begun
     from odnas.select import meets
 
     if row.state == "running" and not row.arch_id:  # made, but its cost lane never finished (a device away)
         return "not costed or launched yet" + ("" if driver else "; resume does it")
-    if row.state == "running" and not driver and row.trial_dir and not _started(row.trial_dir):
+    if row.state == "running" and not driver and row.trial_dir and not trial_begun(row.trial_dir):
         return "queued, not started; resume starts it"  # in a warm worker's inbox when the driver stopped
-    if row.state == "running" and not driver and row.trial_dir and _finished(row.trial_dir):
+    if row.state == "running" and not driver and row.trial_dir and (Path(row.trial_dir) / RESULT_NAME).exists():
         return "trained after the driver stopped; resume records it"  # the stop summary counted it as kept
 
     if row.over_budget:
@@ -531,7 +512,7 @@ def _note(row, profile, driver: bool = True) -> str:
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.loop.store import load_run
     from odnas.records import trials_frame
-    from odnas.rundir import driver_running
+    from odnas.rundir import driver_running, trial_begun
     from odnas.select import front, proxy_correlations
 
     running = driver_running(a.run_dir)
@@ -545,7 +526,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     # A trial in a warm worker's inbox when the driver stopped is Ax's "running", but has
     # not begun: shown as queued (resume starts it)
     queued = {r.trial for r in rows if r.state == "running" and not running and r.arch_id and r.trial_dir
-              and not _started(r.trial_dir)}
+              and not trial_begun(r.trial_dir)}
     counts: dict[str, int] = {}
     for r in rows:
         state = "queued" if r.trial in queued else r.state

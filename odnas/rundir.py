@@ -162,6 +162,19 @@ def driver_running(run_dir: str | Path) -> bool:
         return False
 
 
+def trial_begun(trial_dir: str | Path) -> bool:
+    """Whether a trial's training began, or will without a driver: its job wrote job.json
+    (or its result), it went to a fresh TorchX job (which runs once launched), or a warm
+    worker is serving it now (its child may not have written job.json yet). A trial
+    left in a worker's inbox has not: the worker exits when idle once the driver is gone."""
+    d = Path(trial_dir)
+    if (d / JOB_NAME).exists() or (d / RESULT_NAME).exists() or "worker" not in (read_json(d / LAUNCH_NAME) or {}):
+        return True
+    workers = d.parent.parent / WORKERS_DIR
+    return any(Path(str(w.get("trial"))).name == d.name for w in map(read_json, workers.glob(f"*/{WORKER_NAME}"))
+               if w and w.get("trial"))
+
+
 def local_jobs_writing(trial_dir: str | Path) -> list[int]:
     """Pids of the trial jobs on this host started to write into ``trial_dir`` (their
     command line reads ``odnas.jobs.trial --out TRIAL_DIR``). A job launched just before

@@ -40,8 +40,8 @@ from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
-    WORKER_NAME, WORKERS_DIR, driver_lock,
-    read_curve, read_json, read_settings, write_settings, write_trials,
+    driver_lock,
+    read_curve, read_json, read_settings, trial_begun, write_settings, write_trials,
 )
 from odnas.select import pick
 from odnas.spaces import check_unchanged, get_space
@@ -359,13 +359,10 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
     done = len(finished | {r.trial for r in rows if r.trained})
     active = [r for r in rows if r.state == "running" and r.trial not in finished]
-    # A trial handed to a warm worker that had not begun it (no job.json yet) is not run
-    # once the driver has gone: the worker exits when idle. A fresh job, once launched, runs.
-    serving = {Path(str(w.get("trial"))).name for w in map(read_json, (run_dir / WORKERS_DIR).glob(f"*/{WORKER_NAME}"))
-               if w and w.get("trial")}  # a worker's child may not have written job.json yet
+    # A trial handed to a warm worker that had not begun it is not run once the driver
+    # has gone: the worker exits when idle. A fresh job, once launched, runs.
     queued = sum(1 for r in active if "worker" in (exp.trials[r.trial].run_metadata or {})
-                 and not (r.trial_dir and ((Path(r.trial_dir) / JOB_NAME).exists()
-                                           or Path(r.trial_dir).name in serving)))
+                 and not (r.trial_dir and trial_begun(r.trial_dir)))
     running = len(active) - queued
     parts = []
     if running:
