@@ -398,8 +398,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
             missed = [b for b in profile.bounds() if not meets(row.metrics, [b])]
             why = f"misses {', '.join(missed)}" if missed and row.trained else f"is {row.state}"
             raise RunDirError(f"trial {trial} {why}; odnas exports only models within every budget and threshold")
+    space = get_space(settings.space)
     try:  # the trained weights are for the space as it was: its parameters must still fit the code
-        get_space(settings.space).check_fixed(row.params)
+        space.check_fixed(row.params)
     except SpaceError as e:
         raise SpaceError(f"trial {row.trial}'s parameters no longer fit space {settings.space!r} ({e}); "
                          "has its code changed since the run?") from None
@@ -413,7 +414,6 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     if profile.calibration is not None and profile.device is None:
         (progress or silent)("reading the run's host-to-device latency mapping")
     calibration = run_calibration(run_dir, profile, keep=False)  # refitted here if made on another host
-    space = get_space(settings.space)
     data = load_data(settings.data, settings.data_dir, seed=settings.data_seed)
     try:
         model = space.build(row.params, data.input_shape, data.num_classes)
