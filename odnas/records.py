@@ -118,6 +118,11 @@ class CostRecord(_Versioned):
     quantization: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     host_metrics: dict[str, float] | None = None
+    # what was built (``odnas.cost.lane.structure_digest``) and from which parameters, so a
+    # run resumed after its space's build() changed is told, not given old costs; "" and
+    # None in records from before
+    structure: str = ""
+    params: dict[str, Any] | None = None
     schema_version: int = _Versioned.SCHEMA_VERSION
 
     @property

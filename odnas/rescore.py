@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from odnas.cost.calibrate import profile_calibration
-from odnas.cost.lane import CostCache, CostLane
+from odnas.cost.lane import CostCache, CostLane, check_builds
 from odnas.cost.latency import check_runnable
 from odnas.errors import RunDirError
 from odnas.loop.store import load_run
@@ -64,6 +64,13 @@ def _lane(run_dir: Path, settings: RunSettings, profile: HardwareProfile, cache:
     return lane
 
 
+def _check_space(run_dir: Path, settings: RunSettings) -> None:
+    """The run's candidates are rebuilt to be timed: its space must still build them."""
+    space = get_space(settings.space)
+    check_unchanged(space, settings)
+    check_builds(space, settings, run_dir)
+
+
 def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
                   factor: int = CONFIRM_FACTOR, progress: Step | None = None) -> dict[str, Any]:
     """Re-time the front under a ``factor`` x longer protocol and select again.
@@ -80,7 +87,7 @@ def confirm_front(run_dir: str | Path, extra: Sequence[str] = (), backend=None,
     step = progress or silent
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    check_unchanged(get_space(run.settings.space), run.settings)  # the candidates are rebuilt to be timed
+    _check_space(run_dir, run.settings)
     profile = run.profile
     lane = _lane(run_dir, run.settings, long_protocol(profile, factor), run_dir / "confirm" / profile.name, backend)
     by_trial = {r.trial: r for r in run.rows}
@@ -123,7 +130,7 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
     step = progress or silent
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    check_unchanged(get_space(run.settings.space), run.settings)  # the candidates are rebuilt to be timed
+    _check_space(run_dir, run.settings)
     profile = load_profile(profile_name)
     check_runnable(profile)
     lane = _lane(run_dir, run.settings, profile, run_dir / "rescore" / profile.name / "costs", backend)

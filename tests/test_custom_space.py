@@ -325,6 +325,39 @@ def test_a_run_whose_space_code_changed_since_is_refused_in_one_line(tmp_path):
         assert "space 'sometimes' has changed since this run began (parameters act, w)" in proc.stderr, proc.stderr
 
 
+def test_a_run_whose_space_builds_other_models_since_is_refused_in_one_line(tmp_path):
+    """Costs are cached by arch id: a build() edited since the run began (same specs) had
+    resumed searches take the old models' latencies for the new ones."""
+    from odnas.cost.lane import CostCache, measure_candidate
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.profiles import load_profile
+    from odnas.spaces import get_space
+    from odnas.testing import FakeLatencyBackend
+
+    space = tmp_path / "buggy.py"
+    space.write_text(BUGGY)
+    run = create_run(SearchConfig(space=f"{space}:Sometimes", trials=1, run_dir=str(tmp_path / "run")))
+    params = {"w": 4, "lr": 0.01, "epochs": 1, "batch_size": 32}
+    rec = measure_candidate(get_space(f"{space}:Sometimes"), params, (1, 8, 8), 10, load_profile("cpu-mobile"),
+                            backend=FakeLatencyBackend())
+    assert len(rec.structure) == 16 and rec.params == params
+    CostCache(run / "costs").put(rec)
+    # Only a comment, and the same model: the run goes on (fails later for want of a scheduler, not here)
+    space.write_text(BUGGY.replace("class Hard2(_B):", "# a comment\n    class Hard2(_B):"))
+    from odnas.cost.lane import check_builds
+    from odnas.loop.store import load_run
+
+    check_builds(get_space(f"{space}:Sometimes"), load_run(run).settings, run)
+    space.write_text(BUGGY.replace('nn.ReLU(), nn.Linear(p["w"], num_classes)',
+                                   'nn.ReLU(), nn.Linear(p["w"], p["w"]), nn.Linear(p["w"], num_classes)'))
+    for verb in (["resume", str(run)], ["rescore", str(run), "--profile", "cpu-desktop"]):
+        proc = run_cli(*verb)  # a fresh process: the edited file is what it imports
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "space 'sometimes' has changed since this run began: its build() of b4 now gives another model" \
+            in proc.stderr, proc.stderr
+
+
 def test_a_default_run_dir_is_named_by_the_spaces_own_name(tmp_path, monkeypatch):
     from odnas.loop.config import SearchConfig
     from odnas.loop.driver import create_run

@@ -60,6 +60,7 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
     torch.manual_seed(0)
     model = space.build(params, input_shape, num_classes)
     check_output(model, input_shape, num_classes)
+    structure = structure_digest(model)
     counts = count(model, input_shape)
     quant = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +87,50 @@ def measure_candidate(space, params: Mapping[str, Any], input_shape: Sequence[in
                  "latency_ms": lat.latency_ms, "latency_ms_p90": lat.latency_ms_p90},
         sem={"latency_ms": lat.latency_ms_sem}, uncounted_ops=dict(counts.uncounted_ops),
         latency=lat.to_dict(), quantization=quant.to_dict() if quant is not None else None,
+        structure=structure, params=dict(params),
     )
+
+
+def structure_digest(model) -> str:
+    """What a built model is made of, as a short hash: each module's name and class, and
+    each parameter's and buffer's name, shape and dtype. Two builds with the same digest
+    have the same layers and sizes (an activation applied in ``forward`` alone is not seen)."""
+    import hashlib
+
+    lines = [f"m {n} {type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules()]
+    lines += [f"p {n} {tuple(t.shape)} {t.dtype}" for n, t in model.named_parameters()]
+    lines += [f"b {n} {tuple(t.shape)} {t.dtype}" for n, t in model.named_buffers()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+#: Cost records rebuilt when a run is resumed or re-timed, to see that its space still builds them.
+BUILDS_CHECKED = 3
+
+
+def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int = BUILDS_CHECKED) -> None:
+    """One line if the space no longer builds what the run measured: the ``k`` newest
+    cost records that kept their structure are built again and compared. A run keeps
+    the space it began with; costs cached by arch id would otherwise be reused for
+    models that are not the ones trained now. Records from before are not checked."""
+    import torch
+
+    recs = []
+    for path in sorted(Path(run_dir, COSTS_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        raw = read_json(path)
+        if isinstance(raw, dict) and raw.get("structure") and isinstance(raw.get("params"), dict):
+            recs.append(raw)
+            if len(recs) == k:
+                break
+    for raw in recs:
+        torch.manual_seed(0)
+        try:
+            now = structure_digest(space.build(raw["params"], settings.input_shape, settings.num_classes))
+        except Exception as e:  # noqa: BLE001 -- the user's build(): any error, one line
+            now = f"an error ({type(e).__name__}: {_first_line(e)})"
+        if now != raw["structure"]:
+            raise SpaceError(f"space {space.name!r} has changed since this run began: its build() of {raw['arch_id']} "
+                             f"now gives {'another model' if len(now) == 16 else now}; a run keeps the space it "
+                             "began with: restore its code, or start a new search")
 
 
 class WrongOutput(ValueError):

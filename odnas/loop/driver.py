@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError, DeviceLatencyBackend
-from odnas.cost.lane import CostLane, calibration_note, check_budgets
+from odnas.cost.lane import CostLane, calibration_note, check_budgets, check_builds
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
@@ -125,7 +125,9 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     ``device`` is the device agent's address when it has moved (a phone's new address)."""
     run_dir = Path(run_dir).resolve()
     settings = read_settings(run_dir)
-    check_unchanged(get_space(settings.space), settings)  # Ax keeps the run's space: new code would not match it
+    space = get_space(settings.space)
+    check_unchanged(space, settings)  # Ax keeps the run's space: new code would not match it
+    check_builds(space, settings, run_dir)  # nor would its cached costs
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
     if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing
