@@ -602,16 +602,26 @@ class Surrogate:
                 "which has no model yet" + (f" ({gs_error})" if gs_error else "") + "."))
         from ax.adapter.registry import Generators
 
+        from ax.adapter.base import DataLoaderConfig
+
         done = [r["trial"] for r in rows if r["state"] in ("completed", "early_stopped", "over_budget")]
+        stopped = sum(r["state"] == "early_stopped" for r in trained)
         try:
-            adapter = Generators.BOTORCH_MODULAR(experiment=exp, data=exp.lookup_data(trial_indices=done))
+            # As the search fits (odnas.loop.config): an early-stopped trial's val_acc is a
+            # partial curve, not what its model reaches, so only completed trials' is fitted.
+            adapter = Generators.BOTORCH_MODULAR(
+                experiment=exp, data=exp.lookup_data(trial_indices=done),
+                data_loader_config=DataLoaderConfig(fit_only_completed_map_metrics=True))
         except Exception as e:  # noqa: BLE001
             return cls(why_not=f"Ax could not fit a surrogate to this run's data ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else 'no message'}).")
         why = ("its model (the run's own surrogate) covers only the metrics in the objective and bounds"
                if partial else "which has no model (quasi-random methods never have one)")
+        whose = "ones'" if stopped != 1 else "one's"
+        fitted = _plural(len(trained) - stopped, "trained trial") + (
+            f" (the {stopped} early-stopped {whose} partial val_acc left out, as in the search)" if stopped else "")
         return cls(adapter, False, (
-            f"a BoTorch surrogate fitted for this report on {_plural(len(trained), 'trained trial')}, every metric: "
+            f"a BoTorch surrogate fitted for this report on {fitted}, every metric: "
             f"the run's generation strategy is at node <code>{html.escape(node)}</code>, {why}"))
 
     def compute(self, client, analysis):

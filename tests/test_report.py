@@ -276,6 +276,37 @@ def test_surrogate_fitted_for_the_report_when_the_run_has_none(tmp_path):
     assert "fitted for this report" in model.source
 
 
+def test_the_reports_surrogate_leaves_out_early_stopped_partial_curves_as_the_search_does(tmp_path):
+    """An early-stopped trial's val_acc is its curve at the epoch it stopped: the search
+    fits completed trials' only, and the report's own surrogate fitted it as if final."""
+    from odnas.loop.adapter import experiment_of
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.loop.store import load_client, quiet_logs, trial_table
+    from odnas.report import Surrogate
+    from odnas.spaces import get_space
+
+    run = create_run(SearchConfig(space="mlp", trials=8, run_dir=str(tmp_path / "es"), method="sobol",
+                                  early_stopping=True))
+    space, rng = get_space("mlp"), random.Random(7)
+    client, _ = load_client(run)
+    with quiet_logs(run / "odnas.log"):
+        for i in range(8):
+            p = space.sample(rng)
+            idx = client.attach_trial(p)
+            experiment_of(client).trials[idx].update_run_metadata({"arch_id": space.arch_id(p), "costs": _costs(p)})
+            client.attach_data(idx, {"val_acc": (0.1, 0.0)}, progression=1)
+            if i < 2:
+                client.mark_trial_early_stopped(idx)
+            else:
+                client.complete_trial(idx, raw_data={**{m: (v, 0.0) for m, v in _costs(p).items()},
+                                                     "val_acc": (_acc(p, idx), 0.0)}, progression=2)
+        model = Surrogate.fit(client, [r.to_dict() for r in trial_table(experiment_of(client), run)])
+    fitted = model.adapter.get_training_data().observation_data
+    assert sorted({i for i, *_ in fitted.index}) == [2, 3, 4, 5, 6, 7], fitted.index
+    assert "on 6 trained trials (the 2 early-stopped ones' partial val_acc left out" in model.source, model.source
+
+
 def test_not_a_run_dir_is_a_user_error(tmp_path):
     from odnas.errors import RunDirError
 
