@@ -7,6 +7,7 @@ cost lane that exports every candidate.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +26,7 @@ def export_onnx(model, input_shape: Sequence[int], path: str | Path, opset: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = torch.zeros(1, *input_shape)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _no_onnx_log(torch):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (x,), str(path), dynamo=False, opset_version=opset,
@@ -34,3 +35,20 @@ def export_onnx(model, input_shape: Sequence[int], path: str | Path, opset: int 
         )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return path
+
+
+@contextlib.contextmanager
+def _no_onnx_log(torch):
+    """The TorchScript exporter turns its log on whatever the setting (its
+    ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``, not its
+    result), so a failed export printed the whole IR graph to stderr before the one-line
+    error odnas gives. The log is muted for the export, and put back."""
+    log = getattr(torch._C, "_jit_onnx_log", None)
+    if log is None:
+        yield
+        return
+    torch._C._jit_onnx_log = lambda *args: None
+    try:
+        yield
+    finally:
+        torch._C._jit_onnx_log = log
