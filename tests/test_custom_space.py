@@ -301,29 +301,29 @@ def test_measure_goes_on_past_a_candidate_the_space_declines(tmp_path, short_pro
 
 def test_a_model_onnx_cannot_take_is_one_line_without_torchs_ir_graph(tmp_path):
     """torch's TorchScript exporter logs whatever its setting says, and printed the whole
-    IR graph (dozens of lines) to stderr before odnas's one-line reason."""
+    IR graph (dozens of lines) to stdout, into ``--json`` records, beside the one-line reason."""
     (tmp_path / "fft.py").write_text(BUGGY + textwrap.dedent("""
         import torch
+
+        class Rfft(nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.head = nn.Linear(64, n)
+
+            def forward(self, x):
+                return self.head(torch.fft.rfft(x.flatten(1)).abs()[:, :64].repeat(1, 2)[:, :64])
 
         class Fft(_B):
             name = "fft"
 
             def build(self, p, input_shape, num_classes):
-                head = super().build(p, input_shape, num_classes)
-
-                class M(nn.Module):
-                    def __init__(self):
-                        super().__init__()
-                        self.head = head
-
-                    def forward(self, x):
-                        return self.head(torch.fft.rfft(x).abs().repeat(1, 1, 1, 2)[..., :x.shape[-1]])
-                return M()
+                return Rfft(num_classes)
     """))
-    proc = run_cli("measure", "--space", f"{tmp_path / 'fft.py'}:Fft", "--random", "1", "--quiet")
-    assert proc.returncode == 3 and "Torch IR graph" not in proc.stderr, proc.stderr
+    proc = run_cli("measure", "--space", f"{tmp_path / 'fft.py'}:Fft", "--random", "1", "--quiet", "--json")
+    assert proc.returncode == 3 and "Torch IR graph" not in proc.stdout + proc.stderr, proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # the candidate's reason, and the verdict
-    assert "UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft'" in proc.stderr, proc.stderr
+    [rec] = [json.loads(line) for line in proc.stdout.splitlines()]  # --json: nothing else on stdout
+    assert rec["error"].startswith("UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft'"), rec
 
 
 def test_a_run_whose_space_code_changed_since_is_refused_in_one_line(tmp_path):

@@ -41,8 +41,9 @@ def export_onnx(model, input_shape: Sequence[int], path: str | Path, opset: int 
 def _no_onnx_log(torch):
     """The TorchScript exporter turns its log on whatever the setting (its
     ``setup_onnx_logging`` tests the function ``_jit_is_onnx_log_enabled``, not its
-    result), so a failed export printed the whole IR graph to stderr before the one-line
-    error odnas gives. The log is muted for the export, and put back."""
+    result), so a failed export printed the whole IR graph to stdout, into ``--json``
+    output, beside the one-line error odnas gives. The log is muted for the export, and
+    put back."""
     log = getattr(torch._C, "_jit_onnx_log", None)
     if log is None:
         yield
