@@ -653,9 +653,11 @@ def _int8_note(card: Mapping[str, Any]) -> str | None:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from odnas.export import artifact_path, export_trial
+    from odnas.select import meets, select_bounds
 
+    bounds = select_bounds(a.max_latency_ms, a.min_acc)
     with _Steps(a.quiet) as steps:
-        card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
+        card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (), bounds=bounds,
                             calib_samples=a.calib_samples, progress=steps).to_dict()
     path = artifact_path(a.output, card["arch_id"])
     out = str(path)
@@ -688,6 +690,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"  latency_ms {m['latency_ms']:.4g} (+- {m['latency_ms_sem']:.2g}), {how}")
     for name, b in card["budgets"].items():
         print(f"  budget {name} <= {b['limit']:g}: {b['value']:.6g} ({'met' if b['met'] else 'NOT met'})")
+    for b in bounds:  # picked on the search's figures; judged again on the artifact's own
+        name = b.split()[0]
+        print(f"  bound {b}: {m[name]:.6g} ({'met' if meets(m, [b]) else 'NOT met by the artifact as timed now'})")
     for name, pr in (card.get("profiles") or {}).items():
         if name == card["profile"]["name"]:
             continue
@@ -958,7 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trained model as ONNX with a model card")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
-    p.add_argument("--trial", type=int, help="trial index (default: the pick)")
+    p.add_argument("--trial", type=int, help="trial index (default: the pick, the most accurate model within the "
+                   "run's budgets and thresholds and the bounds below; odnas select shows it)")
+    p.add_argument("--max-latency-ms", type=float, help="pick only among models whose latency_ms is at most this, "
+                   "as odnas select does, e.g. 2")
+    p.add_argument("--min-acc", type=float, help="pick only among models at least this accurate (val_acc)")
     p.add_argument("-o", "--output", required=True,
                    help="output .onnx path, or a folder (the file is then ARCH_ID.onnx); the card goes beside it")
     p.add_argument("--also-profile", action="append", metavar="PROFILE",

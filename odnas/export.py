@@ -36,7 +36,7 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed,
+from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed, SelectError,
                           SpaceError)
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
@@ -361,17 +361,22 @@ def set_metadata(path: Path, props: Mapping[str, str]) -> None:
 
 
 def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None, *,
-                 also_profiles: Sequence[str | HardwareProfile] = (),
+                 also_profiles: Sequence[str | HardwareProfile] = (), bounds: Sequence[str] = (),
                  calib_samples: int | None = None, progress: Step | None = None) -> ModelCard:
     """Export a trained trial of a run (the pick by default) as an artifact.
 
     The run's own (effective) profile decides the deployed precision and budgets;
-    ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
+    ``bounds`` (``odnas.select.select_bounds``: "the most accurate under 2 ms") narrow
+    the default pick, as ``odnas select`` does, on the search's figures, and are kept on
+    the card (``run.bounds``); ``also_profiles`` and ``calib_samples`` are passed to
+    ``export_artifact``.
     """
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
+    if trial is not None and bounds:
+        raise SelectError(f"--trial names the model; {', '.join(bounds)} would pick one: give one or the other")
     if trial is None:
-        row = pick(run.rows, profile)
+        row = pick(run.rows, profile, bounds)
         trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
         if not trained:
             raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
@@ -380,13 +385,15 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
                                "trained to the end; nothing to export")
         if row is None:  # the search ran, and found nothing feasible: as select says, exit 3
             raise SearchFailed(f"none of the {len(trained)} trained model{'s' if len(trained) != 1 else ''} of "
-                               f"{run_dir} meets every budget and threshold "
-                               f"({', '.join(profile.bounds()) or 'none'}); nothing to export "
+                               f"{run_dir} meets every budget and threshold{' and bound' if bounds else ''} "
+                               f"({', '.join(profile.bounds() + list(bounds)) or 'none'}); nothing to export "
                                f"(odnas status {run_dir} says which each misses)")
     else:
         match = [r for r in run.rows if r.trial == trial]
         if not match:
-            raise RunDirError(f"{run_dir} has no trial {trial}")
+            have = sorted(r.trial for r in run.rows)
+            raise RunDirError(f"{run_dir} has no trial {trial}" + (f" (its trials are {have[0]} to {have[-1]})"
+                                                                    if have else " (it has no trials yet)"))
         row = match[0]
         if row.state == "over_budget":
             raise RunDirError(f"trial {trial} is over budget ({', '.join(row.over_budget)}); it was never trained"
@@ -425,6 +432,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     return export_artifact(
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,
-        calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial},
+        calib_samples=calib_samples, run={"run_dir": Path(run_dir).resolve().name, "trial": row.trial,
+             **({"bounds": list(bounds)} if bounds else {})},
         calibration=calibration, progress=progress,
     )

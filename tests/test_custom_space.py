@@ -46,12 +46,14 @@ def test_search_select_export_from_the_cli(kws_npz, tmp_path, short_profile_file
     sel = json.loads(run_cli("select", str(run), "--json", "--no-confirm", check=True).stdout)
     assert sel["pick"], "the example should train a feasible model in one epoch"
     out = tmp_path / "kws.onnx"
-    run_cli("export", str(run), "-o", str(out), check=True)
+    told = run_cli("export", str(run), "-o", str(out), "--max-latency-ms", "1", check=True).stdout
+    assert "bound latency_ms <= 1.0: " in told, told  # judged again on the artifact's own figure
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["odnas.labels"]) == ["yes", "no", "up", "down"]
     assert props["odnas.arch_id"].startswith("kws_") and props["odnas.space"] == "tiny-kws"
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["labels"] == ["yes", "no", "up", "down"] and card["data"]["source"] == "npz:kws.npz"
+    assert card["run"]["bounds"] == ["latency_ms <= 1.0"] and card["run"]["trial"] == sel["pick"]["trial"]
 
 
 def test_the_job_spec_carries_the_reference_to_kubernetes(kws_npz):

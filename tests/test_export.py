@@ -392,3 +392,34 @@ def test_an_early_stopped_trial_is_refused_for_what_it_is(monkeypatch, tmp_path)
     monkeypatch.setattr(export_module, "load_run", lambda d: run)
     with pytest.raises(RunDirError, match="trial 10 was stopped early: it has no final weights"):
         export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=10)
+
+
+def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_path):
+    """``select --max-latency-ms 2`` named one model and a plain ``export`` shipped the
+    profile's pick, over the user's bound, its card saying every budget was met."""
+    from types import SimpleNamespace
+
+    import odnas.export as export_module
+    from odnas.errors import RunDirError, SearchFailed, SelectError
+    from odnas.profiles import load_profile
+    from odnas.records import TrialRow
+
+    def row(trial, acc, ms):
+        return TrialRow(trial=trial, state="completed", arch_id=f"a{trial}", params={}, trial_dir=str(tmp_path / "t"),
+                        metrics={"val_acc": acc, "latency_ms": ms, "num_params": 1000, "model_bytes": 1e4})
+
+    profile = load_profile("cpu-mobile")
+    run = SimpleNamespace(settings=SimpleNamespace(space="mlp"), profile=profile,
+                          rows=[row(3, 0.97, 0.05), row(4, 0.95, 0.02), row(5, 0.93, 0.01)])
+    monkeypatch.setattr(export_module, "load_run", lambda d: run)
+    monkeypatch.setattr(export_module, "get_space", lambda name: SimpleNamespace(check_fixed=lambda p: None))
+    with pytest.raises(RunDirError, match="trial 3 has no checkpoint"):  # the profile's pick
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx")
+    with pytest.raises(RunDirError, match="trial 4 has no checkpoint"):  # the most accurate under 0.03 ms
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.03"])
+    with pytest.raises(SearchFailed, match=r"meets every budget and threshold and bound \(val_acc >= 0.85, .*, latency_ms <= 0.001\)"):
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.001"])
+    with pytest.raises(SelectError, match="--trial names the model; latency_ms <= 0.03 would pick one"):
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=3, bounds=["latency_ms <= 0.03"])
+    with pytest.raises(RunDirError, match=r"has no trial 9 \(its trials are 3 to 5\)"):
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=9)
