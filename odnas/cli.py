@@ -462,7 +462,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
     with _outcome_on_failure(a, Path(a.run_dir).resolve()):
         run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
-                                     trials=a.trials, device=a.device)
+                                     trials=a.trials, device=a.device, max_candidates=a.max_candidates)
     _finish(a, run_dir)
     return 0
 
@@ -550,8 +550,9 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "arch_id": r.arch_id or "",
                   "note": _note(r, profile, running)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
+    going = running or counts.get("running") or counts.get("queued")
     print("\nFeasible Pareto front: " + (f"trial{'s' if len(fr) != 1 else ''} {', '.join(str(r.trial) for r in fr)}"
-                                        if fr else "none yet"))
+                                        if fr else "none yet" if going else "none"))
     if (counts.get("running") or counts.get("queued")) and not running:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials, starts the queued ones "
               "and goes on.")
@@ -917,6 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a stopped or killed search")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.add_argument("--trials", type=int, help="new total number of trials")
+    p.add_argument("--max-candidates", type=int, help="new total of candidates, over-budget ones included (a run "
+                   "that reached its cap goes on; default: 4 x --trials when --trials is given)")
     p.add_argument("--device", metavar="URL", help="the device agent's new address, for a search timed on a device "
                    "whose agent has moved")
     p.add_argument("--quiet", action="store_true", help="no live progress")

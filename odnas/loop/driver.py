@@ -120,9 +120,12 @@ def _say(text: str) -> None:
 
 def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
            cost_backend=None, quiet: bool = True, trials: int | None = None,
-           schedulers: Schedulers | None = None, device: str | None = None) -> Path:
+           schedulers: Schedulers | None = None, device: str | None = None,
+           max_candidates: int | None = None) -> Path:
     """Continue a stopped or killed search; completed trials are kept, never retrained.
-    ``device`` is the device agent's address when it has moved (a phone's new address)."""
+    ``trials`` and ``max_candidates`` are new totals (a run that reached its candidate
+    cap goes on with a higher one); ``device`` is the device agent's address when it
+    has moved (a phone's new address)."""
     run_dir = Path(run_dir).resolve()
     settings = read_settings(run_dir)
     space = get_space(settings.space)
@@ -130,11 +133,18 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     check_builds(space, settings, run_dir)  # nor would its cached costs
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
-    if trials is not None:  # read-only, before anything is loaded for writing: a refusal changes nothing
-        done = sum(r.trained for r in load_run(run_dir).rows)
-        if trials < done:
+    if trials is not None or max_candidates is not None:  # read-only, before anything is loaded for writing
+        rows = load_run(run_dir).rows
+        done = sum(r.trained for r in rows)
+        if trials is not None and trials < done:
             raise SearchError(f"--trials {trials}: {done} model{'s are' if done != 1 else ' is'} trained already, "
                               f"and --trials counts them; give more than {done} to train more (nothing was changed)")
+        goal = trials if trials is not None else settings.trials
+        if max_candidates is not None and (max_candidates <= len(rows) or max_candidates < goal):
+            raise SearchError(f"--max-candidates {max_candidates}: the run has made {len(rows)} candidate"
+                              f"{'s' if len(rows) != 1 else ''} already, and --max-candidates counts them, as it "
+                              f"does the {goal} trials; give more than {max(len(rows), goal - 1)} (nothing was "
+                              "changed)")
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
@@ -143,12 +153,14 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
         settings.profile = with_device(profile, device).to_dict()
         with driver_lock(run_dir):
             write_settings(run_dir, settings)
-    run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers)
+    run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers,
+             max_candidates=max_candidates)
     return run_dir
 
 
 def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True,
-             trials: int | None = None, schedulers: Schedulers | None = None) -> None:
+             trials: int | None = None, schedulers: Schedulers | None = None,
+             max_candidates: int | None = None) -> None:
     import torch
     from ax.api.utils.storage import db_settings_from_storage_config
     from ax.exceptions.core import UserInputError
@@ -162,9 +174,11 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
-        if trials is not None:  # a new total, written only once this driver holds the run
-            settings.trials = trials
-            settings.max_candidates = max(int(settings.max_candidates or 0), 4 * trials)
+        if trials is not None or max_candidates is not None:  # new totals, written once this driver holds the run
+            if trials is not None:
+                settings.trials = trials
+            settings.max_candidates = (max_candidates if max_candidates is not None else
+                                       max(int(settings.max_candidates or 0), 4 * settings.trials))
             write_settings(run_dir, settings)
         client, storage = load_client(run_dir)
         exp = experiment_of(client)
@@ -304,10 +318,12 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             msg = (f"{trained} of {settings.trials} trainings done: the candidate cap "
                    f"(--max-candidates {settings.max_candidates}) was reached with {over} "
                    f"candidate{'s' if over != 1 else ''} over a budget")
+            more = f"`odnas resume {run_dir} --max-candidates {2 * settings.max_candidates}` tries more"
             if trained == 0:
-                raise SearchFailed(msg + "; no candidate fits the budgets: loosen them in a new search "
-                                   "(--constraint, or the profile's budgets); a run keeps the budgets it began with")
-            print(f"odnas: note: {msg}", file=term, flush=True)
+                raise SearchFailed(msg + f"; no candidate tried fits the budgets: {more}, or loosen them in a new "
+                                   "search (--constraint, or the profile's budgets); a run keeps the budgets it "
+                                   "began with")
+            print(f"odnas: note: {msg}; {more}", file=term, flush=True)
         if (pace := pace_note(clocked.get("ahead") or {}, clocked["wall_s"])) is not None:
             print(f"odnas: note: {pace}", file=term, flush=True)
 
