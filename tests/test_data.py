@@ -22,6 +22,23 @@ def test_digits_split_is_deterministic_and_stratified():
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="MNIST t10k folder not present")
+def test_the_split_as_the_card_describes_it_rebuilds_the_validation_set():
+    """A user scoring an exported model had to read odnas's code to find which examples
+    its card's val_acc was measured on; the card says how, and this is the recipe run."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_data("digits")
+    d = data.describe()
+    assert d["how"].startswith("sklearn.model_selection.train_test_split(numpy.arange(n), test_size=val_fraction")
+    x, y = load_digits(return_X_y=True)
+    va = np.sort(train_test_split(np.arange(len(y)), test_size=d["val_fraction"], random_state=d["seed"],
+                                  stratify=y)[1])
+    n = data.normalize
+    assert (y[va] == data.y_val).all() and d["n_val"] == len(va)
+    assert np.allclose((x[va].reshape(-1, 1, 8, 8) / n["scale"] - n["mean"]) / n["std"], data.x_val, atol=1e-5)
+
+
 def test_mnist_idx_folder():
     d = load_data("mnist", MNIST_DIR)
     assert d.input_shape == (1, 28, 28) and len(d.y_train) == 8000 and len(d.y_val) == 2000
