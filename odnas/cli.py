@@ -608,13 +608,17 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 
 def cmd_rescore(a: argparse.Namespace) -> int:
+    from odnas.errors import SearchFailed
     from odnas.rescore import rescore
 
     with _Steps(a.quiet) as steps:
         res = rescore(a.run_dir, a.profile, progress=steps)
+    none = SearchFailed.exit_code if not res["front_rows"] else 0  # as select and export: nothing meets the bounds
     if a.json:
-        _print_json({k: v for k, v in res.items() if k != "front_rows"})
-        return 0
+        _print_json({**{k: v for k, v in res.items() if k != "front_rows"},
+                     **({"error": f"no trained model meets every budget and threshold of {res['profile']['name']}",
+                         "exit_code": none} if none else {})})
+        return none
     prof = res["profile"]
     budgets = ", ".join(f"{m} <= {v:g}" for m, v in prof["budgets"].items()) or "none"
     print(f"{len(res['rows'])} trained candidates of {a.run_dir} measured under {prof['name']} on "
@@ -623,8 +627,9 @@ def cmd_rescore(a: argparse.Namespace) -> int:
                   "latency_ms": r["metrics"].get("latency_ms"),
                   "latency_ms_before": r["search_metrics"].get("latency_ms"),
                   "num_params": r["metrics"].get("num_params"),
-                  "note": ("over " + ", ".join(r["over_budget"])) if r["over_budget"] else
-                  ("front" if r["trial"] in res["front"] else "")} for r in res["rows"]],
+                  "note": "; ".join([*(["over " + ", ".join(r["over_budget"])] if r["over_budget"] else []),
+                                     *(["misses " + ", ".join(r["misses"])] if r["misses"] else [])])
+                  or ("front" if r["trial"] in res["front"] else "")} for r in res["rows"]],
                 ["trial", "val_acc", "latency_ms", "latency_ms_before", "num_params", "note"]))
     fr = res["front_rows"]
     print(f"\nFeasible Pareto front under {prof['name']} ({len(fr)} model{'s' if len(fr) != 1 else ''}):")
@@ -634,7 +639,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
               f"--also-profile {prof['name']} -o {fr[0].arch_id}.onnx")
     else:
         print("none: no trained model meets this profile's budgets and thresholds")
-    return 0
+    return none
 
 
 def _int8_note(card: Mapping[str, Any]) -> str | None:

@@ -149,7 +149,8 @@ def rescore(run_dir: str | Path, profile_name: str, backend=None, progress: Step
                                   search_metrics={k: r.metrics.get(k) for k in rec.metrics}))
     fr = front(out_rows, profile)
     where = f"the device agent at {profile.device.url}" if lane.on_device else "this host"
-    result = {"profile": profile.to_dict(), "rows": [r.to_dict() for r in out_rows], "front": [r.trial for r in fr],
+    rows = [{**r.to_dict(), "misses": [t for t in profile.thresholds if not meets(r.metrics, [t])]} for r in out_rows]
+    result = {"profile": profile.to_dict(), "rows": rows, "front": [r.trial for r in fr],
               "pick": fr[0].trial if fr else None, "measured": lane.measured, "timed_on": where}
     write_json_atomic(run_dir / "rescore" / f"{profile.name}.json", result)
     return {**result, "front_rows": fr}

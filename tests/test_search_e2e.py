@@ -241,17 +241,22 @@ def test_rescore_under_another_profile_without_retraining(run, short_profile_fil
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
     desktop = short_profile_file("cpu-desktop")  # the shipped profile with a short timing protocol
-    res = json.loads(run_cli("rescore", str(d), "--profile", str(desktop), "--json", check=True).stdout)
+    proc = run_cli("rescore", str(d), "--profile", str(desktop), "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == (0 if res["front"] else 3), proc.stderr  # nothing feasible: exit 3, as select's
     st = status_json(d)
     trained = {r["trial"] for r in st["trials"] if r["state"] == "completed"}
     assert {r["trial"] for r in res["rows"]} == trained and res["profile"]["name"] == "cpu-desktop"
     for r in res["rows"]:  # batch 8 on every core: other figures than the search's batch-1 ones
         assert r["metrics"]["latency_ms"] != r["search_metrics"]["latency_ms"]
         assert r["over_budget"] == (["latency_ms"] if r["metrics"]["latency_ms"] > 2 else [])
+        assert r["misses"] == (["val_acc >= 0.85"] if r["metrics"]["val_acc"] < 0.85 else [])
     assert set(res["front"]) <= trained and (d / "rescore" / "cpu-desktop.json").is_file()
     assert {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")} == before  # nothing retrained
-    again = run_cli("rescore", str(d), "--profile", str(desktop), check=True)
+    again = run_cli("rescore", str(d), "--profile", str(desktop))
     text = again.stdout
+    assert again.returncode == proc.returncode, again.stderr
+    assert text.count("misses val_acc >= 0.85") == sum(bool(r["misses"]) for r in res["rows"]), text
     assert "Feasible Pareto front under cpu-desktop" in text and "on this host (0 new measurements" in text
     assert "reading trial" in again.stderr and "measuring" not in again.stderr  # says what it does: reads
     bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
