@@ -256,7 +256,7 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
     except ImportError:
         raise DataError("folder data needs Pillow: pip install pillow") from None
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
+        raise DataError(f"image folder {folder} " + ("is a file, not a folder" if folder.is_file() else "does not exist"))
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"image folder {folder} has no class sub-folders (expected {folder}/CLASS/image.png)")
@@ -340,7 +340,8 @@ def find_mnist_dir(data_dir: str | Path | None) -> Path:
     folder = Path(given) if given else Path("data") / "mnist"
     if not folder.is_dir():
         if given:
-            raise DataError(f"data folder {folder} does not exist")
+            raise DataError(f"data folder {folder} " + ("is a file; give the folder that holds it" if folder.is_file()
+                                                        else "does not exist"))
         raise DataError(f"no MNIST folder found; pass --data-dir DIR (or set {MNIST_DIR_ENV}) holding the IDX "
                         "files (t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz])")
     return folder.resolve()

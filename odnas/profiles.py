@@ -218,6 +218,18 @@ class _OnceLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _did_you_mean(text: str) -> str:
+    """A file of the user's beside them (``my-phone`` for ``./my-phone.yaml``), else the
+    closest shipped name (``cpu_mobile``)."""
+    import difflib
+
+    for ext in (".yaml", ".yml"):
+        if Path(text + ext).is_file():
+            return f" (did you mean the file ./{text}{ext}?)"
+    close = difflib.get_close_matches(text, list_profiles(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """Load a shipped profile by name (``cpu-mobile``) or a user's YAML file by path."""
     text = str(name_or_path)
@@ -225,10 +237,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if not (text.endswith((".yaml", ".yml")) or path.is_file() or "/" in text):
         path = profiles_dir() / f"{text}.yaml"
         if not path.is_file():
-            raise ProfileError(
-                f"{text}: no such profile; shipped profiles are {', '.join(list_profiles())}"
-                " (or pass a path to a YAML file)"
-            )
+            raise ProfileError(f"{text}: no such profile{_did_you_mean(text)}; shipped profiles are "
+                               f"{', '.join(list_profiles())} (or pass a path to a YAML file)")
     if not path.is_file():
         raise ProfileError(f"{path}: profile file not found")
     try:

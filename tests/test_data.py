@@ -50,6 +50,9 @@ def test_missing_and_malformed_folders(tmp_path):
         load_data("mnist", tmp_path / "nope")
     with pytest.raises(DataError, match="no MNIST IDX files"):
         load_data("mnist", tmp_path)
+    (tmp_path / "README.md").write_text("the folder's readme")
+    with pytest.raises(DataError, match="README.md is a file; give the folder that holds it"):  # not "does not exist"
+        load_data("mnist", tmp_path / "README.md")
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(b"garbage")
     with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:

@@ -170,3 +170,17 @@ def test_broken_calibration_names_file_key_and_value(tmp_path, section, key, val
     msg = str(e.value)
     assert str(f) in msg and f"'{key}'" in msg and value in msg, msg
     assert "\n" not in msg
+
+
+def test_a_profile_name_that_is_not_shipped_suggests_the_users_file_or_the_closest_name(tmp_path, monkeypatch):
+    from odnas.errors import ProfileError
+    from odnas.profiles import load_profile
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ProfileError, match=r"cpu_mobile: no such profile \(did you mean cpu-mobile\?\); shipped"):
+        load_profile("cpu_mobile")
+    (tmp_path / "my-phone.yaml").write_text("name: my-phone\n")
+    with pytest.raises(ProfileError, match=r"my-phone: no such profile \(did you mean the file ./my-phone.yaml\?\)"):
+        load_profile("my-phone")
+    with pytest.raises(ProfileError, match="tpu-pod: no such profile; shipped"):  # nothing close: no guess
+        load_profile("tpu-pod")
