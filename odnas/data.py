@@ -256,7 +256,8 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
     except ImportError:
         raise DataError("folder data needs Pillow: pip install pillow") from None
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} " + ("is a file, not a folder" if folder.is_file() else "does not exist"))
+        raise DataError(f"image folder {folder} "
+                        + ("is a file, not a folder" if folder.is_file() else "does not exist"))
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"image folder {folder} has no class sub-folders (expected {folder}/CLASS/image.png)")
