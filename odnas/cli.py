@@ -309,6 +309,28 @@ def _front_rows(run_dir, extra):
     return front(run.rows, run.profile, extra)
 
 
+def _nearest(run_dir) -> str:
+    """When nothing meets every bound: the most accurate and the fastest trained model
+    that were within the search's budgets, so a user sees how far each bound is."""
+    from odnas.loop.store import load_run
+
+    run = load_run(run_dir)
+    ok = [r for r in run.rows if r.state == "completed" and "val_acc" in r.metrics and not r.over_budget]
+    if not ok:
+        return ""
+
+    def say(r):
+        ms = r.metrics.get("latency_ms")
+        return f"trial {r.trial} (val_acc {r.metrics['val_acc']:.4f}" + (f", {ms:.4g} ms)" if ms is not None else ")")
+
+    best = max(ok, key=lambda r: (r.metrics["val_acc"], -r.trial))
+    out = f"Of the trained models within the budgets, the most accurate is {say(best)}"
+    timed = [r for r in ok if r.metrics.get("latency_ms") is not None]
+    if timed and (fast := min(timed, key=lambda r: (r.metrics["latency_ms"], r.trial))) is not best:
+        out += f"; the fastest is {say(fast)}"
+    return out + "."
+
+
 def _front_table(rows) -> str:
     return table([{"trial": r.trial, **{k: r.metrics.get(k) for k in
                    ("val_acc", "latency_ms", "num_params", "flops", "model_bytes")}, "arch_id": r.arch_id}
@@ -599,6 +621,8 @@ def cmd_select(a: argparse.Namespace) -> int:
         print()
     if not fr:
         print("No trained model meets every budget and bound.")
+        if near := _nearest(a.run_dir):
+            print(near)
         return SearchFailed.exit_code
     print(_front_table(fr))
     print(f"\nPick: trial {pick.trial} ({pick.arch_id}), val_acc {pick.metrics['val_acc']:.4f}"

@@ -202,6 +202,11 @@ def test_export_of_a_run_with_nothing_feasible_says_which_bound_and_exits_as_sel
     assert sel.returncode == 3  # the same answer from both; with --json, the error as search and resume give it
     assert json.loads(sel.stdout) == {"front": [], "pick": None, "confirmed": None, "exit_code": 3,
                                       "error": "no trained model meets every budget and bound"}
+    sel = run_cli("select", str(copy), "--no-confirm")  # and how far the bar is, without a status lookup
+    rows = [r for r in status_json(copy)["trials"] if r["state"] == "completed"]
+    best = max(rows, key=lambda r: (r["metrics"]["val_acc"], -r["trial"]))
+    assert sel.returncode == 3 and (f"the most accurate is trial {best['trial']} (val_acc "
+                                    f"{best['metrics']['val_acc']:.4f}, ") in sel.stdout, sel.stdout
     trial = [r["trial"] for r in status_json(copy)["trials"] if r["state"] == "completed"][0]
     proc = run_cli("export", str(copy), "--trial", str(trial), "-o", str(out))
     assert proc.returncode == 2 and f"trial {trial} misses val_acc >= 0.9999" in proc.stderr, proc.stderr
