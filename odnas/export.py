@@ -284,7 +284,7 @@ def _export_into(out: Path, model, *, space, params, arch_id, data, profile, pro
             "model_bytes": figures[prec]["model_bytes"], "val_acc_onnx": figures[prec]["val_acc_onnx"],
             "batch_size": prof.batch_size, "intra_op_threads": plat.intra_op_threads,
             "budgets": budgets, "met": all(b["met"] for b in budgets.values()),
-            "latency": plat.to_dict(), "timed_on": plat.source, "calibration": pest,
+            "latency": {**plat.to_dict(), "how": plat.how}, "timed_on": plat.source, "calibration": pest,
             "source": Path(prof.source).name if prof.source else None,
         }
 
@@ -300,7 +300,8 @@ def _export_into(out: Path, model, *, space, params, arch_id, data, profile, pro
         output={"name": "logits", "shape": ["batch", data.num_classes], "meaning": "unnormalised class scores"},
         labels=list(data.labels), data=data.describe(), parity=parity, precisions=figures,
         quantization=quant.to_dict() if quant is not None else None, profiles=per_profile,
-        latency={**lat.to_dict(), "timed_on": lat.source, **({"device_estimate": est} if est else {})},
+        latency={**lat.to_dict(), "timed_on": lat.source, "how": lat.how,
+                 **({"device_estimate": est} if est else {})},
         onnx={"opset": OPSET, "ir_version": onnx.load(str(out)).ir_version, "checker": "passed"},
         environment={"python": platform.python_version(), "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,

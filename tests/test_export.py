@@ -46,6 +46,10 @@ def test_export_artifact_and_card(trained, short_profile):
     assert on_disk["parity"]["top1_agreement"] == 1.0 and on_disk["parity"]["max_abs_diff"] < 1e-4
     assert abs(on_disk["metrics"]["val_acc_onnx"] - res["val_acc"]) < 1e-6
     assert res["val_acc"] > 0.8
+    lat = on_disk["latency"]  # in words, with the figures a user needs to time it again
+    assert lat["how"].startswith(f"{lat['statistic']} of {lat['runs']} runs after {lat['warmup_runs']} warm-up runs"
+                                 if lat["method"] == "plain" else
+                                 f"{lat['ratio']:.4g} x {lat['baseline_ms']:.4g} ms = {lat['latency_ms']:.4g} ms"), lat
 
 
 def test_the_artifact_describes_itself_and_the_card_has_no_paths(trained, short_profile, tmp_path):

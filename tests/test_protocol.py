@@ -250,3 +250,22 @@ def test_a_baseline_cached_on_other_hardware_of_the_same_name_is_not_reused(tmp_
     assert OrtLatencyBackend().calibration_due(prof, (1, 8, 8)) == 0.3
     OrtLatencyBackend().baseline(prof, (1, 8, 8))
     assert len(list((tmp_path / "cache" / "reference").glob("baseline-*.json"))) == 2
+
+
+def test_a_reference_timing_says_in_words_how_it_was_made():
+    """A card's latency is a ratio times the reference's fast-mode time; a user timing the
+    file with a plain loop (on a busy machine) read up to 2.5x more, with nothing to say why."""
+    from odnas.cost.latency import LatencyResult
+
+    r = LatencyResult(latency_ms=0.01914, latency_ms_p90=0.02, latency_ms_mean=0.01914, latency_ms_sem=0.0003,
+                      runs=1920, warmup_runs=20, measure_s=0.24, statistic="reference-ratio", batch_size=1,
+                      provider="CPUExecutionProvider", intra_op_threads=1, inter_op_threads=1, graph_optimization="all",
+                      ort_version="1.32.0", cpu_model="AMD EPYC", host="vm", method="reference", ratio=0.3142,
+                      baseline_ms=0.06092, reference_id="80bc90110559", raw_ms=0.01928, sessions=8, rounds=6,
+                      burst_runs=40, fast_only=True)
+    assert r.how.startswith("0.3142 x 0.06092 ms = 0.01914 ms: the model's time as a ratio to a fixed reference model "
+                            "(80bc90110559) timed in alternating bursts of 40 runs, 6 rounds in each of 8 fresh "
+                            "sessions, the ratio taken over its fast-mode rounds"), r.how
+    assert "batch 1, 1 intra-op thread," in r.how and "own median burst time then was 0.01928 ms" in r.how
+    plain = LatencyResult.from_dict({**r.to_dict(), "method": "plain", "statistic": "median", "runs": 200})
+    assert plain.how.startswith("median of 200 runs after 20 warm-up runs in one session (batch 1"), plain.how

@@ -76,6 +76,25 @@ class LatencyResult:
             return f"device {self.device or self.host} via the odnas device agent at {self.agent}"
         return f"this search's host {self.host}"
 
+    @property
+    def how(self) -> str:
+        """The protocol in a sentence, for a reader who wants the figure back: a card's
+        latency is not one plain median, and a loaded machine gives more."""
+        setting = (f"batch {self.batch_size}, {self.intra_op_threads} intra-op thread"
+                   f"{'s' if self.intra_op_threads != 1 else ''}, {self.provider}, graph optimisation "
+                   f"{self.graph_optimization}, ONNX Runtime {self.ort_version}")
+        if self.method != "reference" or self.ratio is None or self.baseline_ms is None:
+            return (f"{self.statistic} of {self.runs} runs after {self.warmup_runs} warm-up runs in one session "
+                    f"({setting})")
+        rounds = "its fast-mode rounds" if self.fast_only else "its rounds"
+        raw = f"; the model's own median burst time then was {self.raw_ms:.4g} ms" if self.raw_ms else ""
+        return (f"{self.ratio:.4g} x {self.baseline_ms:.4g} ms = {self.latency_ms:.4g} ms: the model's time as a "
+                f"ratio to a fixed reference model ({self.reference_id}) timed in alternating bursts of "
+                f"{self.burst_runs} runs, {self.rounds} rounds in each of {self.sessions} fresh sessions, the ratio "
+                f"taken over {rounds}, times the "
+                f"reference's fast-mode time on this machine ({setting}){raw}. It is the machine's figure when "
+                "nothing else runs: timed beside other work, a plain median reads higher")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if d["session_ratios"] is not None:
