@@ -670,14 +670,17 @@ def _int8_note(card: Mapping[str, Any]) -> str | None:
     """A deployed int8 file that is both slower (beyond 2 SE) and larger than the fp32
     one it came from: worth saying, since the user chose int8 for speed or size."""
     prec = card.get("precisions") or {}
-    if not ("int8" in prec and "fp32" in prec and prec["int8"].get("deployed")):
+    if not ("int8" in prec and "fp32" in prec):
         return None
     f, q = prec["fp32"], prec["int8"]
     noise = 2 * math.hypot(q.get("latency_ms_sem") or 0.0, f.get("latency_ms_sem") or 0.0)
     if q["latency_ms"] - f["latency_ms"] > noise and q["model_bytes"] > f["model_bytes"]:
-        return (f"the deployed int8 file is slower and larger than {f['file']}, timed on "
-                f"{(card.get('latency') or {}).get('timed_on', 'this host')}: this model gains nothing from int8 "
-                "there; an fp32 profile would ship the fp32 file")
+        where = (card.get("latency") or {}).get("timed_on", "this host")
+        if q.get("deployed"):
+            return (f"the deployed int8 file is slower and larger than {f['file']}, timed on {where}: this model "
+                    "gains nothing from int8 there; an fp32 profile would ship the fp32 file")
+        return (f"the int8 file {q['file']} is slower and larger than the deployed fp32 one, timed on {where}: this "
+                "model gains nothing from int8 there")
     return None
 
 
