@@ -228,12 +228,15 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path):
         r.close()
 
 
-def test_a_worker_stuck_preloading_is_killed_at_the_trial_timeout_and_the_trial_fails_with_why(tmp_path):
+def test_a_worker_stuck_preloading_is_killed_at_the_trial_timeout_and_the_trial_fails_with_why(tmp_path,
+                                                                                                  monkeypatch):
     """A worker whose data load never returns: it beats, but is not ready within
-    ``--trial-timeout-s``; it is killed and replaced, and after three workers the trial
-    fails saying the slot's worker did not start (it waited forever before)."""
+    ``--trial-timeout-s`` (never under ``PRELOAD_MIN_S``, shortened here from 120 s); it
+    is killed and replaced, and after three workers the trial fails saying the slot's
+    worker did not start (it waited forever before)."""
     from ax.core.base_trial import TrialStatus
 
+    monkeypatch.setattr("odnas.loop.pool.PRELOAD_MIN_S", 3.0)
     env = {"PYTHONPATH": f"{FAULTS}{os.pathsep}{ROOT}", "ODNAS_TEST_WORKER_PRELOAD": "hang"}
     r = _runner(tmp_path / "run", trial_timeout_s=3.0, env=env)
     pids = set()
@@ -335,3 +338,18 @@ def test_a_worker_sigkilled_in_a_search_is_retried_on_a_new_worker(tmp_path):
     assert "warm worker serving it died" in failed["reason"]
     retry = [r for r in st["trials"] if r["retry_of"] == failed["trial"]]
     assert len(retry) == 1 and retry[0]["state"] == "completed" and retry[0]["params"] == failed["params"]
+
+
+def test_a_short_trial_timeout_leaves_a_worker_time_to_preload(tmp_path):
+    """--trial-timeout-s 2 bounded the worker's one-time preload too (6-11 s on a loaded
+    host): every trial failed as "the warm worker of slot 0 did not start 3 times"."""
+    from odnas.loop.pool import PRELOAD_MIN_S, START_TIMEOUT_S, WorkerPool
+    from odnas.records import RunSettings
+
+    def preload(timeout):
+        settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10,
+                               trial_timeout_s=timeout)
+        return WorkerPool(tmp_path, settings, torchx=None).preload_timeout_s
+
+    assert (preload(2.0), preload(300.0), preload(None), preload(5000.0)) == (
+        PRELOAD_MIN_S, 300.0, START_TIMEOUT_S, START_TIMEOUT_S)

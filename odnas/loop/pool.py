@@ -30,6 +30,7 @@ from odnas.rundir import (
 
 BEAT_TIMEOUT_S = 30.0  # a ready worker whose heartbeat is older is hung (on this host) or dead (elsewhere)
 START_TIMEOUT_S = 900.0  # a launched worker may take this long to write its record (cluster queueing)
+PRELOAD_MIN_S = 120.0  # ... and to preload (imports, data) at least this long, whatever --trial-timeout-s says
 IDLE_EXIT_S = 120.0  # an idle worker with no driver for this long exits
 WAIT_IDLE_S = 10.0  # all slots busy (a killed trial not yet reaped): wait this long before adding a worker
 
@@ -43,7 +44,11 @@ class WorkerPool:
         self.starts = 0
         self._beat = 0.0
         self.beat_timeout_s = BEAT_TIMEOUT_S
-        self.preload_timeout_s = min(START_TIMEOUT_S, float(settings.trial_timeout_s or START_TIMEOUT_S))
+        # A fresh job loads its data within its trial's time, so a short --trial-timeout-s
+        # bounds the preload too; but a worker preloads once, for many trials, and took 6-11 s
+        # on a loaded 2-core host: a 2-s trial timeout failed every trial as "did not start".
+        self.preload_timeout_s = (START_TIMEOUT_S if settings.trial_timeout_s is None else
+                                  min(START_TIMEOUT_S, max(PRELOAD_MIN_S, float(settings.trial_timeout_s))))
 
     # ------------------------------------------------------------ files
 
@@ -92,8 +97,8 @@ class WorkerPool:
         """Whether the slot's worker runs and is not hung. A worker whose heartbeat stopped
         (it beats every second, preloading, busy or idle) is hung: it is killed here, its
         trial child with it, and counts as dead; so is one still preloading after
-        ``preload_timeout_s`` (``--trial-timeout-s`` where that is shorter: a fresh job
-        loads its data within its trial's time too)."""
+        ``preload_timeout_s`` (``--trial-timeout-s`` where that is shorter, but never under
+        ``PRELOAD_MIN_S``)."""
         rec = self.record(slot)
         if rec and not rec.get("exiting"):
             now = time.time()
