@@ -50,6 +50,7 @@ LAUNCH_NAME = "launch.json"  # the TorchX app handle and parameters, written by 
 JOB_NAME = "job.json"  # pid, host, start, parameters: written by the job first
 RESULT_NAME = "result.json"  # written by the job last, on success only
 ERROR_NAME = "error.json"  # the failure reason, by the job or (for what it cannot report) the driver
+STOPPED_NAME = "stopped.json"  # written by the driver before it early-stops the trial's job
 PROGRESS_NAME = "progress.jsonl"  # one line per epoch
 CHECKPOINT_NAME = "model.pt"
 #: The module TorchX runs for a trial (``python -m ...``); a live job's command line names it.

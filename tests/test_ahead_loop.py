@@ -195,3 +195,97 @@ def test_a_candidate_the_space_cannot_build_fails_with_the_reason_and_the_search
     assert failed and all("could not be built" in r.reason and "is not supported here" in r.reason
                           for r in failed), [(r.state, r.reason) for r in rows]
     assert sum(r.state == "completed" for r in rows) == 3
+
+
+class StoppedAsItEnds(TimedJobs):
+    """Each job reports epoch 1 at once and runs on; a stop reaches it just as it ends:
+    cancelling the job writes its last epoch and result first (``ends_on_stop``), or
+    kills it, its error written as a killed job's would be."""
+
+    def __init__(self, ends_on_stop: bool) -> None:
+        super().__init__({})
+        self.ends_on_stop = ends_on_stop
+        self.outs: dict[str, Path] = {}
+
+    def schedulers(self):
+        return {self.SCHEDULER: lambda session_name, **kw: _StoppableScheduler(session_name, self)}
+
+    def run_job(self, argv: list[str]) -> str:
+        out = Path(_job_args(argv[2:]).out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.launched += 1
+        app = f"odnas-{out.name}-{self.launched}"
+        self.outs[app] = out
+        write_json_atomic(out / JOB_NAME, {"pid": 1, "host": "here", "start": time.time(), "params": {}})
+        (out / PROGRESS_NAME).write_text(json.dumps({"epoch": 1, "val_acc": 0.3, "time": time.time()}) + "\n")
+        return app
+
+    def stop(self, app: str) -> None:
+        out = self.outs[app]
+        if self.ends_on_stop:
+            with (out / PROGRESS_NAME).open("a") as f:
+                f.write(json.dumps({"epoch": 2, "val_acc": 0.9, "time": time.time()}) + "\n")
+            write_json_atomic(out / RESULT_NAME, {"val_acc": 0.9, "epochs": 2, "status": "ok"})
+        else:
+            write_json_atomic(out / ERROR_NAME, {"reason": "job stopped by the driver"})
+        self.done.add(app)
+
+
+class _StoppableScheduler(_TimedScheduler):
+    def describe(self, app_id: str):  # known to every instance the driver's TorchX runner makes
+        from torchx.schedulers.api import DescribeAppResponse
+
+        return DescribeAppResponse(app_id=app_id, state=self.state(app_id)) if app_id in self.jobs.outs else None
+
+    def _cancel_existing(self, app_id: str) -> None:
+        self.jobs.stop(app_id)
+
+
+def _search_stopping_every_trial(tmp_path: Path, jobs: StoppedAsItEnds, monkeypatch) -> Path:
+    import odnas.loop.driver as driver
+    from odnas.loop.driver import early_stopping_strategy
+
+    def stop_all(*args, **kwargs):  # the rule stops every running trial that has a curve
+        rule = early_stopping_strategy(*args, **kwargs)
+        object.__setattr__(rule, "should_stop_trials_early", lambda trial_indices, experiment, current_node=None: {
+            i: "stopped by the test's rule" for i in trial_indices if experiment.trials[i].run_metadata})
+        return rule
+
+    monkeypatch.setattr(driver, "early_stopping_strategy", stop_all)
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=2, max_candidates=4, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0, poll_s=0.5,
+                       early_stopping=True, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    return run_dir
+
+
+def test_a_trial_that_ends_as_it_is_early_stopped_is_completed_with_its_final_figures(tmp_path, monkeypatch):
+    """Ax marks every trial it stops early-stopped; one whose job had written its result
+    as the stop reached it kept its epoch-1 figure, and was left off the front."""
+    from odnas.loop.store import load_run
+
+    run_dir = _search_stopping_every_trial(tmp_path, StoppedAsItEnds(ends_on_stop=True), monkeypatch)
+    rows = load_run(run_dir).rows
+    assert [(r.state, r.metrics.get("val_acc")) for r in rows] == [("completed", 0.9), ("completed", 0.9)], rows
+    assert all((run_dir / "trials" / f"{r.trial:04d}" / "stopped.json").exists() for r in rows)
+
+
+def test_an_early_stopped_trial_stays_early_stopped_when_its_driver_dies_before_ax_stores_the_stop(tmp_path,
+                                                                                                  monkeypatch):
+    """The stopped job writes "job stopped by the driver"; a driver killed before Ax
+    stored the stop found that error on resume and failed the trial (counted against the
+    failure rate, and retried under --retries)."""
+    from ax.core.base_trial import TrialStatus
+
+    from odnas.loop.runner import TrialRunner
+    from odnas.loop.store import load_run
+
+    run_dir = _search_stopping_every_trial(tmp_path, StoppedAsItEnds(ends_on_stop=False), monkeypatch)
+    rows = load_run(run_dir).rows
+    assert [r.state for r in rows] == ["early_stopped", "early_stopped"], rows
+    tdir = run_dir / "trials" / "0000"
+    assert (tdir / ERROR_NAME).exists() and (tdir / "stopped.json").exists()
+    assert TrialRunner._ended(tdir) == TrialStatus.EARLY_STOPPED  # what a resumed driver's poll now says
+    (tdir / RESULT_NAME).write_text("{}")
+    assert TrialRunner._ended(tdir) == TrialStatus.COMPLETED

@@ -89,6 +89,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from odnas.loop.adapter import (
+    complete_stopped,
     generation_count,
     import_ax,
     restore_strategy_state,
@@ -773,6 +774,18 @@ class AheadOrchestrator(Orchestrator):
         waits for the last running trials after that (nor in a wait called by itself).
         Ending a wait for a candidate it will not deploy would only poll again at once."""
         return getattr(self, "_num_remaining_requested_trials", 0) > 0
+
+    def poll_and_process_results(self, poll_all_trial_statuses: bool = False) -> bool:
+        changed = super().poll_and_process_results(poll_all_trial_statuses)
+        finished = getattr(self.runner, "finished_while_stopped", lambda: [])()
+        if finished:
+            # Ax marks every trial it stops early-stopped; one whose job wrote its result
+            # before the stop reached it trained to the end: it is completed, with its
+            # final figures (its curve stopped at the epoch the rule saw, and the front and
+            # the model both leave early-stopped trials out).
+            complete_stopped(self, finished)
+            self.logger.info(f"Trials {finished} had finished before the early stop reached them: completed.")
+        return changed
 
     def wait_for_completed_trials_and_report_results(self, idle_callback=None, force_refit: bool = False):
         poll_s = float(self.options.init_seconds_between_polls or 1)

@@ -192,6 +192,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
         lane.say = lambda line: print(line, file=term, flush=True)  # a device agent's retries, not only in the log
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
+        # Ax stops trials with the runner of their trial type, which storage decodes as an
+        # object of its own: without this, early stops went to a runner never attached
+        # (TorchX's default schedulers, no pool, the run dir the run was made in).
+        exp.runner = runner
         resume_jobs(lane.local_jobs())  # a driver killed mid-measurement left them stopped
         try:
             host_note(lane, term)

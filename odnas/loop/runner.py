@@ -30,7 +30,7 @@ from odnas.loop.adapter import import_ax
 from odnas.loop.pool import WorkerPool
 from odnas.records import CostRecord, RunSettings
 from odnas.rundir import (
-    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, local_job_alive, local_jobs_writing, read_json,
+    ERROR_NAME, JOB_NAME, LAUNCH_NAME, RESULT_NAME, STOPPED_NAME, local_job_alive, local_jobs_writing, read_json,
     resolve_trial_dir, stored_trial_dir, trial_dir, write_json_atomic,
 )
 
@@ -56,6 +56,7 @@ class _Live:
     seconds: dict[str, float] = field(default_factory=dict)  # where the runner's time went (deploy, poll)
     calls: dict[str, int] = field(default_factory=dict)
     device_gone: Exception | None = None  # the device agent stayed away: every deployment fails now
+    stopped: list[tuple[int, Path]] = field(default_factory=list)  # trials Ax early-stopped, and their dirs
 
 
 class TrialRunner(IRunner):
@@ -295,10 +296,9 @@ class TrialRunner(IRunner):
         if trial_metadata.get("over_budget"):
             return TrialStatus.COMPLETED
         tdir = self.tdir(trial_metadata)
-        if (tdir / RESULT_NAME).exists():
-            return TrialStatus.COMPLETED
-        if (tdir / ERROR_NAME).exists():
-            return TrialStatus.FAILED
+        ended = self._ended(tdir)
+        if ended is not None:
+            return ended
         if trial_metadata.get("worker") is not None:
             return self._poll_warm(trial_metadata, tdir)
         state = self._app_state(trial_metadata.get("app_handle"))
@@ -371,10 +371,14 @@ class TrialRunner(IRunner):
 
     @staticmethod
     def _ended(tdir: Path) -> TrialStatus | None:
-        """COMPLETED or FAILED if the trial's last file has landed (checked again after a
-        liveness check: it may have landed in between), else None."""
+        """COMPLETED, EARLY_STOPPED or FAILED if the trial's last file has landed (checked
+        again after a liveness check: it may have landed in between), else None. A trial
+        the driver early-stopped is that, not the failure its killed job reports ("job
+        stopped by the driver"), when a driver died before Ax stored the stop."""
         if (tdir / RESULT_NAME).exists():
             return TrialStatus.COMPLETED
+        if (tdir / STOPPED_NAME).exists():
+            return TrialStatus.EARLY_STOPPED
         if (tdir / ERROR_NAME).exists():
             return TrialStatus.FAILED
         return None
@@ -409,6 +413,22 @@ class TrialRunner(IRunner):
 
     def poll_exception(self, trial: BaseTrial) -> str:
         return failure_reason(trial.run_metadata, self.run_dir)
+
+    def stop(self, trial: BaseTrial, reason: str | None = None) -> dict[str, Any]:
+        """Ax early-stops a trial: the trial dir says so first (``STOPPED_NAME``), so a
+        driver killed before Ax stores the stop finds an early-stopped trial, not a failed
+        one; and the trial is noted for ``finished_while_stopped``."""
+        tdir = self.tdir(trial.run_metadata)
+        write_json_atomic(tdir / STOPPED_NAME, {"time": time.time(), "reason": reason})
+        self._live.stopped.append((trial.index, tdir))
+        return super().stop(trial, reason)
+
+    def finished_while_stopped(self) -> list[int]:
+        """The trials early-stopped since the last call whose job had already finished,
+        its result written, by the time it was stopped: a complete training that Ax, as
+        it marks every stopped trial, took for a stopped one."""
+        stopped, self._live.stopped = self._live.stopped, []
+        return [i for i, tdir in stopped if (tdir / RESULT_NAME).exists()]
 
     def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
         if trial_metadata.get("worker") is not None:  # kill the child, never the worker
