@@ -289,3 +289,20 @@ def test_an_early_stopped_trial_stays_early_stopped_when_its_driver_dies_before_
     assert TrialRunner._ended(tdir) == TrialStatus.EARLY_STOPPED  # what a resumed driver's poll now says
     (tdir / RESULT_NAME).write_text("{}")
     assert TrialRunner._ended(tdir) == TrialStatus.COMPLETED
+
+
+def test_a_stop_asked_while_the_driver_starts_up_is_kept(tmp_path, monkeypatch):
+    """`odnas stop` is accepted once the driver holds the run's lock, but the driver
+    removed the request a minute later, at the end of its start-up, and trained on."""
+    import odnas.loop.driver as driver
+    from odnas.rundir import STOP_REQUEST_NAME
+
+    adopt = driver.adopt_lost_jobs
+
+    def asked_meanwhile(exp, runner, storage):  # a step of the start-up, with the lock held
+        (Path(runner.run_dir) / STOP_REQUEST_NAME).write_text("stop\n")
+        return adopt(exp, runner, storage)
+
+    monkeypatch.setattr(driver, "adopt_lost_jobs", asked_meanwhile)
+    run_dir, launched, _ = search(tmp_path, TimedJobs({}), trials=4)
+    assert len(launched) < 4 and not (run_dir / STOP_REQUEST_NAME).exists(), launched

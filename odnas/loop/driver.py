@@ -174,6 +174,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
+        # A request left from before this driver is not for it; one made from here on is
+        # (`odnas stop` takes a held lock for a running driver: start-up can take a minute).
+        stop = run_dir / STOP_REQUEST_NAME
+        stop.unlink(missing_ok=True)
         if trials is not None or max_candidates is not None:  # new totals, written once this driver holds the run
             if trials is not None:
                 settings.trials = trials
@@ -240,8 +244,6 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         table = TrialsFile(exp, run_dir)
         adopt_lost_jobs(exp, runner, storage)
         retries = settings.retries
-        stop = run_dir / STOP_REQUEST_NAME
-        stop.unlink(missing_ok=True)  # a request left from before this driver is not for it
         signals = SignalGuard()
         last = [0.0]
 
