@@ -39,6 +39,10 @@ from odnas.records import RunSettings, TrialRow
 SETTINGS_NAME = "odnas.json"
 DB_NAME = "experiment.sqlite"
 LOG_NAME = "odnas.log"
+MAKING_NAME = "making"  # there while ``create_run`` makes the run: a run dir with it was never finished
+#: What making a run writes (besides ``MAKING_NAME``): what is removed to make it again.
+MADE_NAMES = (SETTINGS_NAME, DB_NAME, *(f"{DB_NAME}-{s}" for s in ("journal", "wal", "shm")), LOG_NAME,
+              "calibration.json")
 DRIVER_STATS_NAME = "driver-stats.jsonl"  # one line per driver session: where its time went
 LOCK_NAME = "driver.lock"
 TRIALS_NAME = "trials.json"  # the trial table as the driver last saw it (status reads it without Ax)
@@ -111,6 +115,9 @@ def read_settings(run_dir: str | Path) -> RunSettings:
     p = Path(run_dir) / SETTINGS_NAME
     if not Path(run_dir).exists():  # a typo, or a search whose first seconds have not made it yet
         raise RunDirError(f"run dir {run_dir} does not exist")
+    if (Path(run_dir) / MAKING_NAME).exists():
+        raise RunDirError(f"{run_dir} was being made when its search stopped, or is being made now; nothing was "
+                          "trained: if no search is making it, run the same `odnas search` with this --run-dir again")
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
     try:

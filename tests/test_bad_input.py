@@ -255,6 +255,44 @@ def test_a_run_dir_whose_setup_fails_is_left_as_it_was_found(tmp_path, monkeypat
         assert (sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else None) == left
 
 
+def test_odnas_own_refusal_while_a_run_is_made_is_not_put_on_ax(tmp_path, monkeypatch):
+    """A device table timed under other settings was told as "Ax refused this search's setup"."""
+    from odnas.errors import CalibrationError
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+
+    def refused(*a, **k):
+        raise CalibrationError("refs/device_latency.csv: the device was timed with different settings")
+
+    monkeypatch.setattr(driver, "run_calibration", refused)
+    with pytest.raises(CalibrationError, match="^refs/device_latency.csv: the device was timed"):
+        driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_whose_making_was_killed_is_told_and_made_again(tmp_path):
+    """SIGKILL (or SIGTERM, before the driver's handlers) while a run dir was made left
+    settings and a database without a generation strategy: resume failed on an
+    AssertionError, status on Ax's ObjectNotFoundError, search said to resume."""
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("the user's")
+    for name in ("making", "odnas.json", "experiment.sqlite"):  # what a killed making leaves
+        (run / name).write_text("{}" if name == "odnas.json" else "")
+    for verb in (["status", str(run)], ["resume", str(run)], ["report", str(run)]):
+        proc = run_cli(*verb)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "was being made when its search stopped" in proc.stderr and "Traceback" not in proc.stderr
+    made = driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run)))
+    assert sorted(p.name for p in made.iterdir() if not p.name.startswith("experiment.sqlite-")) == [
+        "experiment.sqlite", "notes.txt", "odnas.json", "odnas.log"]
+    assert run_cli("status", str(run)).returncode == 0
+
+
 def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_not_export(empty_run, capsys):
     from odnas.cli import _print_outcome
 

@@ -25,7 +25,7 @@ from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
 )
 from odnas.records import RunSettings
-from odnas.rundir import DB_NAME
+from odnas.rundir import DB_NAME, MAKING_NAME
 
 METHODS = ("bo", "sobol", "random", "saasbo")
 EARLY_STOPPING_PEERS = ("cheaper", "all")
@@ -130,7 +130,9 @@ def default_run_dir(cfg: SearchConfig, space_name: str | None = None) -> Path:
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
-    if (run_dir / DB_NAME).exists():
+    """A run dir holds one search; one whose making was stopped (killed while
+    ``create_run`` wrote it) holds none, and is made again."""
+    if (run_dir / DB_NAME).exists() and not (run_dir / MAKING_NAME).exists():
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
 
 

@@ -22,7 +22,7 @@ from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError, DeviceLatencyBackend
 from odnas.cost.lane import CostLane, calibration_note, check_budgets, check_builds
 from odnas.cost.quiet import resume_jobs
-from odnas.errors import SearchError, SearchFailed, SearchInterrupted
+from odnas.errors import OdnasError, SearchError, SearchFailed, SearchInterrupted
 from odnas.jobs.component import torchx_runner
 from odnas.loop.ahead import (Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, kernel_build_due,
                               load_lazy_kernels, pace_note)
@@ -39,8 +39,8 @@ from odnas.loop.store import EXPERIMENT_NAME, init_storage, load_client, load_ru
 from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
-    DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, RESULT_NAME, SETTINGS_NAME, STOP_REQUEST_NAME,
-    driver_lock,
+    DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, MADE_NAMES, MAKING_NAME, RESULT_NAME, SETTINGS_NAME,
+    STOP_REQUEST_NAME, driver_lock,
     read_curve, read_json, read_settings, trial_begun, write_settings, write_trials,
 )
 from odnas.select import pick
@@ -65,8 +65,12 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
 
     run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, get_space(settings.space).name)).resolve()
     refuse_used_run_dir(run_dir)  # again: a default run dir, or one another search made meanwhile
+    if (run_dir / MAKING_NAME).exists():  # a making killed before it could clean up (SIGKILL): made again
+        for name in (*MADE_NAMES, MAKING_NAME):
+            (run_dir / name).unlink(missing_ok=True)
     there = set(run_dir.iterdir()) if run_dir.exists() else None  # an empty folder the user made, say
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MAKING_NAME).write_text("odnas is making this run dir\n")
     try:
         _configure(run_dir, cfg, settings, Client)
     except BaseException as e:  # all or nothing: a half-made run dir could be neither searched nor resumed
@@ -74,9 +78,12 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
         from ax.exceptions.core import UserInputError
 
+        if isinstance(e, OdnasError):  # odnas's own (a calibration table that does not fit): as it is
+            raise
         if isinstance(e, (UserInputError, ValueError)):  # what odnas's checks let through: one line, not a traceback
             raise SearchError(f"Ax refused this search's setup: {(str(e).strip().splitlines() or [''])[0]}") from None
         raise
+    (run_dir / MAKING_NAME).unlink()
     return run_dir
 
 
