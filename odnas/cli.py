@@ -685,13 +685,19 @@ def _int8_note(card: Mapping[str, Any]) -> str | None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from odnas.errors import SearchFailed
     from odnas.export import artifact_path, export_trial
     from odnas.select import meets, select_bounds
 
     bounds = select_bounds(a.max_latency_ms, a.min_acc)
-    with _Steps(a.quiet) as steps:
-        card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (), bounds=bounds,
-                            calib_samples=a.calib_samples, progress=steps).to_dict()
+    try:
+        with _Steps(a.quiet) as steps:
+            card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
+                                bounds=bounds, calib_samples=a.calib_samples, progress=steps).to_dict()
+    except SearchFailed as e:  # nothing to export: under --json a document says so, as select's does
+        if a.json:
+            _print_json({"error": str(e), "exit_code": e.exit_code, "written": None})
+        raise
     path = artifact_path(a.output, card["arch_id"])
     out = str(path)
     others = [str(path.parent / f["file"]) for f in (card.get("precisions") or {}).values()

@@ -356,6 +356,7 @@ def test_a_search_timed_on_the_agent_completes_stops_when_it_goes_and_resumes_wh
         assert proc.returncode == 3, proc.stderr
         assert len(err) == 1 and "not reachable" in err[0] and f"odnas resume {run}" in err[0]
         assert "trying again" in proc.stderr  # the failed attempt, with its reason, told where the user sees it
+        assert "trying again" in (run / "odnas.log").read_text()  # and in the run's log, as docs/device.md says
 
         a = Agent(tmp_path)  # back, at a new address (a phone's new IP): resume is told where
         proc = run_cli("resume", str(run), "--trials", "3", "--device", a.url, "--quiet")

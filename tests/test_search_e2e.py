@@ -198,6 +198,9 @@ def test_export_of_a_run_with_nothing_feasible_says_which_bound_and_exits_as_sel
     out = tmp_path / "m.onnx"
     proc = run_cli("export", str(copy), "-o", str(out))
     assert proc.returncode == 3 and "meets every budget and threshold (val_acc >= 0.9999" in proc.stderr, proc.stderr
+    proc = run_cli("export", str(copy), "-o", str(out), "--json")  # a document on stdout, as select gives
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 3 and doc["exit_code"] == 3 and "(val_acc >= 0.9999" in doc["error"], proc.stdout
     sel = run_cli("select", str(copy), "--no-confirm", "--json")
     assert sel.returncode == 3  # the same answer from both; with --json, the error as search and resume give it
     assert json.loads(sel.stdout) == {"front": [], "pick": None, "confirmed": None, "exit_code": 3,

@@ -121,6 +121,14 @@ def search(cfg: SearchConfig, progress: Callable[["RunState"], None] | None = No
     return run_dir
 
 
+def _tell(line: str, term) -> None:
+    """A line for the terminal (``term``) that belongs in the run's log too: with quiet
+    logs, this process's stderr is that log."""
+    print(line, file=term, flush=True)
+    if term is not sys.stderr:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _say(text: str) -> None:
     print(f"odnas: {text}", file=sys.stderr, flush=True)
 
@@ -201,7 +209,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         runner = exp.runner
         assert isinstance(runner, TrialRunner)
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
-        lane.say = lambda line: print(line, file=term, flush=True)  # a device agent's retries, not only in the log
+        lane.say = lambda line: _tell(line, term)  # a device agent's retries: on the terminal and in the log
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         # Ax stops trials with the runner of their trial type, which storage decodes as an
         # object of its own: without this, early stops went to a runner never attached
