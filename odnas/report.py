@@ -25,7 +25,7 @@ from odnas.loop.runner import failure_reason
 from odnas.loop.store import load_client, quiet_logs, trial_table
 from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_from_dict
 from odnas.records import RunSettings, TrialRow
-from odnas.rundir import LOG_NAME, driver_running, read_settings
+from odnas.rundir import LOG_NAME, driver_running, read_settings, trial_begun
 from odnas.select import front, proxy_correlations
 from odnas.steps import Step, silent
 
@@ -256,11 +256,19 @@ def overview_section(rows, fr, settings, profile: HardwareProfile, driving: bool
         capped = len(rows) >= int(settings.get("max_candidates") or 10 ** 9)
         sec.missing.append(f"The run is partial: {trained} of {planned} planned trainings done "
                            + ("(its search is still running; report again when it ends)." if driving else
-                              f"(its {len(rows)} candidates reached the cap: a new search with looser budgets "
-                              "finds more)." if capped else "(continue it with `odnas resume`)."))
+                              f"(its {len(rows)} candidates reached the cap: `odnas resume --max-candidates N` "
+                              "tries more, or a new search with looser budgets)." if capped else
+                              "(continue it with `odnas resume`)."))
     if counts.get("running"):
-        sec.missing.append(f"{_plural(counts['running'], 'trial')} still running: no accuracy yet, "
-                           "shown on the cost axis only.")
+        # As status tells them: a trial left in a warm worker's inbox when the driver stopped has not begun
+        queued = 0 if driving else sum(1 for r in rows if r["state"] == "running" and r.get("trial_dir")
+                                       and not trial_begun(r["trial_dir"]))
+        if counts["running"] > queued:
+            sec.missing.append(f"{_plural(counts['running'] - queued, 'trial')} still running: no accuracy yet, "
+                               "shown on the cost axis only.")
+        if queued:
+            sec.missing.append(f"{_plural(queued, 'trial')} queued, not started (`odnas resume` starts "
+                               f"{'them' if queued != 1 else 'it'}): shown on the cost axis only.")
     failed = [r for r in rows if r["state"] == "failed"]
     if failed:
         reasons = "; ".join(f"trial {r['trial']}: {_failure(r)}" for r in failed[:5])

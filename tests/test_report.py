@@ -258,6 +258,21 @@ def test_a_report_of_a_run_being_searched_does_not_send_the_user_to_resume(parti
     assert "early_stopping" in text and "max_candidates" in text  # every setting the run was made with
 
 
+def test_a_trial_left_in_a_warm_workers_inbox_is_queued_in_the_report_as_in_status(partial_run, tmp_path):
+    import shutil
+
+    from odnas.loop.store import load_run
+
+    run = tmp_path / "copy"
+    shutil.copytree(partial_run, run)
+    [queued] = [r for r in load_run(run).rows if r.state == "running"]
+    tdir = run / "trials" / f"{queued.trial:04d}"
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / "launch.json").write_text(json.dumps({"worker": 0, "params": queued.params}))  # never served
+    text = _text(write_report(run, tmp_path / "q.html"))
+    assert "1 trial queued, not started (`odnas resume` starts it)" in text and "trial still running" not in text
+
+
 def test_report_out_may_be_a_folder(partial_run, tmp_path):
     assert write_report(partial_run, tmp_path / "r") == tmp_path / "r" / "report.html"
 
