@@ -115,9 +115,11 @@ def read_settings(run_dir: str | Path) -> RunSettings:
     p = Path(run_dir) / SETTINGS_NAME
     if not Path(run_dir).exists():  # a typo, or a search whose first seconds have not made it yet
         raise RunDirError(f"run dir {run_dir} does not exist")
-    if (Path(run_dir) / MAKING_NAME).exists():
-        raise RunDirError(f"{run_dir} was being made when its search stopped, or is being made now; nothing was "
-                          "trained: if no search is making it, run the same `odnas search` with this --run-dir again")
+    if (making := being_made(run_dir)) is not None:
+        raise RunDirError(f"{run_dir} is being made by a search that has just started; try again in a few seconds"
+                          if making else
+                          f"{run_dir} was being made when its search stopped, and nothing was trained: run the same "
+                          "`odnas search` with this --run-dir again")
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not an odnas run dir (no {SETTINGS_NAME})")
     try:
@@ -265,6 +267,40 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 def _proc_live(fields: list[str] | None) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
+
+
+#: A ``MAKING_NAME`` this old is stale wherever it was written (making a run takes seconds).
+MAKING_STALE_S = 600.0
+
+
+def mark_making(run_dir: Path) -> None:
+    """Say that this process is making ``run_dir`` (``create_run``), and who it is; a
+    marker made meanwhile by another search (``O_EXCL``) refuses this one."""
+    try:
+        fd = os.open(Path(run_dir) / MAKING_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise SearchError(f"{run_dir} is being made by another search now; give this one another --run-dir") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "proc_start": proc_start(os.getpid()),
+                   "time": time.time()}, f)
+
+
+def being_made(run_dir: str | Path) -> bool | None:
+    """None: ``run_dir`` is not being made. True: a live process is making it now. False:
+    its making stopped before the end (the process is gone, or the marker is stale)."""
+    path = Path(run_dir) / MAKING_NAME
+    if not path.exists():
+        return None
+    rec = read_json(path)
+    if not isinstance(rec, dict) or time.time() - float(rec.get("time") or 0) > MAKING_STALE_S:
+        return False
+    if rec.get("host") != socket.gethostname():
+        return True  # another machine's, and recent: it may be making it now
+    try:
+        started = proc_start(int(rec["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return started is not None and started == rec.get("proc_start")
 
 
 def proc_start(pid: int) -> int | None:

@@ -293,6 +293,32 @@ def test_a_run_dir_whose_making_was_killed_is_told_and_made_again(tmp_path):
     assert run_cli("status", str(run)).returncode == 0
 
 
+def test_a_run_dir_another_search_is_making_now_is_left_to_it(tmp_path):
+    """The marker of a making that is alive: a second search deleted the first one's
+    files and made the dir its own; the first then failed on its own marker."""
+    import json
+
+    from odnas.errors import RunDirError, SearchError
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+    from odnas.rundir import mark_making, read_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mark_making(run)  # this process: alive
+    (run / "odnas.json").write_text("{}")
+    (run / "experiment.sqlite").write_text("")
+    with pytest.raises(SearchError, match="is being made by another search now"):
+        driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run)))
+    with pytest.raises(RunDirError, match="is being made by a search that has just started"):
+        read_settings(run)
+    assert sorted(p.name for p in run.iterdir()) == ["experiment.sqlite", "making", "odnas.json"]  # untouched
+    rec = json.loads((run / "making").read_text())
+    (run / "making").write_text(json.dumps({**rec, "proc_start": -1}))  # a pid since reused: that making is gone
+    driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run)))
+    assert not (run / "making").exists() and read_settings(run).trials == 1
+
+
 def test_a_search_that_ends_with_no_feasible_model_points_to_status_and_resume_not_export(empty_run, capsys):
     from odnas.cli import _print_outcome
 

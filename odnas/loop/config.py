@@ -25,7 +25,7 @@ from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
 )
 from odnas.records import RunSettings
-from odnas.rundir import DB_NAME, MAKING_NAME
+from odnas.rundir import DB_NAME, being_made
 
 METHODS = ("bo", "sobol", "random", "saasbo")
 EARLY_STOPPING_PEERS = ("cheaper", "all")
@@ -131,8 +131,12 @@ def default_run_dir(cfg: SearchConfig, space_name: str | None = None) -> Path:
 
 def refuse_used_run_dir(run_dir: Path) -> None:
     """A run dir holds one search; one whose making was stopped (killed while
-    ``create_run`` wrote it) holds none, and is made again."""
-    if (run_dir / DB_NAME).exists() and not (run_dir / MAKING_NAME).exists():
+    ``create_run`` wrote it) holds none, and is made again; one another search is making
+    now is refused."""
+    making = being_made(run_dir)
+    if making:
+        raise SearchError(f"{run_dir} is being made by another search now; give this one another --run-dir")
+    if (run_dir / DB_NAME).exists() and making is None:
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
 
 

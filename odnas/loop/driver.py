@@ -40,7 +40,7 @@ from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, MADE_NAMES, MAKING_NAME, RESULT_NAME, SETTINGS_NAME,
-    STOP_REQUEST_NAME, driver_lock,
+    STOP_REQUEST_NAME, driver_lock, mark_making,
     read_curve, read_json, read_settings, trial_begun, write_settings, write_trials,
 )
 from odnas.select import pick
@@ -70,7 +70,7 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
             (run_dir / name).unlink(missing_ok=True)
     there = set(run_dir.iterdir()) if run_dir.exists() else None  # an empty folder the user made, say
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / MAKING_NAME).write_text("odnas is making this run dir\n")
+    mark_making(run_dir)
     try:
         _configure(run_dir, cfg, settings, Client)
     except BaseException as e:  # all or nothing: a half-made run dir could be neither searched nor resumed
@@ -83,7 +83,7 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
         if isinstance(e, (UserInputError, ValueError)):  # what odnas's checks let through: one line, not a traceback
             raise SearchError(f"Ax refused this search's setup: {(str(e).strip().splitlines() or [''])[0]}") from None
         raise
-    (run_dir / MAKING_NAME).unlink()
+    (run_dir / MAKING_NAME).unlink(missing_ok=True)
     return run_dir
 
 
