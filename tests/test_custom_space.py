@@ -378,6 +378,14 @@ def test_a_run_whose_space_builds_other_models_since_is_refused_in_one_line(tmp_
     from odnas.loop.store import load_run
 
     check_builds(get_space(f"{space}:Sometimes"), load_run(run).settings, run)
+    # Lazy modules take their shapes in the first forward pass, as the lane measured them
+    lazy = BUGGY.replace("nn.Linear(c * h * w, p[\"w\"])", "nn.LazyLinear(p[\"w\"])")
+    assert lazy != BUGGY
+    space.write_text(lazy)
+    rec = measure_candidate(get_space(f"{space}:Sometimes"), params, (1, 8, 8), 10, load_profile("cpu-mobile"),
+                            backend=FakeLatencyBackend())
+    CostCache(run / "costs").put(rec)
+    check_builds(get_space(f"{space}:Sometimes"), load_run(run).settings, run)
     space.write_text(BUGGY.replace('nn.ReLU(), nn.Linear(p["w"], num_classes)',
                                    'nn.ReLU(), nn.Linear(p["w"], p["w"]), nn.Linear(p["w"], num_classes)'))
     for verb in (["resume", str(run)], ["rescore", str(run), "--profile", "cpu-desktop"]):

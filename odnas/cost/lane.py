@@ -124,7 +124,9 @@ def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int = BUI
     for raw in recs:
         torch.manual_seed(0)
         try:
-            now = structure_digest(space.build(raw["params"], settings.input_shape, settings.num_classes))
+            model = space.build(raw["params"], settings.input_shape, settings.num_classes)
+            check_output(model, settings.input_shape, settings.num_classes)  # as measured: lazy modules take shape
+            now = structure_digest(model)
         except Exception as e:  # noqa: BLE001 -- the user's build(): any error, one line
             now = f"an error ({type(e).__name__}: {_first_line(e)})"
         if now != raw["structure"]:
