@@ -379,13 +379,13 @@ def test_a_run_whose_space_builds_other_models_since_is_refused_in_one_line(tmp_
 
     check_builds(get_space(f"{space}:Sometimes"), load_run(run).settings, run)
     # Lazy modules take their shapes in the first forward pass, as the lane measured them
-    lazy = BUGGY.replace("nn.Linear(c * h * w, p[\"w\"])", "nn.LazyLinear(p[\"w\"])")
-    assert lazy != BUGGY
-    space.write_text(lazy)
-    rec = measure_candidate(get_space(f"{space}:Sometimes"), params, (1, 8, 8), 10, load_profile("cpu-mobile"),
+    lazy = tmp_path / "lazy.py"  # a file of its own: this process imported buggy.py already
+    lazy.write_text(BUGGY.replace("nn.Linear(c * h * w, p[\"w\"])", "nn.LazyLinear(p[\"w\"])"))
+    assert "LazyLinear" in lazy.read_text()
+    rec = measure_candidate(get_space(f"{lazy}:Sometimes"), params, (1, 8, 8), 10, load_profile("cpu-mobile"),
                             backend=FakeLatencyBackend())
     CostCache(run / "costs").put(rec)
-    check_builds(get_space(f"{space}:Sometimes"), load_run(run).settings, run)
+    check_builds(get_space(f"{lazy}:Sometimes"), load_run(run).settings, run)
     space.write_text(BUGGY.replace('nn.ReLU(), nn.Linear(p["w"], num_classes)',
                                    'nn.ReLU(), nn.Linear(p["w"], p["w"]), nn.Linear(p["w"], num_classes)'))
     for verb in (["resume", str(run)], ["rescore", str(run), "--profile", "cpu-desktop"]):
