@@ -469,3 +469,23 @@ def test_the_cheaper_peers_rule_compares_a_trial_only_with_trials_that_cost_no_m
     assert stops(rule, 5)  # the dearest, and below the median of all that cost less
     assert not stops(rule, 3)  # dear, but the most accurate
     assert stops(early_stopping_strategy(1, against="all"), 4)
+
+
+def test_resume_max_candidates_counts_as_the_cap_does_failed_trials_aside(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from odnas.errors import SearchError
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+    from odnas.records import TrialRow
+
+    run = driver.create_run(SearchConfig(space="mlp", trials=3, max_candidates=8, run_dir=str(tmp_path / "r")))
+    states = ["over_budget"] * 5 + ["completed"] * 3 + ["failed"] * 3  # 8 count against the cap, 11 in all
+    rows = [TrialRow(trial=i, state=s, arch_id="a", params={}, metrics={}) for i, s in enumerate(states)]
+    monkeypatch.setattr(driver, "load_run", lambda d: SimpleNamespace(rows=rows))
+    went_on = []
+    monkeypatch.setattr(driver, "run_loop", lambda *a, **k: went_on.append(k["max_candidates"]))
+    with pytest.raises(SearchError, match=r"made 8 candidates already \(failed ones aside\).*more than 8"):
+        driver.resume(run, max_candidates=8)
+    driver.resume(run, max_candidates=10)  # two more: refused before, as if the failed ones counted
+    assert went_on == [10]

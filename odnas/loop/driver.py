@@ -155,11 +155,12 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
             raise SearchError(f"--trials {trials}: {done} model{'s are' if done != 1 else ' is'} trained already, "
                               f"and --trials counts them; give more than {done} to train more (nothing was changed)")
         goal = trials if trials is not None else settings.trials
-        if max_candidates is not None and (max_candidates <= len(rows) or max_candidates < goal):
-            raise SearchError(f"--max-candidates {max_candidates}: the run has made {len(rows)} candidate"
-                              f"{'s' if len(rows) != 1 else ''} already, and --max-candidates counts them, as it "
-                              f"does the {goal} trials; give more than {max(len(rows), goal - 1)} (nothing was "
-                              "changed)")
+        made = sum(r.state != "failed" for r in rows)  # as the cap counts them (trials_to_run): failed ones are not
+        if max_candidates is not None and (max_candidates <= made or max_candidates < goal):
+            raise SearchError(f"--max-candidates {max_candidates}: the run has made {made} candidate"
+                              f"{'s' if made != 1 else ''} already (failed ones aside), and --max-candidates counts "
+                              f"them, as it does the {goal} trials; give more than {max(made, goal - 1)} (nothing "
+                              "was changed)")
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
