@@ -287,8 +287,25 @@ def test_an_early_stopped_trial_stays_early_stopped_when_its_driver_dies_before_
     tdir = run_dir / "trials" / "0000"
     assert (tdir / ERROR_NAME).exists() and (tdir / "stopped.json").exists()
     assert TrialRunner._ended(tdir) == TrialStatus.EARLY_STOPPED  # what a resumed driver's poll now says
-    (tdir / RESULT_NAME).write_text("{}")
-    assert TrialRunner._ended(tdir) == TrialStatus.COMPLETED
+
+
+def test_a_result_that_lands_after_the_stop_was_stored_is_kept_on_resume(tmp_path, monkeypatch):
+    """A cancel that reaches the job late (a cluster, a worker on another node): its
+    last epoch and result land after Ax stored the stop; the next driver completes it."""
+    from odnas.loop.store import load_run
+    from odnas.testing import FakeLatencyBackend
+
+    jobs = StoppedAsItEnds(ends_on_stop=False)
+    run_dir = _search_stopping_every_trial(tmp_path, jobs, monkeypatch)
+    tdir = run_dir / "trials" / "0001"
+    (tdir / ERROR_NAME).unlink()  # the job went on: its last epoch and result, late
+    with (tdir / PROGRESS_NAME).open("a") as f:
+        f.write(json.dumps({"epoch": 2, "val_acc": 0.9, "time": time.time()}) + "\n")
+    write_json_atomic(tdir / RESULT_NAME, {"val_acc": 0.9, "epochs": 2, "status": "ok"})
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    rows = load_run(run_dir).rows
+    assert [(r.state, round(r.metrics["val_acc"], 6)) for r in rows] == [("early_stopped", 0.3),
+                                                                          ("completed", 0.9)], rows
 
 
 def test_a_stop_asked_while_the_driver_starts_up_is_kept(tmp_path, monkeypatch):

@@ -136,14 +136,13 @@ def restore_strategy_state(generation_strategy, experiment, state: dict[str, Any
     gs._generator_runs.extend(state["runs"])
 
 
-def complete_stopped(orchestrator, indices: Sequence[int]) -> None:
-    """Mark early-stopped trials completed (their jobs had finished), fetch their final
-    data and store them, as an Orchestrator's poll does for a trial that completes (its
-    fetch and save are private in Ax 1.3)."""
+def complete_stopped(experiment, indices: Sequence[int], storage_config) -> None:
+    """Mark early-stopped trials completed (their jobs had finished), attach their final
+    data and store them, as a poll does for a trial that completes."""
     from ax.core.base_trial import TrialStatus
 
-    trials = [orchestrator.experiment.trials[i] for i in indices]
+    trials = [experiment.trials[i] for i in indices]
     for trial in trials:
         trial.mark_as(TrialStatus.COMPLETED, unsafe=True)
-    orchestrator._fetch_and_process_trials_data_results(trial_indices=set(indices))
-    orchestrator._save_or_update_trials_in_db_if_possible(experiment=orchestrator.experiment, trials=trials)
+        experiment.attach_data(trial.fetch_data())
+    save_trials(experiment, trials, storage_config)

@@ -761,6 +761,7 @@ class AheadOrchestrator(Orchestrator):
     candidate, and end as soon as that candidate can be deployed."""
 
     ahead: Ahead | None = None
+    storage: Any = None  # the run's Ax storage config (``odnas.loop.store.init_storage``)
     #: Whether trials are wanted beyond those deployed (a failed trial, or one over a budget,
     #: left room): once all asked for are deployed, a wait ends for it, where Ax would wait
     #: for every running trial.
@@ -777,13 +778,15 @@ class AheadOrchestrator(Orchestrator):
 
     def poll_and_process_results(self, poll_all_trial_statuses: bool = False) -> bool:
         changed = super().poll_and_process_results(poll_all_trial_statuses)
-        finished = getattr(self.runner, "finished_while_stopped", lambda: [])()
+        stopped = [t for t in self.experiment.trials.values() if t.status.is_early_stopped]
+        finished = self.runner.finished_while_stopped(stopped) if stopped and hasattr(
+            self.runner, "finished_while_stopped") else []
         if finished:
             # Ax marks every trial it stops early-stopped; one whose job wrote its result
             # before the stop reached it trained to the end: it is completed, with its
             # final figures (its curve stopped at the epoch the rule saw, and the front and
             # the model both leave early-stopped trials out).
-            complete_stopped(self, finished)
+            complete_stopped(self.experiment, finished, self.storage)
             self.logger.info(f"Trials {finished} had finished before the early stop reached them: completed.")
         return changed
 

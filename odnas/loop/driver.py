@@ -27,7 +27,7 @@ from odnas.jobs.component import torchx_runner
 from odnas.loop.ahead import (Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, kernel_build_due,
                               load_lazy_kernels, pace_note)
 from odnas.loop.adapter import (
-    ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
+    ax_parameters, complete_stopped, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
 )
 from odnas.loop.config import (
@@ -242,6 +242,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         gs = generation_strategy_of(client)
         orch = AheadOrchestrator(experiment=exp, generation_strategy=gs, options=options,
                                  db_settings=db_settings_from_storage_config(storage))
+        orch.storage = storage
         # The next candidate is made on a background thread while trials train (loop.ahead);
         # a latency is timed only while none is being made.
         ahead = orch.ahead = Ahead(gs, exp, wanted=lambda: new_trials_wanted(exp, settings) > 0,
@@ -259,6 +260,11 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         clock = DriverClock(exp, runner, lane, ahead)
         table = TrialsFile(exp, run_dir)
         adopt_lost_jobs(exp, runner, storage)
+        # Trials whose result landed after their early stop was stored (a late cancel, a driver killed)
+        if finished := runner.finished_while_stopped([t for t in exp.trials.values() if t.status.is_early_stopped]):
+            complete_stopped(exp, finished, storage)
+            print(f"odnas: note: trial{'s' if len(finished) != 1 else ''} {', '.join(map(str, finished))} "
+                  "finished training after being stopped early: kept as completed", file=term, flush=True)
         retries = settings.retries
         signals = SignalGuard()
         last = [0.0]

@@ -56,7 +56,6 @@ class _Live:
     seconds: dict[str, float] = field(default_factory=dict)  # where the runner's time went (deploy, poll)
     calls: dict[str, int] = field(default_factory=dict)
     device_gone: Exception | None = None  # the device agent stayed away: every deployment fails now
-    stopped: list[tuple[int, Path]] = field(default_factory=list)  # trials Ax early-stopped, and their dirs
 
 
 class TrialRunner(IRunner):
@@ -297,6 +296,8 @@ class TrialRunner(IRunner):
             return TrialStatus.COMPLETED
         tdir = self.tdir(trial_metadata)
         ended = self._ended(tdir)
+        if ended == TrialStatus.EARLY_STOPPED:  # stopped by a driver that died before Ax stored it
+            self.stop_trial(-1, trial_metadata)  # its job may not have been reached: it is now
         if ended is not None:
             return ended
         if trial_metadata.get("worker") is not None:
@@ -420,15 +421,15 @@ class TrialRunner(IRunner):
         one; and the trial is noted for ``finished_while_stopped``."""
         tdir = self.tdir(trial.run_metadata)
         write_json_atomic(tdir / STOPPED_NAME, {"time": time.time(), "reason": reason})
-        self._live.stopped.append((trial.index, tdir))
         return super().stop(trial, reason)
 
-    def finished_while_stopped(self) -> list[int]:
-        """The trials early-stopped since the last call whose job had already finished,
-        its result written, by the time it was stopped: a complete training that Ax, as
-        it marks every stopped trial, took for a stopped one."""
-        stopped, self._live.stopped = self._live.stopped, []
-        return [i for i, tdir in stopped if (tdir / RESULT_NAME).exists()]
+    def finished_while_stopped(self, trials) -> list[int]:
+        """Of early-stopped ``trials``, those whose job finished anyway, its result
+        written: a complete training that Ax, as it marks every trial it stops, took for a
+        stopped one. The stop may reach a job after its last epoch, or late (a cancel on a
+        cluster, a worker on another node), or not at all (a driver killed first)."""
+        return [t.index for t in trials if (self.tdir(t.run_metadata) / STOPPED_NAME).exists()
+                and (self.tdir(t.run_metadata) / RESULT_NAME).exists()]
 
     def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
         if trial_metadata.get("worker") is not None:  # kill the child, never the worker
