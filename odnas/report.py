@@ -589,6 +589,11 @@ class Surrogate:
 
         exp, gs = experiment_of(client), generation_strategy_of(client)
         trained = _trained(rows)
+        # Models, the search's and the report's, fit completed trials' val_acc only (odnas.loop.config)
+        stopped = sum(r["state"] == "early_stopped" for r in trained)
+        whose = "ones'" if stopped != 1 else "one's"
+        fitted = _plural(len(trained) - stopped, "trained trial") + (
+            f" (the {stopped} early-stopped {whose} partial val_acc left out, as in the search)" if stopped else "")
         try:
             adapter = gs.fit(experiment=exp)
         except Exception as e:  # noqa: BLE001 — Ax raises many kinds; the report names it and goes on
@@ -602,7 +607,7 @@ class Surrogate:
         if isinstance(adapter, TorchAdapter) and adapter.can_predict and not partial:
             return cls(adapter, True, (
                 f"the run's own surrogate (Ax generation node <code>{html.escape(node)}</code>, "
-                f"{type(adapter.generator).__name__}), fitted on {_plural(len(trained), 'trained trial')}"))
+                f"{type(adapter.generator).__name__}), fitted on {fitted}"))
         if len(trained) < MIN_TRAINED:
             return cls(why_not=(
                 f"There is no surrogate model to check: the run has {_plural(len(trained), 'trained trial')} "
@@ -613,7 +618,6 @@ class Surrogate:
         from ax.adapter.base import DataLoaderConfig
 
         done = [r["trial"] for r in rows if r["state"] in ("completed", "early_stopped", "over_budget")]
-        stopped = sum(r["state"] == "early_stopped" for r in trained)
         try:
             # As the search fits (odnas.loop.config): an early-stopped trial's val_acc is a
             # partial curve, not what its model reaches, so only completed trials' is fitted.
@@ -625,9 +629,6 @@ class Surrogate:
                                f"{str(e).splitlines()[0] if str(e) else 'no message'}).")
         why = ("its model (the run's own surrogate) covers only the metrics in the objective and bounds"
                if partial else "which has no model (quasi-random methods never have one)")
-        whose = "ones'" if stopped != 1 else "one's"
-        fitted = _plural(len(trained) - stopped, "trained trial") + (
-            f" (the {stopped} early-stopped {whose} partial val_acc left out, as in the search)" if stopped else "")
         return cls(adapter, False, (
             f"a BoTorch surrogate fitted for this report on {fitted}, every metric: "
             f"the run's generation strategy is at node <code>{html.escape(node)}</code>, {why}"))

@@ -269,6 +269,15 @@ def test_rescore_under_another_profile_without_retraining(run, short_profile_fil
     assert "reading trial" in again.stderr and "measuring" not in again.stderr  # says what it does: reads
     bad = run_cli("rescore", str(d), "--profile", "no-such-profile")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    import yaml  # a bar no model of the run clears: exit 3, the JSON saying why, as select's does
+
+    strict = yaml.safe_load(desktop.read_text())
+    desktop.write_text(yaml.safe_dump({**strict, "thresholds": ["val_acc >= 0.9999"]}))
+    proc = run_cli("rescore", str(d), "--profile", str(desktop), "--json")
+    res = json.loads(proc.stdout)
+    assert proc.returncode == 3 and res["front"] == [] and res["exit_code"] == 3, proc.stderr
+    assert res["error"] == "no trained model meets every budget and threshold of cpu-desktop"
+    assert all(r["misses"] == ["val_acc >= 0.9999"] for r in res["rows"])
 
 
 def test_budget_is_hard(tmp_path):
