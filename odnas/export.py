@@ -31,6 +31,7 @@ import numpy as np
 from odnas.cost.calibrate import calibrate_latency, profile_calibration, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import backend_for
+from odnas.cost.lane import structure_digest
 from odnas.cost.latency import check_runnable
 from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
@@ -41,7 +42,7 @@ from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError,
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
 from odnas.records import ModelCard
-from odnas.rundir import CHECKPOINT_NAME
+from odnas.rundir import CHECKPOINT_NAME, COSTS_DIR, read_json
 from odnas.select import feasible, meets, pick
 from odnas.spaces import get_space
 from odnas.steps import Step, silent
@@ -430,6 +431,14 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
         why = (str(e).strip().splitlines() or [""])[0][:300]
         raise SpaceError(f"space {space.name!r} cannot rebuild trial {row.trial}'s model with its weights "
                          f"({type(e).__name__}: {why}); has its code changed since the run?") from None
+    # Weights that load may still sit in another model (a changed activation): the cost
+    # lane kept what it built for this arch id (odnas.cost.lane.structure_digest).
+    record = read_json(Path(run_dir) / COSTS_DIR / f"{row.arch_id}.json") if row.arch_id else None
+    built = (record or {}).get("structure")
+    if built and structure_digest(model) != built:
+        raise SpaceError(f"space {space.name!r} has changed since this run began: its build() of {row.arch_id} now "
+                         "gives another model than the one trained; a run keeps the space it began with: restore "
+                         "its code, or start a new search")
     return export_artifact(
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,

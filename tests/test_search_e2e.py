@@ -245,6 +245,26 @@ def test_export_of_a_trial_whose_space_code_no_longer_holds_it_is_one_line(run, 
     assert not out.exists()
 
 
+def test_export_of_a_trial_whose_space_now_builds_another_model_is_one_line(run, tmp_path):
+    """Weights load into a model with the same shapes (a changed activation, say): the
+    artifact would not be the model trained. The lane kept what it built; export checks."""
+    import shutil
+
+    d, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(d, copy)
+    row = [r for r in status_json(copy)["trials"] if r["trial"] in status_json(copy)["front"]][0]
+    record = copy / "costs" / f"{row['arch_id']}.json"
+    kept = json.loads(record.read_text())
+    assert len(kept["structure"]) == 16  # what the lane built for this arch id
+    record.write_text(json.dumps({**kept, "structure": "0" * 16}))  # as if build() had built another model then
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", str(copy), "--trial", str(row["trial"]), "-o", str(out), "--quiet")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"its build() of {row['arch_id']} now gives another model than the one trained" in proc.stderr
+    assert not out.exists()
+
+
 def test_rescore_under_another_profile_without_retraining(run, short_profile_file):
     d, _ = run
     before = {p: p.stat().st_mtime for p in (d / "trials").glob("*/model.pt")}
