@@ -374,14 +374,15 @@ def test_the_report_tells_its_steps(partial_run, tmp_path):
     assert any("surrogate" in s for s in steps)
 
 
-def test_a_run_that_reached_its_candidate_cap_is_not_sent_to_resume():
+def test_a_run_that_reached_its_candidate_cap_is_sent_to_a_higher_cap_not_a_plain_resume():
     from odnas.profiles import load_profile
     from odnas.report import overview_section
 
     rows = [{"trial": i, "state": "over_budget", "metrics": {"num_params": 9.0}} for i in range(3)]
     sec = overview_section(rows, [], {"trials": 2, "max_candidates": 3}, load_profile("cpu-mobile"))
     said = " ".join(sec.missing)
-    assert "0 of 2 planned trainings done" in said and "reached the cap" in said and "resume" not in said
+    assert "0 of 2 planned trainings done" in said and "reached the cap" in said
+    assert "`odnas resume --max-candidates N` tries more" in said and "continue it with `odnas resume`" not in said
     assert "0 of 2 planned trainings done, 3 candidates" in sec.body
 
 
