@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -289,13 +290,14 @@ def _print_outcome(run_dir, quiet: bool) -> None:
     if not quiet:
         print()
     print(f"Feasible Pareto front ({len(rc_rows)} model{'s' if len(rc_rows) != 1 else ''}):")
-    print(_front_table(rc_rows) if rc_rows else "  (none yet: no trained model meets every budget and threshold)")
+    left = run.settings.trials - sum(r.trained for r in run.rows)
+    print(_front_table(rc_rows) if rc_rows else
+          f"  (none{' yet' if left > 0 else ''}: no trained model meets every budget and threshold)")
     print(f"\nRun dir: {run_dir}  (experiment.sqlite, trials/, costs/, {LOG_NAME})")
     if rc_rows:
         print(f"Next: odnas select {run_dir}   |   odnas export {run_dir} -o model.onnx")
     else:  # select and export would only say there is nothing to pick
         planned = run.settings.trials
-        left = planned - sum(r.trained for r in run.rows)
         go_on = (f"odnas resume {run_dir} (the {left} training{'s' if left != 1 else ''} still to do)" if left > 0
                  else f"odnas resume {run_dir} --trials {2 * planned} (more trainings)")
         print(f"Next: odnas status {run_dir} (each trial against the bounds)   |   {go_on}")
@@ -660,7 +662,7 @@ def cmd_rescore(a: argparse.Namespace) -> int:
     if fr:
         print(_front_table(fr))
         print(f"Export with both profiles on the card: odnas export {a.run_dir} --trial {fr[0].trial} "
-              f"--also-profile {prof['name']} -o {fr[0].arch_id}.onnx")
+              f"--also-profile {shlex.quote(a.profile)} -o {fr[0].arch_id}.onnx")  # as given: a name or a file
     else:
         print("none: no trained model meets this profile's budgets and thresholds")
     return none

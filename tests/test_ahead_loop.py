@@ -308,18 +308,30 @@ def test_a_result_that_lands_after_the_stop_was_stored_is_kept_on_resume(tmp_pat
                                                                           ("completed", 0.9)], rows
 
 
-def test_a_stop_asked_while_the_driver_starts_up_is_kept(tmp_path, monkeypatch):
+def test_a_stop_asked_while_the_driver_starts_up_is_kept_and_one_from_before_it_is_not(tmp_path, monkeypatch):
     """`odnas stop` is accepted once the driver holds the run's lock, but the driver
-    removed the request a minute later, at the end of its start-up, and trained on."""
+    removed the request at the end of its start-up (a minute later), then at its
+    beginning (a fraction of a second later, still after the lock), and trained on."""
+    import contextlib
+    import os
+
     import odnas.loop.driver as driver
     from odnas.rundir import STOP_REQUEST_NAME
 
-    adopt = driver.adopt_lost_jobs
+    frozen = driver.frozen_heap
 
-    def asked_meanwhile(exp, runner, storage):  # a step of the start-up, with the lock held
-        (Path(runner.run_dir) / STOP_REQUEST_NAME).write_text("stop\n")
-        return adopt(exp, runner, storage)
+    @contextlib.contextmanager
+    def asked_meanwhile():  # the first step the driver takes with the lock held
+        (tmp_path / "run" / STOP_REQUEST_NAME).write_text("stop\n")
+        with frozen():
+            yield
 
-    monkeypatch.setattr(driver, "adopt_lost_jobs", asked_meanwhile)
+    monkeypatch.setattr(driver, "frozen_heap", asked_meanwhile)
     run_dir, launched, _ = search(tmp_path, TimedJobs({}), trials=4)
     assert len(launched) < 4 and not (run_dir / STOP_REQUEST_NAME).exists(), launched
+    monkeypatch.setattr(driver, "frozen_heap", frozen)
+    stale = run_dir / STOP_REQUEST_NAME  # left by an earlier driver that never read it
+    stale.write_text("stop\n")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=TimedJobs({}).schedulers())
+    assert len(list((run_dir / "trials").glob("*/result.json"))) == 4 and not stale.exists()

@@ -9,6 +9,7 @@ experiment and goes on. The experiment is saved by Ax after every state change.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -189,11 +190,14 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     torch.set_num_threads(1)
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
+    stop = run_dir / STOP_REQUEST_NAME
+    asked_before = time.time()
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
-        # A request left from before this driver is not for it; one made from here on is
-        # (`odnas stop` takes a held lock for a running driver: start-up can take a minute).
-        stop = run_dir / STOP_REQUEST_NAME
-        stop.unlink(missing_ok=True)
+        # A request left from before this driver is not for it; one made once it holds the
+        # lock is (`odnas stop` takes a held lock for a running driver: start-up can take a minute).
+        with contextlib.suppress(FileNotFoundError):
+            if stop.stat().st_mtime < asked_before:
+                stop.unlink()
         if trials is not None or max_candidates is not None:  # new totals, written once this driver holds the run
             if trials is not None:
                 settings.trials = trials
