@@ -403,7 +403,8 @@ def test_an_early_stopped_trial_is_refused_for_what_it_is(monkeypatch, tmp_path)
 
 def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_path):
     """``select --max-latency-ms 2`` named one model and a plain ``export`` shipped the
-    profile's pick, over the user's bound, its card saying every budget was met."""
+    profile's pick, over the user's bound, its card saying every budget was met; then,
+    near the bound, export picked on the search's figures where select re-times them."""
     from types import SimpleNamespace
 
     import odnas.export as export_module
@@ -422,8 +423,19 @@ def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_pa
     monkeypatch.setattr(export_module, "get_space", lambda name: SimpleNamespace(check_fixed=lambda p: None))
     with pytest.raises(RunDirError, match="trial 3 has no checkpoint"):  # the profile's pick
         export_module.export_trial(tmp_path, tmp_path / "m.onnx")
-    with pytest.raises(RunDirError, match="trial 4 has no checkpoint"):  # the most accurate under 0.03 ms
-        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.03"])
+    from odnas import rescore
+    from odnas.select import pick
+
+    asked = []
+
+    def confirmed(run_dir, extra, progress=None):  # select's confirmation: trial 4 timed over 0.02 ms now
+        asked.append(list(extra))
+        return {"pick": pick([r for r in run.rows if r.trial != 4], profile, extra)}
+
+    monkeypatch.setattr(rescore, "confirm_front", confirmed)
+    with pytest.raises(RunDirError, match="trial 5 has no checkpoint"):  # as select picks under 0.02 ms
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.02"])
+    assert asked == [["latency_ms <= 0.02"]]
     nothing = r"every budget and threshold and bound \(val_acc >= 0.85, .*, latency_ms <= 0.001\)"
     with pytest.raises(SearchFailed, match=nothing):
         export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.001"])
