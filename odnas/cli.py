@@ -731,7 +731,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(f"  latency_ms {m['latency_ms']:.4g} (+- {m['latency_ms_sem']:.2g}), {how}")
     for name, b in card["budgets"].items():
         print(f"  budget {name} <= {b['limit']:g}: {b['value']:.6g} ({'met' if b['met'] else 'NOT met'})")
-    for b in bounds:  # picked on the search's figures; judged again on the artifact's own
+    for b in bounds:  # picked on the front timed again, as select does; judged again on the artifact's own
         name = b.split()[0]
         print(f"  bound {b}: {m[name]:.6g} ({'met' if meets(m, [b]) else 'NOT met by the artifact as timed now'})")
     for name, pr in (card.get("profiles") or {}).items():

@@ -31,7 +31,7 @@ import numpy as np
 from odnas.cost.calibrate import calibrate_latency, profile_calibration, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import backend_for
-from odnas.cost.lane import structure_digest
+from odnas.cost.lane import check_output, structure_digest
 from odnas.cost.latency import check_runnable
 from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
@@ -369,9 +369,9 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
 
     The run's own (effective) profile decides the deployed precision and budgets;
     ``bounds`` (``odnas.select.select_bounds``: "the most accurate under 2 ms") narrow
-    the default pick, as ``odnas select`` does, on the search's figures, and are kept on
-    the card (``run.bounds``); ``also_profiles`` and ``calib_samples`` are passed to
-    ``export_artifact``.
+    the default pick as ``odnas select`` does, on the front timed again with a longer
+    protocol (``odnas.rescore.confirm_front``), and are kept on the card (``run.bounds``);
+    ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
     """
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
@@ -387,7 +387,14 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
             # timed again with a longer protocol, so a model near the bound goes the same way.
             from odnas.rescore import confirm_front
 
-            row = confirm_front(run_dir, bounds, progress=progress)["pick"]
+            confirmed = confirm_front(run_dir, bounds, progress=progress)
+            row = confirmed["pick"]
+            crossed = [c["trial"] for c in confirmed["confirmed"] if c["crossed"]]
+            if row is None and crossed:
+                raise SearchFailed(f"no trained model of {run_dir} meets every budget, threshold and bound "
+                                   f"({', '.join(profile.bounds() + list(bounds))}) once the front is timed again: "
+                                   f"trial{'s' if len(crossed) != 1 else ''} {', '.join(map(str, crossed))} moved "
+                                   "across a bound (odnas select shows the figures); nothing to export")
         if row is None and not any(r.state == "completed" for r in trained):
             raise SearchFailed(f"every trained model of {run_dir} was stopped early, and odnas exports only models "
                                "trained to the end; nothing to export")
@@ -441,6 +448,8 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     # lane kept what it built for this arch id (odnas.cost.lane.structure_digest).
     record = read_json(Path(run_dir) / COSTS_DIR / f"{row.arch_id}.json") if row.arch_id else None
     built = (record or {}).get("structure")
+    if built:
+        check_output(model, data.input_shape, data.num_classes)  # as the lane measured it: lazy modules take shape
     if built and structure_digest(model) != built:
         raise SpaceError(f"space {space.name!r} has changed since this run began: its build() of {row.arch_id} now "
                          "gives another model than the one trained; a run keeps the space it began with: restore "

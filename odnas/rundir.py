@@ -269,38 +269,43 @@ def _proc_live(fields: list[str] | None) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
-#: A ``MAKING_NAME`` this old is stale wherever it was written (making a run takes seconds).
+#: A ``MAKING_NAME`` from another host this old is stale (making a run takes seconds); on
+#: this host its process says whether it is alive.
 MAKING_STALE_S = 600.0
 
 
 def mark_making(run_dir: Path) -> None:
-    """Say that this process is making ``run_dir`` (``create_run``), and who it is; a
-    marker made meanwhile by another search (``O_EXCL``) refuses this one."""
+    """Say that this process is making ``run_dir`` (``create_run``), and who it is: the
+    marker is written whole beside it and linked into place, which fails if another
+    search made one meanwhile, and that refuses this one."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{MAKING_NAME}.{os.getpid()}"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "proc_start": proc_start(os.getpid()), "time": time.time()}))
     try:
-        fd = os.open(Path(run_dir) / MAKING_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(tmp, run_dir / MAKING_NAME)
     except FileExistsError:
         raise SearchError(f"{run_dir} is being made by another search now; give this one another --run-dir") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "proc_start": proc_start(os.getpid()),
-                   "time": time.time()}, f)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def being_made(run_dir: str | Path) -> bool | None:
-    """None: ``run_dir`` is not being made. True: a live process is making it now. False:
-    its making stopped before the end (the process is gone, or the marker is stale)."""
+    """None: ``run_dir`` is not being made. True: a live process is making it now (on
+    another host: a recent marker). False: its making stopped before the end."""
     path = Path(run_dir) / MAKING_NAME
-    if not path.exists():
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
         return None
     rec = read_json(path)
-    if not isinstance(rec, dict) or time.time() - float(rec.get("time") or 0) > MAKING_STALE_S:
-        return False
-    if rec.get("host") != socket.gethostname():
-        return True  # another machine's, and recent: it may be making it now
     try:
-        started = proc_start(int(rec["pid"]))
-    except (KeyError, TypeError, ValueError):
-        return False
-    return started is not None and started == rec.get("proc_start")
+        if rec.get("host") != socket.gethostname():
+            return age < MAKING_STALE_S  # another machine's: it may be making it now
+        fields = _proc_stat(int(rec["pid"]))
+        return _proc_live(fields) and int(fields[19]) == int(rec["proc_start"])
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return False  # not a marker this odnas writes (an earlier one's): its making is over
 
 
 def proc_start(pid: int) -> int | None:

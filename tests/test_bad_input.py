@@ -313,7 +313,16 @@ def test_a_run_dir_another_search_is_making_now_is_left_to_it(tmp_path):
     with pytest.raises(RunDirError, match="is being made by a search that has just started"):
         read_settings(run)
     assert sorted(p.name for p in run.iterdir()) == ["experiment.sqlite", "making", "odnas.json"]  # untouched
+    import os
+    import time
+
+    os.utime(run / "making", (time.time() - 3600, time.time() - 3600))  # slow (a first calibration): still its
+    with pytest.raises(SearchError, match="is being made by another search now"):
+        driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run)))
     rec = json.loads((run / "making").read_text())
+    (run / "making").write_text(json.dumps({**rec, "pid": "x"}))  # not a marker this odnas reads: over
+    with pytest.raises(RunDirError, match="was being made when its search stopped"):
+        read_settings(run)
     (run / "making").write_text(json.dumps({**rec, "proc_start": -1}))  # a pid since reused: that making is gone
     driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(run)))
     assert not (run / "making").exists() and read_settings(run).trials == 1

@@ -323,3 +323,25 @@ def test_a_fresh_job_launched_just_before_the_driver_died_is_found_by_its_comman
     finally:
         job.kill()
         job.wait()
+
+
+def test_a_stop_a_dead_driver_recorded_but_never_sent_is_sent_on_resume(tmp_path, monkeypatch):
+    """The trial dir says the trial was stopped (stopped.json), yet it has no result or
+    error: the driver died between writing that and stopping the job. The next poll
+    calls it early-stopped and stops the job, which otherwise trained on unseen."""
+    from ax.core.base_trial import TrialStatus
+
+    from odnas.loop.runner import TrialRunner
+    from odnas.records import RunSettings
+
+    settings = RunSettings(space="mlp", profile={}, input_shape=[1, 8, 8], num_classes=10)
+    runner = TrialRunner(str(tmp_path), settings.to_dict())
+    tdir = tmp_path / "trials" / "0003"
+    tdir.mkdir(parents=True)
+    (tdir / "stopped.json").write_text('{"time": 0, "reason": "the rule"}')
+    sent = []
+    monkeypatch.setattr(runner, "stop_trial", lambda i, meta: sent.append(meta["trial_dir"]) or {})
+    meta = {"trial_dir": str(tdir), "launched_at": 0}
+    assert runner._poll(meta) == TrialStatus.EARLY_STOPPED and sent == [str(tdir)]
+    (tdir / "result.json").write_text("{}")  # the job had finished: completed, nothing to stop
+    assert runner._poll(meta) == TrialStatus.COMPLETED and len(sent) == 1

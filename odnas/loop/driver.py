@@ -41,7 +41,7 @@ from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, MADE_NAMES, MAKING_NAME, RESULT_NAME, SETTINGS_NAME,
-    STOP_REQUEST_NAME, driver_lock, mark_making,
+    LOCK_NAME, STOP_REQUEST_NAME, being_made, driver_lock, mark_making,
     read_curve, read_json, read_settings, trial_begun, write_settings, write_trials,
 )
 from odnas.select import pick
@@ -66,7 +66,7 @@ def create_run(cfg: SearchConfig, schedulers: Schedulers | None = None, settings
 
     run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, get_space(settings.space).name)).resolve()
     refuse_used_run_dir(run_dir)  # again: a default run dir, or one another search made meanwhile
-    if (run_dir / MAKING_NAME).exists():  # a making killed before it could clean up (SIGKILL): made again
+    if being_made(run_dir) is False:  # a making killed before it could clean up (SIGKILL): made again
         for name in (*MADE_NAMES, MAKING_NAME):
             (run_dir / name).unlink(missing_ok=True)
     there = set(run_dir.iterdir()) if run_dir.exists() else None  # an empty folder the user made, say
@@ -191,12 +191,12 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
     # Full collections (one after each model's candidate) walk only what the driver makes
     # from here on: the imported libraries are frozen out of their sight (loop.ahead).
     stop = run_dir / STOP_REQUEST_NAME
-    asked_before = time.time()
     with driver_lock(run_dir), quiet_logs(run_dir / LOG_NAME, enabled=quiet) as term, frozen_heap():
         # A request left from before this driver is not for it; one made once it holds the
-        # lock is (`odnas stop` takes a held lock for a running driver: start-up can take a minute).
+        # lock is (`odnas stop` takes a held lock for a running driver: start-up can take a
+        # minute). The lock file was written as it was taken: the same filesystem's clock.
         with contextlib.suppress(FileNotFoundError):
-            if stop.stat().st_mtime < asked_before:
+            if stop.stat().st_mtime < (run_dir / LOCK_NAME).stat().st_mtime:
                 stop.unlink()
         if trials is not None or max_candidates is not None:  # new totals, written once this driver holds the run
             if trials is not None:
