@@ -686,15 +686,40 @@ def _int8_note(card: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _confirmed_pick(run_dir, bounds, steps) -> int:
+    """"The most accurate under 2 ms", picked as ``odnas select`` picks it: on the front
+    timed again with a longer protocol, so a model near the bound goes the same way."""
+    from odnas.errors import RunDirError, SearchFailed
+    from odnas.loop.store import load_run
+    from odnas.rescore import confirm_front
+
+    run = load_run(run_dir)
+    if not any(r.trained and "val_acc" in r.metrics for r in run.rows):
+        raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
+    res = confirm_front(run_dir, bounds, progress=steps)
+    if res["pick"] is not None:
+        return res["pick"].trial
+    crossed = [c["trial"] for c in res["confirmed"] if c["crossed"]]
+    raise SearchFailed(f"no trained model of {run_dir} meets every budget, threshold and bound "
+                       f"({', '.join(run.profile.bounds() + list(bounds))})"
+                       + (f" once the front is timed again: trial{'s' if len(crossed) != 1 else ''} "
+                          f"{', '.join(map(str, crossed))} moved across a bound (odnas select shows the figures)"
+                          if crossed else f" (odnas status {run_dir} says which each misses)")
+                       + "; nothing to export")
+
+
 def cmd_export(a: argparse.Namespace) -> int:
-    from odnas.errors import SearchFailed
+    from odnas.errors import SearchFailed, SelectError
     from odnas.export import artifact_path, export_trial
     from odnas.select import meets, select_bounds
 
     bounds = select_bounds(a.max_latency_ms, a.min_acc)
+    if a.trial is not None and bounds:
+        raise SelectError(f"--trial names the model; {', '.join(bounds)} would pick one: give one or the other")
     try:
         with _Steps(a.quiet) as steps:
-            card = export_trial(a.run_dir, a.output, trial=a.trial, also_profiles=a.also_profile or (),
+            trial = a.trial if not bounds else _confirmed_pick(a.run_dir, bounds, steps)
+            card = export_trial(a.run_dir, a.output, trial=trial, also_profiles=a.also_profile or (),
                                 bounds=bounds, calib_samples=a.calib_samples, progress=steps).to_dict()
     except SearchFailed as e:  # nothing to export: under --json a document says so, as select's does
         if a.json:

@@ -37,7 +37,7 @@ from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
 from odnas.cost.quiet import measurement_window
 from odnas.data import load_data
-from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed, SelectError,
+from odnas.errors import (OutputError, ParityError, ProfileError, QuantizeError, RunDirError, SearchFailed,
                           SpaceError)
 from odnas.loop.store import load_run
 from odnas.profiles import HardwareProfile, load_profile
@@ -369,32 +369,18 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
 
     The run's own (effective) profile decides the deployed precision and budgets;
     ``bounds`` (``odnas.select.select_bounds``: "the most accurate under 2 ms") narrow
-    the default pick as ``odnas select`` does, on the front timed again with a longer
-    protocol (``odnas.rescore.confirm_front``), and are kept on the card (``run.bounds``);
-    ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
+    the default pick, on the search's figures, and are kept on the card (``run.bounds``)
+    beside ``trial`` too, the model picked under them (``odnas export --max-latency-ms``
+    picks on the front timed again, ``odnas.rescore.confirm_front``, as ``odnas select``
+    does); ``also_profiles`` and ``calib_samples`` are passed to ``export_artifact``.
     """
     run = load_run(run_dir)
     settings, profile = run.settings, run.profile
-    if trial is not None and bounds:
-        raise SelectError(f"--trial names the model; {', '.join(bounds)} would pick one: give one or the other")
     if trial is None:
         row = pick(run.rows, profile, bounds)
         trained = [r for r in run.rows if r.trained and "val_acc" in r.metrics]
         if not trained:
             raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
-        if bounds and trained:
-            # "The most accurate under 2 ms" is picked as `odnas select` picks it: the front
-            # timed again with a longer protocol, so a model near the bound goes the same way.
-            from odnas.rescore import confirm_front
-
-            confirmed = confirm_front(run_dir, bounds, progress=progress)
-            row = confirmed["pick"]
-            crossed = [c["trial"] for c in confirmed["confirmed"] if c["crossed"]]
-            if row is None and crossed:
-                raise SearchFailed(f"no trained model of {run_dir} meets every budget, threshold and bound "
-                                   f"({', '.join(profile.bounds() + list(bounds))}) once the front is timed again: "
-                                   f"trial{'s' if len(crossed) != 1 else ''} {', '.join(map(str, crossed))} moved "
-                                   "across a bound (odnas select shows the figures); nothing to export")
         if row is None and not any(r.state == "completed" for r in trained):
             raise SearchFailed(f"every trained model of {run_dir} was stopped early, and odnas exports only models "
                                "trained to the end; nothing to export")

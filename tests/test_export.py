@@ -401,18 +401,23 @@ def test_an_early_stopped_trial_is_refused_for_what_it_is(monkeypatch, tmp_path)
         export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=10)
 
 
-def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_path):
+def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_path, capsys):
     """``select --max-latency-ms 2`` named one model and a plain ``export`` shipped the
     profile's pick, over the user's bound, its card saying every budget was met; then,
     near the bound, export picked on the search's figures where select re-times them."""
     from types import SimpleNamespace
 
     import odnas.export as export_module
-    from odnas.errors import RunDirError, SearchFailed, SelectError
+    from odnas import rescore
+    from odnas.cli import main
+    from odnas.errors import RunDirError, SearchFailed
+    from odnas.loop import store
     from odnas.profiles import load_profile
-    from odnas.records import TrialRow
+    from odnas.select import pick
 
     def row(trial, acc, ms):
+        from odnas.records import TrialRow
+
         return TrialRow(trial=trial, state="completed", arch_id=f"a{trial}", params={}, trial_dir=str(tmp_path / "t"),
                         metrics={"val_acc": acc, "latency_ms": ms, "num_params": 1000, "model_bytes": 1e4})
 
@@ -420,26 +425,31 @@ def test_export_picks_within_the_users_bounds_as_select_does(monkeypatch, tmp_pa
     run = SimpleNamespace(settings=SimpleNamespace(space="mlp"), profile=profile,
                           rows=[row(3, 0.97, 0.05), row(4, 0.95, 0.02), row(5, 0.93, 0.01)])
     monkeypatch.setattr(export_module, "load_run", lambda d: run)
+    monkeypatch.setattr(store, "load_run", lambda d: run)
     monkeypatch.setattr(export_module, "get_space", lambda name: SimpleNamespace(check_fixed=lambda p: None))
     with pytest.raises(RunDirError, match="trial 3 has no checkpoint"):  # the profile's pick
         export_module.export_trial(tmp_path, tmp_path / "m.onnx")
-    from odnas import rescore
-    from odnas.select import pick
-
-    asked = []
-
-    def confirmed(run_dir, extra, progress=None):  # select's confirmation: trial 4 timed over 0.02 ms now
-        asked.append(list(extra))
-        return {"pick": pick([r for r in run.rows if r.trial != 4], profile, extra)}
-
-    monkeypatch.setattr(rescore, "confirm_front", confirmed)
-    with pytest.raises(RunDirError, match="trial 5 has no checkpoint"):  # as select picks under 0.02 ms
-        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.02"])
-    assert asked == [["latency_ms <= 0.02"]]
+    with pytest.raises(RunDirError, match="trial 4 has no checkpoint"):  # the most accurate under 0.03 ms
+        export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.03"])
     nothing = r"every budget and threshold and bound \(val_acc >= 0.85, .*, latency_ms <= 0.001\)"
     with pytest.raises(SearchFailed, match=nothing):
         export_module.export_trial(tmp_path, tmp_path / "m.onnx", bounds=["latency_ms <= 0.001"])
-    with pytest.raises(SelectError, match="--trial names the model; latency_ms <= 0.03 would pick one"):
-        export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=3, bounds=["latency_ms <= 0.03"])
     with pytest.raises(RunDirError, match=r"has no trial 9 \(its trials are 3 to 5\)"):
         export_module.export_trial(tmp_path, tmp_path / "m.onnx", trial=9)
+
+    # The command picks as select does: on the front timed again (trial 4 over 0.02 ms now)
+    asked = []
+
+    def confirmed(run_dir, extra, progress=None):
+        asked.append(list(extra))
+        fr = pick([r for r in run.rows if r.trial != 4], profile, extra)
+        return {"pick": fr, "confirmed": [{"trial": 4, "crossed": list(extra)}]}
+
+    monkeypatch.setattr(rescore, "confirm_front", confirmed)
+    out = str(tmp_path / "m.onnx")
+    assert main(["export", str(tmp_path), "-o", out, "--max-latency-ms", "0.02", "--quiet"]) == 2
+    assert "trial 5 has no checkpoint" in capsys.readouterr().err and asked == [["latency_ms <= 0.02"]]
+    assert main(["export", str(tmp_path), "-o", out, "--max-latency-ms", "0.005", "--quiet"]) == 3
+    assert "once the front is timed again: trial 4 moved across a bound" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "-o", out, "--trial", "3", "--max-latency-ms", "0.02"]) == 2
+    assert "--trial names the model; latency_ms <= 0.02 would pick one" in capsys.readouterr().err
