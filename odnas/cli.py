@@ -504,13 +504,22 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
-def _note(row, profile, driver: bool = True) -> str:
-    from odnas.rundir import RESULT_NAME, trial_begun
+def _queued(rows, driver: bool) -> set[int]:
+    """Trials in a warm worker's inbox when the driver stopped: Ax's "running", but not
+    begun (resume starts them). With a driver running, none is told apart."""
+    from odnas.rundir import trial_begun
+
+    return set() if driver else {r.trial for r in rows if r.state == "running" and r.arch_id and r.trial_dir
+                                 and not trial_begun(r.trial_dir)}
+
+
+def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
+    from odnas.rundir import RESULT_NAME
     from odnas.select import meets
 
     if row.state == "running" and not row.arch_id:  # made, but its cost lane never finished (a device away)
         return "not costed or launched yet" + ("" if driver else "; resume does it")
-    if row.state == "running" and not driver and row.trial_dir and not trial_begun(row.trial_dir):
+    if queued:
         return "queued, not started; resume starts it"  # in a warm worker's inbox when the driver stopped
     if row.state == "running" and not driver and row.trial_dir and (Path(row.trial_dir) / RESULT_NAME).exists():
         return "trained after the driver stopped; resume records it"  # the stop summary counted it as kept
@@ -536,7 +545,7 @@ def _note(row, profile, driver: bool = True) -> str:
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.loop.store import load_run
     from odnas.records import trials_frame
-    from odnas.rundir import driver_running, trial_begun
+    from odnas.rundir import driver_running
     from odnas.select import front, proxy_correlations
 
     running = driver_running(a.run_dir)
@@ -547,10 +556,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(df.to_csv(index=False) if a.format == "csv"
               else df.to_json(orient="records", indent=1, double_precision=15), end="")
         return 0
-    # A trial in a warm worker's inbox when the driver stopped is Ax's "running", but has
-    # not begun: shown as queued (resume starts it)
-    queued = {r.trial for r in rows if r.state == "running" and not running and r.arch_id and r.trial_dir
-              and not trial_begun(r.trial_dir)}
+    queued = _queued(rows, running)
     counts: dict[str, int] = {}
     for r in rows:
         state = "queued" if r.trial in queued else r.state
@@ -572,7 +578,7 @@ def cmd_status(a: argparse.Namespace) -> int:
                   "val_acc": r.metrics.get("val_acc", ""),
                   "latency_ms": r.metrics.get("latency_ms", ""), "num_params": r.metrics.get("num_params", ""),
                   "arch_id": r.arch_id or "",
-                  "note": _note(r, profile, running)}
+                  "note": _note(r, profile, running, r.trial in queued)}
                  for r in rows], ["trial", "state", "val_acc", "latency_ms", "num_params", "arch_id", "note"]))
     going = running or counts.get("running") or counts.get("queued")
     print("\nFeasible Pareto front: " + (f"trial{'s' if len(fr) != 1 else ''} {', '.join(str(r.trial) for r in fr)}"
@@ -686,26 +692,20 @@ def _int8_note(card: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _confirmed_pick(run_dir, bounds, steps) -> int:
+def _confirmed_pick(run_dir, bounds, steps) -> int | None:
     """"The most accurate under 2 ms", picked as ``odnas select`` picks it: on the front
-    timed again with a longer protocol, so a model near the bound goes the same way."""
-    from odnas.errors import RunDirError, SearchFailed
-    from odnas.loop.store import load_run
+    timed again with a longer protocol, so a model near the bound goes the same way. None
+    when nothing was within the bounds before that either: ``export_trial`` says why."""
+    from odnas.errors import SearchFailed
     from odnas.rescore import confirm_front
 
-    run = load_run(run_dir)
-    if not any(r.trained and "val_acc" in r.metrics for r in run.rows):
-        raise RunDirError(f"{run_dir} has no trained model yet; nothing to export")
     res = confirm_front(run_dir, bounds, progress=steps)
-    if res["pick"] is not None:
-        return res["pick"].trial
     crossed = [c["trial"] for c in res["confirmed"] if c["crossed"]]
-    raise SearchFailed(f"no trained model of {run_dir} meets every budget, threshold and bound "
-                       f"({', '.join(run.profile.bounds() + list(bounds))})"
-                       + (f" once the front is timed again: trial{'s' if len(crossed) != 1 else ''} "
-                          f"{', '.join(map(str, crossed))} moved across a bound (odnas select shows the figures)"
-                          if crossed else f" (odnas status {run_dir} says which each misses)")
-                       + "; nothing to export")
+    if res["pick"] is None and crossed:
+        raise SearchFailed(f"no trained model of {run_dir} meets every budget, threshold and bound once the front "
+                           f"is timed again: trial{'s' if len(crossed) != 1 else ''} {', '.join(map(str, crossed))} "
+                           "moved across a bound (odnas select shows the figures); nothing to export")
+    return res["pick"].trial if res["pick"] is not None else None
 
 
 def cmd_export(a: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from odnas.cost.calibrate import calibrate_latency, profile_calibration, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import backend_for
-from odnas.cost.lane import check_output, structure_digest
+from odnas.cost.lane import build_changed, space_changed
 from odnas.cost.latency import check_runnable
 from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
@@ -434,12 +434,8 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     # lane kept what it built for this arch id (odnas.cost.lane.structure_digest).
     record = read_json(Path(run_dir) / COSTS_DIR / f"{row.arch_id}.json") if row.arch_id else None
     built = (record or {}).get("structure")
-    if built:
-        check_output(model, data.input_shape, data.num_classes)  # as the lane measured it: lazy modules take shape
-    if built and structure_digest(model) != built:
-        raise SpaceError(f"space {space.name!r} has changed since this run began: its build() of {row.arch_id} now "
-                         "gives another model than the one trained; a run keeps the space it began with: restore "
-                         "its code, or start a new search")
+    if built and build_changed(model, built, data.input_shape, data.num_classes):
+        raise space_changed(space.name, row.arch_id, "another model than the one trained")
     return export_artifact(
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),
         data=data, profile=profile, metrics=row.metrics, also_profiles=also_profiles,

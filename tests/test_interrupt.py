@@ -115,11 +115,13 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
     text = driver.interrupt_summary(exp, tmp_path)
     assert text.startswith("1 trained model kept; 3 training jobs are left to finish, and resume reattaches to "
                            "them; 1 queued trial had not started, and resume starts it."), text
-    from odnas.cli import _note
+    from odnas.cli import _note, _queued
 
     # status, with the driver gone, tells the queued trial from the started ones (a fresh
     # job, trial 3, runs once launched: not queued)
-    notes = {r.trial: _note(r, SimpleNamespace(thresholds=(), budget_constraints=list), driver=False) for r in rows}
+    queued = _queued(rows, driver=False)
+    notes = {r.trial: _note(r, SimpleNamespace(thresholds=(), budget_constraints=list), driver=False,
+                            queued=r.trial in queued) for r in rows}
     assert [t for t, n in notes.items() if n == "queued, not started; resume starts it"] == [2], notes
     (Path(rows[1].trial_dir) / "result.json").write_text("{}")  # trial 1's job finished after the driver
     assert _note(rows[1], SimpleNamespace(thresholds=(), budget_constraints=list), driver=False) == (

@@ -125,14 +125,24 @@ def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int = BUI
         torch.manual_seed(0)
         try:
             model = space.build(raw["params"], settings.input_shape, settings.num_classes)
-            check_output(model, settings.input_shape, settings.num_classes)  # as measured: lazy modules take shape
-            now = structure_digest(model)
+            changed = "another model" if build_changed(model, raw["structure"], settings.input_shape,
+                                                       settings.num_classes) else None
         except Exception as e:  # noqa: BLE001 -- the user's build(): any error, one line
-            now = f"an error ({type(e).__name__}: {_first_line(e)})"
-        if now != raw["structure"]:
-            raise SpaceError(f"space {space.name!r} has changed since this run began: its build() of {raw['arch_id']} "
-                             f"now gives {'another model' if len(now) == 16 else now}; a run keeps the space it "
-                             "began with: restore its code, or start a new search")
+            changed = f"an error ({type(e).__name__}: {_first_line(e)})"
+        if changed:
+            raise space_changed(space.name, raw["arch_id"], changed)
+
+
+def build_changed(model, structure: str, input_shape: Sequence[int], num_classes: int) -> bool:
+    """Whether ``model`` is not what a cost record's ``structure`` was taken from. It is
+    run first, as the lane ran it (``measure_candidate``): lazy modules take their shapes."""
+    check_output(model, input_shape, num_classes)
+    return structure_digest(model) != structure
+
+
+def space_changed(space_name: str, arch_id: str, gives: str) -> SpaceError:
+    return SpaceError(f"space {space_name!r} has changed since this run began: its build() of {arch_id} now gives "
+                      f"{gives}; a run keeps the space it began with: restore its code, or start a new search")
 
 
 class WrongOutput(ValueError):

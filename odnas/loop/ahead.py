@@ -778,17 +778,22 @@ class AheadOrchestrator(Orchestrator):
 
     def poll_and_process_results(self, poll_all_trial_statuses: bool = False) -> bool:
         changed = super().poll_and_process_results(poll_all_trial_statuses)
+        self.complete_finished_stopped()
+        return changed
+
+    def complete_finished_stopped(self) -> list[int]:
+        """Ax marks every trial it stops early-stopped; one whose job wrote its result
+        anyway (before the stop reached it, or after: a late cancel, a driver killed in
+        between) trained to the end. It is completed, with its final figures: its curve
+        stopped at the epoch the rule saw, and the front and the model leave early-stopped
+        trials out. Returns those trials."""
         stopped = [t for t in self.experiment.trials.values() if t.status.is_early_stopped]
         finished = self.runner.finished_while_stopped(stopped) if stopped and hasattr(
             self.runner, "finished_while_stopped") else []
         if finished:
-            # Ax marks every trial it stops early-stopped; one whose job wrote its result
-            # before the stop reached it trained to the end: it is completed, with its
-            # final figures (its curve stopped at the epoch the rule saw, and the front and
-            # the model both leave early-stopped trials out).
             complete_stopped(self.experiment, finished, self.storage)
-            self.logger.info(f"Trials {finished} had finished before the early stop reached them: completed.")
-        return changed
+            self.logger.info(f"Trials {finished} had finished training after their early stop: completed.")
+        return finished
 
     def wait_for_completed_trials_and_report_results(self, idle_callback=None, force_refit: bool = False):
         poll_s = float(self.options.init_seconds_between_polls or 1)

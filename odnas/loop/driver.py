@@ -28,7 +28,7 @@ from odnas.jobs.component import torchx_runner
 from odnas.loop.ahead import (Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, kernel_build_due,
                               load_lazy_kernels, pace_note)
 from odnas.loop.adapter import (
-    ax_parameters, complete_stopped, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
+    ax_parameters, experiment_of, generation_strategy_of, import_ax, save_trials, set_trial_property,
     trial_property,
 )
 from odnas.loop.config import (
@@ -264,9 +264,7 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         clock = DriverClock(exp, runner, lane, ahead)
         table = TrialsFile(exp, run_dir)
         adopt_lost_jobs(exp, runner, storage)
-        # Trials whose result landed after their early stop was stored (a late cancel, a driver killed)
-        if finished := runner.finished_while_stopped([t for t in exp.trials.values() if t.status.is_early_stopped]):
-            complete_stopped(exp, finished, storage)
+        if finished := orch.complete_finished_stopped():  # results that landed while no driver ran
             print(f"odnas: note: trial{'s' if len(finished) != 1 else ''} {', '.join(map(str, finished))} "
                   "finished training after being stopped early: kept as completed", file=term, flush=True)
         retries = settings.retries

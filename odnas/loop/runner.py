@@ -418,7 +418,7 @@ class TrialRunner(IRunner):
     def stop(self, trial: BaseTrial, reason: str | None = None) -> dict[str, Any]:
         """Ax early-stops a trial: the trial dir says so first (``STOPPED_NAME``), so a
         driver killed before Ax stores the stop finds an early-stopped trial, not a failed
-        one; and the trial is noted for ``finished_while_stopped``."""
+        one (``_ended``), and a result that lands anyway is found (``finished_while_stopped``)."""
         tdir = self.tdir(trial.run_metadata)
         write_json_atomic(tdir / STOPPED_NAME, {"time": time.time(), "reason": reason})
         return super().stop(trial, reason)
@@ -428,8 +428,8 @@ class TrialRunner(IRunner):
         written: a complete training that Ax, as it marks every trial it stops, took for a
         stopped one. The stop may reach a job after its last epoch, or late (a cancel on a
         cluster, a worker on another node), or not at all (a driver killed first)."""
-        return [t.index for t in trials if (self.tdir(t.run_metadata) / STOPPED_NAME).exists()
-                and (self.tdir(t.run_metadata) / RESULT_NAME).exists()]
+        dirs = {t.index: self.tdir(t.run_metadata) for t in trials}
+        return [i for i, d in dirs.items() if (d / STOPPED_NAME).exists() and (d / RESULT_NAME).exists()]
 
     def stop_trial(self, trial_index: int, trial_metadata: Mapping[str, Any]) -> dict[str, Any]:
         if trial_metadata.get("worker") is not None:  # kill the child, never the worker
