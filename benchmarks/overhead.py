@@ -250,21 +250,23 @@ def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
     core, a slot can train at most fit / (all four) of the time, however the work is
     scheduled: candidates and the timing take cores from training. (Start-up is wall
     time: for fresh jobs it includes waiting for a core, so there the bound is loose.)
+    The bound again with candidates free (fit / (fit + cost lane + start-up)) says what
+    a generator however cheap could reach.
     Then how many trainings were in flight on average (of ``parallel``), and how many
     trials were still running, as pending points, when each candidate began to be made."""
     out = ["| search | workers | seed | fit s / training | candidates' CPU s / training | cost lane x slots held, "
-           "s / training | job start-up s / training | training share these allow at best | measured | "
-           "trainings in flight (mean) | trials running as a candidate is begun (mean) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "s / training | job start-up s / training | training share these allow at best | the same with candidates "
+           "free | measured | trainings in flight (mean) | trials running as a candidate is begun (mean) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, workers, seed, r in results:
         n, a = max(r["trained"], 1), r["ahead"]
         if not a.get("in_child"):
             continue  # candidates made in the driver: their CPU is not counted apart
         fit, cand = r["fit_s"] / n, a["child_cpu_s"] / n
         lane, start = r["driver_s"]["cost_lane"] * r["parallel"] / n, r["job_overhead_s"] / n
-        best = fit / (fit + cand + lane + start)
+        best, free = fit / (fit + cand + lane + start), fit / (fit + lane + start)
         out.append(f"| {name} | {workers} | {seed} | {fit:.2f} | {cand:.2f} | {lane:.2f} | {start:.2f} | "
-                   f"{best * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% | {r['in_flight']:.2f} | "
+                   f"{best * 100:.0f}% | {free * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% | {r['in_flight']:.2f} | "
                    f"{r['pending']:.2f} |")
     return out if len(out) > 2 else []
 

@@ -7,7 +7,7 @@ folder at ../shared/data/mnist-t10k (the 10k test split, 8000/2000 stratified);
 with network access use ``--data mnist-tv`` for the full 60k set.
 
     python examples/tutorial_mnist_mlp.py [--trials 48] [--run-dir runs/tutorial] [--workers fresh]
-                                          [--parallel 2] [--threads N]
+                                          [--parallel 2] [--threads N] [--method bo|sobol|random]
 
 Prints wall time, the feasible Pareto front and its hypervolume (reference point
 val_acc 0.94, num_params 80000, num_params minimised).
@@ -41,10 +41,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", choices=("warm", "fresh"), default="warm",
                     help="warm: one long-lived worker per slot (default); fresh: a new process per trial")
+    ap.add_argument("--method", choices=("bo", "sobol", "random"), default="bo",
+                    help="bo: Ax's Bayesian optimisation (default); sobol/random: candidates that cost nothing "
+                         "to make, to see what the rest of a trial costs")
     a = ap.parse_args()
     cfg = SearchConfig(
         profile="cpu-mobile", space="mlp", data="mnist", data_dir=a.data_dir, trials=a.trials,
         parallel=a.parallel, threads=a.threads, seed=a.seed, run_dir=a.run_dir, workers=a.workers,
+        method=a.method,
         # The tutorial's 48 trials are 48 candidates: cap candidates, not only trainings.
         max_candidates=a.trials,
         objective="val_acc, -num_params",
