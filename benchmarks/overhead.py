@@ -266,8 +266,8 @@ def core_budget(results: list[tuple[str, str, int, dict]]) -> list[str]:
         lane, start = r["driver_s"]["cost_lane"] * r["parallel"] / n, r["job_overhead_s"] / n
         best, free = fit / (fit + cand + lane + start), fit / (fit + lane + start)
         out.append(f"| {name} | {workers} | {seed} | {fit:.2f} | {cand:.2f} | {lane:.2f} | {start:.2f} | "
-                   f"{best * 100:.0f}% | {free * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% | {r['in_flight']:.2f} | "
-                   f"{r['pending']:.2f} |")
+                   f"{best * 100:.0f}% | {free * 100:.0f}% | {(1 - r['outside_training_share']) * 100:.0f}% | "
+                   f"{r['in_flight']:.2f} | {r['pending']:.2f} |")
     return out if len(out) > 2 else []
 
 
