@@ -433,7 +433,6 @@ def test_what_a_candidate_allocates_in_the_child_is_not_kept_by_the_driver():
     assert rss_mb() - before < 50 and kept == []
 
 
-@needs_fork
 class Odd(Exception):
     def __init__(self, a, b):  # does not survive pickling (pickle calls it with one arg)
         super().__init__(f"{a} {b}")
@@ -448,6 +447,7 @@ class HoldsALock(Odd):
         return f"{self.args[0]} {self.lock}"
 
 
+@needs_fork
 def test_an_error_in_the_child_is_raised_here_with_its_type_and_message():
     from ax.exceptions.core import DataRequiredError
     from ax.exceptions.generation_strategy import MaxParallelismReachedException

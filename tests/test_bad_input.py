@@ -36,82 +36,106 @@ def broken(tmp_path, change):
     return profile(tmp_path, text)
 
 
-PROFILES = {
-    "not YAML": (None, "budgets: {latency_ms: [1, 2"),
-    "unknown key": (None, "speed: fast"),
-    "unknown runtime key": ("intra_op_threads: 1}", "intra_op_threads: 1, threads: 4}"),
-    "threads negative": ("intra_op_threads: 1", "intra_op_threads: -1"),
-    "threads a word": ("intra_op_threads: 1", "intra_op_threads: many"),
-    "unknown provider": ("CPUExecutionProvider", "TPUExecutionProvider"),
-    "unknown protocol method": ("method: plain", "method: fastest"),
-    "max time below min time": ("max_time_s: 0.2", "max_time_s: 0.0"),
-    "budget on an unknown metric": ("latency_ms: 1}", "latency_ms: 1, speed: 3}"),
-    "budget not positive": ("latency_ms: 1}", "latency_ms: 0}"),
-    "accuracy in percent": (None, "thresholds: ['val_acc >= 85']"),
-    "thresholds not a list": (None, "thresholds: val_acc >= 0.9"),
-    "a bound that is not a bound": (None, "thresholds: ['val_acc is high']"),
-    "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"'),
-    "runs code": (None, "description: !!python/object/apply:os.system ['touch /tmp/odnas-pwned']"),
-    "a list, not a mapping": ("name: t", "- name: t"),
-    "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']"),
-    "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']"),  # the last was kept
-    "a key given twice": (None, "batch_size: 1\nbatch_size: 4"),  # PyYAML kept the last silently
+PROFILES = {  # case: (line replaced or None to add, its new text, what the one line must say)
+    "not YAML": (None, "budgets: {latency_ms: [1, 2", "not valid YAML at line"),
+    "unknown key": (None, "speed: fast", "key 'speed' = 'fast': unknown key; allowed: batch_size"),
+    "unknown runtime key": ("intra_op_threads: 1}", "intra_op_threads: 1, threads: 4}",
+                            "key 'runtime.threads' = 4: unknown key"),
+    "threads negative": ("intra_op_threads: 1", "intra_op_threads: -1",
+                         "'runtime.intra_op_threads' = -1: must be >= 0"),
+    "threads a word": ("intra_op_threads: 1", "intra_op_threads: many", "= 'many': must be a whole number"),
+    "unknown provider": ("CPUExecutionProvider", "TPUExecutionProvider",
+                         "'runtime.provider' = 'TPUExecutionProvider': must be one of CPUExecutionProvider"),
+    "unknown protocol method": ("method: plain", "method: fastest", "'protocol.method' = 'fastest': must be one of"),
+    "max time below min time": ("min_time_s: 0.0", "min_time_s: 0.5",
+                                "'protocol.max_time_s' = 0.2: must be >= protocol.min_time_s (0.5)"),
+    "max time not positive": ("max_time_s: 0.2", "max_time_s: 0.0", "'protocol.max_time_s' = 0.0: must be > 0"),
+    "budget on an unknown metric": ("latency_ms: 1}", "latency_ms: 1, speed: 3}",
+                                    "'budgets.speed' = 3: unknown budget metric"),
+    "budget not positive": ("latency_ms: 1}", "latency_ms: 0}", "'budgets.latency_ms' = 0: must be > 0"),
+    "accuracy in percent": (None, "thresholds: ['val_acc >= 85']", "(for 85% write 0.85)"),
+    "thresholds not a list": (None, "thresholds: val_acc >= 0.9", "'thresholds' = 'val_acc >= 0.9': must be a list"),
+    "a bound that is not a bound": (None, "thresholds: ['val_acc is high']",
+                                    "is not of the form 'metric <= number' or 'metric >= number'"),
+    "objective on an unknown metric": ('"val_acc, -latency_ms"', '"val_acc, -speed"', "unknown metric 'speed'"),
+    # PyYAML's safe loader refuses the tag: no code runs
+    "runs code": (None, "description: !!python/object/apply:os.system ['touch /tmp/odnas-pwned']",
+                  "not valid YAML at line"),
+    "a threshold on a budgeted metric": (None, "thresholds: ['latency_ms <= 0.5']",
+                                         "latency_ms <= is given in budgets.latency_ms (1) already; keep one"),
+    "one metric bounded twice": (None, "thresholds: ['val_acc >= 0.5', 'val_acc >= 0.6']",  # the last was kept
+                                 "val_acc >= is given in thresholds already; keep one"),
+    "a key given twice": (None, "batch_size: 1\nbatch_size: 4",  # PyYAML kept the last silently
+                          "key 'batch_size' is given twice"),
 }
 
 
 @pytest.mark.parametrize("case", list(PROFILES))
 def test_broken_profiles(case, tmp_path, capsys):
-    path = broken(tmp_path, PROFILES[case])
-    _fails(capsys, ["search", "--profile", path, "--run-dir", str(tmp_path / "run")], 2)
+    old, new, why = PROFILES[case]
+    path = broken(tmp_path, (old, new))
+    _fails(capsys, ["search", "--profile", path, "--run-dir", str(tmp_path / "run")], 2, why=why)
     assert not (tmp_path / "run").exists()  # nothing half-written
     assert not Path("/tmp/odnas-pwned").exists()
 
 
+def test_a_profile_that_is_a_list_not_a_mapping(tmp_path, capsys):
+    path = profile(tmp_path, "- name: t\n- runtime: {}\n")
+    _fails(capsys, ["search", "--profile", path, "--run-dir", str(tmp_path / "run")], 2,
+           why="expected a mapping of keys, got list")
+
+
 SEARCH_FLAGS = {
-    "no trials": (["--trials", "0"], 2),
-    "one bound given twice": (["--constraint", "flops <= 1e9", "--constraint", "flops <= 2e9"], 2),  # last won
-    "early stopping after the last epoch": (["--fixed", "epochs=3", "--early-stopping-from", "5"], 2),
-    "no parallel slots": (["--parallel", "0"], 2),
-    "no initial trials": (["--init-trials", "0"], 2),
-    "a negative candidate cap": (["--max-candidates", "-5"], 2),
-    "a candidate cap under the trainings": (["--trials", "4", "--max-candidates", "3"], 2),
-    "unknown method": (["--method", "guess"], 2),
-    "unknown parameter fixed": (["--fix", "epochz=1"], 2),
-    "fix without a value": (["--fix", "epochs"], 2),
-    "fix out of range": (["--fix", "dropout=3"], 2),
-    "env without a value": (["--env", "HOME"], 2),
-    "env with a bad name": (["--env", "1X=y"], 2),
-    "unknown scheduler": (["--scheduler", "nomad"], 2),
-    "scheduler config not key=value": (["--scheduler-cfg", "queue"], 2),
-    "resources not numbers": (["--resources", "cpu=x"], 2),
-    "resources with an unknown key": (["--resources", "tpu=1"], 2),
-    "a mount without a destination": (["--mount", "type=bind,src=/tmp"], 2),
-    "failure rate over 1": (["--max-failure-rate", "2"], 2),
-    "negative retries": (["--retries", "-1"], 2),
-    "zero timeout": (["--trial-timeout", "0"], 2),
-    "unknown isolation": (["--isolation", "loud"], 2),
-    "negative budget": (["--constraint", "latency_ms <= -1"], 2),
-    "accuracy over 1": (["--constraint", "val_acc >= 1.5"], 2),
-    "accuracy under 0": (["--constraint", "val_acc <= -0.1"], 2),
-    "bound on an unknown metric": (["--constraint", "speed <= 1"], 2),
-    "a bound that does not parse": (["--constraint", "latency_ms < 1"], 2),
-    "objective on an unknown metric": (["--objective", "val_acc, -speed"], 2),
-    "unknown space": (["--space", "resnet-9000"], 2),
-    "space file missing": (["--space", "nope/space.py:Space"], 2),
-    "unknown data set": (["--data", "imagenet"], 2),
-    "missing MNIST folder": (["--data", "mnist", "--data-dir", "/nonexistent/mnist"], 2),
-    "a data folder for a data set that reads none": (["--data-dir", "/tmp"], 2),
-    "missing npz": (["--data", "npz:/nonexistent/x.npz"], 2),
-    "missing image folder": (["--data", "folder:/nonexistent/images"], 2),
-    "data module that does not import": (["--data", "no_such_pkg.data:make"], 2),
-    "unknown profile": (["--profile", "tpu-pod"], 2),
+    "no trials": (["--trials", "0"], 2, '--trials and --parallel must be at least 1'),
+    "one bound given twice": (["--constraint", "flops <= 1e9", "--constraint", "flops <= 2e9"], 2,
+                              "flops <= is given already ('flops <= 1e9'); keep one"),  # last won
+    "early stopping after the last epoch": (["--fixed", "epochs=3", "--early-stopping-from", "5"], 2,
+                                            'trials train 3 epochs at most, so early stopping could stop none'),
+    "no parallel slots": (["--parallel", "0"], 2, '--trials and --parallel must be at least 1'),
+    "no initial trials": (["--init-trials", "0"], 2, '--init-trials 0: must be at least 1'),
+    "a negative candidate cap": (["--max-candidates", "-5"], 2, '--max-candidates -5: must be at least --trials'),
+    "a candidate cap under the trainings": (["--trials", "4", "--max-candidates", "3"], 2,
+                                            '--max-candidates 3: must be at least --trials (4)'),
+    "unknown method": (["--method", "guess"], 2, "invalid choice: 'guess'"),
+    "unknown parameter fixed": (["--fix", "epochz=1"], 2, "has no parameter 'epochz'; it has batch_size, epochs"),
+    "fix without a value": (["--fix", "epochs"], 2, 'expected NAME=VALUE'),
+    "fix out of range": (["--space", "mlp", "--fix", "dropout=3"], 2, 'dropout=3 is outside [0, 0.5]'),
+    "env without a value": (["--env", "HOME"], 2, "--env 'HOME': expected KEY=VALUE"),
+    "env with a bad name": (["--env", "1X=y"], 2, 'a variable name is letters, digits and _'),
+    "unknown scheduler": (["--scheduler", "nomad"], 2, "--scheduler 'nomad': TorchX knows local_docker, local_cwd"),
+    "scheduler config not key=value": (["--scheduler-cfg", "queue"], 2, "'queue' is not key=value"),
+    "resources not numbers": (["--resources", "cpu=x"], 2, "cpu='x': expected a whole number"),
+    "resources with an unknown key": (["--resources", "tpu=1"], 2, "unknown keys ['tpu']"),
+    "a mount without a destination": (["--mount", "type=bind,src=/tmp"], 2, 'expected type=volume,src=CLAIM,dst=/path'),
+    "failure rate over 1": (["--max-failure-rate", "2"], 2, 'must be between 0 and 1'),
+    "negative retries": (["--retries", "-1"], 2, '--retries -1: must be 0 or more'),
+    "zero timeout": (["--trial-timeout", "0"], 2, 'must be a positive number of seconds'),
+    "unknown isolation": (["--isolation", "loud"], 2, "invalid choice: 'loud'"),
+    "negative budget": (["--constraint", "latency_ms <= -1"], 2, 'a budget must be > 0'),
+    "accuracy over 1": (["--constraint", "val_acc >= 1.5"], 2, 'no model reaches 1.5'),
+    "accuracy under 0": (["--constraint", "val_acc <= -0.1"], 2, 'no model stays under -0.1'),
+    "bound on an unknown metric": (["--constraint", "speed <= 1"], 2, "unknown metric 'speed'"),
+    "a bound that does not parse": (["--constraint", "latency_ms < 1"], 2, "is not of the form 'metric <= number'"),
+    "objective on an unknown metric": (["--objective", "val_acc, -speed"], 2, "unknown metric 'speed'; use val_acc"),
+    "unknown space": (["--space", "resnet-9000"], 2, "unknown space 'resnet-9000'; choose from mlp"),
+    "space file missing": (["--space", "nope/space.py:Space"], 2, 'no such file'),
+    "unknown data set": (["--data", "imagenet"], 2, "unknown data set 'imagenet'"),
+    "missing MNIST folder": (["--data", "mnist", "--data-dir", "/nonexistent/mnist"], 2,
+                             'data folder /nonexistent/mnist does not exist'),
+    "a data folder for a data set that reads none": (["--data-dir", "/tmp"], 2,
+                                                     '--data digits does not (did you mean --data mnist?)'),
+    "missing npz": (["--data", "npz:/nonexistent/x.npz"], 2, 'npz file /nonexistent/x.npz does not exist'),
+    "missing image folder": (["--data", "folder:/nonexistent/images"], 2,
+                             'image folder /nonexistent/images does not exist'),
+    "data module that does not import": (["--data", "no_such_pkg.data:make"], 2, "cannot import 'no_such_pkg'"),
+    "unknown profile": (["--profile", "tpu-pod"], 2, 'tpu-pod: no such profile; shipped profiles are'),
 }
 
 
 @pytest.mark.parametrize("case", list(SEARCH_FLAGS))
 def test_broken_search_flags(case, tmp_path, capsys):
-    args, code = SEARCH_FLAGS[case]
-    _fails(capsys, ["search", *args, "--run-dir", str(tmp_path / "run")], code)
+    args, code, why = SEARCH_FLAGS[case]
+    _fails(capsys, ["search", *args, "--run-dir", str(tmp_path / "run")], code, why=why)
     assert not (tmp_path / "run").exists()  # checked before anything is written
 
 

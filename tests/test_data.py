@@ -21,7 +21,6 @@ def test_digits_split_is_deterministic_and_stratified():
     assert a.normalize["scale"] == 16.0
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="MNIST t10k folder not present")
 def test_the_split_as_the_card_describes_it_rebuilds_the_validation_set():
     """A user scoring an exported model had to read odnas's code to find which examples
     its card's val_acc was measured on; the card says how, and this is the recipe run."""
@@ -39,6 +38,7 @@ def test_the_split_as_the_card_describes_it_rebuilds_the_validation_set():
     assert np.allclose((x[va].reshape(-1, 1, 8, 8) / n["scale"] - n["mean"]) / n["std"], data.x_val, atol=1e-5)
 
 
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="MNIST t10k folder not present")
 def test_mnist_idx_folder():
     d = load_data("mnist", MNIST_DIR)
     assert d.input_shape == (1, 28, 28) and len(d.y_train) == 8000 and len(d.y_val) == 2000
