@@ -335,3 +335,65 @@ def test_a_stop_asked_while_the_driver_starts_up_is_kept_and_one_from_before_it_
     os.utime(stale, (time.time() - 60, time.time() - 60))
     run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=TimedJobs({}).schedulers())
     assert len(list((run_dir / "trials").glob("*/result.json"))) == 4 and not stale.exists()
+
+
+def test_a_latency_is_timed_with_the_run_s_jobs_paused_and_no_candidate_being_made(tmp_path, monkeypatch):
+    """The search's default isolation, wired end to end: the driver's cost lane pauses the
+    run's local jobs (found from their job.json) and holds candidate generation still
+    for each timing (docs/benchmarks.md, "isolation")."""
+    import socket
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from odnas.cost.quiet import _state
+    from odnas.loop import ahead as ahead_mod
+    from odnas.rundir import TRIAL_MODULE
+
+    sleepers: list[subprocess.Popen] = []
+
+    class LocalJobs(TimedJobs):  # each trial's job.json names a live local process, as a real job's does
+        def run_job(self, argv):
+            app = super().run_job(argv)
+            out = Path(_job_args(argv[2:]).out)
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", TRIAL_MODULE])
+            sleepers.append(p)
+            write_json_atomic(out / JOB_NAME, {**json.loads((out / JOB_NAME).read_text()),
+                                               "pid": p.pid, "host": socket.gethostname()})
+            return app
+
+    held: list[bool] = []
+    real_still = ahead_mod.Ahead.still
+
+    @contextmanager
+    def still(self):
+        with real_still(self):
+            held.append(True)
+            try:
+                yield
+            finally:
+                held.pop()
+
+    monkeypatch.setattr(ahead_mod.Ahead, "still", still)
+    seen: list[tuple[list[str], bool]] = []
+
+    class Sees(FakeLatencyBackend):
+        def measure(self, onnx_path, profile):
+            seen.append(([_state(p.pid) for p in sleepers if p.poll() is None], bool(held)))
+            return super().measure(onnx_path, profile)
+
+    jobs = LocalJobs({0: 3.0, 1: 3.0, 2: 0.5, 3: 0.5})
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=4, max_candidates=8, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0,
+                       poll_s=0.5, scheduler=InProcessJobs.SCHEDULER)
+    try:
+        run_dir = create_run(cfg, schedulers=jobs.schedulers())
+        run_loop(run_dir, cost_backend=Sees(), quiet=True, schedulers=jobs.schedulers())
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+    assert seen and all(h for _, h in seen), seen  # candidate generation held still for every timing
+    with_jobs = [states for states, _ in seen if states]
+    assert with_jobs, seen  # some timing happened while the run had jobs alive
+    assert all(s == "T" for states in with_jobs for s in states), with_jobs  # every one paused
