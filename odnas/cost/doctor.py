@@ -81,6 +81,17 @@ def _worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [backend.measure(p, profile).to_dict() for p in spec["paths"]]
 
 
+def retest_spread(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """How two timings of the same models agree: the median and largest relative
+    difference, the largest difference in standard errors, and the seconds a timing took."""
+    diffs = [abs(x["latency_ms"] / y["latency_ms"] - 1.0) for x, y in zip(a, b)]
+    z = [abs(x["latency_ms"] - y["latency_ms"]) / max(1e-12, np.hypot(x["latency_ms_sem"], y["latency_ms_sem"]))
+         for x, y in zip(a, b)]
+    return {"median_abs_diff": float(np.median(diffs)), "max_abs_diff": float(max(diffs)), "max_z": float(max(z)),
+            "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
+            "latency_ms": [[x["latency_ms"], y["latency_ms"]] for x, y in zip(a, b)]}
+
+
 def check_host(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8), models: int = 3) -> dict[str, Any]:
     """Everything ``odnas doctor`` reports, as JSON-able data."""
     import dataclasses
@@ -104,14 +115,7 @@ def check_host(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8),
         paths = _candidates(folder, models, shape)
         retest = {}
         for method in (profile.protocol.method, "plain") if profile.protocol.method != "plain" else ("plain",):
-            a, b = _retest(paths, profile, method), _retest(paths, profile, method)
-            diffs = [abs(x["latency_ms"] / y["latency_ms"] - 1.0) for x, y in zip(a, b)]
-            z = [abs(x["latency_ms"] - y["latency_ms"]) / max(1e-12, np.hypot(x["latency_ms_sem"], y["latency_ms_sem"]))
-                 for x, y in zip(a, b)]
-            retest[method] = {"median_abs_diff": float(np.median(diffs)), "max_abs_diff": float(max(diffs)),
-                              "max_z": float(max(z)),
-                              "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
-                              "latency_ms": [[x["latency_ms"], y["latency_ms"]] for x, y in zip(a, b)]}
+            retest[method] = retest_spread(_retest(paths, profile, method), _retest(paths, profile, method))
         out["retest"] = retest
     out["advice"] = advice(out)
     out["seconds"] = round(time.perf_counter() - t0, 1)
@@ -142,12 +146,7 @@ def check_device(profile: HardwareProfile, input_shape: Sequence[int] = (1, 8, 8
         paths = _candidates(Path(tmp), models, shape)
         a = [backend.measure(p, profile).to_dict() for p in paths]
         b = [backend.measure(p, profile).to_dict() for p in paths]
-    diffs = [abs(x["latency_ms"] / y["latency_ms"] - 1.0) for x, y in zip(a, b)]
-    z = [abs(x["latency_ms"] - y["latency_ms"]) / max(1e-12, np.hypot(x["latency_ms_sem"], y["latency_ms_sem"]))
-         for x, y in zip(a, b)]
-    out["retest"] = {"median_abs_diff": float(np.median(diffs)), "max_abs_diff": float(max(diffs)),
-                     "max_z": float(max(z)), "seconds_per_candidate": float(np.mean([x["measure_s"] for x in a])),
-                     "latency_ms": [[x["latency_ms"], y["latency_ms"]] for x, y in zip(a, b)]}
+    out["retest"] = retest_spread(a, b)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
