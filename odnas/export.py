@@ -82,10 +82,6 @@ def onnx_logits(onnx_path: str | Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def onnx_accuracy(onnx_path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(onnx_logits(onnx_path, x).argmax(1) == y))
-
-
 def budget_report(profile: HardwareProfile, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{metric: {limit, value, met}}`` for each of the profile's budgets; a NaN or
     missing value is not shown to be within its budget, so it is not met."""

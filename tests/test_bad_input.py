@@ -103,6 +103,8 @@ SEARCH_FLAGS = {
     "env without a value": (["--env", "HOME"], 2, "--env 'HOME': expected KEY=VALUE"),
     "env with a bad name": (["--env", "1X=y"], 2, 'a variable name is letters, digits and _'),
     "unknown scheduler": (["--scheduler", "nomad"], 2, "--scheduler 'nomad': TorchX knows local_docker, local_cwd"),
+    "a container scheduler without an image": (["--scheduler", "local_docker"], 2,
+                                               "--scheduler local_docker runs each job in a container: give --image"),
     "scheduler config not key=value": (["--scheduler-cfg", "queue"], 2, "'queue' is not key=value"),
     "resources not numbers": (["--resources", "cpu=x"], 2, "cpu='x': expected a whole number"),
     "resources with an unknown key": (["--resources", "tpu=1"], 2, "unknown keys ['tpu']"),

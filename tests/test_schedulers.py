@@ -114,10 +114,12 @@ def test_bad_scheduler_options_are_one_line_value_errors(tmp_path):
         (lambda: make_resource("gpu.smal", 1), "not a TorchX named resource"),
         (lambda: make_resource("cpu=2,disk=9", 1), "unknown keys ['disk']"),
         (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes", env={"1BAD": "x"}), "--env '1BAD'"),
-        (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes", mounts=["src=a,dst=/b"]),
-         "type must be specified first"),
-        (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes",
+        (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes", image="reg/odnas:1",
+                           mounts=["src=a,dst=/b"]), "type must be specified first"),
+        (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes", image="reg/odnas:1",
                            mounts=["type=nfs,src=a,dst=/b"]), "invalid mount type"),
+        (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="kubernetes"),  # odnas publishes no image
+         "--scheduler kubernetes runs each job in a container: give --image"),
         (lambda: trial_app(str(tmp_path), "mlp", PARAMS, scheduler="ray", image="reg/odnas:1"),
          "local directory"),
     ]

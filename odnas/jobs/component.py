@@ -31,10 +31,17 @@ def parse_kv(text: str | None) -> dict[str, str]:
 
 
 LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
-DEFAULT_IMAGE = "ghcr.io/odnas/odnas:latest"
+#: Schedulers whose jobs run the host's own Python (local_cwd, slurm), or a working dir
+#: Ray uploads (ray); every other TorchX scheduler runs each job in a container image.
+NO_IMAGE_SCHEDULERS = ("local_cwd", "slurm", "ray")
 # TorchX's Ray scheduler reads a role's ``image`` as a local directory that it zips and
 # uploads as the Ray job's working_dir; this folder of the trial dir is that upload.
 RAY_WORKDIR = "ray"
+
+
+def needs_image(scheduler: str) -> str:
+    return (f"--scheduler {scheduler} runs each job in a container: give --image, an image with odnas installed "
+            "(docs/schedulers.md, \"The image, in short\")")
 
 
 def torchx_runner(schedulers: Mapping[str, Any] | None = None):
@@ -165,8 +172,12 @@ def _app(args: list[str], workdir: Path, threads: int, scheduler: str, image: st
         elif not Path(image).is_dir():
             raise ValueError(f"--image {image!r}: for the ray scheduler the image is a local directory "
                              "that Ray uploads as the job's working dir (leave it out for an empty one)")
+    elif scheduler == "slurm":  # the host's Python on the shared file system; the image is unused
+        image, entrypoint = image or os.getcwd(), "python"
     else:
-        image, entrypoint = image or DEFAULT_IMAGE, "python"
+        if not image:
+            raise ValueError(needs_image(scheduler))
+        entrypoint = "python"
     # A run dir on a Kubernetes PersistentVolume (type=volume) or a host path (type=bind)
     # reaches the job this way, mounted at the driver's path.
     role_mounts = []

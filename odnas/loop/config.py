@@ -19,7 +19,7 @@ from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
 from odnas.errors import SearchError, SpaceError
-from odnas.jobs.component import make_resource, trial_app, warm_capable
+from odnas.jobs.component import NO_IMAGE_SCHEDULERS, make_resource, needs_image, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
@@ -265,8 +265,10 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mappi
         make_resource(cfg.resources, 1)
     except ValueError as e:
         raise SearchError(f"--resources {cfg.resources!r}: {e}") from None
+    if cfg.scheduler not in NO_IMAGE_SCHEDULERS and not cfg.image:
+        raise SearchError(needs_image(cfg.scheduler))
     try:
-        trial_app("/check", "check", {}, scheduler="kubernetes", env=cfg.env, mounts=cfg.mounts)
+        trial_app("/check", "check", {}, scheduler="kubernetes", image="check", env=cfg.env, mounts=cfg.mounts)
     except ValueError as e:
         raise SearchError(str(e)) from None
     if cfg.scheduler == "ray" and cfg.image and not Path(cfg.image).is_dir():
