@@ -141,7 +141,7 @@ def section_isolation(n: int = 20, seed: int = 0, profiles=("cpu-mobile", "cpu-d
     torch.set_num_threads(1)
     load1 = os.getloadavg()[0]
     out = [f"{n} random `mobile-cnn` candidates (seed {seed}), each timed with the profile's protocol on a quiet "
-           "machine, then again while 2 real odnas training jobs (`python -m odnas.trial`, 1 thread each) run, "
+           "machine, then again while 2 real odnas training jobs (`python -m odnas.jobs.trial`, 1 thread each) run, "
            "under each shielding, then quietly once more. Relative differences are against the first quiet pass. "
            f"Load average when the section started: {load1:.2f} (processes other than odnas's own jobs are never "
            "paused; on a shared machine they set the noise floor).",

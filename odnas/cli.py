@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from odnas.steps import fmt_value
+
+
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: a missing standard error and the like become null."""
     if isinstance(obj, float):
@@ -33,14 +36,8 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(_finite(json.loads(json.dumps(obj, default=float))), indent=2, allow_nan=False))
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
-    return str(v)
-
-
 def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
-    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    cells = [[fmt_value(r.get(c, "")) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

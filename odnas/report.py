@@ -27,7 +27,7 @@ from odnas.profiles import METRIC_SIGN, HardwareProfile, parse_bound, profile_fr
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import LOG_NAME, driver_running, read_settings, trial_begun
 from odnas.select import front, proxy_correlations
-from odnas.steps import Step, silent
+from odnas.steps import Step, fmt_value as _fmt, silent
 
 REPORT_DIR = "report"
 REPORT_NAME = "report.html"
@@ -204,14 +204,6 @@ def export_command(run_dir: str | Path, row: Mapping[str, Any]) -> str:
     """The ``odnas export`` command line for one trial."""
     name = f"{row.get('arch_id') or 'trial' + str(row['trial'])}.onnx"
     return f"odnas export {shlex.quote(str(run_dir))} --trial {row['trial']} -o {shlex.quote(name)}"
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
-    return str(v)
 
 
 def _bound_text(m: str, op: str, v: float) -> str:
