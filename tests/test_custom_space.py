@@ -13,6 +13,7 @@ import onnx
 import pytest
 import yaml
 
+from odnas.data import DataError
 from odnas.testing import check_space
 from tests.conftest import ROOT, run_cli, status_json
 
@@ -110,7 +111,9 @@ def test_channels_first_data_that_ends_in_a_small_axis_is_taken_as_it_is(tmp_pat
     from odnas.data import _check_xy
 
     for shape in [(4, 40, 101, 1), (4, 6, 128, 1), (4, 16, 16, 4)]:  # features, a sensor window, 16 channels
-        _check_xy(np.ones(shape, "float32"), np.array([0, 1, 0, 1]), "x")
+        _check_xy(np.ones(shape, "float32"), np.array([0, 1, 0, 1]), "x")  # raises DataError if refused
+    with pytest.raises(DataError, match="looks channels-last"):  # while an image's 3 channels last still are
+        _check_xy(np.ones((4, 8, 8, 3), "float32"), np.array([0, 1, 0, 1]), "x")
 
 
 def _npz(d, **arrays):

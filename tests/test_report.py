@@ -113,9 +113,9 @@ def make_run(run_dir: Path, n: int, method: str = "bo", failed=(), running: int 
                 costs = {**costs, "latency_ms": 3 * costs["latency_ms"], "latency_ms_p90": 3 * costs["latency_ms_p90"]}
             meta = {"arch_id": space.arch_id(params), "costs": costs, "costs_sem": {"latency_ms": 0.001},
                     "trial_dir": str(run_dir / "trials" / f"{idx:04d}")}
-            over = profile.over_budget(costs)
-            if over:
-                meta["over_budget"] = over
+            breaks = profile.over_budget(costs)
+            if breaks:
+                meta["over_budget"] = breaks
             trial = experiment_of(client).trials[idx]
             trial.update_run_metadata(meta)
             if i in failed:
@@ -124,7 +124,7 @@ def make_run(run_dir: Path, n: int, method: str = "bo", failed=(), running: int 
                 save_trials(experiment_of(client), [trial], storage)
             else:
                 data = {m: (v, 0.001 if m.startswith("latency") else 0.0) for m, v in costs.items()}
-                if not over:
+                if not breaks:
                     data["val_acc"] = _acc(params, idx)
                 client.complete_trial(idx, raw_data=data)
     return run_dir
