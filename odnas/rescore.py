@@ -60,7 +60,7 @@ def long_protocol(profile: HardwareProfile, factor: int = CONFIRM_FACTOR) -> Har
 def _lane(run_dir: Path, settings: RunSettings, profile: HardwareProfile, cache: Path, backend=None) -> CostLane:
     lane = CostLane.for_run(run_dir, settings, backend=backend)
     lane.profile = profile
-    lane.cache = CostCache(cache)
+    lane.built_as, lane.cache = lane.cache, CostCache(cache)
     return lane
 
 

@@ -2,6 +2,7 @@
 the space passes odnas's contract, and the CLI searches, selects and exports with it
 on real TorchX local jobs; the job spec carries the reference to other schedulers too."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from odnas.data import DataError
+from odnas.errors import SpaceError
+from odnas.spaces import get_space
 from odnas.testing import check_space
 from tests.conftest import ROOT, run_cli, status_json
 
@@ -479,3 +482,105 @@ def test_a_space_file_imports_a_module_beside_it(tmp_path):
     text = BUGGY.replace("from torch import nn", "from torch import nn\nimport helpers_beside")
     (tmp_path / "uses.py").write_text(text + "\nclass Uses(_B):\n    name = 'uses'\n    specs = _B.specs\n")
     assert get_space(f"{tmp_path / 'uses.py'}:Uses").name == "uses"
+
+
+TWO = textwrap.dedent("""
+    from torch import nn
+    from odnas.spaces import Choice, Range, Space
+
+    class Two(Space):
+        name = "two"
+        specs = (Choice("w", (4, 8, 16)), Choice("act", ("relu", "tanh")), Range("lr", 1e-3, 1e-1, "float", log=True),
+                 Range("epochs", 1, 2, "int"), Choice("batch_size", (32, 64)))
+
+        def arch_id(self, p):
+            return f"t{p['w']}" + ("" if OMITS_ACT else p["act"])
+
+        def build(self, p, input_shape, num_classes):
+            c, h, w = input_shape
+            width = p["w"] * (2 if p["w"] == WIDER else 1)
+            act = nn.ReLU() if p["act"] == "relu" else nn.Tanh()
+            return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width), act, nn.Linear(width, num_classes))
+""")
+
+
+def _two(tmp_path, name, omits_act=False, wider=0):
+    path = tmp_path / f"{name}.py"  # a file per version: this process imports each once
+    path.write_text(f"OMITS_ACT, WIDER = {omits_act}, {wider}\n" + TWO)
+    return get_space(f"{path}:Two")
+
+
+def test_a_re_timing_refuses_a_model_its_build_changed_even_off_the_newest_records(tmp_path):
+    """select and rescore re-time trained models into caches of their own: a build()
+    changed for one older arch only (past the newest records checked up front) was timed
+    as that trial's figure, and the re-timing cache kept it after the code was restored."""
+    from odnas.cost.lane import CostCache, CostLane
+    from odnas.profiles import load_profile
+    from odnas.testing import FakeLatencyBackend
+
+    run = CostCache(tmp_path / "run-costs")
+    search = CostLane(_two(tmp_path, "v1"), (1, 8, 8), 10, load_profile("cpu-mobile"), run.folder,
+                      backend=FakeLatencyBackend())
+    p4 = {"w": 4, "act": "relu", "lr": 0.01, "epochs": 1, "batch_size": 32}
+    search.costs(p4)
+    changed = _two(tmp_path, "v2", wider=4)  # only w=4 builds another model now
+
+    def retimer(space):
+        backend = FakeLatencyBackend()
+        lane = CostLane(space, (1, 8, 8), 10, load_profile("cpu-mobile"), tmp_path / "confirm", backend=backend)
+        lane.built_as = run
+        return lane, backend
+
+    lane, _ = retimer(changed)
+    with pytest.raises(SpaceError, match="has changed since this run began: its build\\(\\) of t4relu now gives "
+                                         "another model"):
+        lane.costs(p4)
+    assert not (tmp_path / "confirm").exists()  # nothing timed for it
+    # A re-timing cache holding another build of the arch (timed before this check, or
+    # by a build() since restored) is not reused: the model is timed again.
+    stale = dataclasses.replace(search.costs(p4), structure="0" * 16, metrics={"latency_ms": 99.0})
+    CostCache(tmp_path / "confirm").put(stale)
+    lane, backend = retimer(_two(tmp_path, "v3"))
+    assert lane.costs(p4).metrics["latency_ms"] != 99.0 and backend.calls == 1
+
+
+def test_an_arch_id_that_names_two_networks_is_one_line_at_the_second(tmp_path):
+    from odnas.cost.lane import CostLane
+    from odnas.profiles import load_profile
+    from odnas.testing import FakeLatencyBackend
+
+    lane = CostLane(_two(tmp_path, "omits", omits_act=True), (1, 8, 8), 10, load_profile("cpu-mobile"),
+                    tmp_path / "costs", backend=FakeLatencyBackend())
+    lane.costs({"w": 8, "act": "relu", "lr": 0.01, "epochs": 1, "batch_size": 32})
+    # the same network, trained otherwise: the cached figure
+    lane.costs({"w": 8, "act": "relu", "lr": 0.05, "epochs": 1, "batch_size": 32})
+    with pytest.raises(SpaceError, match="arch_id\\(\\) gives t8 to two different networks \\(they differ in act, "
+                                         "lr\\); costs are cached by arch id, so it must name every parameter"):
+        lane.costs({"w": 8, "act": "tanh", "lr": 0.02, "epochs": 1, "batch_size": 32})
+
+
+def test_resume_checks_every_model_the_run_measured(tmp_path):
+    """Not the newest three alone: a build() changed for an older arch would have the
+    resumed run train models of two codes under one name."""
+    import os
+
+    from odnas.cost.lane import CostCache, measure_candidate
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.profiles import load_profile
+    from odnas.testing import FakeLatencyBackend
+
+    space = tmp_path / "two.py"
+    space.write_text("OMITS_ACT, WIDER = False, 0\n" + TWO)
+    run = create_run(SearchConfig(space=f"{space}:Two", trials=1, run_dir=str(tmp_path / "run")))
+    for i, w in enumerate((4, 8, 16)):
+        for act in ("relu", "tanh"):
+            params = {"w": w, "act": act, "lr": 0.01, "epochs": 1, "batch_size": 32}
+            rec = measure_candidate(get_space(f"{space}:Two"), params, (1, 8, 8), 10,
+                                    load_profile("cpu-mobile"), backend=FakeLatencyBackend())
+            CostCache(run / "costs").put(rec)
+            os.utime(run / "costs" / f"{rec.arch_id}.json", (1000 + 10 * i, 1000 + 10 * i))  # w=4 oldest
+    space.write_text("OMITS_ACT, WIDER = False, 4\n" + TWO)
+    proc = run_cli("resume", str(run))  # a fresh process: the edited file is what it imports
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "its build() of t4" in proc.stderr and "now gives another model" in proc.stderr, proc.stderr

@@ -103,34 +103,45 @@ def structure_digest(model) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-#: Cost records rebuilt when a run is resumed or re-timed, to see that its space still builds them.
+#: Cost records rebuilt before a run is re-timed (select, rescore), to refuse a changed
+#: space at once; every model timed after is checked against its own record as well.
 BUILDS_CHECKED = 3
 
 
-def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int = BUILDS_CHECKED) -> None:
+def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int | None = BUILDS_CHECKED) -> int:
     """One line if the space no longer builds what the run measured: the ``k`` newest
-    cost records that kept their structure are built again and compared. A run keeps
-    the space it began with; costs cached by arch id would otherwise be reused for
-    models that are not the ones trained now. Records from before are not checked."""
-    import torch
-
+    cost records that kept their structure (every one when ``k`` is None) are built
+    again and compared. A run keeps the space it began with; costs cached by arch id
+    would otherwise be reused for models that are not the ones trained now, and a
+    resumed run would train models of two codes under one name. Records from before
+    structures were kept are not checked. Returns how many were checked."""
     recs = []
     for path in sorted(Path(run_dir, COSTS_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         raw = read_json(path)
         if isinstance(raw, dict) and raw.get("structure") and isinstance(raw.get("params"), dict):
             recs.append(raw)
-            if len(recs) == k:
+            if k is not None and len(recs) == k:
                 break
     for raw in recs:
-        torch.manual_seed(0)
         try:
-            model = space.build(raw["params"], settings.input_shape, settings.num_classes)
-            changed = "another model" if build_changed(model, raw["structure"], settings.input_shape,
-                                                       settings.num_classes) else None
+            changed = "another model" if built_structure(space, raw["params"], settings.input_shape,
+                                                         settings.num_classes) != raw["structure"] else None
         except Exception as e:  # noqa: BLE001 -- the user's build(): any error, one line
             changed = f"an error ({type(e).__name__}: {_first_line(e)})"
         if changed:
             raise space_changed(space.name, raw["arch_id"], changed)
+    return len(recs)
+
+
+def built_structure(space, params: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> str:
+    """The structure digest of the model ``space`` builds for ``params`` now, built as
+    the lane builds it (seeded) and run once (lazy modules take their shapes)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = space.build(params, input_shape, num_classes)
+    check_output(model, input_shape, num_classes)
+    return structure_digest(model)
 
 
 def build_changed(model, structure: str, input_shape: Sequence[int], num_classes: int) -> bool:
@@ -213,6 +224,9 @@ class CostLane:
         self.isolation = isolation  # odnas.cost.quiet mode: pause local jobs while timing
         self.local_jobs = local_jobs or (lambda: [])  # pids of the jobs to pause while timing
         self.holds: list[Callable[[], Any]] = []  # context managers that keep other work still while timing
+        #: The run's own records when this lane re-times a run into another cache (select,
+        #: rescore): each model must be built as the search built it. None: its own cache.
+        self.built_as: CostCache | None = None
         self.measured = 0  # measurements made by this process (cache misses)
         self.seconds = 0.0  # wall time spent measuring (cache misses)
 
@@ -281,6 +295,16 @@ class CostLane:
     def costs(self, params: Mapping[str, Any]) -> CostRecord:
         arch = self.space.arch_id(params)
         rec = self.cache.get(arch)
+        # What this arch was built as in the search (its run's record), or in this cache.
+        ref = self.built_as.get(arch) if self.built_as is not None else rec
+        if ref is not None and ref.structure:
+            # A cached figure is for one network; so is a re-timing of a trained one. The
+            # model built now must be that network: not one of a build() changed since,
+            # nor another network the space's arch_id() gives the same name.
+            if built_structure(self.space, params, self.input_shape, self.num_classes) != ref.structure:
+                raise self._not_the_same(arch, params, ref)
+            if rec is not None and rec.structure and rec.structure != ref.structure:
+                rec = None  # this cache timed another build of it (a changed build() since restored)
         # A latency from another host, ORT build or setting is not comparable: measure again.
         if rec is None or not self._comparable(rec):
             t0 = time.perf_counter()
@@ -293,6 +317,21 @@ class CostLane:
         if self.calibration is not None:
             rec = apply_to_record(rec, self.calibration)  # budgets then judge device milliseconds
         return rec
+
+    def _not_the_same(self, arch: str, params: Mapping[str, Any], ref: CostRecord) -> SpaceError:
+        """Why ``params`` builds another network than ``ref`` was timed on: its arch id
+        names two networks (``ref``'s own params still build ``ref``'s), or build() changed."""
+        if ref.params and dict(ref.params) != dict(params):
+            try:
+                same = built_structure(self.space, ref.params, self.input_shape, self.num_classes) == ref.structure
+            except Exception:  # noqa: BLE001 -- the user's build(): then it changed
+                same = False
+            if same:
+                differ = sorted(k for k in set(ref.params) | set(params) if ref.params.get(k) != params.get(k))
+                return SpaceError(f"space {self.space.name!r}: arch_id() gives {arch} to two different networks "
+                                  f"(they differ in {', '.join(differ)}); costs are cached by arch id, so it must "
+                                  "name every parameter build() uses")
+        return space_changed(self.space.name, arch, "another model")
 
     def over_budget(self, metrics: Mapping[str, float]) -> list[str]:
         return self.profile.over_budget(metrics)

@@ -146,7 +146,7 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     settings = read_settings(run_dir)
     space = get_space(settings.space)
     check_unchanged(space, settings)  # Ax keeps the run's space: new code would not match it
-    check_builds(space, settings, run_dir)  # nor would its cached costs
+    check_builds(space, settings, run_dir, k=None)  # nor would its cached costs, nor what it trains next
     if trials is not None and trials < 1:
         raise SearchError("--trials must be at least 1")
     if trials is not None or max_candidates is not None:  # read-only, before anything is loaded for writing
