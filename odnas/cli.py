@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -220,6 +221,13 @@ class _Progress:
 
     def __init__(self, out=None) -> None:
         self.out = out or sys.stdout
+        self._own = None
+        if self.out is sys.stderr:
+            # The loop points fd 2 at the run's log while it runs (Ax's own handlers write
+            # there); progress goes to the stderr the command was given: a copy of it.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+                self.out = self._own = os.fdopen(os.dup(sys.stderr.fileno()), "w")
         self.last = ""
         self.live = None
         if self.out.isatty():
@@ -245,6 +253,9 @@ class _Progress:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if self._own is not None:
+            self._own.close()
+            self._own = None
 
 
 def _progress_printer(quiet: bool, out=None) -> _Progress | None:

@@ -518,3 +518,16 @@ def test_resume_max_candidates_counts_as_the_cap_does_failed_trials_aside(tmp_pa
         driver.resume(run, max_candidates=8)
     driver.resume(run, max_candidates=10)  # two more: refused before, as if the failed ones counted
     assert went_on == [10]
+
+
+def test_json_keeps_the_progress_on_stderr_not_in_the_log(tmp_path):
+    """The loop points fd 2 at the run's log while it runs (for Ax's own handlers); the
+    progress of a --json search went there with it, and stderr had none."""
+    d = tmp_path / "capped"
+    proc = run_cli("search", "--space", "mlp", "--trials", "1", "--max-candidates", "2", "--method", "sobol",
+                   "--constraint", "num_params <= 1700", "--run-dir", str(d), "--json")
+    assert proc.returncode == 3, proc.stderr
+    json.loads(proc.stdout)  # stdout is the document alone
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("[") and "trained 0/1" in ln]
+    assert progress, proc.stderr
+    assert "trained 0/1" not in (d / "odnas.log").read_text()
