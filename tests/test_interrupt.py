@@ -98,14 +98,14 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
             (d / "result.json").write_text("{}")
         return str(d)
 
-    def row(i: int, state: str, started: bool, result: bool = False) -> TrialRow:
-        return TrialRow(trial=i, state=state, arch_id="a", params={}, metrics={},
+    def row(i: int, state: str, started: bool, result: bool = False, arch: str = "a") -> TrialRow:
+        return TrialRow(trial=i, state=state, arch_id=arch, params={}, metrics={},
                         trial_dir=trial_dir(i, started, result))
 
     rows = [row(0, "completed", True, True), row(1, "running", True), row(2, "running", False),
-            row(3, "running", False), row(4, "running", False)]
+            row(3, "running", False), row(4, "running", False), row(5, "running", False, arch="")]
     meta = {0: {"worker": 0}, 1: {"worker": 1}, 2: {"worker": 0}, 3: {"app_handle": "local_cwd://x"},  # 3: fresh
-            4: {"worker": 1}}
+            4: {"worker": 1}, 5: {}}  # 5: made, its cost lane cut short: never launched
     (tmp_path / "workers" / "1").mkdir(parents=True)  # worker 1 has forked trial 4's child, not yet begun
     (tmp_path / "workers" / "1" / "worker.json").write_text(json.dumps({"trial": rows[4].trial_dir}))
     for r in rows:  # where the runner sent each: a worker's slot, or a fresh job's handle
@@ -114,7 +114,8 @@ def test_the_interrupt_summary_tells_jobs_that_run_on_from_queued_trials_that_do
     monkeypatch.setattr(driver, "trial_table", lambda e, d: rows)
     text = driver.interrupt_summary(exp, tmp_path)
     assert text.startswith("1 trained model kept; 3 training jobs are left to finish, and resume reattaches to "
-                           "them; 1 queued trial had not started, and resume starts it."), text
+                           "them; 1 queued trial had not started, and resume starts it; 1 candidate not costed or "
+                           "launched yet, and resume does it."), text
     from odnas.cli import _note, _queued
 
     # status, with the driver gone, tells the queued trial from the started ones (a fresh

@@ -409,9 +409,11 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     active = [r for r in rows if r.state == "running" and r.trial not in finished]
     # A trial handed to a warm worker that had not begun it is not run once the driver
     # has gone: the worker exits when idle. A fresh job, once launched, runs.
-    queued = sum(1 for r in active if "worker" in (exp.trials[r.trial].run_metadata or {})
+    queued = sum(1 for r in active if r.arch_id and "worker" in (exp.trials[r.trial].run_metadata or {})
                  and not (r.trial_dir and trial_begun(r.trial_dir)))
-    running = len(active) - queued
+    # A candidate made but never costed or launched (its cost lane cut short) runs nowhere.
+    unlaunched = sum(1 for r in active if not r.arch_id)
+    running = len(active) - queued - unlaunched
     parts = []
     if running:
         parts.append(f"{running} training job{'s are' if running != 1 else ' is'} left to finish, and resume "
@@ -419,6 +421,9 @@ def interrupt_summary(exp, run_dir: Path) -> str:
     if queued:
         parts.append(f"{queued} queued trial{'s' if queued != 1 else ''} had not started, and resume starts "
                      f"{'them' if queued != 1 else 'it'}")
+    if unlaunched:
+        parts.append(f"{unlaunched} candidate{'s' if unlaunched != 1 else ''} not costed or launched yet, and "
+                     f"resume does {'them' if unlaunched != 1 else 'it'}")
     jobs = "; ".join(parts) or "no training job was running"
     return f"{done} trained model{'s' if done != 1 else ''} kept; {jobs}. Go on with: odnas resume {run_dir}"
 
