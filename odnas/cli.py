@@ -550,6 +550,10 @@ def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
     return note
 
 
+#: Candidates status needs before it shows how FLOPs and parameters rank against latency.
+PROXY_MIN_N = 8
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from odnas.loop.store import load_run
     from odnas.records import trials_frame
@@ -578,8 +582,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                      "space": settings.space, "proxy_spearman_vs_latency_ms": proxies})
         return 0
     trained = counts.get("completed", 0) + counts.get("early_stopped", 0)
-    print(f"{a.run_dir}: {trained}/{settings.trials} trained, {len(rows)} candidates · "
-          + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
+    print(" · ".join([f"{a.run_dir}: {trained}/{settings.trials} trained, {len(rows)} candidates",
+                      *(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()))]))
     print(f"space {settings.space} · profile {profile.name} · objective {profile.objective} · "
           f"budgets {', '.join(profile.budget_constraints()) or 'none'}")
     print(table([{"trial": r.trial, "state": "queued" if r.trial in queued else r.state,
@@ -594,9 +598,12 @@ def cmd_status(a: argparse.Namespace) -> int:
     if (counts.get("running") or counts.get("queued")) and not running:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials, starts the queued ones "
               "and goes on.")
+    elif not running and trained < settings.trials:
+        print(f"No driver is running, and {settings.trials - trained} of the {settings.trials} trainings asked for "
+              f"are not done: `odnas resume {a.run_dir}` goes on.")
     if running and run.as_of is not None:
         print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(run.as_of))}.")
-    if proxies["flops"] is not None:
+    if proxies["flops"] is not None and proxies["n"] >= PROXY_MIN_N:  # a rank over a few says nothing
         print(f"Proxies against measured latency_ms under {profile.name} ({proxies['n']} candidates): "
               f"Spearman flops {proxies['flops']:.2f}, num_params {proxies['num_params']:.2f}")
     return 0

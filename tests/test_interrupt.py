@@ -150,3 +150,18 @@ def test_an_interrupt_before_the_drivers_own_handling_names_the_run_dir_to_resum
     monkeypatch.setattr(driver, "resume", interrupted)
     assert main(["resume", str(run), "--quiet"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [f"odnas: interrupted. Go on with: odnas resume {run}"]
+
+
+def test_status_of_a_run_left_short_with_nothing_running_says_how_to_go_on(tmp_path, capsys):
+    """Killed while its run dir was made, or stopped between trials: no trial runs, and
+    status said nothing of resume (and ended its first line with a bare separator)."""
+    from odnas.cli import main
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+
+    run = create_run(SearchConfig(space="mlp", trials=3, run_dir=str(tmp_path / "run")))
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"{run}: 0/3 trained, 0 candidates", out
+    assert f"No driver is running, and 3 of the 3 trainings asked for are not done: `odnas resume {run}` goes on." \
+        in out, out
