@@ -307,7 +307,7 @@ def test_measure_goes_on_past_a_candidate_the_space_declines(tmp_path, short_pro
     assert proc.stderr.count("could not be measured") == len(bad) and "Traceback" not in proc.stderr
 
 
-def test_a_model_onnx_cannot_take_is_one_line_without_torchs_ir_graph(tmp_path):
+def test_a_model_onnx_cannot_take_is_one_line_without_torchs_ir_graph(tmp_path, capsys):
     """torch's TorchScript exporter logs whatever its setting says, and printed the whole
     IR graph (dozens of lines) to stdout, into ``--json`` records, beside the one-line reason."""
     (tmp_path / "fft.py").write_text(BUGGY + textwrap.dedent("""
@@ -327,6 +327,24 @@ def test_a_model_onnx_cannot_take_is_one_line_without_torchs_ir_graph(tmp_path):
             def build(self, p, input_shape, num_classes):
                 return Rfft(num_classes)
     """))
+    (tmp_path / "fft.py").write_text((tmp_path / "fft.py").read_text() + textwrap.dedent("""
+        class FftSmallest(Fft):
+            def smallest(self, fixed):
+                return self.lowest(fixed)
+    """))
+    # A search whose smallest member cannot be exported: one line before anything runs, for a
+    # profile that times latency and one that only counts (nothing is timed without export).
+    from odnas.cli import main
+
+    for budget in ("latency_ms <= 1", "num_params <= 1e6"):
+        run = tmp_path / f"run-{budget[:3]}"
+        assert main(["search", "--space", f"{tmp_path / 'fft.py'}:FftSmallest", "--constraint", budget,
+                     "--run-dir", str(run), "--quiet"]) == 2 and not run.exists()
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [
+            "odnas: error: space fft: its smallest member b4 does not export to ONNX, so no candidate could be "
+            "timed: UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft' to ONNX opset version 17 is "
+            "not supported"], err
     proc = run_cli("measure", "--space", f"{tmp_path / 'fft.py'}:Fft", "--random", "1", "--quiet", "--json")
     assert proc.returncode == 3 and "Torch IR graph" not in proc.stdout + proc.stderr, proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # the candidate's reason, and the verdict

@@ -417,6 +417,11 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
+def _not_exported(space, params: Mapping[str, Any], e: Exception) -> SpaceError:
+    return SpaceError(f"space {space.name}: its smallest member {space.arch_id(params)} does not export to ONNX, so "
+                      f"no candidate could be timed: {type(e).__name__}: {_first_line(e)}")
+
+
 def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, progress: Step | None = None) -> None:
     """Refuse, before a search starts, budgets that even the space's smallest member breaks.
 
@@ -446,13 +451,23 @@ def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, 
                 rec = lane.costs(params)
             except DeviceError:
                 return
+            except SpaceError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- the user's model: it must export to ONNX to be timed
+                raise _not_exported(space, params, e) from None
         metrics, sem = rec.metrics, rec.sem
     else:
         import torch
 
         torch.manual_seed(0)
-        counts = count(space.build(params, settings.input_shape, settings.num_classes), settings.input_shape)
+        model = space.build(params, settings.input_shape, settings.num_classes)
+        counts = count(model, settings.input_shape)
         metrics, sem = {"num_params": counts.num_params, "flops": counts.flops}, {}
+        with tempfile.TemporaryDirectory() as tmp:  # every candidate is exported to be timed
+            try:
+                export_onnx(model, settings.input_shape, Path(tmp) / "smallest.onnx")
+            except Exception as e:  # noqa: BLE001
+                raise _not_exported(space, params, e) from None
 
     def clearly_over(m: str) -> bool:
         if m not in TIMED_METRICS:
