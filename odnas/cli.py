@@ -75,8 +75,15 @@ def cmd_profiles(a: argparse.Namespace) -> int:
 def cmd_spaces(a: argparse.Namespace) -> int:
     from odnas.spaces import get_space, list_spaces
 
-    rows = [{"name": n, "parameters": len(get_space(n).specs), "description": get_space(n).description}
-            for n in list_spaces()]
+    from odnas.errors import SpaceError
+
+    rows = []
+    for n in list_spaces():
+        try:  # one broken plugin does not hide the others
+            space = get_space(n)
+            rows.append({"name": n, "parameters": len(space.specs), "description": space.description})
+        except SpaceError as e:
+            rows.append({"name": n, "parameters": "", "description": f"does not load: {e}"})
     _print_json(rows) if a.json else print(table(rows, ["name", "parameters", "description"]))
     return 0
 

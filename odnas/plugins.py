@@ -74,11 +74,18 @@ def load_reference(text: str, what: str, error: type[OdnasError]) -> Any:
         raise error(f"{what} {text!r}: {path} has no {attr!r}") from None
 
 
-def entry_point(group: str, name: str) -> Any | None:
-    """The object an installed package registers under ``group`` as ``name``, or None."""
+def entry_point(group: str, name: str, error: type[Exception] = ImportError) -> Any | None:
+    """The object an installed package registers under ``group`` as ``name``, or None;
+    ``error`` in one line, naming the package, if its entry point does not load."""
     for ep in entry_points(group=group):
         if ep.name == name:
-            return ep.load()
+            try:
+                return ep.load()
+            except Exception as e:  # noqa: BLE001 -- another package's code: any error, one line
+                dist = f" (package {ep.dist.name})" if getattr(ep, "dist", None) is not None else ""
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise error(f"{group} entry point {name!r} = {ep.value!r}{dist} does not load: "
+                            f"{type(e).__name__}: {first}") from None
     return None
 
 

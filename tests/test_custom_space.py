@@ -217,7 +217,7 @@ def test_a_datamodule_that_fails_is_one_line_naming_what_failed(tmp_path):
             load_data(f"{tmp_path / 'bad.py'}:{ref}")
 
 
-def test_an_installed_packages_space_by_entry_point(monkeypatch):
+def test_an_installed_packages_space_by_entry_point(monkeypatch, capsys):
     """A package that declares [project.entry-points."odnas.spaces"] tiny-kws = "...":
     the name alone finds it, and odnas spaces lists it (entry points stood in for)."""
     import importlib.metadata
@@ -226,8 +226,19 @@ def test_an_installed_packages_space_by_entry_point(monkeypatch):
     from odnas.spaces import get_space, list_spaces
 
     ep = importlib.metadata.EntryPoint(name="tiny-kws-ep", value="odnas.spaces.mlp:MLPSpace", group="odnas.spaces")
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == "odnas.spaces" else [])
+    typo = importlib.metadata.EntryPoint(name="typo", value="odnas.spaces.mlp:MLPSpaec", group="odnas.spaces")
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep, typo] if group == "odnas.spaces" else [])
     assert "tiny-kws-ep" in list_spaces() and get_space("tiny-kws-ep").name == "mlp"
+    # Another package's broken entry point: one line when named, and it hides no other space
+    with pytest.raises(SpaceError, match="odnas.spaces entry point 'typo' = 'odnas.spaces.mlp:MLPSpaec' does not "
+                                         "load: AttributeError"):
+        get_space("typo")
+    from odnas.cli import main
+
+    assert main(["spaces", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["tiny-kws-ep"]["parameters"] > 0 and rows["typo"]["description"].startswith("does not load: ")
+    assert rows["mlp"]["parameters"] > 0
 
 
 BUGGY = textwrap.dedent("""
