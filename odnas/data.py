@@ -132,6 +132,13 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: in
         xv = xv[:, None, :, :] if xv.ndim == 3 else xv
         if xv.shape[1:] != x.shape[1:]:
             raise DataError(f"{name}: validation inputs {xv.shape[1:]} do not match training inputs {x.shape[1:]}")
+        if len(np.unique(y)) < 2:
+            raise DataError(f"{name}: the training split has only one class; a classifier needs at least two")
+        unseen = np.setdiff1d(np.unique(yv), np.unique(y))
+        if len(unseen):
+            shown = ", ".join(str(v) for v in unseen[:5].tolist()) + (", ..." if len(unseen) > 5 else "")
+            raise DataError(f"{name}: validation labels {shown} never occur in the training split; a model cannot "
+                            "learn a class it never sees")
         x_all, y_all = np.concatenate([x, xv]), np.concatenate([y, yv])
         tr, va = np.arange(len(y)), np.arange(len(y), len(y) + len(yv))
         split = {"validation": "given"}
@@ -278,10 +285,23 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
             raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
     mode = "RGB" if any(im.mode not in ("L", "1", "I", "I;16", "F", "LA") for im in images) else "L"
     h, w = size
-    arr = np.stack([np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8) for im in images])
+    arr = np.stack([np.asarray(_eight_bit(im).convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+                    for im in images])
     x = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
     y = np.array([classes.index(c) for c, _ in files], dtype=np.int64)
     return x, y, tuple(classes)
+
+
+def _eight_bit(im):
+    """A 16-bit greyscale image (PNG ``I;16``, or ``I`` with 16-bit values) scaled to
+    8 bits; Pillow's own conversion clips it, so nearly every pixel came out white."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
+        return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    return im
 
 
 def read_datamodule(obj: Any, ref: str):

@@ -613,3 +613,34 @@ def test_resume_checks_every_model_the_run_measured(tmp_path):
     proc = run_cli("resume", str(run))  # a fresh process: the edited file is what it imports
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "its build() of t4" in proc.stderr and "now gives another model" in proc.stderr, proc.stderr
+
+
+def test_sixteen_bit_greyscale_images_keep_their_contrast(tmp_path):
+    """Pillow's conversion to 8 bits clips 16-bit values: a folder of 16-bit PNGs came out
+    almost all white, with nothing said."""
+    from PIL import Image
+
+    from odnas.data import read_image_folder
+
+    for c, level in (("dark", 8000), ("light", 56000)):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            ramp = np.linspace(0, level, 64, dtype=np.uint16).reshape(8, 8)
+            im = Image.new("I;16", (8, 8))
+            im.frombytes((ramp + i).astype("<u2").tobytes(), "raw", "I;16")
+            im.save(tmp_path / c / f"{i}.png")
+    x, y, labels = read_image_folder(tmp_path, (8, 8))
+    assert labels == ("dark", "light") and x.shape == (6, 1, 8, 8)
+    dark, light = x[y == 0].max(), x[y == 1].max()
+    assert abs(int(dark) - round(8000 * 255 / 65535)) <= 1 and abs(int(light) - round(56000 * 255 / 65535)) <= 1
+    assert (x == 255).mean() < 0.05
+
+
+def test_validation_labels_the_training_split_never_has_are_refused(tmp_path):
+    from odnas.data import load_data
+
+    path = tmp_path / "d.npz"
+    y = np.array([0, 1] * 4)
+    np.savez(path, x=np.ones((8, 4, 4), "float32"), y=y, x_val=np.ones((8, 4, 4), "float32"), y_val=y + 5)
+    with pytest.raises(DataError, match="validation labels 5, 6 never occur in the training split"):
+        load_data(f"npz:{path}")

@@ -40,7 +40,8 @@ def get_space(name: str) -> Space:
     """A fresh space: a shipped one by name, an entry point by name, or a reference."""
     if name in _REGISTRY:
         return _REGISTRY[name]()
-    obj = load_reference(name, "space", SpaceError) if is_reference(name) else entry_point(ENTRY_POINTS, name, SpaceError)
+    obj = (load_reference(name, "space", SpaceError) if is_reference(name)
+           else entry_point(ENTRY_POINTS, name, SpaceError))
     if obj is None:
         raise SpaceError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}, or name your own "
                          "as package.module:Class or path/to/file.py:Class")
