@@ -501,7 +501,9 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
     with _outcome_on_failure(a, Path(a.run_dir).resolve()):
         run_dir = _run_with_progress(_progress_printer(a.quiet, sys.stderr if a.json else None), resume, a.run_dir,
-                                     trials=a.trials, device=a.device, max_candidates=a.max_candidates)
+                                     trials=a.trials, device=a.device, max_candidates=a.max_candidates,
+                                     faults={"retries": a.retries, "trial_timeout_s": a.trial_timeout_s,
+                                             "tolerated_failure_rate": a.tolerated_failure_rate})
     _finish(a, run_dir)
     return 0
 
@@ -1009,13 +1011,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "that reached its cap goes on; default: 4 x --trials when --trials is given)")
     p.add_argument("--device", metavar="URL", help="the device agent's new address, for a search timed on a device "
                    "whose agent has moved")
+    p.add_argument("--trial-timeout-s", type=float, metavar="SECONDS",
+                   help="a new time limit per training job (default: the run's)")
+    p.add_argument("--retries", type=int, help="a new number of retries of a failed training (default: the run's)")
+    p.add_argument("--tolerated-failure-rate", type=float, metavar="F",
+                   help="a new share of failed trials tolerated (default: the run's)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report/report.html at the end")
     p.add_argument("--json", action="store_true",
                    help="the outcome as one JSON document on stdout (progress on stderr)")
     p.set_defaults(fn=cmd_resume)
 
-    p = sub.add_parser("stop", help="ask a running search to stop cleanly (from another shell)")
+    p = sub.add_parser("stop", help="ask a running search to stop cleanly (from another shell)",
+                       description="Ask the driver of RUN_DIR to stop at its next poll (about a second). Running "
+                       "training jobs finish; `odnas resume RUN_DIR` goes on. Exits 2 when no driver is running.")
     p.add_argument("run_dir", help="the run dir of a search (printed when it started)")
     p.set_defaults(fn=cmd_stop)
 

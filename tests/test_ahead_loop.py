@@ -397,3 +397,32 @@ def test_a_latency_is_timed_with_the_run_s_jobs_paused_and_no_candidate_being_ma
     with_jobs = [states for states, _ in seen if states]
     assert with_jobs, seen  # some timing happened while the run had jobs alive
     assert all(s == "T" for states in with_jobs for s in states), with_jobs  # every one paused
+
+
+def test_a_run_stopped_on_its_failure_rate_says_why_and_resumes_with_new_fault_settings(tmp_path):
+    """Failing alike (a member the space declines, a timeout too short), a resume failed
+    the same way again: the error names the shared reason, and resume takes new
+    --trial-timeout-s, --retries and --tolerated-failure-rate."""
+    import pytest
+
+    from odnas.errors import SearchError, SearchFailed
+    from odnas.loop.driver import resume
+    from odnas.rundir import read_settings
+
+    jobs = TimedJobs({i: None for i in range(8)})  # every trial fails at once
+    cfg = SearchConfig(profile="cpu-mobile", space="mlp", trials=4, max_candidates=12, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0,
+                       poll_s=0.2, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    with pytest.raises(SearchFailed) as e:
+        run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    assert "too many trials failed (over 50%); " in str(e.value) and " failed alike: " in str(e.value), str(e.value)
+    assert "failed at once (test)" in str(e.value) and "--tolerated-failure-rate anew" in str(e.value)
+    with pytest.raises(SearchError, match="--trial-timeout-s -1: must be a positive number"):
+        resume(run_dir, faults={"trial_timeout_s": -1})
+    jobs = TimedJobs({})  # trials succeed now
+    resume(run_dir, cost_backend=FakeLatencyBackend(), schedulers=jobs.schedulers(),
+           faults={"tolerated_failure_rate": 0.9, "trial_timeout_s": 30.0, "retries": None})
+    s = read_settings(run_dir)
+    assert (s.tolerated_failure_rate, s.trial_timeout_s, s.retries) == (0.9, 30.0, 0)
+    assert sum(1 for p in (run_dir / "trials").glob("*/result.json")) >= 1

@@ -31,9 +31,10 @@ def parse_kv(text: str | None) -> dict[str, str]:
 
 
 LOCAL_SCHEDULERS = ("local_cwd", "local_docker")
-#: Schedulers whose jobs run the host's own Python (local_cwd, slurm), or a working dir
-#: Ray uploads (ray); every other TorchX scheduler runs each job in a container image.
-NO_IMAGE_SCHEDULERS = ("local_cwd", "slurm", "ray")
+#: TorchX's schedulers that run each job in a container image (``--image``). local_cwd
+#: and slurm run the host's own Python, ray a working dir it uploads.
+CONTAINER_SCHEDULERS = ("local_docker", "kubernetes", "kubernetes_mcad", "aws_batch", "aws_sagemaker", "gcp_batch",
+                        "lsf")
 # TorchX's Ray scheduler reads a role's ``image`` as a local directory that it zips and
 # uploads as the Ray job's working_dir; this folder of the trial dir is that upload.
 RAY_WORKDIR = "ray"
@@ -172,12 +173,12 @@ def _app(args: list[str], workdir: Path, threads: int, scheduler: str, image: st
         elif not Path(image).is_dir():
             raise ValueError(f"--image {image!r}: for the ray scheduler the image is a local directory "
                              "that Ray uploads as the job's working dir (leave it out for an empty one)")
-    elif scheduler == "slurm":  # the host's Python on the shared file system; the image is unused
-        image, entrypoint = image or os.getcwd(), "python"
-    else:
+    elif scheduler in CONTAINER_SCHEDULERS:
         if not image:
             raise ValueError(needs_image(scheduler))
         entrypoint = "python"
+    else:  # slurm: the host's Python on the shared file system (the image is unused); a scheduler of one's own
+        image, entrypoint = image or os.getcwd(), "python"
     # A run dir on a Kubernetes PersistentVolume (type=volume) or a host path (type=bind)
     # reaches the job this way, mounted at the driver's path.
     role_mounts = []

@@ -19,7 +19,7 @@ from odnas.cost.latency import check_runnable
 from odnas.cost.quiet import ISOLATION_MODES
 from odnas import plugins
 from odnas.errors import SearchError, SpaceError
-from odnas.jobs.component import NO_IMAGE_SCHEDULERS, make_resource, needs_image, trial_app, warm_capable
+from odnas.jobs.component import CONTAINER_SCHEDULERS, make_resource, needs_image, trial_app, warm_capable
 from odnas.loop.adapter import import_ax
 from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
@@ -188,10 +188,7 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError(f"--workers {cfg.workers!r}: choose from {', '.join(WORKER_MODES)}")
     if cfg.lookahead < 0:
         raise SearchError(f"--lookahead {cfg.lookahead}: must be 0 or more")
-    if cfg.retries < 0:
-        raise SearchError(f"--retries {cfg.retries}: must be 0 or more")
-    if cfg.trial_timeout_s is not None and not cfg.trial_timeout_s > 0:
-        raise SearchError(f"--trial-timeout-s {cfg.trial_timeout_s}: must be a positive number of seconds")
+    check_fault_settings(cfg.retries, cfg.trial_timeout_s, cfg.tolerated_failure_rate)
     if cfg.threads is not None and cfg.threads < 1:
         raise SearchError(f"--threads {cfg.threads}: must be at least 1")
     if not cfg.poll_s > 0:
@@ -206,8 +203,6 @@ def make_settings(cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None
         raise SearchError(f"--early-stopping-from {cfg.early_stopping_from}: trials train {most} epoch"
                           f"{'s' if most != 1 else ''} at most, so early stopping could stop none; give less than "
                           f"{most}, or leave out --early-stopping")
-    if not 0.0 <= cfg.tolerated_failure_rate <= 1.0:
-        raise SearchError(f"--tolerated-failure-rate {cfg.tolerated_failure_rate}: must be between 0 and 1")
     check_runtime(profile, cfg, schedulers)
     check_data_dir(cfg.data, cfg.data_dir)
     split = load_data(cfg.data, cfg.data_dir, seed=cfg.data_seed)
@@ -252,6 +247,17 @@ def check_with_ax(profile: HardwareProfile) -> None:
                           f"{str(e).splitlines()[0]}") from None
 
 
+def check_fault_settings(retries: int | None, trial_timeout_s: float | None,
+                         tolerated_failure_rate: float | None) -> None:
+    """How a search meets failing trials, as ``search`` and ``resume`` take it (None: not given)."""
+    if retries is not None and retries < 0:
+        raise SearchError(f"--retries {retries}: must be 0 or more")
+    if trial_timeout_s is not None and not trial_timeout_s > 0:
+        raise SearchError(f"--trial-timeout-s {trial_timeout_s}: must be a positive number of seconds")
+    if tolerated_failure_rate is not None and not 0.0 <= tolerated_failure_rate <= 1.0:
+        raise SearchError(f"--tolerated-failure-rate {tolerated_failure_rate}: must be between 0 and 1")
+
+
 def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mapping[str, Any] | None = None) -> None:
     """Things that would otherwise fail at the first trial, after the run dir exists."""
     from torchx.schedulers import get_scheduler_factories
@@ -265,7 +271,7 @@ def check_runtime(profile: HardwareProfile, cfg: SearchConfig, schedulers: Mappi
         make_resource(cfg.resources, 1)
     except ValueError as e:
         raise SearchError(f"--resources {cfg.resources!r}: {e}") from None
-    if cfg.scheduler not in NO_IMAGE_SCHEDULERS and not cfg.image:
+    if cfg.scheduler in CONTAINER_SCHEDULERS and not cfg.image:
         raise SearchError(needs_image(cfg.scheduler))
     try:
         trial_app("/check", "check", {}, scheduler="kubernetes", image="check", env=cfg.env, mounts=cfg.mounts)

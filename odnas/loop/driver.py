@@ -32,7 +32,8 @@ from odnas.loop.adapter import (
     trial_property,
 )
 from odnas.loop.config import (
-    SearchConfig, ax_bounds, default_run_dir, generation_strategy, make_settings, refuse_used_run_dir,
+    SearchConfig, ax_bounds, check_fault_settings, default_run_dir, generation_strategy, make_settings,
+    refuse_used_run_dir,
 )
 from odnas.loop.metrics import CostMetric, ValAccCurveMetric, ValAccMetric
 from odnas.loop.runner import TrialRunner
@@ -134,14 +135,24 @@ def _say(text: str) -> None:
     print(f"odnas: {text}", file=sys.stderr, flush=True)
 
 
+#: What ``odnas resume`` may change of how a search meets failing trials.
+FAULT_SETTINGS = frozenset({"retries", "trial_timeout_s", "tolerated_failure_rate"})
+
+
 def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = None,
            cost_backend=None, quiet: bool = True, trials: int | None = None,
            schedulers: Schedulers | None = None, device: str | None = None,
-           max_candidates: int | None = None) -> Path:
+           max_candidates: int | None = None, faults: Mapping[str, Any] | None = None) -> Path:
     """Continue a stopped or killed search; completed trials are kept, never retrained.
     ``trials`` and ``max_candidates`` are new totals (a run that reached its candidate
     cap goes on with a higher one); ``device`` is the device agent's address when it
-    has moved (a phone's new address)."""
+    has moved (a phone's new address); ``faults`` new ``retries``, ``trial_timeout_s``
+    or ``tolerated_failure_rate`` (a run stopped on its failure rate goes on with
+    another timeout, or a higher rate)."""
+    faults = {k: v for k, v in (faults or {}).items() if v is not None}
+    if set(faults) - FAULT_SETTINGS:
+        raise ValueError(f"faults: unknown keys {sorted(set(faults) - FAULT_SETTINGS)}")
+    check_fault_settings(faults.get("retries"), faults.get("trial_timeout_s"), faults.get("tolerated_failure_rate"))
     run_dir = Path(run_dir).resolve()
     settings = read_settings(run_dir)
     space = get_space(settings.space)
@@ -171,13 +182,13 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
         with driver_lock(run_dir):
             write_settings(run_dir, settings)
     run_loop(run_dir, progress, cost_backend, quiet, trials=trials, schedulers=schedulers,
-             max_candidates=max_candidates)
+             max_candidates=max_candidates, faults=faults)
     return run_dir
 
 
 def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True,
              trials: int | None = None, schedulers: Schedulers | None = None,
-             max_candidates: int | None = None) -> None:
+             max_candidates: int | None = None, faults: Mapping[str, Any] | None = None) -> None:
     import torch
     from ax.api.utils.storage import db_settings_from_storage_config
     from ax.exceptions.core import UserInputError
@@ -204,6 +215,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             settings.max_candidates = (max_candidates if max_candidates is not None else
                                        max(int(settings.max_candidates or 0), 4 * settings.trials))
             write_settings(run_dir, settings)
+        if faults:  # new fault settings, written once this driver holds the run (resume --trial-timeout-s ...)
+            for k, v in faults.items():
+                setattr(settings, k, v)
+            write_settings(run_dir, settings)
         client, storage = load_client(run_dir)
         exp = experiment_of(client)
         done = trained_count(exp)
@@ -216,6 +231,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         lane = CostLane.for_run(run_dir, settings, backend=cost_backend)
         lane.say = lambda line: _tell(line, term)  # a device agent's retries: on the terminal and in the log
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
+        for k in FAULT_SETTINGS:  # the runner keeps the settings it was made with; a resume may change these
+            setattr(runner.cfg, k, getattr(settings, k))
         # Ax stops trials with the runner of their trial type, which storage decodes as an
         # object of its own: without this, early stops went to a runner never attached
         # (TorchX's default schedulers, no pool, the run dir the run was made in).
@@ -323,9 +340,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         except FailureRateExceededError:
             runner.close()
             raise SearchFailed(
-                f"too many trials failed (over {settings.tolerated_failure_rate:.0%}); see "
-                f"`odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
-                f"{interrupt_summary(exp, run_dir)}"
+                f"too many trials failed (over {settings.tolerated_failure_rate:.0%}){failure_note(exp, run_dir)}; "
+                f"see `odnas status {run_dir}` for each reason and {run_dir / LOG_NAME} for details. "
+                f"{interrupt_summary(exp, run_dir)} (it takes --trial-timeout-s, --retries and "
+                "--tolerated-failure-rate anew)"
             ) from None
         except UserInputError as e:
             raise SearchError(str(e).splitlines()[0]) from None
@@ -398,6 +416,19 @@ class SignalGuard:
         if self.active:
             for s, h in self.previous.items():
                 signal.signal(s, h)
+
+
+def failure_note(exp, run_dir: Path) -> str:
+    """The reason most failed trials share, when one does: a space that declines a
+    member, or a timeout too short, fails the same way again on resume until changed."""
+    reasons = [(r.reason or "").strip() for r in trial_table(exp, run_dir) if r.state == "failed"]
+    if not reasons:
+        return ""
+    top = max(set(reasons), key=reasons.count)
+    n = reasons.count(top)
+    if not top or n < 2 or n * 2 < len(reasons):
+        return ""
+    return f"; {n} of the {len(reasons)} failed alike: {top.splitlines()[0][:200]}"
 
 
 def interrupt_summary(exp, run_dir: Path) -> str:
