@@ -339,7 +339,7 @@ class CostLane:
 
 def calibration_note(seconds: float, device: bool = False) -> str:
     return (f"timing {'the device' if device else 'this host'}'s latency reference first: about {seconds:.0f} s, "
-            f"once per {'device' if device else 'host'}")
+            f"once per {'device' if device else 'host'} and input shape")
 
 
 def check_member(space, settings: RunSettings) -> dict[str, Any] | None:
