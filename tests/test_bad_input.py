@@ -120,6 +120,8 @@ SEARCH_FLAGS = {
     "a bound that does not parse": (["--constraint", "latency_ms < 1"], 2, "is not of the form 'metric <= number'"),
     "objective on an unknown metric": (["--objective", "val_acc, -speed"], 2, "unknown metric 'speed'; use val_acc"),
     "unknown space": (["--space", "resnet-9000"], 2, "unknown space 'resnet-9000'; choose from mlp"),
+    "a space file without its class": (["--space", "my_space.py"], 2,
+                                       "space 'my_space.py': name the class in the file too, as my_space.py:ClassName"),
     "space file missing": (["--space", "nope/space.py:Space"], 2, 'no such file'),
     "unknown data set": (["--data", "imagenet"], 2, "unknown data set 'imagenet'"),
     "missing MNIST folder": (["--data", "mnist", "--data-dir", "/nonexistent/mnist"], 2,

@@ -42,6 +42,8 @@ def get_space(name: str) -> Space:
         return _REGISTRY[name]()
     obj = (load_reference(name, "space", SpaceError) if is_reference(name)
            else entry_point(ENTRY_POINTS, name, SpaceError))
+    if obj is None and name.endswith(".py"):
+        raise SpaceError(f"space {name!r}: name the class in the file too, as {name}:ClassName")
     if obj is None:
         raise SpaceError(f"unknown space {name!r}; choose from {', '.join(list_spaces())}, or name your own "
                          "as package.module:Class or path/to/file.py:Class")
