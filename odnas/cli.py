@@ -530,6 +530,11 @@ def _queued(rows, driver: bool) -> set[int]:
                                  and not trial_begun(r.trial_dir)}
 
 
+def _short(text: str, most: int = 100) -> str:
+    """A reason cut to a table cell: at a word, marked as cut (the whole is in --json)."""
+    return text if len(text) <= most else text[:most].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+
+
 def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
     from odnas.rundir import RESULT_NAME
     from odnas.select import meets
@@ -553,7 +558,13 @@ def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
         curve = read_curve(row.trial_dir)
         if curve:
             return f"epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
-    note = (row.reason or "")[:90]
+    if row.state == "early_stopped" and row.trial_dir:
+        from odnas.rundir import read_curve
+
+        curve = read_curve(row.trial_dir)  # Ax's own reason is a paragraph on percentiles
+        if curve:
+            return f"early-stopped at epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
+    note = _short((row.reason or "").strip().splitlines()[0] if (row.reason or "").strip() else "")
     if row.retry_of is not None:
         note = f"retry of trial {row.retry_of}" + (f"; {note}" if note else "")
     return note

@@ -165,3 +165,22 @@ def test_status_of_a_run_left_short_with_nothing_running_says_how_to_go_on(tmp_p
     assert out.splitlines()[0] == f"{run}: 0/3 trained, 0 candidates", out
     assert f"No driver is running, and 3 of the 3 trainings asked for are not done: `odnas resume {run}` goes on." \
         in out, out
+
+
+def test_status_notes_are_cut_at_a_word_and_an_early_stop_says_where(tmp_path):
+    from types import SimpleNamespace
+
+    from odnas.cli import _note
+    from odnas.records import TrialRow
+
+    prof = SimpleNamespace(thresholds=(), budget_constraints=list)
+    long = "the warm worker serving it died (killed by a signal, or out of memory); the trial died with it " * 2
+    row = TrialRow(trial=0, state="failed", arch_id="a", params={}, metrics={}, reason=long)
+    note = _note(row, prof)
+    assert note.endswith(" …") and len(note) <= 102 and long.startswith(note[:-2]) and long[len(note) - 2] == " "
+    d = tmp_path / "0001"
+    d.mkdir()
+    (d / "progress.jsonl").write_text('{"epoch": 1, "val_acc": 0.8}\n{"epoch": 2, "val_acc": 0.886}\n')
+    row = TrialRow(trial=1, state="early_stopped", arch_id="a", params={}, metrics={}, trial_dir=str(d),
+                   reason="Trial objective values at progressions in [2.00, 2.00] are all worse than 50.0-th ...")
+    assert _note(row, prof) == "early-stopped at epoch 2, val_acc 0.886"

@@ -751,5 +751,5 @@ class RunState:
         s += f" · running {', '.join(runs) if runs else 0}"
         s += f" · over budget {c.get('over_budget', 0)} · failed {c.get('failed', 0)}"
         if c.get("early_stopped"):
-            s += f" · stopped early {c['early_stopped']}"
+            s += f" · early stopped {c['early_stopped']}"
         return s
