@@ -96,7 +96,7 @@ def test_old_settings_load_and_fresh_only_for_schedulers_passed_in():
 def test_worker_app_is_the_trial_apps_twin():
     from odnas.jobs.component import trial_app, worker_app
 
-    kw = dict(scheduler="kubernetes", resources="cpu=2,memMB=4096,gpu=0", env={"A": "1"},
+    kw = dict(scheduler="kubernetes", image="reg/odnas:1", resources="cpu=2,memMB=4096,gpu=0", env={"A": "1"},
               mounts=["type=volume,src=runs,dst=/runs"])
     t = trial_app("/runs/r/trials/0000", "mlp", PARAMS, data="mnist", **kw).roles[0]
     w = worker_app("/runs/r", 1, "tok", "mlp", data="mnist", **kw).roles[0]
