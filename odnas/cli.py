@@ -619,8 +619,12 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"No driver is running: `odnas resume {a.run_dir}` polls the running trials, starts the queued ones "
               "and goes on.")
     elif not running and trained < settings.trials:
+        made = sum(r.state != "failed" for r in rows)  # as the candidate cap counts them
+        cap = settings.max_candidates
+        how = (f"`odnas resume {a.run_dir} --max-candidates {max(2 * cap, made + 1)}` goes on (the run reached its "
+               f"cap of {cap} candidates)" if cap and made >= cap else f"`odnas resume {a.run_dir}` goes on")
         print(f"No driver is running, and {settings.trials - trained} of the {settings.trials} trainings asked for "
-              f"are not done: `odnas resume {a.run_dir}` goes on.")
+              f"are not done: {how}.")
     if running and run.as_of is not None:
         print(f"A driver is running; trials as of its poll at {time.strftime('%H:%M:%S', time.localtime(run.as_of))}.")
     if proxies["flops"] is not None and proxies["n"] >= PROXY_MIN_N:  # a rank over a few says nothing

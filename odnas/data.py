@@ -285,22 +285,34 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
             raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
     mode = "RGB" if any(im.mode not in ("L", "1", "I", "I;16", "F", "LA") for im in images) else "L"
     h, w = size
-    arr = np.stack([np.asarray(_eight_bit(im).convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    full = _full_scale(images)
+    arr = np.stack([np.asarray(_eight_bit(im, full).convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8)
                     for im in images])
     x = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
     y = np.array([classes.index(c) for c, _ in files], dtype=np.int64)
     return x, y, tuple(classes)
 
 
-def _eight_bit(im):
-    """A 16-bit greyscale image (PNG ``I;16``, or ``I`` with 16-bit values) scaled to
-    8 bits; Pillow's own conversion clips it, so nearly every pixel came out white."""
+def _deep(im) -> bool:
+    return im.mode.startswith("I;16") or im.mode == "I"
+
+
+def _full_scale(images) -> float:
+    """The full scale of a folder's integer greyscale images: the smallest of 8, 10, 12,
+    14 or 16 bits that holds their largest value (a 12-bit sensor's 0..4095 in a 16-bit
+    PNG is 12-bit), else that value."""
+    top = max((float(np.asarray(im).max(initial=0)) for im in images if _deep(im)), default=255.0)
+    return next((2.0 ** k - 1 for k in (8, 10, 12, 14, 16) if top <= 2 ** k - 1), top)
+
+
+def _eight_bit(im, full: float):
+    """An integer greyscale image (PNG ``I;16``, TIFF ``I``) scaled from ``full`` to 8
+    bits; Pillow's own conversion clips it, so a 16-bit image came out nearly white."""
     from PIL import Image
 
-    if im.mode.startswith("I;16") or im.mode == "I":
+    if _deep(im):
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
-        return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(np.rint(a * (255.0 / full)), 0, 255).astype(np.uint8), "L")
     return im
 
 

@@ -421,8 +421,18 @@ def test_a_run_stopped_on_its_failure_rate_says_why_and_resumes_with_new_fault_s
     with pytest.raises(SearchError, match="--trial-timeout-s -1: must be a positive number"):
         resume(run_dir, faults={"trial_timeout_s": -1})
     jobs = TimedJobs({})  # trials succeed now
-    resume(run_dir, cost_backend=FakeLatencyBackend(), schedulers=jobs.schedulers(),
-           faults={"tolerated_failure_rate": 0.9, "trial_timeout_s": 30.0, "retries": None})
+    from odnas.loop.runner import TrialRunner
+
+    attached = []
+    real_attach = TrialRunner.attach
+    TrialRunner.attach = lambda self, *a, **k: attached.append(self) or real_attach(self, *a, **k)
+    try:
+        resume(run_dir, cost_backend=FakeLatencyBackend(), schedulers=jobs.schedulers(),
+               faults={"tolerated_failure_rate": 0.9, "trial_timeout_s": 30.0, "retries": None})
+    finally:
+        TrialRunner.attach = real_attach
     s = read_settings(run_dir)
     assert (s.tolerated_failure_rate, s.trial_timeout_s, s.retries) == (0.9, 30.0, 0)
+    # the runner storage decoded keeps the settings it was made with: it times jobs out anew too
+    assert attached and attached[-1].cfg.trial_timeout_s == 30.0
     assert sum(1 for p in (run_dir / "trials").glob("*/result.json")) >= 1

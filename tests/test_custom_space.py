@@ -353,9 +353,9 @@ def test_a_model_onnx_cannot_take_is_one_line_without_torchs_ir_graph(tmp_path, 
                      "--run-dir", str(run), "--quiet"]) == 2 and not run.exists()
         err = capsys.readouterr().err
         assert err.strip().splitlines() == [
-            "odnas: error: space fft: its smallest member b4 does not export to ONNX, so no candidate could be "
-            "timed: UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft' to ONNX opset version 17 is "
-            "not supported"], err
+            "odnas: error: space fft: its smallest member b4 could not be exported to ONNX and timed, so no "
+            "candidate can be: UnsupportedOperatorError: Exporting the operator 'aten::fft_rfft' to ONNX opset "
+            "version 17 is not supported"], err
     proc = run_cli("measure", "--space", f"{tmp_path / 'fft.py'}:Fft", "--random", "1", "--quiet", "--json")
     assert proc.returncode == 3 and "Torch IR graph" not in proc.stdout + proc.stderr, proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 2, proc.stderr  # the candidate's reason, and the verdict
@@ -634,6 +634,24 @@ def test_sixteen_bit_greyscale_images_keep_their_contrast(tmp_path):
     dark, light = x[y == 0].max(), x[y == 1].max()
     assert abs(int(dark) - round(8000 * 255 / 65535)) <= 1 and abs(int(light) - round(56000 * 255 / 65535)) <= 1
     assert (x == 255).mean() < 0.05
+    # A 12-bit sensor's values in 16-bit files keep their 12-bit scale, one scale for the
+    # whole folder (its 32-bit TIFF of 0..200 too); such a TIFF alone is 8-bit, as it is.
+    for c, top, mode in (("dark", 4095, "I;16"), ("light", 200, "I")):
+        for f in (tmp_path / c).iterdir():
+            f.unlink()
+        ramp = np.linspace(0, top, 64).reshape(8, 8)
+        if mode == "I":
+            Image.fromarray(ramp.astype("int32"), mode="I").save(tmp_path / c / "0.tif")
+        else:
+            im = Image.new("I;16", (8, 8))
+            im.frombytes(ramp.astype("<u2").tobytes(), "raw", "I;16")
+            im.save(tmp_path / c / "0.png")
+    x, y, _ = read_image_folder(tmp_path, (8, 8))
+    assert int(x[y == 0].max()) == 255 and int(x[y == 1].max()) == round(200 * 255 / 4095)
+    from odnas.data import _full_scale
+
+    with Image.open(tmp_path / "light" / "0.tif") as tif:
+        assert _full_scale([tif]) == 255.0
 
 
 def test_validation_labels_the_training_split_never_has_are_refused(tmp_path):
@@ -644,3 +662,19 @@ def test_validation_labels_the_training_split_never_has_are_refused(tmp_path):
     np.savez(path, x=np.ones((8, 4, 4), "float32"), y=y, x_val=np.ones((8, 4, 4), "float32"), y_val=y + 5)
     with pytest.raises(DataError, match="validation labels 5, 6 never occur in the training split"):
         load_data(f"npz:{path}")
+
+
+def test_select_and_rescore_re_time_against_the_run_s_own_records(tmp_path):
+    """Their lanes time into caches of their own, and check each model against the
+    search's record of it (the run's costs), not against their own cache alone."""
+    from odnas.loop.config import SearchConfig
+    from odnas.loop.driver import create_run
+    from odnas.profiles import load_profile
+    from odnas.rescore import _lane
+    from odnas.rundir import read_settings
+    from odnas.testing import FakeLatencyBackend
+
+    run = create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path / "run")))
+    lane = _lane(run, read_settings(run), load_profile("cpu-mobile"), tmp_path / "confirm", FakeLatencyBackend())
+    assert lane.built_as is not None and lane.built_as.folder == run / "costs"
+    assert lane.cache.folder == tmp_path / "confirm"

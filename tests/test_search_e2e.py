@@ -331,6 +331,9 @@ def test_a_search_that_cannot_succeed_still_tells_a_json_reader_what_it_left(tmp
     assert proc.stderr.strip().splitlines() == [f"odnas: error: {out['error']}"]
     # The run goes on with a higher cap, which counts the candidates made (no resume took one before)
     assert f"`odnas resume {d} --max-candidates 4` tries more" in out["error"], out["error"]
+    st = run_cli("status", str(d), check=True).stdout  # status says the same, not a plain resume that does nothing
+    assert (f"are not done: `odnas resume {d} --max-candidates 4` goes on (the run reached its cap of 2 "
+            "candidates)") in st, st
     proc = run_cli("resume", str(d), "--max-candidates", "2", "--quiet")
     assert proc.returncode == 2 and "made 2 candidates already" in proc.stderr, proc.stderr
     proc = run_cli("resume", str(d), "--max-candidates", "3", "--json", "--quiet")

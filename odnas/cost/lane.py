@@ -301,7 +301,12 @@ class CostLane:
             # A cached figure is for one network; so is a re-timing of a trained one. The
             # model built now must be that network: not one of a build() changed since,
             # nor another network the space's arch_id() gives the same name.
-            if built_structure(self.space, params, self.input_shape, self.num_classes) != ref.structure:
+            try:
+                now = built_structure(self.space, params, self.input_shape, self.num_classes)
+            except Exception as e:  # noqa: BLE001 -- the user's build() gave this network before
+                raise space_changed(self.space.name, arch, f"an error ({type(e).__name__}: {_first_line(e)})") \
+                    from None
+            if now != ref.structure:
                 raise self._not_the_same(arch, params, ref)
             if rec is not None and rec.structure and rec.structure != ref.structure:
                 rec = None  # this cache timed another build of it (a changed build() since restored)
@@ -418,8 +423,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _not_exported(space, params: Mapping[str, Any], e: Exception) -> SpaceError:
-    return SpaceError(f"space {space.name}: its smallest member {space.arch_id(params)} does not export to ONNX, so "
-                      f"no candidate could be timed: {type(e).__name__}: {_first_line(e)}")
+    return SpaceError(f"space {space.name}: its smallest member {space.arch_id(params)} could not be exported to "
+                      f"ONNX and timed, so no candidate can be: {type(e).__name__}: {_first_line(e)}")
 
 
 def check_budgets(settings: RunSettings, backend: LatencyBackend | None = None, progress: Step | None = None) -> None:

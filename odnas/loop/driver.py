@@ -23,8 +23,8 @@ from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError, DeviceLatencyBackend
 from odnas.cost.lane import CostLane, calibration_note, check_budgets, check_builds
 from odnas.cost.quiet import resume_jobs
-from odnas.errors import OdnasError, SearchError, SearchFailed, SearchInterrupted
-from odnas.jobs.component import torchx_runner
+from odnas.errors import OdnasError, SearchError, SearchFailed, SearchInterrupted, SpaceError
+from odnas.jobs.component import CONTAINER_SCHEDULERS, torchx_runner
 from odnas.loop.ahead import (Ahead, AheadOrchestrator, CandidateProcessDied, frozen_heap, kernel_build_due,
                               load_lazy_kernels, pace_note)
 from odnas.loop.adapter import (
@@ -135,6 +135,8 @@ def _say(text: str) -> None:
     print(f"odnas: {text}", file=sys.stderr, flush=True)
 
 
+#: The image container schedulers ran when ``--image`` was not yet required.
+LEGACY_IMAGE = "ghcr.io/odnas/odnas:latest"
 #: What ``odnas resume`` may change of how a search meets failing trials.
 FAULT_SETTINGS = frozenset({"retries", "trial_timeout_s", "tolerated_failure_rate"})
 
@@ -173,6 +175,11 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
                               f"{'s' if made != 1 else ''} already (failed ones aside), and --max-candidates counts "
                               f"them, as it does the {goal} trials; give more than {max(made, goal - 1)} (nothing "
                               "was changed)")
+    if settings.scheduler in CONTAINER_SCHEDULERS and not settings.image:
+        # A run made before --image was required ran the tag that was then the default.
+        settings.image = LEGACY_IMAGE
+        with driver_lock(run_dir):
+            write_settings(run_dir, settings)
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
@@ -349,6 +356,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
             raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        except SpaceError as e:  # the cost lane met a build() that is not the network it timed: one line too
+            raise SpaceError(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         except CandidateProcessDied as e:  # twice: on the background thread, then in the driver's
             raise SearchFailed(f"no candidate could be made: {e}. "
                                f"{interrupt_summary(exp, run_dir)}") from None
