@@ -496,7 +496,10 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from odnas.rundir import read_settings
 
-    read_settings(a.run_dir)  # a run dir, or one line saying it is not, before the driver's imports
+    st = read_settings(a.run_dir)  # a run dir, or one line saying it is not, before the driver's imports
+    if not a.quiet:  # loading the run and checking its space take seconds: say what is going on
+        print(f"odnas resume: {a.run_dir} (space {st.space}, profile {st.profile.get('name', '?')}, "
+              f"{st.trials} trials); loading the run", flush=True, file=sys.stderr if a.json else sys.stdout)
     from odnas.loop.driver import resume
 
     with _outcome_on_failure(a, Path(a.run_dir).resolve()):
@@ -597,9 +600,12 @@ def cmd_status(a: argparse.Namespace) -> int:
     proxies = proxy_correlations(rows)
     if a.json:
         _print_json({"run_dir": str(Path(a.run_dir).resolve()), "trials_planned": settings.trials, "counts": counts,
-                     "trials": [{**r.to_dict(), **({"queued": True} if r.trial in queued else {})} for r in rows],
+                     "trials": [{**r.to_dict(), **({"queued": True} if r.trial in queued else {}),
+                                 "note": _note(r, profile, running, r.trial in queued)} for r in rows],
                      "front": [r.trial for r in fr], "profile": profile.name,
-                     "space": settings.space, "proxy_spearman_vs_latency_ms": proxies})
+                     "space": settings.space, "proxy_spearman_vs_latency_ms": proxies,
+                     # whether a driver holds the run now, and the time of its last poll (the rows' age)
+                     "driver_running": bool(running), "as_of": run.as_of if running else None})
         return 0
     trained = counts.get("completed", 0) + counts.get("early_stopped", 0)
     print(" · ".join([f"{a.run_dir}: {trained}/{settings.trials} trained, {len(rows)} candidates",

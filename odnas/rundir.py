@@ -146,7 +146,8 @@ def driver_lock(run_dir: Path) -> Iterator[None]:
         f.seek(0)
         who = f.read().strip() or "another process"
         f.close()
-        raise SearchError(f"{run_dir} is already being searched by {who}; wait for it or stop it first") from None
+        raise SearchError(f"{run_dir} is already being searched by {who}; wait for it, or stop it first "
+                          f"(`odnas stop {run_dir}`)") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}")

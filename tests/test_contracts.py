@@ -196,10 +196,27 @@ def test_driver_lock_is_exclusive_and_released(tmp_path):
     assert not driver_running(tmp_path)
     with driver_lock(tmp_path):
         assert driver_running(tmp_path)
-        with pytest.raises(SearchError, match="already being searched"):
+        with pytest.raises(SearchError, match="already being searched .*; wait for it, or stop it first "
+                                              "\\(`odnas stop "):
             with driver_lock(tmp_path):
                 pass
     assert not driver_running(tmp_path)
+
+
+def test_a_search_into_a_run_being_searched_points_to_status_and_stop(tmp_path):
+    """Not to resume, which is refused while the driver runs."""
+    from odnas.errors import SearchError
+    from odnas.loop.config import SearchConfig, refuse_used_run_dir
+    from odnas.loop.driver import create_run
+    from odnas.rundir import driver_lock
+
+    run = create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path / "run")))
+    with pytest.raises(SearchError, match="already holds a search; use `odnas resume"):
+        refuse_used_run_dir(run)
+    with driver_lock(run):
+        with pytest.raises(SearchError, match=f"{run} holds a search that is running now; `odnas status {run}` "
+                                              f"follows it, `odnas stop {run}` stops it"):
+            refuse_used_run_dir(run)
 
 
 def test_a_job_from_another_host_is_never_ours():

@@ -48,6 +48,8 @@ def test_status_select_export(run, tmp_path):
     st = json.loads(run_cli("status", str(d), "--json", check=True).stdout)
     assert st["counts"]["completed"] == 5 and sum(st["counts"].values()) == len(st["trials"])
     assert len(st["trials"]) <= 20  # max_candidates = 4 x trials
+    assert st["driver_running"] is False and st["as_of"] is None  # as the table says, with its notes
+    assert all("note" in t for t in st["trials"])
     proc = run_cli("select", str(d), "--json", check=True)
     sel = json.loads(proc.stdout)  # stdout holds the JSON alone; the steps go to stderr
     assert "odnas: timing trial" in proc.stderr

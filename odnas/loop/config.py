@@ -25,7 +25,7 @@ from odnas.profiles import (
     COST_METRICS, HardwareProfile, check_objective, load_profile, never_met, parse_bound, with_device,
 )
 from odnas.records import RunSettings
-from odnas.rundir import DB_NAME, being_made
+from odnas.rundir import DB_NAME, being_made, driver_running
 
 METHODS = ("bo", "sobol", "random", "saasbo")
 EARLY_STOPPING_PEERS = ("cheaper", "all")
@@ -137,6 +137,9 @@ def refuse_used_run_dir(run_dir: Path) -> None:
     if making:
         raise SearchError(f"{run_dir} is being made by another search now; give this one another --run-dir")
     if (run_dir / DB_NAME).exists() and making is None:
+        if driver_running(run_dir):
+            raise SearchError(f"{run_dir} holds a search that is running now; `odnas status {run_dir}` follows it, "
+                              f"`odnas stop {run_dir}` stops it; or give another --run-dir")
         raise SearchError(f"{run_dir} already holds a search; use `odnas resume {run_dir}` or another --run-dir")
 
 
