@@ -228,3 +228,18 @@ def test_a_job_from_another_host_is_never_ours():
     assert not local_job_alive({"pid": os.getpid(), "host": "elsewhere"})
     assert not local_job_alive({"pid": os.getpid(), "host": socket.gethostname()})  # not a trial process
     assert not local_job_alive(None) and not local_job_alive({"host": socket.gethostname()})
+
+
+def test_resume_of_a_run_being_searched_is_refused_before_its_checks(tmp_path, monkeypatch):
+    """Resume rebuilds every model the run measured (seconds on a large run); against a
+    running driver it is refused first."""
+    from odnas.errors import SearchError
+    from odnas.loop import driver
+    from odnas.loop.config import SearchConfig
+    from odnas.rundir import driver_lock
+
+    run = driver.create_run(SearchConfig(space="mlp", trials=1, run_dir=str(tmp_path / "run")))
+    monkeypatch.setattr(driver, "check_builds", lambda *a, **k: pytest.fail("checked before the lock"))
+    with driver_lock(run):
+        with pytest.raises(SearchError, match="already being searched"):
+            driver.resume(run)

@@ -289,7 +289,11 @@ class CostLane:
 
     def cached(self, params: Mapping[str, Any]) -> bool:
         """Whether ``costs(params)`` will read a record, not measure."""
-        rec = self.cache.get(self.space.arch_id(params))
+        arch = self.space.arch_id(params)
+        rec = self.cache.get(arch)
+        ref = self.built_as.get(arch) if self.built_as is not None else None
+        if rec is not None and ref is not None and rec.structure and ref.structure and rec.structure != ref.structure:
+            return False  # this cache timed another build of it: timed again
         return rec is not None and self._comparable(rec)
 
     def costs(self, params: Mapping[str, Any]) -> CostRecord:

@@ -42,7 +42,7 @@ from odnas.profiles import COST_METRICS, profile_from_dict, with_device
 from odnas.records import RunSettings, TrialRow
 from odnas.rundir import (
     DRIVER_STATS_NAME, JOB_NAME, LAUNCH_NAME, LOG_NAME, MADE_NAMES, MAKING_NAME, RESULT_NAME, SETTINGS_NAME,
-    LOCK_NAME, STOP_REQUEST_NAME, being_made, driver_lock, mark_making,
+    LOCK_NAME, STOP_REQUEST_NAME, being_made, driver_lock, driver_running, mark_making,
     read_curve, read_json, read_settings, trial_begun, write_settings, write_trials,
 )
 from odnas.select import pick
@@ -157,6 +157,9 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
     check_fault_settings(faults.get("retries"), faults.get("trial_timeout_s"), faults.get("tolerated_failure_rate"))
     run_dir = Path(run_dir).resolve()
     settings = read_settings(run_dir)
+    if driver_running(run_dir):  # refused now, not after the checks below (seconds on a large run)
+        with driver_lock(run_dir):
+            pass
     space = get_space(settings.space)
     check_unchanged(space, settings)  # Ax keeps the run's space: new code would not match it
     check_builds(space, settings, run_dir, k=None)  # nor would its cached costs, nor what it trains next
