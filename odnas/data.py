@@ -120,7 +120,7 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: in
         scale, source = 255.0, f"folder:{Path(path).name}"
     elif plugins.is_reference(name):
         raw, y, given_val, labels = read_datamodule(plugins.load_reference(name, "data", DataError), name)
-        scale, source = 1.0, name.rpartition(":")[2]
+        scale, source = 1.0, _reference_name(name)
     else:
         raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}, npz:PATH, folder:PATH, "
                         "or a DataModule as package.module:make or path/to/file.py:make")
@@ -157,11 +157,18 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, seed: in
         mean, std = float(x_all[tr].mean()), float(x_all[tr].std()) or 1.0
     x_all = (x_all - mean) / std
     return DataSplit(
-        name=name.rpartition(":")[2] if plugins.is_reference(name) else name.split(":")[0],
+        name=_reference_name(name) if plugins.is_reference(name) else name.split(":")[0],
         x_train=x_all[tr], y_train=y_all[tr], x_val=x_all[va], y_val=y_all[va], labels=labels,
         normalize={"scale": scale, "mean": round(mean, 6), "std": round(std, 6)},
         settings={"source": source, "seed": seed, **split},
     )
+
+
+def _reference_name(ref: str) -> str:
+    """A DataModule reference as a card shows it: ``file.py:make`` (the file's name, not
+    the folder it sat in on this machine) or ``package.module:make``."""
+    where, _, func = ref.rpartition(":")
+    return f"{Path(where).name}:{func}" if where.endswith(".py") else ref
 
 
 def _split(y: np.ndarray, val_fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -182,6 +182,7 @@ def test_a_lightning_datamodule_by_reference(tmp_path):
     assert d.labels == ("ring", "bar", "dot") and d.input_shape == (1, 6, 6)
     assert len(d.y_train) == 60 and len(d.y_val) == 30 and d.settings["validation"] == "given"
     assert d.normalize == {"scale": 1.0, "mean": 0.0, "std": 1.0}
+    assert d.name == "dm.py:make" == d.settings["source"]  # the card names the file and function, not "make"
     by_class = load_data(f"{tmp_path / 'dm.py'}:Shapes")  # the class itself, as docs/plugins.md allows
     assert by_class.labels == d.labels and np.array_equal(by_class.x_val, d.x_val)
 
