@@ -436,3 +436,24 @@ def test_a_run_stopped_on_its_failure_rate_says_why_and_resumes_with_new_fault_s
     # the runner storage decoded keeps the settings it was made with: it times jobs out anew too
     assert attached and attached[-1].cfg.trial_timeout_s == 30.0
     assert sum(1 for p in (run_dir / "trials").glob("*/result.json")) >= 1
+
+
+def test_an_arch_id_that_names_two_networks_stops_the_search_with_the_fix_not_resume(tmp_path):
+    import pytest
+
+    from odnas.errors import SpaceError
+    from tests.test_custom_space import TWO
+
+    space = tmp_path / "two.py"
+    space.write_text("OMITS_ACT, WIDER = True, 0\n" + TWO)
+    jobs = TimedJobs({})
+    cfg = SearchConfig(profile="cpu-mobile", space=f"{space}:Two", trials=8, max_candidates=8, parallel=2,
+                       run_dir=str(tmp_path / "run"), method="sobol", seed=0, threads=1, retries=0,
+                       poll_s=0.2, scheduler=InProcessJobs.SCHEDULER)
+    run_dir = create_run(cfg, schedulers=jobs.schedulers())
+    with pytest.raises(SpaceError) as e:
+        run_loop(run_dir, cost_backend=FakeLatencyBackend(), quiet=True, schedulers=jobs.schedulers())
+    text = str(e.value)
+    assert "to two different networks (they differ in act)" in text and "kept;" in text, text
+    assert text.endswith("Fix arch_id() and start a new search (a run keeps the space it began with).") \
+        and "Go on with" not in text, text

@@ -584,8 +584,8 @@ def test_an_arch_id_that_names_two_networks_is_one_line_at_the_second(tmp_path):
     lane.costs({"w": 8, "act": "relu", "lr": 0.01, "epochs": 1, "batch_size": 32})
     # the same network, trained otherwise: the cached figure
     lane.costs({"w": 8, "act": "relu", "lr": 0.05, "epochs": 1, "batch_size": 32})
-    with pytest.raises(SpaceError, match="arch_id\\(\\) gives t8 to two different networks \\(they differ in act, "
-                                         "lr\\); costs are cached by arch id, so it must name every parameter"):
+    with pytest.raises(SpaceError, match="arch_id\\(\\) gives t8 to two different networks \\(they differ in "
+                                         "act\\); costs are cached by arch id, so it must name every parameter"):
         lane.costs({"w": 8, "act": "tanh", "lr": 0.02, "epochs": 1, "batch_size": 32})
 
 

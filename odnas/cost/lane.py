@@ -337,6 +337,11 @@ class CostLane:
                 same = False
             if same:
                 differ = sorted(k for k in set(ref.params) | set(params) if ref.params.get(k) != params.get(k))
+                try:  # training settings (lr, epochs, batch_size) are not the network's
+                    settings = set(self.space.training(params))
+                except Exception:  # noqa: BLE001 -- the user's training(): list every difference
+                    settings = set()
+                differ = [k for k in differ if k not in settings] or differ
                 return SpaceError(f"space {self.space.name!r}: arch_id() gives {arch} to two different networks "
                                   f"(they differ in {', '.join(differ)}); costs are cached by arch id, so it must "
                                   "name every parameter build() uses")

@@ -360,7 +360,11 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
             raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         except SpaceError as e:  # the cost lane met a build() that is not the network it timed: one line too
-            raise SpaceError(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+            summary = interrupt_summary(exp, run_dir)
+            if "two different networks" in str(e):  # the run keeps its space: resuming meets it again
+                summary = (summary.split(" Go on with:")[0] + " Fix arch_id() and start a new search (a run keeps "
+                           "the space it began with).")
+            raise SpaceError(f"{e}. {summary}") from None
         except CandidateProcessDied as e:  # twice: on the background thread, then in the driver's
             raise SearchFailed(f"no candidate could be made: {e}. "
                                f"{interrupt_summary(exp, run_dir)}") from None
