@@ -539,7 +539,7 @@ def _short(text: str, most: int = 100) -> str:
 
 
 def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
-    from odnas.rundir import RESULT_NAME
+    from odnas.rundir import RESULT_NAME, read_curve
     from odnas.select import meets
 
     if row.state == "running" and not row.arch_id:  # made, but its cost lane never finished (a device away)
@@ -555,18 +555,12 @@ def _note(row, profile, driver: bool = True, queued: bool = False) -> str:
         missed = [b for b in profile.bounds() if not meets(row.metrics, [b])]
         if missed:
             return "misses " + ", ".join(missed)
-    if row.state == "running" and row.trial_dir:
-        from odnas.rundir import read_curve
-
-        curve = read_curve(row.trial_dir)
-        if curve:
-            return f"epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
-    if row.state == "early_stopped" and row.trial_dir:
-        from odnas.rundir import read_curve
-
-        curve = read_curve(row.trial_dir)  # Ax's own reason is a paragraph on percentiles
-        if curve:
-            return f"early-stopped at epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
+    # Where a running or early-stopped trial's curve stands (Ax's own reason for a stop is
+    # a paragraph on percentiles).
+    curve = read_curve(row.trial_dir) if row.state in ("running", "early_stopped") and row.trial_dir else []
+    if curve:
+        at = "" if row.state == "running" else "early-stopped at "
+        return f"{at}epoch {curve[-1]['epoch']}, val_acc {float(curve[-1]['val_acc']):.3f}"
     note = _short((row.reason or "").strip().splitlines()[0] if (row.reason or "").strip() else "")
     if row.retry_of is not None:
         note = f"retry of trial {row.retry_of}" + (f"; {note}" if note else "")

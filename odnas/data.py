@@ -290,7 +290,7 @@ def read_image_folder(folder: Path, size: tuple[int, int]) -> tuple[np.ndarray, 
                 images.append(im.copy())
         except Exception as e:
             raise DataError(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
-    mode = "RGB" if any(im.mode not in ("L", "1", "I", "I;16", "F", "LA") for im in images) else "L"
+    mode = "RGB" if any(not _deep(im) and im.mode not in ("L", "1", "F", "LA") for im in images) else "L"
     h, w = size
     full = _full_scale(images)
     arr = np.stack([np.asarray(_eight_bit(im, full).convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8)

@@ -31,7 +31,7 @@ import numpy as np
 from odnas.cost.calibrate import calibrate_latency, profile_calibration, run_calibration
 from odnas.cost.count import count
 from odnas.cost.device import backend_for
-from odnas.cost.lane import build_changed, space_changed
+from odnas.cost.lane import run_digest, space_changed
 from odnas.cost.latency import check_runnable
 from odnas.cost.latency import measure_latency as _measure
 from odnas.cost.onnx import INPUT_NAME, OPSET, export_onnx
@@ -430,7 +430,7 @@ def export_trial(run_dir: str | Path, out: str | Path, trial: int | None = None,
     # lane kept what it built for this arch id (odnas.cost.lane.structure_digest).
     record = read_json(Path(run_dir) / COSTS_DIR / f"{row.arch_id}.json") if row.arch_id else None
     built = (record or {}).get("structure")
-    if built and build_changed(model, built, data.input_shape, data.num_classes):
+    if built and run_digest(model, data.input_shape, data.num_classes) != built:
         raise space_changed(space.name, row.arch_id, "another model than the one trained")
     return export_artifact(
         model, out, space=space.name, params=row.params, arch_id=row.arch_id or space.arch_id(row.params),

@@ -108,13 +108,13 @@ def structure_digest(model) -> str:
 BUILDS_CHECKED = 3
 
 
-def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int | None = BUILDS_CHECKED) -> int:
+def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int | None = BUILDS_CHECKED) -> None:
     """One line if the space no longer builds what the run measured: the ``k`` newest
     cost records that kept their structure (every one when ``k`` is None) are built
     again and compared. A run keeps the space it began with; costs cached by arch id
     would otherwise be reused for models that are not the ones trained now, and a
     resumed run would train models of two codes under one name. Records from before
-    structures were kept are not checked. Returns how many were checked."""
+    structures were kept are not checked."""
     recs = []
     for path in sorted(Path(run_dir, COSTS_DIR).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         raw = read_json(path)
@@ -130,7 +130,6 @@ def check_builds(space, settings: RunSettings, run_dir: str | Path, k: int | Non
             changed = f"an error ({type(e).__name__}: {_first_line(e)})"
         if changed:
             raise space_changed(space.name, raw["arch_id"], changed)
-    return len(recs)
 
 
 def built_structure(space, params: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> str:
@@ -139,21 +138,24 @@ def built_structure(space, params: Mapping[str, Any], input_shape: Sequence[int]
     import torch
 
     torch.manual_seed(0)
-    model = space.build(params, input_shape, num_classes)
+    return run_digest(space.build(params, input_shape, num_classes), input_shape, num_classes)
+
+
+def run_digest(model, input_shape: Sequence[int], num_classes: int) -> str:
+    """``model``'s structure digest as a cost record keeps it: taken after a batch has run
+    through it, as the lane ran it (``measure_candidate``), so lazy modules have their shapes."""
     check_output(model, input_shape, num_classes)
     return structure_digest(model)
-
-
-def build_changed(model, structure: str, input_shape: Sequence[int], num_classes: int) -> bool:
-    """Whether ``model`` is not what a cost record's ``structure`` was taken from. It is
-    run first, as the lane ran it (``measure_candidate``): lazy modules take their shapes."""
-    check_output(model, input_shape, num_classes)
-    return structure_digest(model) != structure
 
 
 def space_changed(space_name: str, arch_id: str, gives: str) -> SpaceError:
     return SpaceError(f"space {space_name!r} has changed since this run began: its build() of {arch_id} now gives "
                       f"{gives}; a run keeps the space it began with: restore its code, or start a new search")
+
+
+class NamesTwoNetworks(SpaceError):
+    """A space's ``arch_id()`` gives one name to two different networks: the run keeps
+    its space, so resuming it meets the same; a new search with the fix does not."""
 
 
 class WrongOutput(ValueError):
@@ -291,16 +293,22 @@ class CostLane:
         """Whether ``costs(params)`` will read a record, not measure."""
         arch = self.space.arch_id(params)
         rec = self.cache.get(arch)
-        ref = self.built_as.get(arch) if self.built_as is not None else None
-        if rec is not None and ref is not None and rec.structure and ref.structure and rec.structure != ref.structure:
-            return False  # this cache timed another build of it: timed again
-        return rec is not None and self._comparable(rec)
+        return rec is not None and not self._other_build(rec, self._built_as(arch, rec)) and self._comparable(rec)
+
+    def _built_as(self, arch: str, rec: CostRecord | None) -> CostRecord | None:
+        """What ``arch`` was built as in the search: the run's record (``built_as``), or this cache's."""
+        return self.built_as.get(arch) if self.built_as is not None else rec
+
+    @staticmethod
+    def _other_build(rec: CostRecord, ref: CostRecord | None) -> bool:
+        """Whether ``rec`` timed another build of the arch than ``ref`` (a build() changed
+        since, and restored): its figure is not reused."""
+        return bool(ref is not None and rec.structure and ref.structure and rec.structure != ref.structure)
 
     def costs(self, params: Mapping[str, Any]) -> CostRecord:
         arch = self.space.arch_id(params)
         rec = self.cache.get(arch)
-        # What this arch was built as in the search (its run's record), or in this cache.
-        ref = self.built_as.get(arch) if self.built_as is not None else rec
+        ref = self._built_as(arch, rec)
         if ref is not None and ref.structure:
             # A cached figure is for one network; so is a re-timing of a trained one. The
             # model built now must be that network: not one of a build() changed since,
@@ -312,8 +320,8 @@ class CostLane:
                     from None
             if now != ref.structure:
                 raise self._not_the_same(arch, params, ref)
-            if rec is not None and rec.structure and rec.structure != ref.structure:
-                rec = None  # this cache timed another build of it (a changed build() since restored)
+            if rec is not None and self._other_build(rec, ref):
+                rec = None
         # A latency from another host, ORT build or setting is not comparable: measure again.
         if rec is None or not self._comparable(rec):
             t0 = time.perf_counter()
@@ -342,7 +350,7 @@ class CostLane:
                 except Exception:  # noqa: BLE001 -- the user's training(): list every difference
                     settings = set()
                 differ = [k for k in differ if k not in settings] or differ
-                return SpaceError(f"space {self.space.name!r}: arch_id() gives {arch} to two different networks "
+                return NamesTwoNetworks(f"space {self.space.name!r}: arch_id() gives {arch} to two different networks "
                                   f"(they differ in {', '.join(differ)}); costs are cached by arch id, so it must "
                                   "name every parameter build() uses")
         return space_changed(self.space.name, arch, "another model")

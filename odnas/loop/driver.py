@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from odnas.cost.calibrate import run_calibration
 from odnas.cost.device import DeviceError, DeviceLatencyBackend
-from odnas.cost.lane import CostLane, calibration_note, check_budgets, check_builds
+from odnas.cost.lane import CostLane, NamesTwoNetworks, calibration_note, check_budgets, check_builds
 from odnas.cost.quiet import resume_jobs
 from odnas.errors import OdnasError, SearchError, SearchFailed, SearchInterrupted, SpaceError
 from odnas.jobs.component import CONTAINER_SCHEDULERS, torchx_runner
@@ -178,11 +178,6 @@ def resume(run_dir: str | Path, progress: Callable[["RunState"], None] | None = 
                               f"{'s' if made != 1 else ''} already (failed ones aside), and --max-candidates counts "
                               f"them, as it does the {goal} trials; give more than {max(made, goal - 1)} (nothing "
                               "was changed)")
-    if settings.scheduler in CONTAINER_SCHEDULERS and not settings.image:
-        # A run made before --image was required ran the tag that was then the default.
-        settings.image = LEGACY_IMAGE
-        with driver_lock(run_dir):
-            write_settings(run_dir, settings)
     if device:
         profile = profile_from_dict(settings.profile, source=f"{run_dir}/{SETTINGS_NAME}")
         if profile.device is None:
@@ -243,6 +238,8 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
         runner.attach(run_dir, lane, torchx_runner(schedulers))  # where the run dir is now
         for k in FAULT_SETTINGS:  # the runner keeps the settings it was made with; a resume may change these
             setattr(runner.cfg, k, getattr(settings, k))
+        if runner.cfg.scheduler in CONTAINER_SCHEDULERS and not runner.cfg.image:
+            runner.cfg.image = LEGACY_IMAGE  # a run made before --image was required: the tag it ran
         # Ax stops trials with the runner of their trial type, which storage decodes as an
         # object of its own: without this, early stops went to a runner never attached
         # (TorchX's default schedulers, no pool, the run dir the run was made in).
@@ -359,12 +356,10 @@ def run_loop(run_dir: Path, progress=None, cost_backend=None, quiet: bool = True
             raise SearchError(str(e).splitlines()[0]) from None
         except DeviceError as e:  # the device went away, or refused: say what is kept and how to go on
             raise type(e)(f"{e}. {interrupt_summary(exp, run_dir)}") from None
+        except NamesTwoNetworks as e:  # the run keeps its space: resuming meets it again
+            raise SpaceError(f"{e}. {interrupt_summary(exp, run_dir, go_on=NEW_SEARCH)}") from None
         except SpaceError as e:  # the cost lane met a build() that is not the network it timed: one line too
-            summary = interrupt_summary(exp, run_dir)
-            if "two different networks" in str(e):  # the run keeps its space: resuming meets it again
-                summary = (summary.split(" Go on with:")[0] + " Fix arch_id() and start a new search (a run keeps "
-                           "the space it began with).")
-            raise SpaceError(f"{e}. {summary}") from None
+            raise SpaceError(f"{e}. {interrupt_summary(exp, run_dir)}") from None
         except CandidateProcessDied as e:  # twice: on the background thread, then in the driver's
             raise SearchFailed(f"no candidate could be made: {e}. "
                                f"{interrupt_summary(exp, run_dir)}") from None
@@ -447,8 +442,13 @@ def failure_note(exp, run_dir: Path) -> str:
     return f"; {n} of the {len(reasons)} failed alike: {top.splitlines()[0][:200]}"
 
 
-def interrupt_summary(exp, run_dir: Path) -> str:
-    """What an interrupted or stopped search leaves: what is kept, what still runs, how to go on."""
+#: How to go on after a space's arch_id() named two networks.
+NEW_SEARCH = "Fix arch_id() and start a new search (a run keeps the space it began with)."
+
+
+def interrupt_summary(exp, run_dir: Path, go_on: str | None = None) -> str:
+    """What an interrupted or stopped search leaves: what is kept, what still runs, how
+    to go on (``go_on``; by default, resume)."""
     rows = trial_table(exp, run_dir)
     # Trained is what has a result on disk: a job that finished since the last poll counts.
     finished = {r.trial for r in rows if r.trial_dir and (Path(r.trial_dir) / RESULT_NAME).exists()}
@@ -472,7 +472,8 @@ def interrupt_summary(exp, run_dir: Path) -> str:
         parts.append(f"{unlaunched} candidate{'s' if unlaunched != 1 else ''} not costed or launched yet, and "
                      f"resume does {'them' if unlaunched != 1 else 'it'}")
     jobs = "; ".join(parts) or "no training job was running"
-    return f"{done} trained model{'s' if done != 1 else ''} kept; {jobs}. Go on with: odnas resume {run_dir}"
+    go_on = go_on or f"Go on with: odnas resume {run_dir}"
+    return f"{done} trained model{'s' if done != 1 else ''} kept; {jobs}. {go_on}"
 
 
 def host_note(lane: CostLane, out) -> None:
